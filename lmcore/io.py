@@ -1,0 +1,192 @@
+"""Atomic file writes, digests and the Parquet document-shard writer.
+
+Every artifact is written under a temporary name in its final directory and renamed
+into place, so a crash never leaves a half file that looks whole. Manifests are the
+last thing a stage writes. This module must not know about any particular stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_CHUNK = 1 << 20
+
+ProgressFn = Callable[[str, int, "int | None"], None]
+"""Progress callback: ``(what, completed_so_far, total_or_None)``; completed is cumulative."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty staging directory; it replaces ``path`` only if the block succeeds.
+
+    A failed stage leaves the previous ``path`` exactly as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".staging", dir=path.parent))
+    try:
+        yield staging
+        if path.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, trash / "old")
+            os.replace(staging, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as sorted, indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def digest_of(obj: Any) -> str:
+    """sha256 of an object's canonical JSON form (config hashes, manifest digests)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("text", pa.large_string(), nullable=False),
+    ]
+)
+
+
+class ParquetShardWriter:
+    """Buffered writer of row dicts into numbered zstd Parquet shards, rotated by size.
+
+    Shards are named ``{prefix}-{index:05d}.parquet``; each is written atomically when it
+    closes. ``shards`` lists ``{"path", "rows", "sha256"}`` for the manifest the caller
+    writes last. Use as a context manager; on an exception nothing partial is renamed in.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        schema: pa.Schema = DOCUMENT_SCHEMA,
+        *,
+        prefix: str = "part",
+        max_bytes: int = 64 << 20,
+        batch_rows: int = 2048,
+    ) -> None:
+        if max_bytes <= 0 or batch_rows <= 0:
+            raise ValueError(f"max_bytes and batch_rows must be positive, got {max_bytes}, {batch_rows}")
+        self.out_dir = Path(out_dir)
+        self.schema = schema
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+        self.batch_rows = batch_rows
+        self.shards: list[dict[str, Any]] = []
+        self.rows = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: contextlib.AbstractContextManager[Path] | None = None
+        self._tmp_path: Path | None = None
+        self._shard_rows = 0
+        self._shard_bytes = 0
+
+    def __enter__(self) -> ParquetShardWriter:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        self._buffer_bytes += sum(len(v) for v in row.values() if isinstance(v, str))
+        if len(self._buffer) >= self.batch_rows or self._buffer_bytes >= (8 << 20):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._writer is None:
+            name = f"{self.prefix}-{len(self.shards):05d}.parquet"
+            self._tmp = atomic_path(self.out_dir / name)
+            self._tmp_path = self._tmp.__enter__()
+            self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression="zstd")
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        self._writer.write_table(table)
+        self._shard_rows += len(self._buffer)
+        self._shard_bytes += self._buffer_bytes
+        self.rows += len(self._buffer)
+        self._buffer, self._buffer_bytes = [], 0
+        if self._shard_bytes >= self.max_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is None:
+            return
+        assert self._tmp is not None and self._tmp_path is not None
+        self._writer.close()
+        digest = sha256_file(self._tmp_path)
+        self._tmp.__exit__(None, None, None)
+        name = f"{self.prefix}-{len(self.shards):05d}.parquet"
+        self.shards.append({"path": name, "rows": self._shard_rows, "sha256": digest})
+        self._writer, self._tmp, self._tmp_path = None, None, None
+        self._shard_rows, self._shard_bytes = 0, 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._flush()
+            self._close_shard()
+        elif self._writer is not None:
+            assert self._tmp is not None
+            self._writer.close()
+            self._tmp.__exit__(exc_type, exc, tb)
+
+
+def read_parquet_rows(paths: list[Path], columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream rows of several Parquet files batch by batch (bounded memory)."""
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(columns=columns, batch_size=1024):
+            yield from batch.to_pylist()

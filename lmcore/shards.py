@@ -1,0 +1,170 @@
+"""Token shards: Arrow IPC files of token ids, one directory per split, manifest last.
+
+Layout under a shard root::
+
+    manifest.json                 written last; counts and sha256 of every shard
+    train/shard-00000.arrow       one record batch, column ``tokens`` (uint16 or uint32)
+    val/...  test/...
+
+Documents are concatenated with ``<|endoftext|>`` after each one. A shard holds at most
+``shard_tokens`` ids and is the only buffer the writer keeps, so memory does not grow
+with the corpus. Readers memory-map the files and verify digests against the manifest.
+This module knows nothing of models or training loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from lmcore.io import atomic_path, read_json, sha256_file, write_json
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+class TokenShardWriter:
+    """Append token ids; rotate to a new Arrow IPC shard every ``shard_tokens`` ids."""
+
+    def __init__(self, out_dir: str | Path, dtype: np.dtype, *, shard_tokens: int = 1 << 24) -> None:
+        if shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
+        self.out_dir = Path(out_dir)
+        self.dtype = np.dtype(dtype)
+        self.shard_tokens = shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self.tokens = 0
+        self._buf = np.empty(shard_tokens, dtype=self.dtype)
+        self._fill = 0
+        self._max_id = np.iinfo(self.dtype).max
+
+    def __enter__(self) -> TokenShardWriter:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def add(self, ids: np.ndarray) -> None:
+        """Append a 1-D array of ids (any integer dtype); ids must fit the shard dtype."""
+        if ids.size and int(ids.max()) > self._max_id:
+            raise ValueError(f"token id {int(ids.max())} does not fit {self.dtype}; use a larger dtype")
+        pos = 0
+        while pos < ids.size:
+            take = min(ids.size - pos, self.shard_tokens - self._fill)
+            self._buf[self._fill : self._fill + take] = ids[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == self.shard_tokens:
+                self._write_shard()
+
+    def _write_shard(self) -> None:
+        if self._fill == 0:
+            return
+        name = f"shard-{len(self.shards):05d}.arrow"
+        arr = pa.array(self._buf[: self._fill])
+        batch = pa.record_batch([arr], names=["tokens"])
+        with atomic_path(self.out_dir / name) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            digest = sha256_file(tmp)
+        self.shards.append({"path": name, "tokens": int(self._fill), "sha256": digest})
+        self.tokens += self._fill
+        self._fill = 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._write_shard()
+
+
+def encode_documents(
+    tokenizer: Any,
+    texts: Iterable[str],
+    *,
+    eot_id: int,
+    batch_size: int = 512,
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield ``(ids, n_docs)`` per batch: each document's ids followed by ``eot_id``."""
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= batch_size:
+            yield _encode_batch(tokenizer, batch, eot_id), len(batch)
+            batch = []
+    if batch:
+        yield _encode_batch(tokenizer, batch, eot_id), len(batch)
+
+
+def _encode_batch(tokenizer: Any, texts: list[str], eot_id: int) -> np.ndarray:
+    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    parts: list[int] = []
+    for enc in encodings:
+        parts.extend(enc.ids)
+        parts.append(eot_id)
+    return np.asarray(parts, dtype=np.uint32)
+
+
+@dataclass(frozen=True)
+class SplitTokens:
+    """Memory-mapped token arrays of one split, one per shard (zero-copy views)."""
+
+    split: str
+    arrays: list[np.ndarray]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(a.size for a in self.arrays)
+
+
+def load_manifest(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no token-shard manifest; materialize the token_shards asset first")
+    return read_json(path)
+
+
+def verify_shards(root: str | Path) -> list[str]:
+    """Return a list of problems (missing files, digest mismatches); empty when all is well."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    problems = []
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            path = root / split / shard["path"]
+            if not path.exists():
+                problems.append(f"{path}: missing")
+            elif sha256_file(path) != shard["sha256"]:
+                problems.append(f"{path}: sha256 does not match the manifest")
+    return problems
+
+
+def open_split(root: str | Path, split: str) -> SplitTokens:
+    """Memory-map every shard of ``split``; raises if the split is not in the manifest."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{root}: split {split!r} not in manifest; have {sorted(manifest['splits'])}")
+    arrays = []
+    for shard in manifest["splits"][split]["shards"]:
+        source = pa.memory_map(str(root / split / shard["path"]), "r")
+        table = pa.ipc.open_file(source).read_all()
+        arrays.append(table.column("tokens").chunk(0).to_numpy(zero_copy_only=True))
+    return SplitTokens(split=split, arrays=arrays)
+
+
+def write_manifest(root: str | Path, splits: dict[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    manifest = {"format_version": FORMAT_VERSION, "splits": splits, **extra}
+    write_json(Path(root) / MANIFEST, manifest)
+    return manifest
+
+
+
