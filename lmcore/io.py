@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 _CHUNK = 1 << 20
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once; mkstemp/mkdtemp ignore it
 
 ProgressFn = Callable[[str, int, "int | None"], None]
 """Progress callback: ``(what, completed_so_far, total_or_None)``; completed is cumulative."""
@@ -49,6 +51,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -75,6 +78,39 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str | Path) -> Iterator[Path]:
+    """Yield a fresh staging directory under ``parent``; whatever is left of it is removed on exit."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_dir(staging: str | Path, parent: str | Path, manifest: str = "manifest.json") -> tuple[Path, str]:
+    """Rename a finished staging directory to ``parent/<digest[:16]>``, content-addressed.
+
+    The digest is the sha256 of its manifest, which lists the digest of every file, so
+    the same content always lands at the same path and an existing version is never
+    overwritten. Returns ``(final_path, digest)``.
+    """
+    staging, parent = Path(staging), Path(parent)
+    manifest_path = staging / manifest
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path}: stage finished without writing its manifest")
+    digest = sha256_file(manifest_path)
+    final = parent / digest[:16]
+    if final.exists():
+        shutil.rmtree(staging)  # identical content is already published
+    else:
+        os.chmod(staging, 0o777 & ~_UMASK)
+        os.replace(staging, final)
+    return final, digest
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -190,3 +226,10 @@ def read_parquet_rows(paths: list[Path], columns: list[str] | None = None) -> It
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(columns=columns, batch_size=1024):
             yield from batch.to_pylist()
+
+
+def iter_texts(paths: list[Path], batch_rows: int = 256) -> Iterator[str]:
+    """Stream the ``text`` column of Parquet document shards (bounded memory)."""
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=batch_rows):
+            yield from batch.column(0).to_pylist()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lmcore.io import atomic_path, read_json, sha256_file, write_json
+from lmcore.io import ProgressFn, atomic_path, iter_texts, read_json, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -92,14 +92,22 @@ def encode_documents(
     *,
     eot_id: int,
     batch_size: int = 512,
+    batch_chars: int = 1 << 20,
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield ``(ids, n_docs)`` per batch: each document's ids followed by ``eot_id``."""
+    """Yield ``(ids, n_docs)`` per batch: each document's ids followed by ``eot_id``.
+
+    A batch closes at ``batch_size`` documents or ``batch_chars`` characters, whichever
+    comes first: HF ``Encoding`` objects cost ~100 bytes per token, so the character
+    bound is what keeps memory flat.
+    """
     batch: list[str] = []
+    chars = 0
     for text in texts:
         batch.append(text)
-        if len(batch) >= batch_size:
+        chars += len(text)
+        if len(batch) >= batch_size or chars >= batch_chars:
             yield _encode_batch(tokenizer, batch, eot_id), len(batch)
-            batch = []
+            batch, chars = [], 0
     if batch:
         yield _encode_batch(tokenizer, batch, eot_id), len(batch)
 
@@ -167,4 +175,34 @@ def write_manifest(root: str | Path, splits: dict[str, dict[str, Any]], **extra:
     return manifest
 
 
+def tokenize_splits(
+    tokenizer: Any,
+    split_files: dict[str, list[Path]],
+    out_dir: str | Path,
+    *,
+    eot_id: int,
+    shard_tokens: int = 1 << 24,
+    batch_size: int = 512,
+    progress: ProgressFn | None = None,
+    **manifest_extra: Any,
+) -> dict[str, Any]:
+    """Stream every split's documents through ``tokenizer`` into shards; manifest written last.
 
+    Memory is one shard buffer (``shard_tokens`` ids) plus one encode batch, whatever the
+    corpus size.
+    """
+    vocab_size = tokenizer.get_vocab_size()
+    dtype = token_dtype(vocab_size)
+    splits: dict[str, dict[str, Any]] = {}
+    done = 0
+    for split, paths in split_files.items():
+        docs = 0
+        with TokenShardWriter(Path(out_dir) / split, dtype, shard_tokens=shard_tokens) as writer:
+            for ids, n in encode_documents(tokenizer, iter_texts(paths), eot_id=eot_id, batch_size=batch_size):
+                writer.add(ids)
+                docs += n
+                done += n
+                if progress:
+                    progress("tokenize documents", done, None)
+        splits[split] = {"documents": docs, "tokens": writer.tokens, "shards": writer.shards}
+    return write_manifest(out_dir, splits, dtype=dtype.name, vocab_size=vocab_size, eot_id=eot_id, **manifest_extra)

@@ -1,0 +1,385 @@
+"""The language model: one GPT-style decoder in two flavours, its config and its KV cache.
+
+``arch="modern"`` is a Llama-style block (RMSNorm, rotary positions in the rotate-half
+convention, SwiGLU MLP, optional grouped-query attention, no biases); ``arch="gpt2"`` is
+GPT-2 (learned absolute positions, LayerNorm, tanh-GELU MLP, biases). Both use the same
+parameter names, so checkpoints, the optimizer and the HF export treat them alike.
+This module knows nothing of data loading, training loops or files.
+
+References: nanoGPT's model.py (layout, init), the Llama paper (modern block),
+PaLM appendix B (FLOPs per token).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn import functional as F
+
+ARCHES = ("modern", "gpt2")
+
+
+@dataclass(kw_only=True, frozen=True)
+class ModelConfig:
+    """Shape and flavour of a :class:`GPT`; saved inside every checkpoint via ``to_dict``."""
+
+    arch: str = "modern"  # "modern" (RMSNorm, RoPE, SwiGLU, GQA) or "gpt2" (LayerNorm, learned positions, GELU)
+    vocab_size: int  # number of token ids, including special tokens
+    context_length: int  # longest sequence the model attends over (size of the position table / RoPE cache)
+    n_layer: int  # transformer blocks
+    n_head: int  # query heads; must divide d_model
+    n_kv_head: int | None = None  # key/value heads for grouped-query attention (modern only); None = n_head
+    d_model: int  # residual stream width
+    mlp_hidden: int | None = None  # MLP hidden width; None = 4*d (gpt2) or 8/3*d rounded up to 64 (modern SwiGLU)
+    dropout: float = 0.0  # dropout on embeddings, attention weights and residual branches (training only)
+    qkv_bias: bool = False  # bias on the q/k/v projection (gpt2 keeps biases on its other linears regardless)
+    tie_embeddings: bool = True  # output head shares the token-embedding matrix
+    rope_theta: float = 10000.0  # RoPE base frequency (modern only)
+    norm_eps: float = 1e-5  # epsilon of RMSNorm / LayerNorm
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.arch not in ARCHES:
+            problems.append(f"arch must be one of {ARCHES}, got {self.arch!r}")
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("n_kv_head", "mlp_hidden"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive or None, got {getattr(self, name)}")
+        if self.n_head > 0 and self.d_model % self.n_head:
+            problems.append(f"n_head={self.n_head} must divide d_model={self.d_model}")
+        elif self.n_head > 0 and self.arch == "modern" and self.head_dim % 2:
+            problems.append(f"d_model/n_head must be even for RoPE, got head size {self.head_dim}; change n_head")
+        if self.n_kv_head is not None and self.n_kv_head > 0 and self.n_head % self.n_kv_head:
+            problems.append(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
+        if self.arch == "gpt2" and self.n_kv_head not in (None, self.n_head):
+            problems.append("n_kv_head: the gpt2 arch has no grouped-query attention; leave it None")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            problems.append(f"rope_theta and norm_eps must be positive, got {self.rope_theta}, {self.norm_eps}")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Resolved number of key/value heads."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def hidden_dim(self) -> int:
+        """Resolved MLP hidden width."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.arch == "gpt2":
+            return 4 * self.d_model
+        return -(-8 * self.d_model // (3 * 64)) * 64  # SwiGLU keeps ~8d^2 MLP params with 3 matrices
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; valid fields are {sorted(known)}")
+        return cls(**d)
+
+
+def tiny(vocab_size: int = 512, **overrides: Any) -> ModelConfig:
+    """2 layers, width 64, context 64: for tests."""
+    base = dict(vocab_size=vocab_size, context_length=64, n_layer=2, n_head=4, d_model=64)
+    return ModelConfig(**{**base, **overrides})
+
+
+def demo(vocab_size: int = 4096, **overrides: Any) -> ModelConfig:
+    """4 layers, width 256, context 256 (~4.3M params at vocab 4096): trains in minutes on 2 CPU cores."""
+    base = dict(vocab_size=vocab_size, context_length=256, n_layer=4, n_head=4, d_model=256)
+    return ModelConfig(**{**base, **overrides})
+
+
+def gpt2_124m(vocab_size: int = 50304, **overrides: Any) -> ModelConfig:
+    """GPT-2 small. 50304 = 50257 padded to a multiple of 128 for faster matmuls."""
+    base = dict(
+        arch="gpt2", vocab_size=vocab_size, context_length=1024, n_layer=12, n_head=12, d_model=768, qkv_bias=True
+    )
+    return ModelConfig(**{**base, **overrides})
+
+
+PRESETS = {"tiny": tiny, "demo": demo, "gpt2_124m": gpt2_124m}
+
+
+class KVCache:
+    """Keys and values of past positions, preallocated for every layer, for incremental decoding.
+
+    ``GPT.forward`` writes each layer's new keys/values at ``pos`` and advances ``pos``
+    by the number of new tokens once all layers have run.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, max_len, hs)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k, v`` (B, nkv, T, hs) at ``pos``; return all keys/values so far (B, nkv, pos+T, hs)."""
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested; make a longer cache")
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim (the HF Llama convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables (length, head_dim); frequency i is used at dims i and i + head_dim/2."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (hs/2,)
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (length, hs/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (length, hs)
+    return emb.cos(), emb.sin()
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        # q, k and v projections in one matmul; k and v have n_kv_head heads (GQA)
+        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.c_attn = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.arch == "gpt2")
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        B, T, C = x.size()  # batch, new tokens, d_model
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            cos, sin = (t.to(q.dtype) for t in rope)  # (T, hs)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nkv, S, hs), S = past + T
+        if nkv != nh:  # each k/v head serves nh // nkv consecutive query heads
+            k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        # without an explicit mask, queries and keys cover the same positions (or T == 1, which sees everything)
+        assert mask is not None or T == 1 or k.size(2) == T
+        is_causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.arch == "modern"
+        hidden, bias = config.hidden_dim, config.arch == "gpt2"
+        # SwiGLU fuses the gate and up projections: first half gate, second half up
+        self.c_fc = nn.Linear(config.d_model, 2 * hidden if self.swiglu else hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, config.d_model, bias=bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up  # (B, T, hidden)
+        else:
+            h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
+        return self.dropout(self.c_proj(h))
+
+
+def _norm(config: ModelConfig) -> nn.Module:
+    if config.arch == "gpt2":
+        return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+    return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = _norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = _norm(config)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), rope, mask, cache, layer)  # pre-norm residual blocks
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+def attention_mask(T: int, past: int, segment_ids: Tensor | None, device: torch.device) -> Tensor | None:
+    """Boolean mask (True = may attend) when plain ``is_causal`` is not enough, else None.
+
+    With ``segment_ids`` (B, T), a token sees earlier tokens of its own segment only
+    (block-diagonal causal, for packed examples). With ``past`` cached positions and
+    several new queries, query i sits at position past + i and sees keys 0..past + i.
+    """
+    if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        return (same & causal).unsqueeze(1)  # (B, 1, T, T), broadcast over heads
+    if past > 0 and T > 1:
+        return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)  # (T, past + T)
+    return None
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        modules: dict[str, nn.Module] = dict(
+            wte=nn.Embedding(config.vocab_size, config.d_model),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=_norm(config),
+        )
+        if config.arch == "gpt2":
+            modules["wpe"] = nn.Embedding(config.context_length, config.d_model)
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # one matrix, read in and written out
+        if config.arch == "modern":  # derived from the config, so not saved in checkpoints
+            cos, sin = rope_tables(config.head_dim, config.context_length, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (context_length, hs)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # scaled init of the projections that write into the residual stream (GPT-2 paper)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, V) for token ids ``idx`` (B, T), and the mean cross-entropy if ``targets`` is given.
+
+        ``targets`` equal to -100 are ignored. ``kv_cache`` continues from the cached
+        positions and advances the cache. ``segment_ids`` (B, T) keeps attention inside
+        each packed example; positions are not reset at segment starts.
+        """
+        B, T = idx.size()
+        past = 0 if kv_cache is None else kv_cache.pos
+        if past + T > self.config.context_length:
+            raise ValueError(f"sequence of {past + T} tokens exceeds context_length={self.config.context_length}")
+        if segment_ids is not None and (kv_cache is not None or segment_ids.shape != idx.shape):
+            raise ValueError(f"segment_ids must have idx's shape {tuple(idx.shape)} and no kv_cache may be given")
+        x = self.transformer.wte(idx)  # (B, T, d)
+        rope = None
+        if self.config.arch == "gpt2":
+            x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device))  # (T, d) broadcast
+        else:
+            rope = (self.rope_cos[past : past + T], self.rope_sin[past : past + T])  # (T, hs) each
+        x = self.transformer.drop(x)
+        mask = attention_mask(T, past, segment_ids, idx.device)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, rope, mask, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def new_kv_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty cache on the model's device and dtype (max_len defaults to the context length)."""
+        p = next(self.parameters())
+        c = self.config
+        length = c.context_length if max_len is None else max_len
+        return KVCache(c.n_layer, batch_size, c.kv_heads, length, c.head_dim, device=p.device, dtype=p.dtype)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count, a tied matrix counted once.
+
+        ``non_embedding`` drops the lookup tables that cost no matmul FLOPs: the position
+        table, and the token table when it is not also the output head (as nanoGPT).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if self.config.arch == "gpt2":
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token at full context: 6N + 12*L*d*T (PaLM appendix B), for MFU."""
+        c = self.config
+        return 6.0 * self.num_params(non_embedding=True) + 12.0 * c.n_layer * c.n_head * c.head_dim * c.context_length
+
+    def configure_optimizer(
+        self, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)
+    ) -> torch.optim.AdamW:
+        """AdamW with weight decay on matrices and embeddings only (not on norms or biases)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = all(p.is_cuda for p in params)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)

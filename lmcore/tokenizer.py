@@ -1,0 +1,113 @@
+"""Byte-level BPE tokenizer training with HF ``tokenizers``, deterministic by construction.
+
+The tokenizer is trained on the train split only. Special tokens take the first ids in
+a fixed order, so ``<|endoftext|>`` is always 0 and ``<|pad|>`` 1. Same corpus and config
+give a byte-identical ``tokenizer.json``. This module knows nothing of shards or models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lmcore.io import atomic_path, sha256_file
+
+EOT = "<|endoftext|>"
+PAD = "<|pad|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = (EOT, PAD, IM_START, IM_END)
+_MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+
+@dataclass(kw_only=True, frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 8192
+    """Total vocabulary including the 256 byte tokens and the 4 special tokens."""
+    min_frequency: int = 2
+    """A pair must occur at least this often to be merged."""
+    max_piece_chars: int = 0
+    """Cut training text into pieces of at most this many characters (0: whole documents).
+
+    Pre-tokenization splits on whitespace anyway, so this changes nothing in the counts
+    except at piece borders; it keeps a single enormous document from being one string."""
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < _MIN_VOCAB:
+            raise ValueError(
+                f"TokenizerConfig.vocab_size={self.vocab_size}: must be >= {_MIN_VOCAB} (256 bytes + 4 special tokens)"
+            )
+        if self.min_frequency < 1:
+            raise ValueError(f"TokenizerConfig.min_frequency={self.min_frequency}: must be >= 1")
+        if self.max_piece_chars < 0:
+            raise ValueError(f"TokenizerConfig.max_piece_chars={self.max_piece_chars}: must be >= 0")
+
+
+def new_tokenizer() -> Tokenizer:
+    """An untrained byte-level BPE tokenizer (GPT-2 style pre-tokenization, no prefix space)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _trainer(config: TokenizerConfig) -> trainers.BpeTrainer:
+    return trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+
+def _pieces(texts: Iterable[str], max_chars: int) -> Iterator[str]:
+    for text in texts:
+        if not max_chars or len(text) <= max_chars:
+            yield text
+        else:
+            yield from (text[i : i + max_chars] for i in range(0, len(text), max_chars))
+
+
+def train_tokenizer(config: TokenizerConfig, texts: Iterable[str], out_path: Path) -> Tokenizer:
+    """Train on ``texts`` and write ``tokenizer.json`` atomically to ``out_path``."""
+    tok = new_tokenizer()
+    tok.train_from_iterator(_pieces(texts, config.max_piece_chars), trainer=_trainer(config))
+    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    assert ids == list(range(len(SPECIAL_TOKENS))), f"special tokens got ids {ids}"
+    with atomic_path(out_path) as tmp:
+        tok.save(str(tmp), pretty=False)
+    return tok
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no tokenizer; materialize the tokenizer asset first")
+    return Tokenizer.from_file(str(path))
+
+
+def tokenizer_stats(tok: Tokenizer, path: Path, sample_texts: list[str]) -> dict[str, Any]:
+    """Vocabulary size, bytes per token over ``sample_texts``, a tokenized sample, the file digest."""
+    n_bytes = sum(len(t.encode("utf-8")) for t in sample_texts)
+    n_tokens = sum(len(e.ids) for e in tok.encode_batch_fast(sample_texts, add_special_tokens=False))
+    sample = sample_texts[0][:200] if sample_texts else ""
+    pieces = tok.encode(sample, add_special_tokens=False).tokens if sample else []
+    return {
+        "vocab_size": tok.get_vocab_size(),
+        "bytes_per_token": n_bytes / n_tokens if n_tokens else 0.0,
+        "sample_text": sample,
+        "sample_tokens": pieces,
+        "sha256": sha256_file(path),
+    }
+
+
+def roundtrip_failures(tok: Tokenizer, texts: list[str]) -> list[int]:
+    """Indices of texts for which decode(encode(text)) != text."""
+    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
+    decoded = tok.decode_batch([e.ids for e in encodings], skip_special_tokens=False)
+    return [i for i, (a, b) in enumerate(zip(texts, decoded, strict=True)) if a != b]

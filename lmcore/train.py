@@ -1,0 +1,457 @@
+"""Pretraining loop: AdamW with warmup + cosine, grad accumulation and clipping, autocast,
+periodic validation, atomic checkpoints, exact resume, and the same code under torchrun.
+
+``train()`` is the one entry: it resumes from the newest valid checkpoint in ``run_dir``
+when there is one (after checking the config matches), or starts fresh, and runs to
+``max_steps``. Progress leaves through ``callback`` (rank 0 only) and ``logging``, and is
+appended to ``run_dir/metrics.jsonl``; the loss curve is also stored in every checkpoint's
+meta.json, so the whole curve survives restarts. On CPU the same config gives the same
+losses, whether or not the run was interrupted and resumed.
+
+MFU = flops_per_token * tokens/s / (peak FLOP/s per device * world_size). The peak comes
+from ``TrainConfig.peak_flops``, else a table of dense bf16 tensor-core peaks for known
+GPUs (halved for float32, which runs as TF32), else a measured large matmul in the run's
+dtype (on CPU this is what the cores actually sustain, so CPU MFU is relative to that).
+
+This module knows nothing of Dagster; only rank 0 writes files or calls the callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from lmcore import distributed as D
+from lmcore.checkpoint import (
+    MODEL_FILE,
+    check_compatible,
+    checkpoint_dir,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from lmcore.io import atomic_path, sha256_file
+from lmcore.loader import TokenLoader
+from lmcore.model import GPT, ModelConfig
+from lmcore.shards import MANIFEST, load_manifest
+from lmcore.train_config import RESUMABLE_CHANGES, TrainConfig, lr_at
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[dict[str, Any]], None]
+METRICS_FILE = "metrics.jsonl"
+_RESERVED_META = {"config", "data", "progress", "seed", "params", "step", "files", "format_version"}
+
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+)
+"""Dense bf16 tensor-core peak FLOP/s by substring of the CUDA device name (first match wins)."""
+
+
+def peak_flops(device: torch.device, dtype: str, override: float | None = None) -> float:
+    """Peak FLOP/s of one device: the override, the GPU table, or a measured matmul."""
+    if override is not None:
+        return override
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in PEAK_BF16_FLOPS:
+            if key in name:
+                return flops if dtype == "bfloat16" else flops / 2
+    return measure_matmul_flops(str(device), dtype)
+
+
+@functools.cache
+def measure_matmul_flops(device: str, dtype: str, n: int = 0) -> float:
+    """Sustained FLOP/s of a large square matmul (measured once per process; does not touch the RNG)."""
+    dev = torch.device(device)
+    n = n or (8192 if dev.type == "cuda" else 1024)
+    a = torch.full((n, n), 0.5, device=dev, dtype=getattr(torch, dtype))
+    b = torch.full((n, n), 0.25, device=dev, dtype=getattr(torch, dtype))
+    best = math.inf
+    for _ in range(4):  # the first run warms caches and kernels; keep the fastest
+        _sync(dev)
+        t0 = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resolve_device(requested: str, env: D.DistEnv) -> torch.device:
+    """ "auto" becomes cuda or cpu; under torchrun, CUDA ranks take cuda:LOCAL_RANK."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and env.distributed:
+        requested = f"cuda:{env.local_rank}"
+    return torch.device(requested)
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    shard_root: Path,
+    run_dir: Path,
+    *,
+    callback: Callback | None = None,
+    meta_extra: dict[str, Any] | None = None,
+    window_log_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) to ``train_config.max_steps``; return a summary of the run.
+
+    ``meta_extra`` (tokenizer digest, upstream data versions, ...) is stored in every
+    checkpoint's meta.json. ``window_log_dir`` (a test aid) makes each rank log the
+    training windows it draws to ``rank-{r}.txt``. Raises FloatingPointError naming the
+    step and batch if the loss stops being finite; the last good checkpoint is kept.
+    """
+    clash = sorted(_RESERVED_META & set(meta_extra or {}))
+    if clash:
+        raise ValueError(f"meta_extra keys {clash} are reserved for the checkpoint's own fields; rename them")
+    env = D.dist_env()
+    device = resolve_device(train_config.device, env)
+    created = D.init_distributed(env, device.type)
+    try:
+        run = _Run(model_config, train_config.resolved(str(device)), Path(shard_root), Path(run_dir), env, device)
+        run.setup(callback, meta_extra or {}, window_log_dir)
+        return run.run()
+    finally:
+        if created:
+            D.shutdown_distributed()
+
+
+class _Run:
+    """State of one training session (one process); ``run()`` drives it."""
+
+    def __init__(
+        self, mc: ModelConfig, cfg: TrainConfig, shard_root: Path, run_dir: Path, env: D.DistEnv, device: torch.device
+    ) -> None:
+        self.mc, self.cfg, self.env, self.device = mc, cfg, env, device
+        self.shard_root, self.run_dir = shard_root, run_dir
+        manifest = load_manifest(shard_root)
+        vocab = manifest.get("vocab_size")
+        if vocab is not None and vocab > mc.vocab_size:
+            raise ValueError(
+                f"{shard_root}: tokens come from a vocabulary of {vocab}; model vocab_size={mc.vocab_size}"
+            )
+        if cfg.eval_batches and "val" not in manifest["splits"]:
+            raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
+        self.config = {
+            "model": mc.to_dict(),
+            "train": cfg.to_dict(),
+            "world_size": env.world_size,
+            "data_version": sha256_file(shard_root / MANIFEST),
+        }
+        self.tokens_per_step = cfg.batch_size * mc.context_length * cfg.grad_accum_steps * env.world_size
+        self.step = 0
+        self.progress: dict[str, Any] = {"tokens_seen": 0, "train_seconds": 0.0, "loss_history": [], "val_history": []}
+        self.session = {"tokens": 0, "seconds": 0.0}
+        self.accounted_step = 0  # progress counts tokens up to this step
+        self.resumed_from: int | None = None
+
+    def setup(self, callback: Callback | None, meta_extra: dict[str, Any], window_log_dir: Path | None) -> None:
+        cfg, env, device = self.cfg, self.env, self.device
+        self.callback, self.meta_extra = callback, meta_extra
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for float32 runs
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.raw = GPT(self.mc).to(device)
+        self.raw.train()
+        self.opt = self.raw.configure_optimizer(cfg.lr, cfg.weight_decay, cfg.betas)
+        self.eval_model = torch.compile(self.raw) if cfg.compile else self.raw
+        self.model: torch.nn.Module = self.eval_model
+        if env.distributed:
+            self.model = DDP(self.eval_model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, env.rank]).generate_state(1)[0]))  # dropout
+        kw = dict(context_length=self.mc.context_length, batch_size=cfg.batch_size, seed=cfg.seed)
+        kw.update(rank=env.rank, world_size=env.world_size)
+        window_log = None
+        if window_log_dir is not None:
+            Path(window_log_dir).mkdir(parents=True, exist_ok=True)
+            window_log = Path(window_log_dir) / f"rank-{env.rank}.txt"
+        self.train_loader = TokenLoader.from_split(self.shard_root, "train", window_log=window_log, **kw)
+        self.val_loader = TokenLoader.from_split(self.shard_root, "val", **kw) if cfg.eval_batches else None
+        self.val_start = self.val_loader.state_dict() if self.val_loader else None
+        self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        self.flops_per_token = self.raw.flops_per_token()
+        self.peak = peak_flops(device, cfg.dtype, cfg.peak_flops) if env.is_main else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def run(self) -> dict[str, Any]:
+        self.restore()
+        self.accounted_step = self.step
+        pending: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
+        interval = {"tokens": 0, "seconds": 0.0}
+        mark = time.perf_counter()
+        while self.step < self.cfg.max_steps:
+            batch = (self.train_loader.epoch, self.train_loader.position)
+            loss = self.train_step()
+            self.step += 1
+            pending.append((self.step, loss, batch))
+            interval["tokens"] += self.tokens_per_step
+            flags = self.due(self.step)
+            if not any(flags.values()):
+                continue
+            losses = self.check_losses(pending)  # syncs, so the clock below is honest
+            pending = []
+            elapsed = time.perf_counter() - mark
+            interval["seconds"] += elapsed
+            self.account(elapsed)
+            record: dict[str, Any] = {"step": self.step}
+            if flags["log"]:
+                record.update(self.log_record(losses[self.step], interval))
+                interval = {"tokens": 0, "seconds": 0.0}
+            if flags["eval"]:
+                record["val_loss"] = self.evaluate()
+                self.progress["val_history"].append([self.step, record["val_loss"]])
+            if flags["checkpoint"]:
+                record["checkpoint"] = str(checkpoint_dir(self.run_dir, self.step))
+            self.emit(record)  # metrics.jsonl first: a crash before the checkpoint lands truncates it on resume
+            if flags["checkpoint"]:
+                self.save()
+            mark = time.perf_counter()
+        return self.summary()
+
+    def due(self, step: int) -> dict[str, bool]:
+        cfg, last = self.cfg, step == self.cfg.max_steps
+        return {
+            "log": step % cfg.log_every == 0 or last,
+            "eval": bool(cfg.eval_batches) and ((cfg.eval_every > 0 and step % cfg.eval_every == 0) or last),
+            "checkpoint": (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or last,
+        }
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (on device)."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum_steps):
+            x, y = self.to_device(self.train_loader.next_batch())
+            last = micro == cfg.grad_accum_steps - 1
+            sync = contextlib.nullcontext() if last or not self.env.distributed else self.model.no_sync()
+            with sync:  # DDP all-reduces gradients only on the last micro-batch
+                with self.autocast():
+                    _, loss = self.model(x, y)
+                (loss / cfg.grad_accum_steps).backward()
+            total += loss.detach().float()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return total / cfg.grad_accum_steps
+
+    def to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.device.type != "cuda":
+            return batch
+        return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in batch)  # type: ignore[return-value]
+
+    def check_losses(self, pending: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> dict[int, float]:
+        """Rank-averaged losses by step; raise at the first one that is not finite."""
+        values = D.all_reduce_mean(torch.stack([loss for _, loss, _ in pending]), self.env).tolist()
+        for (step, _, (epoch, position)), value in zip(pending, values, strict=True):
+            if not math.isfinite(value):
+                good = latest_valid_checkpoint(self.run_dir) if self.env.is_main else None
+                raise FloatingPointError(
+                    f"loss is {value} at step {step} (train batch epoch={epoch}, position={position}, "
+                    f"{self.cfg.grad_accum_steps} micro-batch(es) per step); the last good checkpoint "
+                    f"{good or '(none)'} is kept; lower lr, raise warmup_steps or check the data, then rerun"
+                )
+        return {step: value for (step, _, _), value in zip(pending, values, strict=True)}
+
+    def account(self, seconds: float) -> None:
+        tokens = (self.step - self.accounted_step) * self.tokens_per_step
+        self.accounted_step = self.step
+        self.session["tokens"] += tokens
+        self.session["seconds"] += seconds
+        self.progress["tokens_seen"] += tokens
+        self.progress["train_seconds"] += seconds
+
+    def log_record(self, loss: float, interval: dict[str, float]) -> dict[str, Any]:
+        tps = interval["tokens"] / max(interval["seconds"], 1e-9)
+        self.progress["loss_history"].append([self.step, loss])
+        lr = lr_at(self.step - 1, self.cfg)
+        if self.env.is_main:
+            log.info("step %d/%d loss %.4f lr %.3g %.0f tok/s", self.step, self.cfg.max_steps, loss, lr, tps)
+        return {
+            "loss": loss,
+            "lr": lr,
+            "tokens_per_s": tps,
+            "mfu": self.mfu(tps),
+            "tokens": self.progress["tokens_seen"],
+        }
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        if self.peak is None:
+            return None
+        return self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the same eval_batches validation batches every time (averaged over ranks)."""
+        assert self.val_loader is not None and self.val_start is not None
+        self.raw.eval()
+        self.val_loader.load_state_dict(self.val_start)
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.cfg.eval_batches):
+            x, y = self.to_device(self.val_loader.next_batch())
+            with self.autocast():
+                _, loss = self.eval_model(x, y)
+            total += loss.float()
+        self.raw.train()
+        return D.all_reduce_mean(total / self.cfg.eval_batches, self.env).item()
+
+    def emit(self, record: dict[str, Any]) -> None:
+        if not self.env.is_main:
+            return
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.run_dir / METRICS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)  # one write of one whole line
+        finally:
+            os.close(fd)
+        if self.callback is not None:
+            self.callback(record)
+
+    def rng_states(self) -> list[dict[str, torch.Tensor | None]]:
+        comm = self.device if self.device.type == "cuda" else torch.device("cpu")
+        cpu = D.all_gather_bytes(torch.get_rng_state(), self.env, comm)
+        if self.device.type == "cuda":
+            cuda: list[torch.Tensor | None] = list(
+                D.all_gather_bytes(torch.cuda.get_rng_state(self.device), self.env, comm)
+            )
+        else:
+            cuda = [None] * self.env.world_size
+        return [{"cpu": c, "cuda": g} for c, g in zip(cpu, cuda, strict=True)]
+
+    def save(self) -> None:
+        """Checkpoint on rank 0 (all ranks take part in gathering RNG states), then wait for it."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.raw.parameters()]).all().item()
+        if not finite:
+            raise FloatingPointError(
+                f"weights are not finite after step {self.step}; not saving; the last good checkpoint "
+                f"{latest_valid_checkpoint(self.run_dir) or '(none)'} is kept; lower lr and rerun"
+            )
+        state = {"optimizer": self.opt.state_dict(), "rng": self.rng_states(), "loader": self.train_loader.state_dict()}
+        if self.env.is_main:
+            meta = {
+                **self.meta_extra,
+                "config": self.config,
+                "seed": self.cfg.seed,
+                "params": self.raw.num_params(),
+                "data": {"shard_root": str(self.shard_root), "manifest_sha256": self.config["data_version"]},
+                "progress": self.progress,
+            }
+            save_checkpoint(self.run_dir, self.step, self.raw, state, meta, keep=self.cfg.keep_checkpoints)
+        D.barrier(self.env)
+
+    def restore(self) -> None:
+        """Resume from the newest valid checkpoint, chosen by rank 0 and loaded by every rank."""
+        step = -1
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path = latest_valid_checkpoint(self.run_dir)
+            step = -1 if path is None else read_meta(path)["step"]
+            _set_aside_newer(self.run_dir, step)
+        step = D.broadcast_int(step, self.env, self.device if self.device.type == "cuda" else torch.device("cpu"))
+        if step < 0:
+            if self.env.is_main:
+                _truncate_metrics(self.run_dir / METRICS_FILE, 0)
+            return
+        path = checkpoint_dir(self.run_dir, step)
+        check_compatible(read_meta(path), self.config, ignore=RESUMABLE_CHANGES, source=path)
+        meta, state = load_checkpoint(path, self.raw, verify=not self.env.is_main)
+        self.opt.load_state_dict(state["optimizer"])
+        self.train_loader.load_state_dict(state["loader"])
+        mine = state["rng"][self.env.rank]
+        torch.set_rng_state(mine["cpu"])
+        if self.device.type == "cuda" and mine["cuda"] is not None:
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
+        self.step, self.progress = step, meta["progress"]
+        if self.env.is_main:
+            _truncate_metrics(self.run_dir / METRICS_FILE, step)
+        log.info("resumed from %s at step %d of %d", path, step, self.cfg.max_steps)
+        self.resumed_from = step
+
+    def summary(self) -> dict[str, Any]:
+        path = checkpoint_dir(self.run_dir, self.step)
+        meta = read_meta(path)
+        trained = self.session["seconds"] > 0
+        tokens, seconds = (
+            (self.session["tokens"], self.session["seconds"])
+            if trained
+            else (self.progress["tokens_seen"], self.progress["train_seconds"])
+        )
+        tps = tokens / seconds if seconds > 0 else None
+        losses, vals = self.progress["loss_history"], self.progress["val_history"]
+        return {
+            "step": self.step,
+            "train_loss": losses[-1][1] if losses else None,
+            "val_loss": vals[-1][1] if vals else None,
+            "tokens_seen": self.progress["tokens_seen"],
+            "tokens_per_s": tps,
+            "mfu": self.mfu(tps) if tps else None,
+            "params": self.raw.num_params(),
+            "flops_per_token": self.flops_per_token,
+            "checkpoint": str(path),
+            "checkpoint_sha256": meta["files"][MODEL_FILE],
+            "resumed_from": self.resumed_from,
+            "device": str(self.device),
+            "dtype": self.cfg.dtype,
+            "world_size": self.env.world_size,
+            "loss_history": losses,
+            "val_history": vals,
+        }
+
+
+def _set_aside_newer(run_dir: Path, step: int) -> None:
+    """Rename checkpoints newer than ``step`` (they failed verification) out of the way, and drop staging dirs."""
+    for s, path in list_checkpoints(run_dir):
+        if s > step:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            path.rename(aside)
+            log.warning("set aside corrupt checkpoint %s as %s", path, aside.name)
+    for stale in run_dir.glob(".step-*.staging"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (and drop a torn last line), atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(keep), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Wiring: Definitions, jobs, profiles and the ``lmpipe`` command line."""

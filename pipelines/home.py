@@ -1,0 +1,41 @@
+"""The project home: ``$LMPIPE_HOME`` (default ``./.lmpipe``) with the Dagster instance and artifacts.
+
+Layout::
+
+    $LMPIPE_HOME/dagster/dagster.yaml   instance settings (SQLite storage, telemetry off)
+    $LMPIPE_HOME/artifacts/<asset>/     content-addressed artifact versions
+    $LMPIPE_HOME/cache/                 download cache
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_DAGSTER_YAML = """\
+# Written by lmpipe. SQLite storage lives in this directory by default.
+# For a team, point run/event/schedule storage at Postgres instead (see README).
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+def lmpipe_home() -> Path:
+    return Path(os.environ.get("LMPIPE_HOME", ".lmpipe")).resolve()
+
+
+def prepare_home() -> Path:
+    """Create the home and the Dagster instance config, and point ``DAGSTER_HOME`` at it."""
+    home = lmpipe_home()
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_DAGSTER_YAML)
+    os.environ["LMPIPE_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return home

@@ -1,0 +1,95 @@
+"""Run profiles: named YAML files of per-asset config, validated before any run starts.
+
+A profile maps asset names to the fields of that asset's ``dg.Config``. Relative local
+paths in ``raw_corpus.sources`` are resolved against the project root for the packaged
+profiles and against the file's own directory for ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pydantic
+import yaml
+
+from pipelines.home import PROJECT_ROOT
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    assets: dict[str, dict[str, Any]]
+
+    def run_config(self, selected: set[str] | None = None) -> dict[str, Any]:
+        """Dagster run config for the selected asset names (all when None)."""
+        ops = {k: {"config": v} for k, v in self.assets.items() if selected is None or k in selected}
+        return {"ops": ops}
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def _resolve_source(spec: str, base: Path) -> str:
+    if ":" in spec.split("/", 1)[0] or Path(spec).is_absolute():  # URL, builtin:, hf:, or absolute
+        return spec
+    return str((base / spec).resolve())
+
+
+def load_profile(name: str | None = None, config_file: str | Path | None = None) -> Profile:
+    """Load a packaged profile by name, or a YAML file; raises ValueError naming what is wrong."""
+    if config_file is not None:
+        path, base = Path(config_file), Path(config_file).resolve().parent
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: config file not found")
+    else:
+        name = name or "demo"
+        path, base = PROFILES_DIR / f"{name}.yaml", PROJECT_ROOT
+        if not path.exists():
+            raise ValueError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("assets", {}), dict):
+        raise ValueError(f"{path}: expected a mapping with an 'assets:' mapping of asset name -> config fields")
+    assets = {k: dict(v or {}) for k, v in data.get("assets", {}).items()}
+    if "raw_corpus" in assets and "sources" in assets["raw_corpus"]:
+        assets["raw_corpus"]["sources"] = [_resolve_source(s, base) for s in assets["raw_corpus"]["sources"]]
+    return Profile(name=name or path.stem, description=str(data.get("description", "")).strip(), assets=assets)
+
+
+def config_classes(assets_defs: list[dg.AssetsDefinition]) -> dict[str, type[dg.Config]]:
+    """Asset name -> the ``dg.Config`` class its function takes as ``config``."""
+    out = {}
+    for a in assets_defs:
+        hints = typing.get_type_hints(a.op.compute_fn.decorated_fn)
+        if isinstance(hints.get("config"), type) and issubclass(hints["config"], dg.Config):
+            out[a.key.to_user_string()] = hints["config"]
+    return out
+
+
+def validate_profile(profile: Profile, assets_defs: list[dg.AssetsDefinition]) -> None:
+    """Build every asset's config as a run would, collecting all problems into one ValueError."""
+    classes = config_classes(assets_defs)
+    problems = []
+    for asset, values in profile.assets.items():
+        if asset not in classes:
+            problems.append(f"assets.{asset}: no such configurable asset; choose from {', '.join(sorted(classes))}")
+            continue
+        try:
+            cfg = classes[asset](**values)
+            if hasattr(cfg, "to_lmcore"):
+                cfg.to_lmcore()
+        except pydantic.ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"])
+                problems.append(f"assets.{asset}.{field}: {err['msg']} (got {err.get('input')!r})")
+        except ValueError as exc:
+            problems.append(f"assets.{asset}: {exc}")
+    if problems:
+        raise ValueError(f"profile {profile.name!r} is invalid:\n  " + "\n  ".join(problems))

@@ -1,0 +1,25 @@
+"""Shared fixtures: a small real-text corpus and a throwaway tokenizer trained in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def small_texts() -> list[str]:
+    """A few KB of varied English and code-like text, split into documents."""
+    text = (FIXTURES / "small_corpus.txt").read_text(encoding="utf-8")
+    return [d.strip() for d in text.split("\n\n\n") if d.strip()]
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(tmp_path_factory, small_texts):
+    from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    return train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=2), small_texts, path), path

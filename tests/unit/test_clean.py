@@ -1,0 +1,331 @@
+"""Tests of the cleaning stage: normalization, Gutenberg stripping, placeholders, reflow,
+splitting, filters, and clean_corpus end to end (manifest, dropped shards, determinism)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lmcore.clean import (
+    PARAGRAPH_SEP,
+    CleanConfig,
+    clean_corpus,
+    clean_frame,
+    drop_placeholders,
+    filter_repetition,
+    length_reason_expr,
+    normalize_expr,
+    reflow,
+    repetition_fraction,
+    split_document,
+    strip_gutenberg,
+)
+from lmcore.io import DOCUMENT_SCHEMA, read_json, read_parquet_rows, sha256_file
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "clean"
+BOOK = (FIXTURES / "gutenberg_sample.txt").read_text(encoding="utf-8")
+PYDOCS = (FIXTURES / "python_docs.txt").read_text(encoding="utf-8")
+PROSE_PARAGRAPH = "Buck did not read the newspapers, or he would have known that trouble was brewing"
+
+
+def normalize(texts: list[str]) -> list[str]:
+    return pl.DataFrame({"text": texts}).select(normalize_expr())["text"].to_list()
+
+
+def clean_one(text: str, **kw) -> list[str]:
+    df = pl.DataFrame({"doc_id": ["d"], "source": ["s"], "text": [text]})
+    return clean_frame(df, CleanConfig(**kw))["text"].to_list()
+
+
+def write_docs(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA), path)
+    return path
+
+
+def doc(doc_id: str, text: str) -> dict:
+    return {"doc_id": doc_id, "source": "test", "text": text}
+
+
+def read_rows(out: Path, key: str) -> list[dict]:
+    manifest = read_json(out / "manifest.json")
+    return list(read_parquet_rows([out / s["path"] for s in manifest[key]]))
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_errors_name_every_bad_field():
+    with pytest.raises(ValueError) as err:
+        CleanConfig(max_doc_chars=-1, near_threshold=1.5, shard_bytes=0)
+    msg = str(err.value)
+    assert "max_doc_chars" in msg and "near_threshold" in msg and "shard_bytes" in msg
+    with pytest.raises(ValueError, match="min_doc_chars"):
+        CleanConfig(max_doc_chars=300, min_doc_chars=200)
+
+
+# ---------------------------------------------------------------- normalization
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("a\r\nb\rc\n", "a\nb\nc\n"),  # CRLF and lone CR to LF
+        ("\ufeffhello\ufeff", "hello"),  # BOM at the start and stray ones
+        ("nu\x00ll\x07 bell\x1b esc\x85nel", "null bell escnel"),  # NUL, C0 and C1 controls
+        ("keep\ttab\nand newline", "keep\ttab\nand newline"),
+        ("Cafe\u0301", "Caf\u00e9"),  # NFC composes e + combining acute
+        ("trailing  \t\nblanks \n", "trailing\nblanks\n"),
+    ],
+)
+def test_normalization(raw, want):
+    assert normalize([raw]) == [want]
+
+
+# ---------------------------------------------------------------- Gutenberg and placeholders
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        ("*** START OF THE PROJECT GUTENBERG EBOOK 55 ***", "*** END OF THE PROJECT GUTENBERG EBOOK 55 ***"),
+        ("***START OF THIS PROJECT GUTENBERG EBOOK OZ***", "*** end of this project gutenberg ebook oz ***"),
+    ],
+)
+def test_strip_gutenberg_markers(start, end):
+    text = f"Produced by someone\n{start}\nThe book.\n{end}\nLicense text.\n"
+    assert strip_gutenberg(text).strip() == "The book."
+
+
+def test_strip_gutenberg_without_markers_is_unchanged():
+    text = "Chapter 1\n\nNo markers *** here ***, and the Project Gutenberg name mid-line.\n"
+    assert strip_gutenberg(text) == text
+    assert strip_gutenberg("*** START OF THE PROJECT GUTENBERG EBOOK X ***\nbody") == "\nbody"
+
+
+def test_drop_placeholders():
+    text = (
+        "cover\n\nTitle\n\n[Illustration]\n\n    [Illustration: “He came down”\n\n"
+        "    [_Copyright 1894 by George Allen._]]\n\n0009m\n50025m\n\n"
+        "A [bracketed] remark and 2000m of road.\n"
+    )
+    out = drop_placeholders(text)
+    assert [line for line in out.split("\n") if line] == ["Title", "A [bracketed] remark and 2000m of road."]
+    assert drop_placeholders("Title\n\ncover\n") == "Title\n\ncover\n"  # only a leading cover line goes
+
+
+def test_gutenberg_book_cleans_end_to_end():
+    raw = "\ufeff" + BOOK.replace("\n", "\r\n")
+    (out,) = clean_one(raw, max_doc_chars=0)
+    assert out.startswith("The Call of the Wild\n\nby Jack London\n\nChapter I. Into the Primitive\n\n")
+    for gone in ("\r", "\ufeff", "cover", "0009m", "Illustration", "Copyright 1894", "GUTENBERG", "trailing line"):
+        assert gone not in out
+    assert "\n\n\n" not in out
+    lines = out.split("\n")
+    assert "Chapter II. The Law of Club and Fang" in lines
+    assert "Chafing at custom’s chain;" in lines  # verse keeps its lines
+    para = next(line for line in lines if line.startswith(PROSE_PARAGRAPH))
+    assert para.endswith("furry coats to protect them from the frost.")  # nine wrapped lines, now one
+
+
+# ---------------------------------------------------------------- reflow
+
+
+def test_reflow_joins_prose_but_keeps_structure():
+    text = (
+        "CHAPTER I\n"
+        "It was a bright cold day in April, and the clocks were striking thirteen\n"
+        "and the wind was blowing hard down the long street past the houses —\n"
+        "nobody noticed, and the paragraph went on like this until its very end\n"
+        "CHAPTER II\n"
+        "\n"
+        "Things to buy at the market on the way home from the office this evening:\n"
+        "- apples\n"
+        "- bread\n"
+        "\n"
+        "The wrapper breaks lines like this one when the next word will not fit—\n"
+        "closed dashes join without a space.\n"
+    )
+    assert reflow(text).split("\n") == [
+        "CHAPTER I",
+        "It was a bright cold day in April, and the clocks were striking thirteen and the wind was blowing hard "
+        "down the long street past the houses — nobody noticed, and the paragraph went on like this until its very end",
+        "CHAPTER II",
+        "",
+        "Things to buy at the market on the way home from the office this evening:",
+        "- apples",
+        "- bread",
+        "",
+        "The wrapper breaks lines like this one when the next word will not fit—closed dashes join without a space.",
+        "",
+    ]
+
+
+def test_reflow_keeps_aligned_columns():
+    toc = (
+        "Preface to the new edition, with a note on the text of this book      ix\n"
+        "List of the illustrations drawn for this edition of the novel         xv\n"
+    )
+    assert reflow(toc) == toc
+
+
+def test_reflow_keeps_full_width_verse():
+    verse = (
+        "First Citizen:\n"
+        "Before we proceed any further, hear me speak now.\n"
+        "Speak, speak, and let the people hear you all.\n"
+        "You are all resolved rather to die than famish.\n"
+    )
+    assert reflow(verse) == verse
+
+
+def test_reflow_leaves_code_alone():
+    out = reflow(PYDOCS)
+    indented = [line for line in PYDOCS.split("\n") if line[:1].isspace()]
+    assert indented and all(line in out.split("\n") for line in indented)
+    for kept in (
+        ">>> unflattened = list(batched(flattened_data, 2))\n>>> unflattened\n[('roses'",
+        "```\nresult = combine_the_two_iterables(first_argument_iterable, second_one,\nfill_value=None)\n",
+        "line of prose would\nbe, and the second output line",
+        '"itertools" --- Functions creating iterators for efficient looping\n*****',
+        "- batched() groups the input into tuples of a fixed length, the last\n  one possibly",
+    ):
+        assert kept in out
+    assert "\nChanged in version 3.13: Added the *strict* option. This paragraph is hard-wrapped like the others" in out
+    assert out.endswith("once the cleaning stage has re-flowed it.\n")
+
+
+def test_reflow_leaves_unwrapped_text_alone():
+    text = ("A paragraph written as one long line without any hard wrapping at all. " * 3 + "\n") * 3
+    assert reflow(text) == text
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def test_split_at_paragraphs_is_lossless_and_even():
+    paragraphs = [("word " * (10 + (i * 7) % 50)).strip() + "." for i in range(60)]
+    text = PARAGRAPH_SEP.join(paragraphs)
+    chunks = split_document(text, 1000)
+    assert PARAGRAPH_SEP.join(chunks) == text
+    assert len(chunks) >= -(-len(text) // 1000)
+    assert all(300 <= len(c) <= 1000 for c in chunks)
+    assert not any(c.startswith("\n") or c.endswith("\n") for c in chunks)
+
+
+def test_split_falls_back_to_lines_words_and_hard_cuts():
+    words = " ".join(f"w{i}" for i in range(800))
+    chunks = split_document(words, 500)
+    assert all(len(c) <= 500 for c in chunks) and " ".join(chunks).split() == words.split()
+    blob = "x" * 1200
+    assert split_document(blob, 500) == ["x" * 500, "x" * 500, "x" * 200]
+    assert split_document(blob, 0) == [blob] and split_document("short", 500) == ["short"]
+
+
+def test_split_ids_are_stable():
+    text = PARAGRAPH_SEP.join(["Some sentence of prose in a paragraph."] * 40)
+    rows = [doc("book", text), doc("small", "A small document.")]
+    df = pl.DataFrame(rows)
+    first = clean_frame(df, CleanConfig(max_doc_chars=500, min_doc_chars=0))
+    assert first["doc_id"].to_list()[:2] == ["book-0000", "book-0001"]
+    assert first["doc_id"][-1] == "small" and first["doc_id"].n_unique() == first.height
+    assert first.equals(clean_frame(df, CleanConfig(max_doc_chars=500, min_doc_chars=0)))
+
+
+# ---------------------------------------------------------------- filters
+
+
+def test_length_filters():
+    df = pl.DataFrame({"text": ["", "too short", "x" * 200]})
+    assert df.select(length_reason_expr(200))["reason"].to_list() == ["empty", "too_short", None]
+
+
+def test_repetition_filter():
+    unique = "\n".join(f"line number {i} says something new" for i in range(10))
+    assert filter_repetition(unique, 0.3) == (True, None)
+    spammy = unique + "\n" + "\n".join(["buy now"] * 6)
+    assert repetition_fraction(spammy) == pytest.approx(5 / 16)
+    assert filter_repetition(spammy, 0.3) == (False, "repetition")
+    # the character measure catches one long repeated line among many short unique ones
+    long_line = "a long boilerplate sentence repeated across the page " * 4
+    mixed = "\n".join([long_line, *[f"u{i}" for i in range(8)], long_line])
+    assert repetition_fraction(mixed) > 0.4 and filter_repetition(mixed, 0.3)[0] is False
+
+
+# ---------------------------------------------------------------- clean_corpus
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> list[Path]:
+    prose = PARAGRAPH_SEP.join(f"Paragraph {i} of the essay talks about subject {i} at some length." for i in range(40))
+    shard1 = write_docs(
+        tmp_path / "raw-0.parquet",
+        [
+            doc("book", "\ufeff" + BOOK.replace("\n", "\r\n")),
+            doc("essay", prose),
+            doc("tiny", "Too short to keep."),
+            doc("spam", "\n".join(["Click here to win a prize today!"] * 20)),
+        ],
+    )
+    empty = write_docs(tmp_path / "raw-1.parquet", [])
+    only_boilerplate = (
+        "*** START OF THE PROJECT GUTENBERG EBOOK X ***\n[Illustration]\n*** END OF THE PROJECT GUTENBERG EBOOK X ***"
+    )
+    shard3 = write_docs(tmp_path / "raw-2.parquet", [doc("essay-copy", prose), doc("hollow", only_boilerplate)])
+    return [shard1, empty, shard3]
+
+
+def test_clean_corpus_outputs_and_manifest(corpus, tmp_path):
+    out = tmp_path / "clean"
+    calls = []
+    config = CleanConfig(max_doc_chars=1500, min_doc_chars=100)
+    manifest = clean_corpus(config, corpus, out, progress=lambda *a: calls.append(a))
+    assert manifest == read_json(out / "manifest.json")
+    assert set(manifest) >= {"documents", "bytes", "shards", "dropped", "dropped_shards", "input_documents", "config"}
+    assert manifest["config"]["max_doc_chars"] == 1500 and manifest["input_documents"] == 6
+    assert calls[-1] == ("documents", 6, 6)
+
+    kept, dropped = read_rows(out, "shards"), read_rows(out, "dropped_shards")
+    assert manifest["documents"] == len(kept) and manifest["bytes"] == sum(len(r["text"].encode()) for r in kept)
+    assert manifest["dropped"] == dict(Counter(r["reason"] for r in dropped))
+    assert manifest["dropped"] == {"empty": 1, "too_short": 1, "repetition": 1, "exact_duplicate": 2}
+    assert {r["doc_id"] for r in dropped} == {"tiny", "spam", "hollow", "essay-copy-0000", "essay-copy-0001"}
+    assert [r["doc_id"] for r in kept] == ["book-0000", "book-0001", "essay-0000", "essay-0001"]
+    assert all(r["source"] == "test" and "\r" not in r["text"] for r in kept)
+    for s in manifest["shards"] + manifest["dropped_shards"]:
+        assert sha256_file(out / s["path"]) == s["sha256"]
+    assert pq.read_schema(out / manifest["shards"][0]["path"]).equals(DOCUMENT_SCHEMA)
+    assert pq.read_schema(out / manifest["dropped_shards"][0]["path"]).names == ["doc_id", "source", "text", "reason"]
+
+
+def test_clean_corpus_is_deterministic_and_replaces_output(corpus, tmp_path):
+    config = CleanConfig(max_doc_chars=1500, min_doc_chars=100, dedup_near=True)
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    (b / "part-00009.parquet").write_text("stale output of an earlier run")
+    ma, mb = clean_corpus(config, corpus, a), clean_corpus(config, corpus, b)
+    assert ma == mb
+    assert sorted(p.name for p in b.rglob("*")) == sorted(p.name for p in a.rglob("*"))
+    for s in ma["shards"] + ma["dropped_shards"]:
+        assert pq.read_table(a / s["path"]).equals(pq.read_table(b / s["path"]))
+
+
+def test_clean_corpus_with_only_empty_input(tmp_path):
+    manifest = clean_corpus(CleanConfig(), [write_docs(tmp_path / "raw.parquet", [])], tmp_path / "out")
+    assert manifest["documents"] == 0 and manifest["shards"] == [] and manifest["dropped"] == {}
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_clean_corpus_rejects_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope.parquet"))):
+        clean_corpus(CleanConfig(), [tmp_path / "nope.parquet"], tmp_path / "out")
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"doc_id": ["a"], "body": ["b"]}), bad)
+    with pytest.raises(ValueError, match=r"bad\.parquet.*source.*text"):
+        clean_corpus(CleanConfig(), [bad], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

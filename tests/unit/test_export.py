@@ -1,0 +1,69 @@
+"""HF export: transformers loads the directory as Llama / GPT-2 and computes the same logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmcore.export import export_hf
+from lmcore.model import GPT, tiny
+from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    texts = ["the cat sat on the mat. the dog sat on the log. héllo wörld"] * 20
+    train_tokenizer(TokenizerConfig(vocab_size=300), texts, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides, hf_class",
+    [
+        (dict(arch="modern", n_kv_head=2), "LlamaForCausalLM"),
+        (dict(arch="modern", qkv_bias=True, tie_embeddings=False, rope_theta=500.0), "LlamaForCausalLM"),
+        (dict(arch="gpt2", qkv_bias=True), "GPT2LMHeadModel"),
+        (dict(arch="gpt2", tie_embeddings=False), "GPT2LMHeadModel"),
+    ],
+    ids=["llama-gqa", "llama-bias-untied", "gpt2", "gpt2-untied-nobias"],
+)
+def test_hf_model_reproduces_our_logits(tmp_path, tokenizer_path, overrides, hf_class):
+    torch.manual_seed(0)
+    model = GPT(tiny(vocab_size=320, **overrides)).eval()
+    with torch.no_grad():  # random norms and biases, so a mis-mapped tensor cannot hide behind init values
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    out = export_hf(model, tokenizer_path, tmp_path / "hf")
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    hf.eval()
+    assert type(hf).__name__ == hf_class
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    idx = torch.randint(0, 320, (2, 64))
+    with torch.no_grad():
+        ours, _ = model(idx)
+        theirs = hf(idx).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_tokenizer_loads_as_fast_with_special_tokens(tmp_path, tokenizer_path):
+    out = export_hf(GPT(tiny(vocab_size=320)), tokenizer_path, tmp_path / "hf")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.is_fast
+    assert tok.eos_token == "<|endoftext|>" and tok.pad_token == "<|pad|>"
+    assert tok.decode(tok("the cat sat")["input_ids"]) == "the cat sat"
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == 0 and config["pad_token_id"] == 1
+
+
+def test_export_rejects_a_tokenizer_larger_than_the_model(tmp_path, tokenizer_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        export_hf(GPT(tiny(vocab_size=100)), tokenizer_path, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

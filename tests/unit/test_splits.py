@@ -1,0 +1,58 @@
+from collections import Counter
+
+import pytest
+
+from lmcore.io import ParquetShardWriter, read_parquet_rows
+from lmcore.splits import SplitConfig, assign_split, split_corpus, split_paths
+
+
+def test_assignment_is_stable_and_near_configured_fractions():
+    cfg = SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=3)
+    ids = [f"doc-{i}" for i in range(20_000)]
+    first = [assign_split(d, cfg) for d in ids]
+    assert first == [assign_split(d, cfg) for d in ids]
+    counts = Counter(first)
+    assert abs(counts["test"] / len(ids) - 0.2) < 0.015
+    assert abs(counts["val"] / len(ids) - 0.1) < 0.015
+
+
+def test_documents_keep_their_split_when_the_corpus_grows_or_val_grows():
+    cfg = SplitConfig(val_fraction=0.05, test_fraction=0.05)
+    old = {d: assign_split(d, cfg) for d in (f"a{i}" for i in range(5000))}
+    bigger_val = SplitConfig(val_fraction=0.2, test_fraction=0.05)
+    assert all(assign_split(d, cfg) == s for d, s in old.items())  # independent of other documents
+    assert all(assign_split(d, bigger_val) == "test" for d, s in old.items() if s == "test")
+
+
+def test_seed_changes_assignment():
+    ids = [f"d{i}" for i in range(2000)]
+    a = [assign_split(d, SplitConfig(seed=0)) for d in ids]
+    b = [assign_split(d, SplitConfig(seed=1)) for d in ids]
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [({"val_fraction": -0.1}, "val_fraction"), ({"test_fraction": 1.0}, "test_fraction"),
+     ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction + test_fraction")],
+)
+def test_bad_fractions_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field.replace("+", r"\+")):
+        SplitConfig(**kwargs)
+
+
+def test_split_corpus_writes_disjoint_complete_splits(tmp_path):
+    rows = [{"doc_id": f"id{i}", "source": "s", "text": f"text {i}"} for i in range(500)]
+    with ParquetShardWriter(tmp_path / "in", max_bytes=1000) as w:
+        for r in rows:
+            w.write(r)
+    manifest = split_corpus(SplitConfig(val_fraction=0.1, test_fraction=0.1),
+                            [tmp_path / "in" / s["path"] for s in w.shards], tmp_path / "out")
+    seen = {}
+    for split in ("train", "val", "test"):
+        got = list(read_parquet_rows(split_paths(tmp_path / "out", split, manifest)))
+        assert len(got) == manifest["splits"][split]["documents"] > 0
+        seen[split] = {r["doc_id"] for r in got}
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+    assert set().union(*seen.values()) == {r["doc_id"] for r in rows}
+    assert (tmp_path / "out" / "manifest.json").exists()
