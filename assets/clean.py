@@ -1,6 +1,5 @@
 """``clean_corpus``: normalization, Gutenberg stripping, re-flow, splitting, filters, dedup."""
 
-
 import dagster as dg
 
 import lmcore.clean
@@ -9,7 +8,8 @@ from assets.plots import bar_chart
 from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import code_version, load_manifest, output, run_stage
-from lmcore.clean import CleanConfig, clean_corpus as clean_documents
+from lmcore.clean import CleanConfig
+from lmcore.clean import clean_corpus as clean_documents
 
 
 class CleanCorpusConfig(dg.Config):

@@ -1,9 +1,13 @@
 """``raw_corpus``: configured sources → Parquet document shards with a stable ``doc_id``."""
 
-
 import dagster as dg
 
 import lmcore.corpus
+import lmcore.sources
+import lmcore.sources.builtin
+import lmcore.sources.fetch
+import lmcore.sources.formats
+import lmcore.sources.policy
 from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import code_version, load_manifest, output, run_stage
@@ -15,22 +19,45 @@ class RawCorpusConfig(dg.Config):
     """Source specs: builtin:python-docs, paths/globs/directories, fsspec URLs, or hf:NAME."""
     text_field: str = "text"
     """Field holding the text in .jsonl/.json/.csv/.parquet files and HF datasets."""
+    hf_split: str = "train"
+    """Split to read from hf:NAME datasets."""
     invalid_utf8: str = "error"
-    """What to do with text that is not UTF-8: error, replace or skip."""
+    """What to do with text that is not UTF-8: error, replace or skip (counted in metadata)."""
+    on_bad_record: str = "error"
+    """A broken JSON line or a record without the text field: error, or skip (counted in metadata)."""
 
     def to_lmcore(self) -> CorpusConfig:
-        return CorpusConfig(sources=tuple(self.sources), text_field=self.text_field, invalid_utf8=self.invalid_utf8)
+        return CorpusConfig(
+            sources=tuple(self.sources),
+            text_field=self.text_field,
+            hf_split=self.hf_split,
+            invalid_utf8=self.invalid_utf8,
+            on_bad_record=self.on_bad_record,
+        )
 
 
-@dg.asset(group_name="data", kinds={"parquet"}, code_version=code_version(lmcore.corpus))
+@dg.asset(
+    group_name="data",
+    kinds={"parquet"},
+    code_version=code_version(
+        lmcore.corpus,
+        lmcore.sources,
+        lmcore.sources.builtin,
+        lmcore.sources.fetch,
+        lmcore.sources.formats,
+        lmcore.sources.policy,
+    ),
+)
 def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, store: ArtifactStore) -> dg.Output:
     """Every configured source read into zstd Parquet shards (doc_id, source, text)."""
     cfg = config.to_lmcore()
     progress = reporter(context, "raw_corpus")
     ref = run_stage(store, "raw_corpus", lambda out: build_raw_corpus(cfg, out, store.cache_dir(), progress=progress))
     _, manifest = load_manifest(store, ref)
-    sources = [dg.TableRecord({"spec": s["spec"], "documents": s["documents"], "version": s["version"]})
-               for s in manifest["sources"]]
+    sources = [
+        dg.TableRecord({"spec": s["spec"], "documents": s["documents"], "version": s["version"]})
+        for s in manifest["sources"]
+    ]
     metadata = {
         "documents": manifest["documents"],
         "bytes": manifest["bytes"],

@@ -38,17 +38,22 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
 
 
 class LocalArtifactStore(ArtifactStore):
-    """Artifacts in a local directory: ``{root}/{asset}/{digest[:16]}/``."""
+    """Artifacts under the project home: ``{home}/artifacts/{asset}/{digest[:16]}/``."""
 
-    root: str
+    home: str
+    """The project home ($LMPIPE_HOME); read when a run starts, not when code loads."""
+
+    @property
+    def root(self) -> Path:
+        return Path(self.home) / "artifacts"
 
     @contextlib.contextmanager
     def stage(self, asset: str) -> Iterator[Path]:
-        with staging_dir(Path(self.root) / asset) as staging:
+        with staging_dir(self.root / asset) as staging:
             yield staging
 
     def publish(self, staging: Path, asset: str) -> tuple[str, str]:
-        final, digest = publish_dir(staging, Path(self.root) / asset)
+        final, digest = publish_dir(staging, self.root / asset)
         return str(final), digest
 
     def local_path(self, location: str) -> Path:
@@ -58,4 +63,4 @@ class LocalArtifactStore(ArtifactStore):
         return path
 
     def cache_dir(self) -> Path:
-        return Path(self.root).parent / "cache"
+        return Path(self.home) / "cache"

@@ -1,6 +1,5 @@
 """``token_shards``: every split tokenized into memory-mappable Arrow IPC shards."""
 
-
 import dagster as dg
 
 import lmcore.shards

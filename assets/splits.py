@@ -1,6 +1,5 @@
 """``splits``: document-level train/val/test assignment by a seeded hash of ``doc_id``."""
 
-
 import dagster as dg
 import pyarrow.parquet as pq
 
@@ -25,7 +24,9 @@ class SplitsConfig(dg.Config):
 
 
 @dg.asset(group_name="data", kinds={"parquet"}, code_version=code_version(lmcore.splits))
-def splits(context: dg.AssetExecutionContext, config: SplitsConfig, clean_corpus: dict, store: ArtifactStore) -> dg.Output:
+def splits(
+    context: dg.AssetExecutionContext, config: SplitsConfig, clean_corpus: dict, store: ArtifactStore
+) -> dg.Output:
     """The cleaned documents divided into train, val and test Parquet shards."""
     cfg = config.to_lmcore()
     clean_path, clean_manifest = load_manifest(store, clean_corpus)

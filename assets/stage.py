@@ -43,6 +43,6 @@ def load_manifest(store: ArtifactStore, ref: dict[str, Any]) -> tuple[Path, dict
 def output(ref: dict[str, Any], metadata: dict[str, Any]) -> dg.Output:
     return dg.Output(
         ref,
-        metadata={**metadata, "path": dg.MetadataValue.path(ref["path"]), "data_version": ref["data_version"]},
+        metadata={**metadata, "artifact_path": dg.MetadataValue.path(ref["path"]), "data_version": ref["data_version"]},
         data_version=dg.DataVersion(ref["data_version"]),
     )

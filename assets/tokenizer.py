@@ -1,6 +1,5 @@
 """``tokenizer``: byte-level BPE trained on the train split only."""
 
-
 import itertools
 
 import dagster as dg
@@ -51,7 +50,8 @@ def tokenizer(config: TokenizerAssetConfig, splits: dict, store: ArtifactStore) 
             "vocab_size": manifest["vocab_size"],
             "bytes_per_token_val": round(manifest["bytes_per_token"], 4),
             "sample": dg.MetadataValue.md(
-                f"**text**\n\n```\n{manifest['sample_text']}\n```\n\n**tokens**\n\n`{' | '.join(manifest['sample_tokens'])}`"
+                f"**text**\n\n```\n{manifest['sample_text']}\n```\n\n"
+                f"**tokens**\n\n`{' | '.join(manifest['sample_tokens'])}`"
             ),
             "sha256": manifest["sha256"],
         },

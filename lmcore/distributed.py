@@ -1,15 +1,24 @@
-"""torchrun / DDP helpers: who am I, one process group per run, small collectives.
+"""Processes and devices: who am I under torchrun, one process group per run, small
+collectives, which device a rank uses and how many FLOP/s it can do at best.
 
 Under ``torchrun`` the environment carries ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``;
-without them a run is a single process and every helper here is a no-op. The backend
+without them a run is a single process and every collective here is a no-op. The backend
 is NCCL on CUDA and gloo on CPU (so multi-process training is testable on a laptop).
 The environment is read when ``dist_env()`` is called, never at import.
+
+Peak FLOP/s (the MFU denominator) comes from a table of dense bf16 tensor-core peaks for
+known GPUs (halved for float32, which runs as TF32), else from timing a large matmul in
+the run's dtype once per process; on CPU that measured figure is what the cores sustain,
+so CPU MFU is relative to it (and is noisy on a busy machine: pass an explicit peak).
 This module knows nothing of models, data or checkpoints.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -104,3 +113,58 @@ def all_gather_bytes(t: torch.Tensor, env: DistEnv, device: torch.device) -> lis
     out = [torch.empty_like(src) for _ in range(env.world_size)]
     dist.all_gather(out, src)
     return [o.cpu() for o in out]
+
+
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+)
+"""Dense bf16 tensor-core peak FLOP/s by substring of the CUDA device name (first match wins)."""
+
+
+def peak_flops(device: torch.device, dtype: str, override: float | None = None) -> float:
+    """Peak FLOP/s of one device: the override, the GPU table, or a measured matmul."""
+    if override is not None:
+        return override
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in PEAK_BF16_FLOPS:
+            if key in name:
+                return flops if dtype == "bfloat16" else flops / 2
+    return measure_matmul_flops(str(device), dtype)
+
+
+@functools.cache
+def measure_matmul_flops(device: str, dtype: str, n: int = 0) -> float:
+    """Sustained FLOP/s of a large square matmul (measured once per process; does not touch the RNG)."""
+    dev = torch.device(device)
+    n = n or (8192 if dev.type == "cuda" else 1024)
+    a = torch.full((n, n), 0.5, device=dev, dtype=getattr(torch, dtype))
+    b = torch.full((n, n), 0.25, device=dev, dtype=getattr(torch, dtype))
+    best = math.inf
+    for _ in range(6):  # the first run warms caches and kernels; keep the fastest
+        _sync(dev)
+        t0 = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resolve_device(requested: str, env: DistEnv) -> torch.device:
+    """Resolve "auto" to cuda or cpu; under torchrun, CUDA ranks take cuda:LOCAL_RANK."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and env.distributed:
+        requested = f"cuda:{env.local_rank}"
+    return torch.device(requested)

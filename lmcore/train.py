@@ -8,10 +8,9 @@ appended to ``run_dir/metrics.jsonl``; the loss curve is also stored in every ch
 meta.json, so the whole curve survives restarts. On CPU the same config gives the same
 losses, whether or not the run was interrupted and resumed.
 
-MFU = flops_per_token * tokens/s / (peak FLOP/s per device * world_size). The peak comes
-from ``TrainConfig.peak_flops``, else a table of dense bf16 tensor-core peaks for known
-GPUs (halved for float32, which runs as TF32), else a measured large matmul in the run's
-dtype (on CPU this is what the cores actually sustain, so CPU MFU is relative to that).
+MFU = flops_per_token * tokens/s / (peak FLOP/s per device * world_size), the peak from
+``TrainConfig.peak_flops`` or ``lmcore.distributed.peak_flops`` (a GPU table, else a
+measured matmul: on CPU, MFU is relative to what the cores sustain on a big fp32 matmul).
 
 This module knows nothing of Dagster; only rank 0 writes files or calls the callback.
 """
@@ -19,7 +18,6 @@ This module knows nothing of Dagster; only rank 0 writes files or calls the call
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -57,60 +55,6 @@ Callback = Callable[[dict[str, Any]], None]
 METRICS_FILE = "metrics.jsonl"
 _RESERVED_META = {"config", "data", "progress", "seed", "params", "step", "files", "format_version"}
 
-PEAK_BF16_FLOPS = (
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM
-    ("H200", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-)
-"""Dense bf16 tensor-core peak FLOP/s by substring of the CUDA device name (first match wins)."""
-
-
-def peak_flops(device: torch.device, dtype: str, override: float | None = None) -> float:
-    """Peak FLOP/s of one device: the override, the GPU table, or a measured matmul."""
-    if override is not None:
-        return override
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in PEAK_BF16_FLOPS:
-            if key in name:
-                return flops if dtype == "bfloat16" else flops / 2
-    return measure_matmul_flops(str(device), dtype)
-
-
-@functools.cache
-def measure_matmul_flops(device: str, dtype: str, n: int = 0) -> float:
-    """Sustained FLOP/s of a large square matmul (measured once per process; does not touch the RNG)."""
-    dev = torch.device(device)
-    n = n or (8192 if dev.type == "cuda" else 1024)
-    a = torch.full((n, n), 0.5, device=dev, dtype=getattr(torch, dtype))
-    b = torch.full((n, n), 0.25, device=dev, dtype=getattr(torch, dtype))
-    best = math.inf
-    for _ in range(4):  # the first run warms caches and kernels; keep the fastest
-        _sync(dev)
-        t0 = time.perf_counter()
-        (a @ b).sum().item()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def resolve_device(requested: str, env: D.DistEnv) -> torch.device:
-    """ "auto" becomes cuda or cpu; under torchrun, CUDA ranks take cuda:LOCAL_RANK."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and env.distributed:
-        requested = f"cuda:{env.local_rank}"
-    return torch.device(requested)
-
 
 def train(
     model_config: ModelConfig,
@@ -133,7 +77,7 @@ def train(
     if clash:
         raise ValueError(f"meta_extra keys {clash} are reserved for the checkpoint's own fields; rename them")
     env = D.dist_env()
-    device = resolve_device(train_config.device, env)
+    device = D.resolve_device(train_config.device, env)
     created = D.init_distributed(env, device.type)
     try:
         run = _Run(model_config, train_config.resolved(str(device)), Path(shard_root), Path(run_dir), env, device)
@@ -198,7 +142,7 @@ class _Run:
         self.val_start = self.val_loader.state_dict() if self.val_loader else None
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         self.flops_per_token = self.raw.flops_per_token()
-        self.peak = peak_flops(device, cfg.dtype, cfg.peak_flops) if env.is_main else None
+        self.peak = D.peak_flops(device, cfg.dtype, cfg.peak_flops) if env.is_main else None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == torch.float32:
@@ -437,7 +381,7 @@ def _set_aside_newer(run_dir: Path, step: int) -> None:
     """Rename checkpoints newer than ``step`` (they failed verification) out of the way, and drop staging dirs."""
     for s, path in list_checkpoints(run_dir):
         if s > step:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
             path.rename(aside)
             log.warning("set aside corrupt checkpoint %s as %s", path, aside.name)
     for stale in run_dir.glob(".step-*.staging"):

@@ -1,7 +1,7 @@
 """``lmpipe``: run asset selections into the project's Dagster instance, or open its UI.
 
-    lmpipe run [--profile NAME | --config FILE] [--select SELECTION]
-    lmpipe ui [--port PORT]
+lmpipe run [--profile NAME | --config FILE] [--select SELECTION]
+lmpipe ui [--port PORT]
 """
 
 from __future__ import annotations
@@ -89,8 +89,13 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=False,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
         self.tasks: dict[tuple[str, str], Any] = {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 import assets.clean
@@ -11,6 +13,9 @@ import assets.splits
 import assets.tokenizer
 from assets.resources import LocalArtifactStore
 from pipelines.home import lmpipe_home
+
+# `dagster dev` started by hand gets the same default home as the CLI.
+os.environ.setdefault("LMPIPE_HOME", str(lmpipe_home()))
 from pipelines.profile import available_profiles, load_profile
 
 _MODULES = [assets.corpus, assets.clean, assets.splits, assets.tokenizer, assets.shards]
@@ -32,5 +37,5 @@ defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
     jobs=[data_prep, *profile_jobs],
-    resources={"store": LocalArtifactStore(root=str(lmpipe_home() / "artifacts"))},
+    resources={"store": LocalArtifactStore(home=dg.EnvVar("LMPIPE_HOME"))},
 )

@@ -81,6 +81,9 @@ def validate_profile(profile: Profile, assets_defs: list[dg.AssetsDefinition]) -
         if asset not in classes:
             problems.append(f"assets.{asset}: no such configurable asset; choose from {', '.join(sorted(classes))}")
             continue
+        fields = classes[asset].model_fields
+        for unknown in sorted(set(values) - set(fields)):
+            problems.append(f"assets.{asset}.{unknown}: unknown field; valid fields: {', '.join(sorted(fields))}")
         try:
             cfg = classes[asset](**values)
             if hasattr(cfg, "to_lmcore"):

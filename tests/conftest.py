@@ -23,3 +23,10 @@ def small_tokenizer(tmp_path_factory, small_texts):
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     return train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=2), small_texts, path), path
+
+
+def pytest_configure(config):
+    # Tests use tiny tensors; on 2 busy cores, intra-op threads cost more than they give.
+    import torch
+
+    torch.set_num_threads(1)

@@ -135,6 +135,6 @@ def test_check_compatible_names_the_differing_field(tmp_path: Path) -> None:
     msg = str(e.value)
     assert "runs/a" in msg and "n_layer=4" in msg and "n_layer=6" in msg and "d_model" not in msg
     assert "new run dir" in msg
-    check_compatible(meta, {"model": {"n_layer": 4, "d_model": 64}, "train": {"betas": [0.9, 0.95], "lr": 1}}, ignore=(
-        "train.lr",
-    ))
+    check_compatible(
+        meta, {"model": {"n_layer": 4, "d_model": 64}, "train": {"betas": [0.9, 0.95], "lr": 1}}, ignore=("train.lr",)
+    )

@@ -36,7 +36,9 @@ def torchrun(spec: dict, tmp_path: Path, name: str) -> list[dict]:
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "lmcore.train_entry", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if line.startswith("[rank"))[-4000:]
+    assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if line.startswith("[rank"))[
+        -4000:
+    ]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 

@@ -33,8 +33,11 @@ def test_seed_changes_assignment():
 
 @pytest.mark.parametrize(
     "kwargs,field",
-    [({"val_fraction": -0.1}, "val_fraction"), ({"test_fraction": 1.0}, "test_fraction"),
-     ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction + test_fraction")],
+    [
+        ({"val_fraction": -0.1}, "val_fraction"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction + test_fraction"),
+    ],
 )
 def test_bad_fractions_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field.replace("+", r"\+")):
@@ -46,8 +49,11 @@ def test_split_corpus_writes_disjoint_complete_splits(tmp_path):
     with ParquetShardWriter(tmp_path / "in", max_bytes=1000) as w:
         for r in rows:
             w.write(r)
-    manifest = split_corpus(SplitConfig(val_fraction=0.1, test_fraction=0.1),
-                            [tmp_path / "in" / s["path"] for s in w.shards], tmp_path / "out")
+    manifest = split_corpus(
+        SplitConfig(val_fraction=0.1, test_fraction=0.1),
+        [tmp_path / "in" / s["path"] for s in w.shards],
+        tmp_path / "out",
+    )
     seen = {}
     for split in ("train", "val", "test"):
         got = list(read_parquet_rows(split_paths(tmp_path / "out", split, manifest)))

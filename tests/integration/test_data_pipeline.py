@@ -1,0 +1,110 @@
+"""The data group through the real CLI into a real Dagster instance."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from lmcore.io import read_json
+from pipelines.cli import main
+from tests.integration.conftest import write_profile
+
+
+def _artifact(home, asset):
+    versions = [p for p in (home / "artifacts" / asset).iterdir() if not p.name.startswith(".")]
+    return versions
+
+
+def _latest_ref(home, asset):
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    mat = event.asset_materialization
+    return mat.metadata["artifact_path"].value, mat.tags.get("dagster/data_version")
+
+
+def test_data_group_runs_and_is_recorded_in_the_instance(home, tmp_path, corpus_dir, capsys):
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
+    assert main(["run", "--config", str(profile), "--select", "group:data"]) == 0
+    out = capsys.readouterr().out
+    assert "succeeded" in out and "token_shards" in out
+    path, version = _latest_ref(home, "token_shards")
+    manifest = read_json(f"{path}/manifest.json")
+    assert version and manifest["dtype"] == "uint16" and manifest["vocab_size"] == 300
+    assert all(manifest["splits"][s]["tokens"] > 0 for s in ("train", "val", "test"))
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    runs = instance.get_runs()
+    assert len(runs) == 1 and runs[0].tags["lmpipe/profile"] == "p"
+    assert (home / "dagster" / "dagster.yaml").read_text().count("enabled: false") == 2
+
+
+def test_two_homes_give_identical_tokenizer_and_shards(tmp_path, corpus_dir, monkeypatch):
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
+    digests = []
+    for name in ("a", "b"):
+        home = tmp_path / name
+        monkeypatch.setenv("LMPIPE_HOME", str(home))
+        assert main(["run", "--config", str(profile), "--select", "group:data"]) == 0
+        tok_path, _ = _latest_ref(home, "tokenizer")
+        shard_path, shard_version = _latest_ref(home, "token_shards")
+        shards = read_json(f"{shard_path}/manifest.json")["splits"]
+        digests.append(
+            (read_json(f"{tok_path}/manifest.json")["sha256"], shard_version, json.dumps(shards, sort_keys=True))
+        )
+    assert digests[0] == digests[1]
+
+
+def test_select_runs_only_the_selection_and_reuses_upstream(home, tmp_path, corpus_dir):
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
+    assert main(["run", "--config", str(profile), "--select", "raw_corpus+"]) == 0  # raw_corpus and clean_corpus
+    assert _artifact(home, "clean_corpus") and not (home / "artifacts" / "splits").exists()
+    assert main(["run", "--config", str(profile), "--select", "splits"]) == 0  # reads clean_corpus from storage
+    assert _artifact(home, "splits")
+
+
+def test_missing_source_fails_clearly_keeps_old_artifacts_and_recovers(home, tmp_path, corpus_dir, capsys):
+    good = write_profile(tmp_path / "good.yaml", [str(corpus_dir)])
+    assert main(["run", "--config", str(good), "--select", "group:data"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in _artifact(home, "raw_corpus")}
+    missing = tmp_path / "nowhere" / "books"
+    bad = write_profile(tmp_path / "bad.yaml", [str(missing)])
+    assert main(["run", "--config", str(bad), "--select", "group:data"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "nowhere" in out
+    assert {p.name: p.stat().st_mtime_ns for p in _artifact(home, "raw_corpus")} == before
+    assert not list((home / "artifacts" / "raw_corpus").glob(".staging-*"))
+    assert main(["run", "--config", str(good), "--select", "group:data"]) == 0
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"tokenizer": {"vocab_size": 10}}, "vocab_size"),
+        ({"splits": {"val_fraction": "lots"}}, "assets.splits.val_fraction"),
+        ({"token_shard": {"shard_tokens": 1}}, "assets.token_shard: no such configurable asset"),
+        ({"clean_corpus": {"colour": "red"}}, "assets.clean_corpus.colour"),
+    ],
+)
+def test_invalid_profile_is_rejected_before_any_run_with_the_field_named(
+    home, tmp_path, corpus_dir, capsys, overrides, message
+):
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)], **overrides)
+    assert main(["run", "--config", str(profile)]) == 2
+    assert message in capsys.readouterr().out
+    assert not (home / "artifacts").exists()
+
+
+def test_unknown_profile_and_empty_selection(home, capsys):
+    assert main(["run", "--profile", "nope"]) == 2
+    assert "available: book, demo" in capsys.readouterr().out
+    assert main(["run", "--select", "tag:none=none"]) == 2
+
+
+def test_definitions_load_and_group_the_data_assets():
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    data = {k.to_user_string() for k in dg.AssetSelection.groups("data").resolve(graph)}
+    assert data == {"raw_corpus", "clean_corpus", "splits", "tokenizer", "token_shards"}
+    assert defs.resolve_job_def("demo_pipeline") and defs.resolve_job_def("data_prep")
