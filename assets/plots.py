@@ -8,21 +8,46 @@ import io
 import dagster as dg
 
 
-def bar_chart(title: str, values: dict[str, float], *, xlabel: str = "", ylabel: str = "") -> dg.MetadataValue:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _png_markdown(fig, title: str) -> dg.MetadataValue:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
-    names = list(values)
-    ax.barh(names, [values[n] for n in names], color="#4f74b3")
-    ax.set_title(title)
-    ax.set_xlabel(ylabel)
-    ax.set_ylabel(xlabel)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{data})")
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 3), dpi=100)
+
+
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], *, xlabel: str, ylabel: str) -> dg.MetadataValue:
+    """One line per series of ``(x, y)`` points."""
+    fig, ax = _figure()
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, label=name, marker="." if len(points) < 30 else None)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png_markdown(fig, title)
+
+
+def bar_chart(title: str, values: dict[str, float], *, xlabel: str = "", ylabel: str = "") -> dg.MetadataValue:
+    fig, ax = _figure()
+    names = list(values)
+    ax.barh(names, [values[n] for n in names], color="#4f74b3")
+    ax.set_title(title)
+    ax.set_xlabel(ylabel)
+    ax.set_ylabel(xlabel)
+    return _png_markdown(fig, title)

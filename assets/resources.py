@@ -36,6 +36,14 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
     def cache_dir(self) -> Path:
         """Directory for download caches."""
 
+    @abstractmethod
+    def run_dir(self, asset: str, key: str) -> Path:
+        """A stable working directory for a long job (training): the same key resumes the same run."""
+
+    @abstractmethod
+    def reports_dir(self) -> Path:
+        """Where human-readable reports (JSON, Markdown) are written."""
+
 
 class LocalArtifactStore(ArtifactStore):
     """Artifacts under the project home: ``{home}/artifacts/{asset}/{digest[:16]}/``."""
@@ -64,3 +72,9 @@ class LocalArtifactStore(ArtifactStore):
 
     def cache_dir(self) -> Path:
         return Path(self.home) / "cache"
+
+    def run_dir(self, asset: str, key: str) -> Path:
+        return self.root / asset / "runs" / key
+
+    def reports_dir(self) -> Path:
+        return Path(self.home) / "reports"

@@ -12,18 +12,18 @@ Figures (final JSON line, all ratios measured side by side in this one process r
     python benchmarks/tokenize.py [--corpus DIR] [--repeats 3]
 """
 
+import os
 import sys
-from pathlib import Path
 
-# This file is named like the stdlib module ``tokenize``; keep its folder off the import path.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from lmcore.io import ParquetShardWriter, iter_texts  # noqa: E402
 from lmcore.shards import tokenize_splits  # noqa: E402
@@ -33,10 +33,10 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corp
 CHUNK_CHARS = 20_000
 
 _RSS_CHILD = """
-import json, sys
-from pathlib import Path
-from lmcore.shards import tokenize_splits
-from lmcore.tokenizer import load_tokenizer
+import json, sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from lmcore.shards import tokenize_splits  # noqa: E402
+from lmcore.tokenizer import load_tokenizer  # noqa: E402
 tok = load_tokenizer(sys.argv[1])
 paths = [Path(p) for p in json.loads(sys.argv[3])]
 tokenize_splits(tok, {"train": paths}, sys.argv[2], eot_id=0, shard_tokens=1 << 22)

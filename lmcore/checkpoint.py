@@ -185,3 +185,13 @@ def check_compatible(
         raise ValueError(
             f"checkpoint at {where} was written with {was}; this run asks {now}; use a new run dir or the same config"
         )
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A verified checkpoint's model (built from the config saved in it), in eval mode, and its meta."""
+    from lmcore.model import GPT, ModelConfig
+
+    meta = read_meta(path)
+    model = GPT(ModelConfig.from_dict(meta["config"]["model"])).to(device)
+    load_checkpoint(path, model)
+    return model.eval(), meta

@@ -153,3 +153,33 @@ def evaluate_ngram(
         nats -= float(ngram.log_prob(s).sum())
         tokens += s.size - 1
     return _summary(nats, tokens, total_bytes, bytes_per_token)
+
+
+def perplexity_comparison(
+    model: GPT,
+    tokenizer: Any,
+    split_arrays: dict[str, Sequence[np.ndarray]],
+    train_arrays: Sequence[np.ndarray],
+    *,
+    ngram_order: int = 3,
+    max_tokens: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """``{split: {"model": figures, "ngram": figures}}``: the model against an n-gram fitted on ``train_arrays``.
+
+    Both are scored on the same target tokens and divided by the same UTF-8 byte count, so
+    their bits per byte are directly comparable.
+    """
+    token_bytes = token_byte_lengths(tokenizer)
+    ngram = NGramLM.fit(list(train_arrays), model.config.vocab_size, order=ngram_order)
+    out = {}
+    for split, arrays in split_arrays.items():
+        n_bytes = count_target_bytes(arrays, token_bytes, max_tokens)
+        out[split] = {
+            "model": evaluate_lm(
+                model, arrays, batch_size=batch_size, total_bytes=n_bytes, max_tokens=max_tokens, device=device
+            ),
+            "ngram": evaluate_ngram(ngram, arrays, total_bytes=n_bytes, max_tokens=max_tokens),
+        }
+    return out

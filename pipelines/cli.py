@@ -134,7 +134,7 @@ def _summary(console: Any, result: Any, seconds: float) -> None:
         mat = event.event_specific_data.materialization
         name = mat.asset_key.to_user_string()
         figures = ", ".join(
-            f"{k}={v.value:,}" if isinstance(v.value, int) else f"{k}={v.value}"
+            f"{k}={v.value:,}" if isinstance(v.value, int) else f"{k}={v.value:.4g}"
             for k, v in mat.metadata.items()
             if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
         )

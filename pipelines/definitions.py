@@ -8,6 +8,7 @@ import dagster as dg
 
 import assets.clean
 import assets.corpus
+import assets.pretrain
 import assets.shards
 import assets.splits
 import assets.tokenizer
@@ -18,11 +19,12 @@ from pipelines.home import lmpipe_home
 os.environ.setdefault("LMPIPE_HOME", str(lmpipe_home()))
 from pipelines.profile import available_profiles, load_profile
 
-_MODULES = [assets.corpus, assets.clean, assets.splits, assets.tokenizer, assets.shards]
+_MODULES = [assets.corpus, assets.clean, assets.splits, assets.tokenizer, assets.shards, assets.pretrain]
 ALL_ASSETS = dg.load_assets_from_modules(_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(_MODULES)
 
 data_prep = dg.define_asset_job("data_prep", selection=dg.AssetSelection.groups("data"))
+pretrain = dg.define_asset_job("pretrain", selection=dg.AssetSelection.groups("pretrain"))
 profile_jobs = [
     dg.define_asset_job(
         f"{name}_pipeline",
@@ -36,6 +38,6 @@ profile_jobs = [
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[data_prep, *profile_jobs],
+    jobs=[data_prep, pretrain, *profile_jobs],
     resources={"store": LocalArtifactStore(home=dg.EnvVar("LMPIPE_HOME"))},
 )

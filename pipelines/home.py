@@ -21,6 +21,10 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# Assets that hold a GPU (pool "gpu") run one at a time across all runs.
+concurrency:
+  pools:
+    default_limit: 1
 """
 
 

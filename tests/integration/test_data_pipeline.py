@@ -37,6 +37,7 @@ def test_data_group_runs_and_is_recorded_in_the_instance(home, tmp_path, corpus_
     runs = instance.get_runs()
     assert len(runs) == 1 and runs[0].tags["lmpipe/profile"] == "p"
     assert (home / "dagster" / "dagster.yaml").read_text().count("enabled: false") == 2
+    assert "default_limit: 1" in (home / "dagster" / "dagster.yaml").read_text()
 
 
 def test_two_homes_give_identical_tokenizer_and_shards(tmp_path, corpus_dir, monkeypatch):

@@ -112,3 +112,12 @@ def test_window_log_records_each_batch(root: Path, tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert [line.split()[:2] for line in lines] == [["0", "0"], ["0", "1"], ["0", "2"]]
     assert [int(t) for t in lines[2].split()[2:]] == list(batches[2][0][:, 0] // 8)
+
+
+def test_keeping_the_last_partial_batch_covers_every_window(root: Path) -> None:
+    loader = TokenLoader.from_split(root, "train", context_length=16, batch_size=8, drop_last=False)
+    assert loader.num_windows == 62 and loader.batches_per_epoch == 8
+    batches = drain(loader, 8)
+    assert [x.shape[0] for x, _ in batches] == [8] * 7 + [6]
+    assert sorted(int(s) // 16 for x, _ in batches for s in x[:, 0]) == list(range(62))
+    assert (loader.epoch, loader.position) == (1, 0)
