@@ -108,12 +108,12 @@ def render_chatml(
     """Render ``messages`` as ChatML ids with the assistant loss mask.
 
     With ``context_length``, a conversation longer than ``context_length + 1`` tokens (one
-    training window plus its shifted target) is cut: first from the left of the content of
-    the last user turn before the last answer (the system prompt and all headers stay); if
-    that is not enough, the end is cut off (the last answer loses its tail and its
-    ``<|im_end|>``; the cut lands on an answer token, never inside a header). When no
-    assistant token is left, the example comes back with ``dropped`` set and no ids.
-    ``truncated`` counts the tokens removed either way.
+    training window plus its shifted target) is cut from the left of the content of the
+    last user turn before the last answer (the system prompt and all headers stay). When
+    even that whole content is not enough, the prompt is kept and the end is cut off
+    instead (the last answer loses its tail and its ``<|im_end|>``; the cut lands on an
+    answer token, never inside a header). When no assistant token is left, the example
+    comes back with ``dropped`` set and no ids. ``truncated`` counts the removed tokens.
     """
     check_messages(messages)
     if context_length is not None and context_length < 1:
@@ -126,10 +126,9 @@ def render_chatml(
     excess = 0 if context_length is None else max(0, total - (context_length + 1))
     truncated = 0
     target = _truncation_target(messages)
-    if excess and target is not None:
-        cut = min(excess, len(contents[target]))
-        contents[target] = contents[target][cut:]
-        truncated, excess = cut, excess - cut
+    if excess and target is not None and excess <= len(contents[target]):
+        contents[target] = contents[target][excess:]
+        truncated, excess = excess, 0
     ids: list[int] = []
     mask: list[int] = []
     for m, content in zip(messages, contents, strict=True):

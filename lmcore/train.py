@@ -257,6 +257,10 @@ class _Run:
     def mfu(self, tokens_per_s: float) -> float | None:
         if self.peak is None:
             return None
+        if self.device.type == "cpu" and self.cfg.peak_flops is None:
+            # A CPU peak measured while other processes held a core is too low (MFU > 1); keep the
+            # best of a fresh measurement per log interval (~20 ms each), as a quiet machine would show.
+            self.peak = max(self.peak, D.measure_matmul_flops.__wrapped__(str(self.device), self.cfg.dtype))
         return self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
 
     @torch.no_grad()

@@ -25,6 +25,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'group:data' or 'tokenizer+'")
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 against $LMPIPE_HOME")
     ui.add_argument("--port", type=int, default=3000)
+    gen = sub.add_parser("generate", help="sample from the latest pretrained_model")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--frequency-penalty", type=float, default=0.0)
+    gen.add_argument("--presence-penalty", type=float, default=0.0)
+    gen.add_argument("--seed", type=int, default=None)
+    exp = sub.add_parser("export", help="write the latest pretrained_model in Hugging Face format")
+    exp.add_argument("out_dir")
     return p
 
 
@@ -33,7 +44,54 @@ def main(argv: list[str] | None = None) -> int:
     home = prepare_home()
     if args.command == "ui":
         return _ui(args.port)
+    if args.command in ("generate", "export"):
+        return _use_model(args)
     return _run(args, home)
+
+
+def _latest_checkpoint() -> str:
+    import dagster as dg
+
+    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("pretrained_model"))
+    if event is None or event.asset_materialization is None:
+        raise FileNotFoundError("no pretrained_model yet in this LMPIPE_HOME; run `lmpipe run` first")
+    return event.asset_materialization.metadata["artifact_path"].value
+
+
+def _use_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lmcore.checkpoint import load_trained_model
+    from lmcore.tokenizer import load_tokenizer
+
+    try:
+        path = _latest_checkpoint()
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    model, meta = load_trained_model(path)
+    tokenizer_path = Path(meta["tokenizer_path"])
+    if args.command == "export":
+        from lmcore.export import export_hf
+
+        print(export_hf(model, tokenizer_path, Path(args.out_dir)))
+        return 0
+    from lmcore.generate import generate_text
+
+    text = generate_text(
+        model,
+        load_tokenizer(tokenizer_path),
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
+        seed=args.seed,
+    )
+    print(args.prompt + text)
+    return 0
 
 
 def _ui(port: int) -> int:

@@ -32,11 +32,22 @@ def test_whole_graph_trains_and_reports_perplexity_against_the_ngram(home, tmp_p
         assert model["bits_per_byte"] > 0 and ngram["bits_per_byte"] > 0
     assert "perplexity_report" in capsys.readouterr().out
 
+    # The CLI samples from and exports the latest model.
+    assert main(["generate", "--prompt", "The ", "--max-new-tokens", "8", "--seed", "1", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("The ")
+    assert main(["export", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").exists() and (tmp_path / "hf" / "model.safetensors").exists()
+
     # Materializing again with the same config resumes the finished run: no new training steps.
     assert main(["run", "--config", str(profile), "--select", "pretrained_model"]) == 0
     again = _materialization(home, "pretrained_model")
     assert again.metadata["resumed_from"].value.endswith("step-00000012")
     assert again.metadata["checkpoint_sha256"].value == mat.metadata["checkpoint_sha256"].value
+
+
+def test_generate_without_a_model_says_what_to_run(home, capsys):
+    assert main(["generate", "--prompt", "x"]) == 2
+    assert "lmpipe run" in capsys.readouterr().err
 
 
 def test_two_process_torchrun_through_pipes(home, tmp_path, corpus_dir):
