@@ -58,7 +58,7 @@ def clean_corpus(
     }
     if dropped:
         metadata["dropped_by_reason"] = bar_chart("Dropped documents by reason", dropped)
-    return output(ref, metadata)
+    return output(ref, metadata, config=config, inputs={"raw_corpus": raw_corpus})
 
 
 @dg.asset_check(asset=clean_corpus, blocking=True, description="Cleaning kept at least one document.")

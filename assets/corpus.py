@@ -39,6 +39,7 @@ class RawCorpusConfig(dg.Config):
 @dg.asset(
     group_name="data",
     kinds={"parquet"},
+    deps=["corpus_source"],
     code_version=code_version(
         lmcore.corpus,
         lmcore.sources,
@@ -71,7 +72,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, store
     }
     if "python_version" in manifest:
         metadata["python_version"] = manifest["python_version"]
-    return output(ref, metadata)
+    return output(ref, metadata, config=config)
 
 
 @dg.asset_check(asset=raw_corpus, blocking=True, description="The corpus has at least one document.")

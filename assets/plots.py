@@ -28,7 +28,9 @@ def _figure():
     return plt.subplots(figsize=(6, 3), dpi=100)
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], *, xlabel: str, ylabel: str) -> dg.MetadataValue:
+def line_chart(
+    title: str, series: dict[str, list[tuple[float, float]]], *, xlabel: str, ylabel: str
+) -> dg.MetadataValue:
     """One line per series of ``(x, y)`` points."""
     fig, ax = _figure()
     for name, points in series.items():

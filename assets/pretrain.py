@@ -132,7 +132,9 @@ def pretrained_model(
 
         def on_metrics(record: dict[str, Any]) -> None:
             progress("train steps", record["step"], train_cfg.max_steps)
-            context.log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            context.log.info(
+                " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            )
 
         summary = train(model_cfg, train_cfg, shard_root, run_dir, callback=on_metrics, meta_extra=meta_extra)
     ref = {"path": summary["checkpoint"], "run_dir": str(run_dir), "data_version": summary["checkpoint_sha256"]}
@@ -153,6 +155,8 @@ def pretrained_model(
             "checkpoint_sha256": summary["checkpoint_sha256"],
             "loss_curve": line_chart("Loss", curves, xlabel="step", ylabel="cross-entropy (nats/token)"),
         },
+        config=config,
+        inputs={"token_shards": token_shards, "tokenizer": tokenizer},
     )
 
 
@@ -164,11 +168,37 @@ class PerplexityConfig(dg.Config):
     batch_size: int = 8
 
 
-@dg.asset(group_name="pretrain", kinds={"pytorch"}, pool="gpu", code_version=code_version(lmcore.evaluate))
+def _previous_test_bpb(context: dg.AssetExecutionContext) -> dict[str, Any] | None:
+    """The last report's model figures, to compare a retrained model with its predecessor."""
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    if event is None or event.asset_materialization is None:
+        return None
+    meta = event.asset_materialization.metadata
+    if "test_bits_per_byte_model" not in meta:
+        return None
+    return {"test_bits_per_byte_model": meta["test_bits_per_byte_model"].value, "run_id": event.run_id}
+
+
+@dg.asset(
+    group_name="pretrain",
+    kinds={"pytorch"},
+    pool="gpu",
+    code_version=code_version(lmcore.evaluate),
+    automation_condition=dg.AutomationCondition.eager(),
+)
 def perplexity_report(
-    config: PerplexityConfig, pretrained_model: dict, token_shards: dict, tokenizer: dict, store: ArtifactStore
+    context: dg.AssetExecutionContext,
+    config: PerplexityConfig,
+    pretrained_model: dict,
+    token_shards: dict,
+    tokenizer: dict,
+    store: ArtifactStore,
 ) -> dg.Output:
-    """Perplexity and bits per byte of the model and of an n-gram baseline on val and test."""
+    """Perplexity and bits per byte of the model and of an n-gram baseline on val and test.
+
+    After a retrain the report also says how the new model compares with the previous one.
+    """
+    previous = _previous_test_bpb(context)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = load_trained_model(pretrained_model["path"], device)
     shard_root, _ = load_manifest(store, token_shards)
@@ -179,7 +209,8 @@ def perplexity_report(
         ngram_order=config.ngram_order, max_tokens=config.max_eval_tokens, batch_size=config.batch_size,
         device=device,
     )  # fmt: skip
-    report = {"checkpoint": pretrained_model["path"], "ngram_order": config.ngram_order, "splits": figures}
+    report = {"checkpoint": pretrained_model["path"], "ngram_order": config.ngram_order, "splits": figures,
+              "previous": previous}  # fmt: skip
     ref = run_stage(
         store,
         "perplexity_report",
@@ -198,12 +229,23 @@ def perplexity_report(
             "report": dg.MetadataValue.table(
                 rows,
                 schema=dg.TableSchema(
-                    columns=[dg.TableColumn("split"), dg.TableColumn("model"), dg.TableColumn("perplexity", "float"),
-                             dg.TableColumn("bits_per_byte", "float"), dg.TableColumn("tokens", "int")]  # fmt: skip
+                    columns=[
+                        dg.TableColumn("split"),
+                        dg.TableColumn("model"),
+                        dg.TableColumn("perplexity", "float"),
+                        dg.TableColumn("bits_per_byte", "float"),
+                        dg.TableColumn("tokens", "int"),
+                    ]  # fmt: skip
                 ),
             ),
             "test_bits_per_byte_model": round(test["model"]["bits_per_byte"], 4),
             "test_bits_per_byte_ngram": round(test["ngram"]["bits_per_byte"], 4),
             "model_beats_ngram_on_test": test["model"]["bits_per_byte"] < test["ngram"]["bits_per_byte"],
+            "previous_test_bits_per_byte_model": previous["test_bits_per_byte_model"] if previous else None,
+            "change_vs_previous_bits_per_byte": (
+                round(test["model"]["bits_per_byte"] - previous["test_bits_per_byte_model"], 4) if previous else None
+            ),
         },
+        config=config,
+        inputs={"pretrained_model": pretrained_model, "token_shards": token_shards, "tokenizer": tokenizer},
     )

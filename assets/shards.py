@@ -50,7 +50,7 @@ def token_shards(
         "shards": sum(len(manifest["splits"][s]["shards"]) for s in SPLITS),
         "tokens_per_split": bar_chart("Tokens per split", tokens),
     }
-    return output(ref, metadata)
+    return output(ref, metadata, config=config, inputs={"splits": splits, "tokenizer": tokenizer})
 
 
 @dg.asset_check(asset=token_shards, blocking=True, description="Shards match the manifest's sha256 digests.")

@@ -38,7 +38,7 @@ def splits(
     metadata = {f"{s}_documents": n for s, n in docs.items()}
     metadata |= {f"{s}_bytes": manifest["splits"][s]["bytes"] for s in SPLITS}
     metadata["documents_per_split"] = bar_chart("Documents per split", docs)
-    return output(ref, metadata)
+    return output(ref, metadata, config=config, inputs={"clean_corpus": clean_corpus})
 
 
 @dg.asset_check(asset=splits, blocking=True, description="Every split has documents and no doc_id is in two splits.")

@@ -55,6 +55,8 @@ def tokenizer(config: TokenizerAssetConfig, splits: dict, store: ArtifactStore) 
             ),
             "sha256": manifest["sha256"],
         },
+        config=config,
+        inputs={"splits": splits},
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Any
 
 from pipelines.home import PROJECT_ROOT, prepare_home
@@ -23,8 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--profile", default=None, help="packaged profile name (default: demo)")
     src.add_argument("--config", default=None, help="YAML file in the profile format")
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'group:data' or 'tokenizer+'")
+    run.add_argument("--stale", action="store_true", help="only what is missing or stale (code, config, data)")
+    rep = sub.add_parser("reproduce", help="re-run a past run's selection with the same config")
+    rep.add_argument("run_id", help="run id (or a unique prefix)")
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 against $LMPIPE_HOME")
     ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--profile", default=None, help="profile whose config the jobs, sensor and schedule use")
     gen = sub.add_parser("generate", help="sample from the latest pretrained_model")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=100)
@@ -43,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     home = prepare_home()
     if args.command == "ui":
+        if args.profile:
+            os.environ["LMPIPE_PROFILE"] = args.profile
         return _ui(args.port)
     if args.command in ("generate", "export"):
         return _use_model(args)
+    if args.command == "reproduce":
+        return _reproduce(args)
     return _run(args, home)
 
 
@@ -102,109 +109,71 @@ def _ui(port: int) -> int:
 
 
 def _run(args: argparse.Namespace, home: Any) -> int:
-    from rich.console import Console
-
-    console = Console(width=max(Console().width, 120))
     import warnings
 
     import dagster as dg
+    from rich.console import Console
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    from pipelines.definitions import ALL_ASSETS, defs
+    from pipelines.definitions import ALL_ASSETS, build_definitions
     from pipelines.profile import load_profile, validate_profile
+    from pipelines.runner import execute, stale_keys
 
+    console = Console(width=max(Console().width, 120))
     try:
         profile = load_profile(args.profile, args.config)
         validate_profile(profile, ALL_ASSETS)
-        selection = dg.AssetSelection.from_string(args.select)
-        keys = selection.resolve(defs.resolve_asset_graph())
+        defs = build_definitions(profile)
+        graph = defs.resolve_asset_graph()
+        keys = {k for k in dg.AssetSelection.from_string(args.select).resolve(graph) if graph.get(k).is_materializable}
     except (ValueError, FileNotFoundError, dg.DagsterError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     if not keys:
         console.print(f"[red]error:[/red] selection {args.select!r} matches no asset")
         return 2
-    names = {k.to_user_string() for k in keys}
+    if args.stale:
+        reasons = stale_keys(dg.DagsterInstance.get(), defs, keys, profile)
+        for key in sorted(keys):
+            console.print(f"  {key.to_user_string():20} {reasons.get(key, '[green]up to date[/green]')}")
+        keys = set(reasons)
+        if not keys:
+            console.print("everything selected is up to date; nothing to run")
+            return 0
     console.print(f"lmpipe: profile [bold]{profile.name}[/bold], {len(keys)} assets, home {home}")
-    job = defs.resolve_implicit_global_asset_job_def()
-    start = time.monotonic()
-    with _progress(console):
-        result = job.execute_in_process(
-            run_config={**profile.run_config(names), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            instance=dg.DagsterInstance.get(),
-            asset_selection=list(keys),
-            raise_on_error=False,
-            tags={"lmpipe/profile": profile.name, "lmpipe/select": args.select},
-        )
-    _summary(console, result, time.monotonic() - start)
+    names = {k.to_user_string() for k in keys}
+    tags = {"lmpipe/profile": profile.name, "lmpipe/select": args.select}
+    result = execute(console, defs, keys, profile.run_config(names), tags)
     return 0 if result.success else 1
 
 
-class _progress:
-    """A rich progress bar per asset, fed by assets.progress while the run executes in-process."""
+def _reproduce(args: argparse.Namespace) -> int:
+    import dagster as dg
+    from rich.console import Console
 
-    def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from pipelines.definitions import defs
+    from pipelines.runner import data_versions, execute
 
-        self.bar = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        self.tasks: dict[tuple[str, str], Any] = {}
-
-    def update(self, asset: str, what: str, done: int, total: int | None) -> None:
-        key = (asset, what)
-        if key not in self.tasks:
-            self.tasks[key] = self.bar.add_task(f"{asset}: {what}", total=total)
-        self.bar.update(self.tasks[key], completed=done, total=total)
-
-    def __enter__(self) -> _progress:
-        from assets.progress import set_sink
-
-        set_sink(self.update)
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        from assets.progress import set_sink
-
-        set_sink(None)
-        self.bar.__exit__(*exc)
-
-
-def _summary(console: Any, result: Any, seconds: float) -> None:
-    from rich.table import Table
-
-    checks: dict[str, list[str]] = {}
-    for check in result.get_asset_check_evaluations():
-        mark = "[green]ok[/green]" if check.passed else "[red]FAILED[/red]"
-        checks.setdefault(check.asset_key.to_user_string(), []).append(f"{check.check_name} {mark}")
-    table = Table(title=f"run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in {seconds:.1f}s")
-    table.add_column("asset", no_wrap=True)
-    table.add_column("figures")
-    table.add_column("checks")
-    for event in result.get_asset_materialization_events():
-        mat = event.event_specific_data.materialization
-        name = mat.asset_key.to_user_string()
-        figures = ", ".join(
-            f"{k}={v.value:,}" if isinstance(v.value, int) else f"{k}={v.value:.4g}"
-            for k, v in mat.metadata.items()
-            if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
-        )
-        table.add_row(name, figures, "\n".join(checks.get(name, [])))
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            message = error.cause.message if error and error.cause else (error.message if error else "")
-            table.add_row(f"[red]{event.step_key}[/red]", f"[red]failed:[/red] {message.strip()}", "")
-    console.print(table)
-    if not result.success:
-        console.print("[red]run failed[/red]; the full log is in the Dagster UI (lmpipe ui).")
+    console = Console(width=max(Console().width, 120))
+    instance = dg.DagsterInstance.get()
+    runs = [r for r in instance.get_runs() if r.run_id.startswith(args.run_id)]
+    if len(runs) != 1:
+        console.print(f"[red]error:[/red] {len(runs)} runs match {args.run_id!r}; give more of the run id")
+        return 2
+    old = runs[0]
+    if not old.asset_selection:
+        console.print(f"[red]error:[/red] run {old.run_id} materialized no assets")
+        return 2
+    tags = {**{k: v for k, v in old.tags.items() if k.startswith("lmpipe/")}, "lmpipe/reproduces": old.run_id}
+    run_config = {k: v for k, v in old.run_config.items() if k != "loggers"}
+    result = execute(console, defs, set(old.asset_selection), run_config, tags)
+    before, after = data_versions(instance, old.run_id), data_versions(instance, result.run_id)
+    same = sorted(k for k in after if before.get(k) == after[k])
+    differ = sorted(k for k in after if k in before and before[k] != after[k])
+    console.print(f"identical data versions: {', '.join(same) or 'none'}")
+    if differ:
+        console.print(f"[yellow]different data versions:[/yellow] {', '.join(differ)}")
+    return 0 if result.success else 1
 
 
 if __name__ == "__main__":

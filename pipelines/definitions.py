@@ -1,8 +1,13 @@
-"""The Dagster code location: assets, checks, resources and jobs (one per profile)."""
+"""The Dagster code location: assets, checks, resources, jobs, sensor and schedule.
+
+The active profile (``$LMPIPE_PROFILE``, default ``demo``) supplies the jobs' run config and
+the corpus sources the sensor watches; ``lmpipe ui --profile NAME`` sets it.
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 
@@ -13,31 +18,44 @@ import assets.shards
 import assets.splits
 import assets.tokenizer
 from assets.resources import LocalArtifactStore
+from pipelines.automation import corpus_source_asset, retrain_triggers
 from pipelines.home import lmpipe_home
+from pipelines.profile import Profile, load_profile
 
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
 # `dagster dev` started by hand gets the same default home as the CLI.
 os.environ.setdefault("LMPIPE_HOME", str(lmpipe_home()))
-from pipelines.profile import available_profiles, load_profile
 
 _MODULES = [assets.corpus, assets.clean, assets.splits, assets.tokenizer, assets.shards, assets.pretrain]
 ALL_ASSETS = dg.load_assets_from_modules(_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(_MODULES)
 
-data_prep = dg.define_asset_job("data_prep", selection=dg.AssetSelection.groups("data"))
-pretrain = dg.define_asset_job("pretrain", selection=dg.AssetSelection.groups("pretrain"))
-profile_jobs = [
-    dg.define_asset_job(
-        f"{name}_pipeline",
-        selection=dg.AssetSelection.all(),
-        config=load_profile(name).run_config(),
-        description=load_profile(name).description,
-    )
-    for name in available_profiles()
-]
 
-defs = dg.Definitions(
-    assets=ALL_ASSETS,
-    asset_checks=ALL_CHECKS,
-    jobs=[data_prep, pretrain, *profile_jobs],
-    resources={"store": LocalArtifactStore(home=dg.EnvVar("LMPIPE_HOME"))},
-)
+def build_definitions(profile: Profile) -> dg.Definitions:
+    config = profile.run_config()
+    everything = dg.AssetSelection.all() - dg.AssetSelection.keys("corpus_source")
+    jobs = [
+        dg.define_asset_job("full_pipeline", selection=everything, config=config),
+        dg.define_asset_job("data_prep", selection=dg.AssetSelection.groups("data") - dg.AssetSelection.keys(
+            "corpus_source"), config=profile.run_config(_names("data"))),
+        dg.define_asset_job("pretrain", selection=dg.AssetSelection.groups("pretrain"),
+                            config=profile.run_config(_names("pretrain"))),
+    ]  # fmt: skip
+    retrain = dg.define_asset_job("retrain", selection=everything, config=config, description="Full retrain.")
+    sensor, schedule = retrain_triggers(profile, retrain)
+    return dg.Definitions(
+        assets=[corpus_source_asset(profile), *ALL_ASSETS],
+        asset_checks=ALL_CHECKS,
+        jobs=[*jobs, retrain],
+        sensors=[sensor],
+        schedules=[schedule],
+        resources={"store": LocalArtifactStore(home=dg.EnvVar("LMPIPE_HOME"))},
+    )
+
+
+def _names(group: str) -> set[str]:
+    return {a.key.to_user_string() for a in ALL_ASSETS if a.group_names_by_key[a.key] == group}
+
+
+PROFILE = load_profile(os.environ.get("LMPIPE_PROFILE", "demo"))
+defs = build_definitions(PROFILE)

@@ -21,11 +21,31 @@ from pipelines.home import PROJECT_ROOT
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 
+DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00
+
+
+@dataclass(frozen=True)
+class Automation:
+    """Retraining triggers of a profile; both off unless the profile (or the UI) turns them on."""
+
+    sensor: bool = False
+    """Retrain when the corpus source's version (content digest, ETag, ...) changes."""
+    schedule: bool = False
+    """Retrain on ``cron``."""
+    cron: str = DEFAULT_CRON
+    sensor_interval_s: int = 300
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
     description: str
     assets: dict[str, dict[str, Any]]
+    automation: Automation = Automation()
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.assets.get("raw_corpus", {}).get("sources", ["builtin:python-docs"]))
 
     def run_config(self, selected: set[str] | None = None) -> dict[str, Any]:
         """Dagster run config for the selected asset names (all when None)."""
@@ -60,7 +80,18 @@ def load_profile(name: str | None = None, config_file: str | Path | None = None)
     assets = {k: dict(v or {}) for k, v in data.get("assets", {}).items()}
     if "raw_corpus" in assets and "sources" in assets["raw_corpus"]:
         assets["raw_corpus"]["sources"] = [_resolve_source(s, base) for s in assets["raw_corpus"]["sources"]]
-    return Profile(name=name or path.stem, description=str(data.get("description", "")).strip(), assets=assets)
+    auto = data.get("automation") or {}
+    unknown = sorted(set(auto) - {"sensor", "schedule", "cron", "sensor_interval_s"})
+    if unknown:
+        raise ValueError(
+            f"{path}: automation.{unknown[0]}: unknown field; valid: sensor, schedule, cron, sensor_interval_s"
+        )
+    return Profile(
+        name=name or path.stem,
+        description=str(data.get("description", "")).strip(),
+        assets=assets,
+        automation=Automation(**auto),
+    )
 
 
 def config_classes(assets_defs: list[dg.AssetsDefinition]) -> dict[str, type[dg.Config]]:

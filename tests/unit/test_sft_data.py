@@ -199,10 +199,11 @@ def test_batches_mask_targets_and_pad(tok):
 def test_packed_forward_equals_each_example_alone(tok):
     """Block-diagonal attention: logits of a packed row equal those of each example run alone (RoPE)."""
     torch.manual_seed(0)
-    model = GPT(tiny(vocab_size=tok.get_vocab_size(), arch="modern", context_length=64)).eval()
-    examples = _examples(tok, 6)[:3]
-    (row,) = pack_examples(examples, 64)
-    x, y, segs = (torch.tensor([c]) for c in row_tensors(row, 64, PAD))
+    model = GPT(tiny(vocab_size=tok.get_vocab_size(), arch="modern", context_length=96)).eval()
+    examples = _examples(tok, 3)
+    (row,) = pack_examples(examples, 96)
+    assert len(row.segments) == 3
+    x, y, segs = (torch.tensor([c]) for c in row_tensors(row, 96, PAD))  # 3 examples, then padding
     with torch.no_grad():
         packed, _ = model(x, segment_ids=segs)
         start = position = 0
