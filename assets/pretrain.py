@@ -25,7 +25,7 @@ from assets.stage import code_version, load_manifest, output, run_stage
 from assets.tokenizer import TOKENIZER_FILE
 from lmcore.checkpoint import load_trained_model
 from lmcore.evaluate import perplexity_comparison
-from lmcore.io import digest_of, write_json
+from lmcore.io import digest_of, exclusive_lock, write_json
 from lmcore.model import PRESETS, ModelConfig
 from lmcore.shards import open_split
 from lmcore.tokenizer import load_tokenizer
@@ -103,6 +103,21 @@ def _torchrun(context: dg.AssetExecutionContext, spec: dict[str, Any], nproc: in
     return summaries[-1]
 
 
+def _train(context, config, model_cfg, train_cfg, shard_root, run_dir, meta_extra) -> dict[str, Any]:
+    """Train in this process, or under torchrun through Pipes when several processes are asked for."""
+    if config.nproc_per_node > 1:
+        spec = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "shard_root": str(shard_root),
+                "run_dir": str(run_dir), "meta_extra": meta_extra}  # fmt: skip
+        return _torchrun(context, spec, config.nproc_per_node)
+    progress = reporter(context, "pretrained_model")
+
+    def on_metrics(record: dict[str, Any]) -> None:
+        progress("train steps", record["step"], train_cfg.max_steps)
+        context.log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+
+    return train(model_cfg, train_cfg, shard_root, run_dir, callback=on_metrics, meta_extra=meta_extra)
+
+
 @dg.asset(
     group_name="pretrain",
     kinds={"pytorch"},
@@ -123,21 +138,14 @@ def pretrained_model(
         "data_versions": {"token_shards": token_shards["data_version"], "tokenizer": tokenizer["data_version"]},
     }
     context.log.info(f"run dir {run_dir}; {model_cfg}")
-    if config.nproc_per_node > 1:
-        spec = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "shard_root": str(shard_root),
-                "run_dir": str(run_dir), "meta_extra": meta_extra}  # fmt: skip
-        summary = _torchrun(context, spec, config.nproc_per_node)
-    else:
-        progress = reporter(context, "pretrained_model")
 
-        def on_metrics(record: dict[str, Any]) -> None:
-            progress("train steps", record["step"], train_cfg.max_steps)
-            context.log.info(
-                " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-            )
+    def waiting() -> None:
+        context.log.warning(f"another run is training in {run_dir}; waiting for it to finish")
 
-        summary = train(model_cfg, train_cfg, shard_root, run_dir, callback=on_metrics, meta_extra=meta_extra)
+    with exclusive_lock(f"{run_dir}.lock", on_wait=waiting):
+        summary = _train(context, config, model_cfg, train_cfg, shard_root, run_dir, meta_extra)
     ref = {"path": summary["checkpoint"], "run_dir": str(run_dir), "data_version": summary["checkpoint_sha256"]}
+
     curves = {"train": summary["loss_history"], "val": summary["val_history"]}
     return output(
         ref,

@@ -105,12 +105,37 @@ def publish_dir(staging: str | Path, parent: str | Path, manifest: str = "manife
         raise FileNotFoundError(f"{manifest_path}: stage finished without writing its manifest")
     digest = sha256_file(manifest_path)
     final = parent / digest[:16]
-    if final.exists():
-        shutil.rmtree(staging)  # identical content is already published
-    else:
-        os.chmod(staging, 0o777 & ~_UMASK)
-        os.replace(staging, final)
+    os.chmod(staging, 0o777 & ~_UMASK)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if not (final / manifest).exists():
+            raise
+        shutil.rmtree(staging)  # identical content is already published (possibly by a concurrent run)
     return final, digest
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing); wait for a holder to finish.
+
+    ``on_wait`` is called once if another process holds the lock, so callers can say why they wait.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -33,10 +33,10 @@ ALL_CHECKS = dg.load_asset_checks_from_modules(_MODULES)
 
 def build_definitions(profile: Profile) -> dg.Definitions:
     config = profile.run_config()
-    everything = dg.AssetSelection.all() - dg.AssetSelection.keys("corpus_source")
+    everything = dg.AssetSelection.all() - dg.AssetSelection.assets("corpus_source")
     jobs = [
         dg.define_asset_job("full_pipeline", selection=everything, config=config),
-        dg.define_asset_job("data_prep", selection=dg.AssetSelection.groups("data") - dg.AssetSelection.keys(
+        dg.define_asset_job("data_prep", selection=dg.AssetSelection.groups("data") - dg.AssetSelection.assets(
             "corpus_source"), config=profile.run_config(_names("data"))),
         dg.define_asset_job("pretrain", selection=dg.AssetSelection.groups("pretrain"),
                             config=profile.run_config(_names("pretrain"))),

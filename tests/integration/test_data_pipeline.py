@@ -110,3 +110,23 @@ def test_definitions_load_and_group_the_data_assets():
     assert data == {"corpus_source", "raw_corpus", "clean_corpus", "splits", "tokenizer", "token_shards"}
     for job in ("full_pipeline", "data_prep", "pretrain", "retrain"):
         assert defs.resolve_job_def(job)
+
+
+def test_two_concurrent_runs_of_the_same_assets_do_not_corrupt_them(home, tmp_path, corpus_dir):
+    import os
+    import subprocess
+    import sys
+
+    from lmcore.shards import verify_shards
+
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--config", str(profile), "--select", "group:data"]
+    env = {**os.environ, "LMPIPE_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for asset in ("raw_corpus", "clean_corpus", "splits", "tokenizer", "token_shards"):
+        assert len(_artifact(home, asset)) == 1  # same content, one published version
+        assert not list((home / "artifacts" / asset).glob(".staging-*"))
+    (shards,) = _artifact(home, "token_shards")
+    assert verify_shards(shards) == []

@@ -44,3 +44,58 @@ def test_publish_without_manifest_fails_and_cleans_up(tmp_path):
         (stage / "half.parquet").write_text("x")
         publish_dir(stage, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _publish_same_content(parent, barrier):
+    with staging_dir(parent) as stage:
+        write_json(stage / "manifest.json", {"same": True})
+        (stage / "data.bin").write_bytes(b"x" * 1000)
+        barrier.wait()
+        return publish_dir(stage, parent)
+
+
+def test_concurrent_publishes_of_the_same_content_both_succeed(tmp_path):
+    import threading
+
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(_publish_same_content(tmp_path, barrier))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len({r[0] for r in results}) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [results[0][0].name]
+    assert (results[0][0] / "data.bin").read_bytes() == b"x" * 1000
+
+
+def test_exclusive_lock_makes_the_second_holder_wait(tmp_path):
+    import multiprocessing as mp
+    import time
+
+    from lmcore.io import exclusive_lock
+
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+
+    def holder():
+        with exclusive_lock(tmp_path / "run.lock"):
+            started.set()
+            time.sleep(1.0)
+
+    p = ctx.Process(target=holder)
+    p.start()
+    started.wait(10)
+    waited = []
+    t0 = time.monotonic()
+    with exclusive_lock(tmp_path / "run.lock", on_wait=lambda: waited.append(True)):
+        elapsed = time.monotonic() - t0
+    p.join()
+    assert waited == [True] and elapsed > 0.3
