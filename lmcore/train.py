@@ -1,9 +1,11 @@
 """Pretraining loop: AdamW with warmup + cosine, grad accumulation and clipping, autocast,
 periodic validation, atomic checkpoints, exact resume, and the same code under torchrun.
 
-``train()`` is the one entry: it resumes from the newest valid checkpoint in ``run_dir``
-when there is one (after checking the config matches), or starts fresh, and runs to
-``max_steps``. Progress leaves through ``callback`` (rank 0 only) and ``logging``, and is
+``train()`` is the entry for pretraining on token shards: it resumes from the newest valid
+checkpoint in ``run_dir`` when there is one (after checking the config matches), or starts
+fresh, and runs to ``max_steps``. ``run_job()`` is the same loop for any :class:`Job` (a
+model to build and :class:`BatchSource` s of batches); ``lmcore.sft`` and ``lmcore.classify``
+fine-tune through it. Progress leaves through ``callback`` (rank 0 only) and ``logging``, and is
 appended to ``run_dir/metrics.jsonl``; the loss curve is also stored in every checkpoint's
 meta.json, so the whole curve survives restarts. On CPU the same config gives the same
 losses, whether or not the run was interrupted and resumed.
@@ -25,8 +27,9 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from lmcore import distributed as D
 from lmcore.checkpoint import (
     MODEL_FILE,
+    STATE_FILE,
     check_compatible,
     checkpoint_dir,
     latest_valid_checkpoint,
@@ -42,6 +46,7 @@ from lmcore.checkpoint import (
     load_checkpoint,
     read_meta,
     save_checkpoint,
+    verify_checkpoint,
 )
 from lmcore.io import atomic_path, sha256_file
 from lmcore.loader import TokenLoader
@@ -54,6 +59,48 @@ log = logging.getLogger(__name__)
 Callback = Callable[[dict[str, Any]], None]
 METRICS_FILE = "metrics.jsonl"
 _RESERVED_META = {"config", "data", "progress", "seed", "params", "step", "files", "format_version"}
+Batch = tuple[torch.Tensor, ...]
+"""``(x, y)`` or ``(x, y, segment_ids)``; ``segment_ids`` may be None (no packed row in the batch)."""
+
+
+class BatchSource(Protocol):
+    """Where the loop's batches come from (``TokenLoader`` for pretraining).
+
+    ``epoch`` and ``position`` say where the next batch comes from (named in errors);
+    ``state_dict`` must hold only plain values and make the source continue exactly there.
+    """
+
+    epoch: int
+    position: int
+
+    def next_batch(self) -> Batch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """What a run trains and on what; everything else (schedule, checkpoints, resume, NaN checks) is the loop's."""
+
+    model_config: ModelConfig
+    """Shape of the model; saved as ``config.model`` and its context_length is the sources' window."""
+    build_model: Callable[[], torch.nn.Module]
+    """The module to train, called once after seeding torch with the run's seed. Like GPT it must answer
+    ``forward(x, y, segment_ids=None) -> (logits, loss)``, ``configure_optimizer``, ``num_params`` and
+    ``flops_per_token``; only parameters with ``requires_grad`` are trained."""
+    sources: Callable[..., tuple[BatchSource, BatchSource | None]]
+    """``sources(context_length=, batch_size=, seed=, rank=, world_size=, validation=)``: the train source and
+    the validation source (None when ``validation`` is False)."""
+    config: dict[str, Any]
+    """Fields besides model/train/world_size that a resumed run must match (data version, init checkpoint)."""
+    data: dict[str, Any]
+    """Stored as the checkpoints' ``meta["data"]``."""
+    export: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    """When set, model.safetensors holds ``export(model)`` (e.g. LoRA merged into a plain GPT) and is not read
+    back on resume: the model is rebuilt and its trainable parameters come from optimizer.pt ("trainable"),
+    so frozen parameters must come out of ``build_model`` the same every time."""
 
 
 def train(
@@ -73,6 +120,25 @@ def train(
     training windows it draws to ``rank-{r}.txt``. Raises FloatingPointError naming the
     step and batch if the loss stops being finite; the last good checkpoint is kept.
     """
+    shard_root = Path(shard_root)
+    return run_job(
+        lambda: _shard_job(model_config, train_config, shard_root, window_log_dir),
+        train_config,
+        run_dir,
+        callback=callback,
+        meta_extra=meta_extra,
+    )
+
+
+def run_job(
+    make_job: Callable[[], Job],
+    train_config: TrainConfig,
+    run_dir: Path,
+    *,
+    callback: Callback | None = None,
+    meta_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The loop of :func:`train` for any :class:`Job` (built by ``make_job`` once the process group is up)."""
     clash = sorted(_RESERVED_META & set(meta_extra or {}))
     if clash:
         raise ValueError(f"meta_extra keys {clash} are reserved for the checkpoint's own fields; rename them")
@@ -80,50 +146,63 @@ def train(
     device = D.resolve_device(train_config.device, env)
     created = D.init_distributed(env, device.type)
     try:
-        run = _Run(model_config, train_config.resolved(str(device)), Path(shard_root), Path(run_dir), env, device)
-        run.setup(callback, meta_extra or {}, window_log_dir)
+        run = _Run(make_job(), train_config.resolved(str(device)), Path(run_dir), env, device)
+        run.setup(callback, meta_extra or {})
         return run.run()
     finally:
         if created:
             D.shutdown_distributed()
 
 
+def _shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_dir: Path | None) -> Job:
+    """Pretraining: a fresh GPT on the token shards' "train" windows, validated on "val"."""
+    manifest = load_manifest(shard_root)
+    vocab = manifest.get("vocab_size")
+    if vocab is not None and vocab > mc.vocab_size:
+        raise ValueError(f"{shard_root}: tokens come from a vocabulary of {vocab}; model vocab_size={mc.vocab_size}")
+    if cfg.eval_batches and "val" not in manifest["splits"]:
+        raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
+    version = sha256_file(shard_root / MANIFEST)
+
+    def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
+        window_log = None
+        if window_log_dir is not None:
+            Path(window_log_dir).mkdir(parents=True, exist_ok=True)
+            window_log = Path(window_log_dir) / f"rank-{kw['rank']}.txt"
+        train_loader = TokenLoader.from_split(shard_root, "train", window_log=window_log, **kw)
+        return train_loader, TokenLoader.from_split(shard_root, "val", **kw) if validation else None
+
+    return Job(
+        model_config=mc,
+        build_model=lambda: GPT(mc),
+        sources=sources,
+        config={"data_version": version},
+        data={"shard_root": str(shard_root), "manifest_sha256": version},
+    )
+
+
 class _Run:
     """State of one training session (one process); ``run()`` drives it."""
 
-    def __init__(
-        self, mc: ModelConfig, cfg: TrainConfig, shard_root: Path, run_dir: Path, env: D.DistEnv, device: torch.device
-    ) -> None:
-        self.mc, self.cfg, self.env, self.device = mc, cfg, env, device
-        self.shard_root, self.run_dir = shard_root, run_dir
-        manifest = load_manifest(shard_root)
-        vocab = manifest.get("vocab_size")
-        if vocab is not None and vocab > mc.vocab_size:
-            raise ValueError(
-                f"{shard_root}: tokens come from a vocabulary of {vocab}; model vocab_size={mc.vocab_size}"
-            )
-        if cfg.eval_batches and "val" not in manifest["splits"]:
-            raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
-        self.config = {
-            "model": mc.to_dict(),
-            "train": cfg.to_dict(),
-            "world_size": env.world_size,
-            "data_version": sha256_file(shard_root / MANIFEST),
-        }
-        self.tokens_per_step = cfg.batch_size * mc.context_length * cfg.grad_accum_steps * env.world_size
+    def __init__(self, job: Job, cfg: TrainConfig, run_dir: Path, env: D.DistEnv, device: torch.device) -> None:
+        self.job, self.mc, self.cfg, self.env, self.device = job, job.model_config, cfg, env, device
+        self.run_dir = run_dir
+        self.config = {"model": self.mc.to_dict(), "train": cfg.to_dict(), "world_size": env.world_size, **job.config}
+        self.fresh_tokens = 0  # tokens trained on (all ranks) since the last account()
+        self.step_tokens = 0  # tokens of the last optimizer step (all ranks)
         self.step = 0
         self.progress: dict[str, Any] = {"tokens_seen": 0, "train_seconds": 0.0, "loss_history": [], "val_history": []}
         self.session = {"tokens": 0, "seconds": 0.0}
         self.accounted_step = 0  # progress counts tokens up to this step
         self.resumed_from: int | None = None
 
-    def setup(self, callback: Callback | None, meta_extra: dict[str, Any], window_log_dir: Path | None) -> None:
+    def setup(self, callback: Callback | None, meta_extra: dict[str, Any]) -> None:
         cfg, env, device = self.cfg, self.env, self.device
         self.callback, self.meta_extra = callback, meta_extra
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for float32 runs
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.raw = GPT(self.mc).to(device)
+        self.raw = self.job.build_model().to(device)
         self.raw.train()
         self.opt = self.raw.configure_optimizer(cfg.lr, cfg.weight_decay, cfg.betas)
         self.eval_model = torch.compile(self.raw) if cfg.compile else self.raw
@@ -133,12 +212,7 @@ class _Run:
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, env.rank]).generate_state(1)[0]))  # dropout
         kw = dict(context_length=self.mc.context_length, batch_size=cfg.batch_size, seed=cfg.seed)
         kw.update(rank=env.rank, world_size=env.world_size)
-        window_log = None
-        if window_log_dir is not None:
-            Path(window_log_dir).mkdir(parents=True, exist_ok=True)
-            window_log = Path(window_log_dir) / f"rank-{env.rank}.txt"
-        self.train_loader = TokenLoader.from_split(self.shard_root, "train", window_log=window_log, **kw)
-        self.val_loader = TokenLoader.from_split(self.shard_root, "val", **kw) if cfg.eval_batches else None
+        self.train_loader, self.val_loader = self.job.sources(validation=bool(cfg.eval_batches), **kw)
         self.val_start = self.val_loader.state_dict() if self.val_loader else None
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         self.flops_per_token = self.raw.flops_per_token()
@@ -160,7 +234,7 @@ class _Run:
             loss = self.train_step()
             self.step += 1
             pending.append((self.step, loss, batch))
-            interval["tokens"] += self.tokens_per_step
+            interval["tokens"] += self.step_tokens
             flags = self.due(self.step)
             if not any(flags.values()):
                 continue
@@ -199,25 +273,35 @@ class _Run:
         for group in self.opt.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
+        self.step_tokens = 0
         for micro in range(cfg.grad_accum_steps):
-            x, y = self.to_device(self.train_loader.next_batch())
+            batch = self.to_device(self.train_loader.next_batch())
+            self.step_tokens += batch[0].numel() * self.env.world_size  # ranks draw equal shapes (token shards)
             last = micro == cfg.grad_accum_steps - 1
             sync = contextlib.nullcontext() if last or not self.env.distributed else self.model.no_sync()
             with sync:  # DDP all-reduces gradients only on the last micro-batch
                 with self.autocast():
-                    _, loss = self.model(x, y)
+                    loss = self.forward_loss(self.model, batch)
                 (loss / cfg.grad_accum_steps).backward()
             total += loss.detach().float()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        self.fresh_tokens += self.step_tokens
         return total / cfg.grad_accum_steps
 
-    def to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def forward_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        x, y, *rest = batch
+        if rest and rest[0] is not None:  # packed rows: attention stays inside each segment
+            return model(x, y, segment_ids=rest[0])[1]
+        return model(x, y)[1]
+
+    def to_device(self, batch: Batch) -> Batch:
         if self.device.type != "cuda":
             return batch
-        return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in batch)  # type: ignore[return-value]
+        return tuple(None if t is None else t.pin_memory().to(self.device, non_blocking=True) for t in batch)
 
     def check_losses(self, pending: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> dict[int, float]:
         """Rank-averaged losses by step; raise at the first one that is not finite."""
@@ -233,7 +317,7 @@ class _Run:
         return {step: value for (step, _, _), value in zip(pending, values, strict=True)}
 
     def account(self, seconds: float) -> None:
-        tokens = (self.step - self.accounted_step) * self.tokens_per_step
+        tokens, self.fresh_tokens = self.fresh_tokens, 0
         self.accounted_step = self.step
         self.session["tokens"] += tokens
         self.session["seconds"] += seconds
@@ -271,9 +355,9 @@ class _Run:
         self.val_loader.load_state_dict(self.val_start)
         total = torch.zeros((), device=self.device)
         for _ in range(self.cfg.eval_batches):
-            x, y = self.to_device(self.val_loader.next_batch())
+            batch = self.to_device(self.val_loader.next_batch())
             with self.autocast():
-                _, loss = self.eval_model(x, y)
+                loss = self.forward_loss(self.eval_model, batch)
             total += loss.float()
         self.raw.train()
         return D.all_reduce_mean(total / self.cfg.eval_batches, self.env).item()
@@ -310,16 +394,20 @@ class _Run:
                 f"{latest_valid_checkpoint(self.run_dir) or '(none)'} is kept; lower lr and rerun"
             )
         state = {"optimizer": self.opt.state_dict(), "rng": self.rng_states(), "loader": self.train_loader.state_dict()}
+        weights = self.raw
+        if self.job.export is not None:
+            state["trainable"] = {n: p.detach().cpu() for n, p in self.raw.named_parameters() if p.requires_grad}
+            weights = self.job.export(self.raw) if self.env.is_main else self.raw
         if self.env.is_main:
             meta = {
                 **self.meta_extra,
                 "config": self.config,
                 "seed": self.cfg.seed,
-                "params": self.raw.num_params(),
-                "data": {"shard_root": str(self.shard_root), "manifest_sha256": self.config["data_version"]},
+                "params": weights.num_params(),
+                "data": self.job.data,
                 "progress": self.progress,
             }
-            save_checkpoint(self.run_dir, self.step, self.raw, state, meta, keep=self.cfg.keep_checkpoints)
+            save_checkpoint(self.run_dir, self.step, weights, state, meta, keep=self.cfg.keep_checkpoints)
         D.barrier(self.env)
 
     def restore(self) -> None:
@@ -337,7 +425,10 @@ class _Run:
             return
         path = checkpoint_dir(self.run_dir, step)
         check_compatible(read_meta(path), self.config, ignore=RESUMABLE_CHANGES, source=path)
-        meta, state = load_checkpoint(path, self.raw, verify=not self.env.is_main)
+        if self.job.export is None:
+            meta, state = load_checkpoint(path, self.raw, verify=not self.env.is_main)
+        else:
+            meta, state = self.load_trainable(path)
         self.opt.load_state_dict(state["optimizer"])
         self.train_loader.load_state_dict(state["loader"])
         mine = state["rng"][self.env.rank]
@@ -349,6 +440,20 @@ class _Run:
             _truncate_metrics(self.run_dir / METRICS_FILE, step)
         log.info("resumed from %s at step %d of %d", path, step, self.cfg.max_steps)
         self.resumed_from = step
+
+    def load_trainable(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Meta and state of a checkpoint whose weights file is an export: trainable tensors come from the state."""
+        if not self.env.is_main and (problems := verify_checkpoint(path)):
+            raise ValueError(f"checkpoint {path} is corrupt: " + "; ".join(problems))
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        params = dict(self.raw.named_parameters())
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        if set(state["trainable"]) != trainable:
+            raise ValueError(f"{path} holds trainable tensors that differ from this run's; use a new run dir")
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                params[name].copy_(tensor)
+        return read_meta(path), state
 
     def summary(self) -> dict[str, Any]:
         path = checkpoint_dir(self.run_dir, self.step)
@@ -368,7 +473,7 @@ class _Run:
             "tokens_seen": self.progress["tokens_seen"],
             "tokens_per_s": tps,
             "mfu": self.mfu(tps) if tps else None,
-            "params": self.raw.num_params(),
+            "params": meta["params"],
             "flops_per_token": self.flops_per_token,
             "checkpoint": str(path),
             "checkpoint_sha256": meta["files"][MODEL_FILE],
