@@ -78,3 +78,70 @@ class LocalArtifactStore(ArtifactStore):
 
     def reports_dir(self) -> Path:
         return Path(self.home) / "reports"
+
+
+class FsspecArtifactStore(ArtifactStore):
+    """Artifacts on object storage (``s3://``, ``gs://``, any fsspec URL), staged and cached locally.
+
+    ``{url}/{asset}/{digest[:16]}/`` holds each version; the manifest is uploaded last, so a
+    version without one is incomplete and is re-uploaded. Reads download into the local
+    cache once and check the manifest digest. Training run directories stay local.
+    """
+
+    url: str
+    """Where published artifacts live, e.g. s3://bucket/lmpipe."""
+    home: str
+    """Local project home: staging, the download cache, training runs, reports."""
+
+    @property
+    def _local(self) -> LocalArtifactStore:
+        return LocalArtifactStore(home=self.home)
+
+    def _fs(self):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url)
+        return fs, root.rstrip("/")
+
+    def stage(self, asset: str) -> contextlib.AbstractContextManager[Path]:
+        return self._local.stage(asset)
+
+    def publish(self, staging: Path, asset: str) -> tuple[str, str]:
+        location, digest = self._local.publish(staging, asset)
+        final = Path(location)
+        fs, root = self._fs()
+        remote = f"{root}/{asset}/{final.name}"
+        if not fs.exists(f"{remote}/manifest.json"):
+            files = sorted(p for p in final.rglob("*") if p.is_file() and p.name != "manifest.json")
+            for path in [*files, final / "manifest.json"]:  # manifest last
+                target = f"{remote}/{path.relative_to(final).as_posix()}"
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # a no-op on object stores
+                fs.put_file(str(path), target)
+        return f"{self.url.rstrip('/')}/{asset}/{final.name}", digest
+
+    def local_path(self, location: str) -> Path:
+        from lmcore.io import sha256_file
+
+        asset, version = location.rstrip("/").split("/")[-2:]
+        local = self._local.root / asset / version
+        if local.is_dir():
+            return local
+        fs, root = self._fs()
+        remote = f"{root}/{asset}/{version}"
+        if not fs.exists(f"{remote}/manifest.json"):
+            raise FileNotFoundError(f"{location}: no manifest; the upload was incomplete, re-materialize the asset")
+        with staging_dir(self._local.root / asset) as tmp:
+            fs.get(remote, str(tmp / "v"), recursive=True)
+            if not sha256_file(tmp / "v" / "manifest.json").startswith(version):
+                raise ValueError(f"{location}: manifest digest does not match the version name; the copy is corrupt")
+            (tmp / "v").rename(local)
+        return local
+
+    def cache_dir(self) -> Path:
+        return self._local.cache_dir()
+
+    def run_dir(self, asset: str, key: str) -> Path:
+        return self._local.run_dir(asset, key)
+
+    def reports_dir(self) -> Path:
+        return self._local.reports_dir()

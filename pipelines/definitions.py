@@ -17,7 +17,7 @@ import assets.pretrain
 import assets.shards
 import assets.splits
 import assets.tokenizer
-from assets.resources import LocalArtifactStore
+from assets.resources import ArtifactStore, FsspecArtifactStore, LocalArtifactStore
 from pipelines.automation import corpus_source_asset, retrain_triggers
 from pipelines.home import lmpipe_home
 from pipelines.profile import Profile, load_profile
@@ -49,8 +49,15 @@ def build_definitions(profile: Profile) -> dg.Definitions:
         jobs=[*jobs, retrain],
         sensors=[sensor],
         schedules=[schedule],
-        resources={"store": LocalArtifactStore(home=dg.EnvVar("LMPIPE_HOME"))},
+        resources={"store": artifact_store()},
     )
+
+
+def artifact_store() -> ArtifactStore:
+    """Local artifacts by default; object storage when ``$LMPIPE_ARTIFACTS_URL`` is set (s3://..., gs://...)."""
+    if url := os.environ.get("LMPIPE_ARTIFACTS_URL"):
+        return FsspecArtifactStore(url=url, home=dg.EnvVar("LMPIPE_HOME"))
+    return LocalArtifactStore(home=dg.EnvVar("LMPIPE_HOME"))
 
 
 def _names(group: str) -> set[str]:

@@ -147,8 +147,10 @@ def test_materialize_data_group_from_the_ui_and_see_its_metadata(tmp_path):
             tokens = {s: _metadata_int(page, f"{s}_tokens") for s in ("train", "val", "test")}
             assert tokens["train"] > 0 and tokens["val"] > 0 and tokens["test"] > 0, tokens
             expect(_metadata_row(page, "dtype")).to_contain_text(re.compile(r"uint(16|32)"))
-            _open_plot(page, "tokens_per_split", "Tokens per split")
+            _metadata_row(page, "train_tokens").scroll_into_view_if_needed()
             _shot(page, tmp_path / "4-token-shards-metadata.png", shots)
+            _open_plot(page, "tokens_per_split", "Tokens per split")
+            _shot(page, tmp_path / "5-token-shards-plot.png", shots)
             print(f"documents per split {docs}, tokens per split {tokens}")
         except Exception:
             with_failure = tmp_path / "failure.png"

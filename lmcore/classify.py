@@ -1,0 +1,503 @@
+"""Text classification with the LM, three ways, scored on the same test split.
+
+* ``label_lm``: fine-tune the LM (``lmcore.sft.finetune``) to answer a ChatML prompt with
+  the label. The format is ChatML, the same as every other SFT example::
+
+      <|im_start|>user\\n{instruction}\\n{text}<|im_end|>\\n<|im_start|>assistant\\n{label}<|im_end|>
+
+  Prediction scores every label: the total log-likelihood of the label's tokens and its
+  ``<|im_end|>`` after the prompt (so a label that is a prefix of another cannot win by
+  being short), all labels of a batch of texts in one forward pass. Free generation
+  (greedy, stopped at ``<|im_end|>``) is reported too, as exact match.
+* ``head``: the LM with a linear head on the final hidden state (after the last norm) of
+  the last non-pad token of the same prompt, trained with cross-entropy through the same
+  loop, the whole model or head + LoRA. The LM's output head is replaced by ``Identity``,
+  so ``GPT.forward`` hands back hidden states and model.py stays as it is.
+* ``bow``: the bag-of-words baseline of ``lmcore.baselines`` (C tuned on validation).
+
+Prompts longer than the context keep their last tokens. This module knows nothing of
+Dagster; progress leaves through a callback.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn import functional as F
+
+from lmcore.baselines import evaluate_classifier, tune_bow_baseline
+from lmcore.chat import encode_plain, prompt_ids, render_chatml
+from lmcore.checkpoint import load_checkpoint, load_trained_model, read_meta
+from lmcore.io import digest_of
+from lmcore.lora import LoraConfig, apply_lora, merged_copy
+from lmcore.model import GPT, ModelConfig
+from lmcore.sft import (
+    EpochSource,
+    chat_generate,
+    epoch_seed,
+    finetune,
+    init_model_config,
+    rank_share,
+    trainable_parameters,
+)
+from lmcore.sft_data import SFTExample, pack_examples
+from lmcore.tokenizer import IM_END, PAD
+from lmcore.train import Batch, BatchSource, Callback, Job, run_job
+from lmcore.train_config import TrainConfig
+
+INSTRUCTION = "Classify the text."
+"""Default first line of the user message; the text follows on the next line."""
+METHODS = ("label_lm", "head", "bow")
+Labeled = tuple[Sequence[str], Sequence[str]]
+"""``(texts, labels)``, as ``lmcore.baselines.load_labeled`` returns them (without its stats)."""
+
+
+def prompt_messages(text: str, instruction: str = INSTRUCTION) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"{instruction}\n{text}" if instruction else text}]
+
+
+def label_examples(
+    texts: Sequence[str], labels: Sequence[str], tokenizer: Any, *, context_length: int, instruction: str = INSTRUCTION
+) -> list[SFTExample]:
+    """One ChatML example per text, answered by its label (the loss is on the label and its ``<|im_end|>``)."""
+    out = []
+    for text, label in zip(texts, labels, strict=True):
+        messages = [*prompt_messages(text, instruction), {"role": "assistant", "content": label}]
+        rendered = render_chatml(messages, tokenizer, context_length=context_length)
+        if rendered.dropped:
+            raise ValueError(f"label {label!r} does not fit context_length={context_length}; use shorter labels")
+        out.append(SFTExample(ids=rendered.ids, mask=rendered.mask))
+    return out
+
+
+def prompts(texts: Sequence[str], tokenizer: Any, limit: int, instruction: str = INSTRUCTION) -> list[list[int]]:
+    """ChatML prompt ids of each text (ending in ``<|im_start|>assistant\\n``), keeping the last ``limit``."""
+    return [prompt_ids(prompt_messages(t, instruction), tokenizer)[-limit:] for t in texts]
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)  # (B, T)
+
+
+def by_length(lengths: Sequence[int], per: int) -> Iterator[np.ndarray]:
+    """Index chunks of at most ``per``, in length order (less padding per batch)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    for lo in range(0, len(order), per):
+        yield order[lo : lo + per]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------- label_lm
+
+
+def train_label_lm(
+    init_checkpoint: Path,
+    train_config: TrainConfig,
+    train: Labeled,
+    validation: Labeled,
+    tokenizer: Any,
+    run_dir: Path,
+    *,
+    lora: LoraConfig | None = None,
+    instruction: str = INSTRUCTION,
+    callback: Callback | None = None,
+    meta_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the init checkpoint to write each text's label (examples packed); returns ``finetune``'s summary."""
+    mc, _ = init_model_config(init_checkpoint)
+    splits = [
+        pack_examples(
+            label_examples(*s, tokenizer, context_length=mc.context_length, instruction=instruction), mc.context_length
+        )
+        for s in (train, validation)
+    ]
+    pad_id = tokenizer.token_to_id(PAD)
+    return finetune(
+        init_checkpoint,
+        train_config,
+        *splits,
+        run_dir,
+        pad_id=pad_id,
+        lora=lora,
+        callback=callback,
+        meta_extra=meta_extra,
+    )
+
+
+@torch.no_grad()
+def score_labels(
+    model: GPT,
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    instruction: str = INSTRUCTION,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """(N, L) total log-likelihood of ``label + <|im_end|>`` after each text's prompt, for every label.
+
+    Each forward pass holds about ``batch_size`` sequences: every label appended to each of
+    ``batch_size // L`` prompts, right-padded. ``progress(done, total)`` after each pass.
+    """
+    conts = [ids + [tokenizer.token_to_id(IM_END)] for ids in encode_plain(tokenizer, list(labels))]
+    ctx = model.config.context_length
+    limit = ctx + 1 - max(len(c) for c in conts)  # prompt + continuation - 1 inputs must fit the context
+    if limit < 2:
+        raise ValueError(f"labels of up to {max(len(c) for c in conts)} tokens leave no room in context {ctx}")
+    prompt_list = prompts(texts, tokenizer, limit, instruction)
+    scores = torch.empty(len(texts), len(labels))
+    done = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in by_length([len(p) for p in prompt_list], max(1, batch_size // len(labels))):
+            seqs = [prompt_list[i] + c for i in idx for c in conts]
+            x = pad_right([s[:-1] for s in seqs], 0).to(_device(model))  # right padding: causal, never attended
+            rows, cols, targets = [], [], []
+            for row, (i, c) in enumerate((i, c) for i in idx for c in conts):
+                start = len(prompt_list[i])  # the continuation's first token is predicted at start - 1
+                rows += [row] * len(c)
+                cols += range(start - 1, start - 1 + len(c))
+                targets += c
+            logits, _ = model(x)  # (n, T, V)
+            picked = logits[rows, cols].float().log_softmax(-1)  # (M, V): only the continuation positions
+            token_lp = picked.gather(1, torch.tensor(targets, device=x.device)[:, None]).squeeze(1)  # (M,)
+            per_seq = torch.zeros(len(seqs), device=x.device).index_add_(
+                0, torch.tensor(rows, device=x.device), token_lp
+            )
+            scores[torch.as_tensor(idx)] = per_seq.view(len(idx), len(labels)).cpu()
+            done += len(idx)
+            if progress:
+                progress(done, len(texts))
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def generate_labels(
+    model: GPT,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    instruction: str = INSTRUCTION,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Greedy answers to each text's prompt, stopped at ``<|im_end|>``."""
+    out = []
+    for i, text in enumerate(texts, 1):
+        out.append(
+            chat_generate(
+                model, tokenizer, prompt_messages(text, instruction), max_new_tokens=max_new_tokens, temperature=0
+            )
+        )
+        if progress and (i % 100 == 0 or i == len(texts)):
+            progress(i, len(texts))
+    return out
+
+
+def evaluate_label_lm(
+    model: GPT,
+    tokenizer: Any,
+    test: Labeled,
+    labels: Sequence[str],
+    *,
+    instruction: str = INSTRUCTION,
+    batch_size: int = 64,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Metrics of label scoring on ``test``, plus ``generation_exact_match`` and ``generation_valid`` (a label)."""
+    texts, truth = test
+    step = (lambda what: lambda d, n: progress(what, d, n)) if progress else (lambda what: None)
+    scores = score_labels(
+        model, tokenizer, texts, labels, instruction=instruction, batch_size=batch_size, progress=step("score")
+    )
+    metrics = evaluate_classifier(truth, [labels[i] for i in scores.argmax(1).tolist()], labels)
+    longest = max(len(ids) for ids in encode_plain(tokenizer, list(labels)))
+    generated = generate_labels(
+        model, tokenizer, texts, max_new_tokens=longest + 1, instruction=instruction, progress=step("generate")
+    )
+    metrics["generation_exact_match"] = float(np.mean([g == t for g, t in zip(generated, truth, strict=True)]))
+    metrics["generation_valid"] = float(np.mean([g in set(labels) for g in generated]))
+    return metrics
+
+
+# ---------------------------------------------------------------- head
+
+
+class SequenceClassifier(nn.Module):
+    """An LM with a linear head on the final hidden state of each row's last non-pad token.
+
+    Rows are right-padded with ``pad_id``, which must not occur inside a prompt (the
+    ``<|pad|>`` id never does: chat rendering encodes special-token text as plain bytes).
+    """
+
+    def __init__(self, lm: GPT, num_labels: int, pad_id: int) -> None:
+        super().__init__()
+        lm.lm_head = nn.Identity()  # GPT.forward now returns the final hidden states (B, T, d)
+        self.lm, self.pad_id, self.config = lm, pad_id, lm.config
+        self.head = nn.Linear(lm.config.d_model, num_labels)
+        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, *, segment_ids: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Class logits (B, C) for prompts ``idx`` (B, T), and the mean cross-entropy against ``targets`` (B,)."""
+        if segment_ids is not None:
+            raise ValueError("the classifier takes one prompt per row, not packed rows")
+        hidden, _ = self.lm(idx)  # (B, T, d)
+        T = idx.size(1)
+        last = T - 1 - (idx != self.pad_id).flip(1).int().argmax(1)  # (B,) index of the last non-pad token
+        logits = self.head(hidden[torch.arange(idx.size(0), device=idx.device), last])  # (B, C)
+        loss = None if targets is None else F.cross_entropy(logits.float(), targets)
+        return logits, loss
+
+    def configure_optimizer(
+        self, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)
+    ) -> torch.optim.AdamW:
+        return GPT.configure_optimizer(self, lr, weight_decay, betas)  # type: ignore[arg-type]  # same groups
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        return self.lm.flops_per_token()
+
+
+def head_source(
+    items: Sequence[tuple[list[int], int]],
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    pad_id: int,
+    **_: Any,
+) -> EpochSource:
+    """Batches ``(prompts right-padded (B, T), label indices (B,))`` in a new seeded order each epoch."""
+    mine = rank_share(items, rank, world_size)
+
+    def epoch(e: int) -> Iterator[Batch]:
+        order = list(range(len(mine)))
+        random.Random(epoch_seed(seed, e)).shuffle(order)
+        for lo in range(0, len(order), batch_size):
+            rows = [mine[i] for i in order[lo : lo + batch_size]]
+            yield pad_right([ids for ids, _ in rows], pad_id), torch.tensor([y for _, y in rows], dtype=torch.long)
+
+    fingerprint = {"examples": len(items), "batch_size": batch_size, "seed": seed, "world_size": world_size}
+    return EpochSource(epoch, -(-len(mine) // batch_size), fingerprint)
+
+
+def train_head(
+    init_checkpoint: Path,
+    train_config: TrainConfig,
+    train: Labeled,
+    validation: Labeled,
+    tokenizer: Any,
+    labels: Sequence[str],
+    run_dir: Path,
+    *,
+    lora: LoraConfig | None = None,
+    instruction: str = INSTRUCTION,
+    callback: Callback | None = None,
+    meta_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a :class:`SequenceClassifier` from the init checkpoint (whole model, or head + LoRA); returns the summary.
+
+    The final checkpoint holds the merged classifier; read it with :func:`load_classifier`.
+    """
+    init = Path(init_checkpoint)
+    mc, init_sha = init_model_config(init)
+    pad_id = tokenizer.token_to_id(PAD)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({y for y in [*train[1], *validation[1]] if y not in index})
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not in labels={list(labels)}; add them")
+    data = [
+        list(zip(prompts(t, tokenizer, mc.context_length, instruction), [index[y] for y in ys], strict=True))
+        for t, ys in (train, validation)
+    ]
+    version = _digest(data)
+
+    def build() -> nn.Module:
+        lm, _ = load_trained_model(init, "cpu")
+        model = SequenceClassifier(lm, len(labels), pad_id)
+        if lora is not None:
+            apply_lora(model.lm, lora)  # freezes the LM only: the head trains
+        counts["trainable"] = trainable_parameters(model)
+        return model.train()
+
+    def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
+        return head_source(data[0], pad_id=pad_id, **kw), head_source(
+            data[1], pad_id=pad_id, **kw
+        ) if validation else None
+
+    head = {"labels": list(labels), "pad_id": pad_id}
+    counts: dict[str, int] = {}
+    job = Job(
+        model_config=mc,
+        build_model=build,
+        sources=sources,
+        config={
+            "data_version": version,
+            "init_checkpoint": init_sha,
+            "lora": lora.to_dict() if lora else None,
+            "head": head,
+        },
+        data={"init_checkpoint": str(init), "init_sha256": init_sha, "examples_sha256": version},
+        export=merged_copy if lora else None,
+    )
+    summary = run_job(lambda: job, train_config, run_dir, callback=callback, meta_extra=meta_extra)
+    return {**summary, "trainable_params": counts["trainable"], "init_checkpoint": str(init)}
+
+
+def _digest(splits: Sequence[Sequence[tuple[list[int], int]]]) -> str:
+    return digest_of([[[ids, y] for ids, y in split] for split in splits])
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[SequenceClassifier, list[str]]:
+    """A :func:`train_head` checkpoint's classifier (eval mode, verified) and its label names."""
+    meta = read_meta(path)
+    head = meta["config"]["head"]
+    model = SequenceClassifier(GPT(ModelConfig.from_dict(meta["config"]["model"])), len(head["labels"]), head["pad_id"])
+    load_checkpoint(path, model.to(device))
+    return model.eval(), head["labels"]
+
+
+@torch.no_grad()
+def predict_head(
+    model: SequenceClassifier,
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    instruction: str = INSTRUCTION,
+    batch_size: int = 64,
+) -> list[str]:
+    """The argmax label of each text."""
+    prompt_list = prompts(texts, tokenizer, model.config.context_length, instruction)
+    out = [""] * len(texts)
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in by_length([len(p) for p in prompt_list], batch_size):
+            logits, _ = model(pad_right([prompt_list[i] for i in idx], model.pad_id).to(_device(model)))
+            for i, k in zip(idx.tolist(), logits.argmax(1).tolist(), strict=True):
+                out[i] = labels[k]
+    finally:
+        model.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------- all three
+
+
+def evaluate_all(
+    init_checkpoint: Path,
+    tokenizer: Any,
+    train: Labeled,
+    validation: Labeled,
+    test: Labeled,
+    run_dir: Path,
+    *,
+    label_config: TrainConfig,
+    head_config: TrainConfig,
+    label_lora: LoraConfig | None = None,
+    head_lora: LoraConfig | None = None,
+    methods: Sequence[str] = METHODS,
+    instruction: str = INSTRUCTION,
+    seed: int = 0,
+    batch_size: int = 64,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train each method on ``train`` and score it on the same ``test``; returns ``{"labels", method: metrics}``.
+
+    Metrics per method: accuracy, macro_f1, confusion (rows true, columns predicted, in
+    ``labels`` order), labels, seconds, and ``train`` (the training summary, trimmed; for
+    bow the chosen C). label_lm adds generation_exact_match and generation_valid. The
+    LM methods train in ``run_dir/label_lm`` and ``run_dir/head`` (and resume there).
+    ``callback`` gets ``{"method", "stage": "train", ...loop record}`` and ``{"method",
+    "stage": "score" | "generate" | "predict", "done", "total"}``.
+    """
+    if bad := sorted(set(methods) - set(METHODS)):
+        raise ValueError(f"methods {bad} are unknown; choose from {METHODS}")
+    labels = sorted(set(train[1]))
+    run_dir = Path(run_dir)
+    results: dict[str, Any] = {"labels": labels}
+
+    def report(method: str, stage: str) -> Callable[..., None] | None:
+        if callback is None:
+            return None
+        if stage == "train":
+            return lambda record: callback({"method": method, "stage": stage, **record})
+        return lambda what, done, total: callback({"method": method, "stage": what, "done": done, "total": total})
+
+    for method in (m for m in METHODS if m in methods):
+        start = time.perf_counter()
+        if method == "bow":
+            model, chosen = tune_bow_baseline(
+                (list(train[0]), list(train[1])), (list(validation[0]), list(validation[1])), seed=seed
+            )
+            metrics, brief = evaluate_classifier(test[1], model.predict(list(test[0])), labels), chosen
+        elif method == "label_lm":
+            summary = train_label_lm(
+                init_checkpoint,
+                label_config,
+                train,
+                validation,
+                tokenizer,
+                run_dir / method,
+                lora=label_lora,
+                instruction=instruction,
+                callback=report(method, "train"),
+            )
+            lm, _ = load_trained_model(summary["checkpoint"])
+            metrics = evaluate_label_lm(
+                lm,
+                tokenizer,
+                test,
+                labels,
+                instruction=instruction,
+                batch_size=batch_size,
+                progress=report(method, "predict"),
+            )
+            brief = _brief(summary)
+        else:
+            summary = train_head(
+                init_checkpoint,
+                head_config,
+                train,
+                validation,
+                tokenizer,
+                labels,
+                run_dir / method,
+                lora=head_lora,
+                instruction=instruction,
+                callback=report(method, "train"),
+            )
+            classifier, _ = load_classifier(summary["checkpoint"])
+            predicted = predict_head(
+                classifier, tokenizer, test[0], labels, instruction=instruction, batch_size=batch_size
+            )
+            metrics, brief = evaluate_classifier(test[1], predicted, labels), _brief(summary)
+        results[method] = {**metrics, "seconds": time.perf_counter() - start, "train": brief}
+    return results
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("step", "train_loss", "val_loss", "tokens_seen", "tokens_per_s", "params", "trainable_params", "checkpoint")
+    return {k: summary.get(k) for k in keys}

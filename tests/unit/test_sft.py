@@ -1,0 +1,141 @@
+"""finetune(): learns to answer and stop, loss only on the answers, exact resume (full and LoRA),
+a plain-GPT final checkpoint, and refusal to resume on another init checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lmcore.chat import render_chatml
+from lmcore.checkpoint import MODEL_FILE, list_checkpoints, load_trained_model, save_checkpoint
+from lmcore.lora import LoraConfig
+from lmcore.model import GPT, tiny
+from lmcore.sft import chat_generate, finetune
+from lmcore.sft_data import SFTExample, pack_examples
+from lmcore.train_config import TrainConfig
+
+PAIRS = [
+    ("What color is the sky?", "blue"),
+    ("Name a fruit.", "apple"),
+    ("Two plus two?", "four"),
+    ("Where do fish live?", "in the water"),
+]
+PAD = 1
+
+
+@pytest.fixture(scope="module")
+def tok(small_tokenizer):
+    return small_tokenizer[0]
+
+
+def write_init(root: Path, seed: int = 0) -> Path:
+    """A freshly initialised tiny GPT saved as a checkpoint (stands in for a pretrained model)."""
+    torch.manual_seed(seed)
+    config = tiny(vocab_size=300, context_length=64)
+    return save_checkpoint(root, 0, GPT(config), {}, {"config": {"model": config.to_dict()}})
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory) -> Path:
+    return write_init(tmp_path_factory.mktemp("init"))
+
+
+def examples(tok, pairs=PAIRS) -> list[SFTExample]:
+    out = []
+    for q, a in pairs:
+        r = render_chatml([{"role": "user", "content": q}, {"role": "assistant", "content": a}], tok)
+        out.append(SFTExample(ids=r.ids, mask=r.mask))
+    return out
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(max_steps=12, batch_size=2, lr=3e-3, warmup_steps=2, eval_batches=1, eval_every=0, log_every=1)
+    return TrainConfig(**{**base, "checkpoint_every": 3, "device": "cpu", "peak_flops": 1e12, **overrides})
+
+
+def test_learns_to_answer_and_stop(tok, init: Path, tmp_path: Path) -> None:
+    train = pack_examples(examples(tok), 64)  # 4 conversations in 2 packed rows: segment_ids on the way
+    assert len(train) < len(PAIRS)
+    cfg = config(max_steps=50, batch_size=4, lr=1e-2, checkpoint_every=0, log_every=5, weight_decay=0.0)
+    summary = finetune(init, cfg, train, examples(tok)[:2], tmp_path / "run", pad_id=PAD)
+    history = summary["loss_history"]
+    assert history[-1][1] < 0.1 * history[0][1], history
+    assert summary["trainable_params"] == summary["params"] and summary["step"] == 50
+    model, meta = load_trained_model(summary["checkpoint"])
+    assert meta["config"]["init_checkpoint"] == json.loads((init / "meta.json").read_text())["files"][MODEL_FILE]
+    for question, answer in PAIRS:
+        reply = chat_generate(model, tok, [{"role": "user", "content": question}], max_new_tokens=20, temperature=0)
+        assert reply == answer, "the exact answer, then <|im_end|> stopped generation (else 20 tokens came out)"
+
+
+def _first_loss(tok, init: Path, run: Path, train: list[SFTExample]) -> float:
+    summary = finetune(init, config(max_steps=1, warmup_steps=0, eval_batches=0), train, [], run, pad_id=PAD)
+    return summary["loss_history"][0][1]
+
+
+def test_loss_is_taken_on_the_answers_only(tok, init: Path, tmp_path: Path) -> None:
+    train = examples(tok)[:2]
+    base = _first_loss(tok, init, tmp_path / "a", train)
+    # the trailing "\n" after the last <|im_end|> is only ever a target, and outside the mask
+    changed = [SFTExample(ids=e.ids[:-1] + [(e.ids[-1] + 1) % 300], mask=e.mask) for e in train]
+    assert _first_loss(tok, init, tmp_path / "b", changed) == base
+    # the same loss by hand: mean cross-entropy over the masked next tokens of both examples
+    model, _ = load_trained_model(init)
+    token_losses = []
+    for e in train:
+        logits, _ = model(torch.tensor([e.ids[:-1]]))
+        ce = F.cross_entropy(logits[0], torch.tensor(e.ids[1:]), reduction="none")
+        token_losses.append(ce[torch.tensor(e.mask[1:]) == 1])
+    assert base == pytest.approx(torch.cat(token_losses).mean().item(), rel=1e-5)
+    everything = [SFTExample(ids=e.ids, mask=[1] * len(e.ids)) for e in train]
+    assert _first_loss(tok, init, tmp_path / "c", everything) != pytest.approx(base, rel=1e-3), "the test can fail"
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("lora", [None, LoraConfig(rank=2, alpha=4)], ids=["full", "lora"])
+def test_resume_after_a_crash_continues_identically(tok, init: Path, tmp_path: Path, lora) -> None:
+    train, val = examples(tok), examples(tok)[:2]
+    reference = finetune(init, config(), train, val, tmp_path / "ref", pad_id=PAD, lora=lora)
+
+    def crash_at_8(record: dict) -> None:
+        if record["step"] == 8:
+            raise Crash
+
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        finetune(init, config(), train, val, run, pad_id=PAD, lora=lora, callback=crash_at_8)
+    assert [s for s, _ in list_checkpoints(run)] == [3, 6]
+    resumed = finetune(init, config(), train, val, run, pad_id=PAD, lora=lora)
+    assert resumed["resumed_from"] == 6
+    assert resumed["loss_history"] == reference["loss_history"] and resumed["val_history"] == reference["val_history"]
+    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    model, _ = load_trained_model(resumed["checkpoint"])  # LoRA merged: a plain GPT
+    assert type(model) is GPT
+    if lora is not None:
+        c = model.config
+        per_layer = 2 * (c.d_model + 3 * c.d_model) + 2 * (c.d_model + c.d_model)  # c_attn (d->3d), c_proj (d->d)
+        assert resumed["trainable_params"] == c.n_layer * per_layer < resumed["params"]
+
+
+def test_resume_on_another_init_is_refused(tok, init: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    finetune(init, config(max_steps=3), examples(tok), examples(tok), run, pad_id=PAD)
+    other = write_init(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match="init_checkpoint=.*new run dir"):
+        finetune(other, config(max_steps=3), examples(tok), examples(tok), run, pad_id=PAD)
+
+
+def test_bad_examples_are_named(tok, init: Path, tmp_path: Path) -> None:
+    long = SFTExample(ids=[5] * 80, mask=[1] * 80)
+    silent = SFTExample(ids=[5] * 10, mask=[0] * 10)
+    with pytest.raises(ValueError, match=r"train_examples \[0\] exceed context_length=64.*\[1\] have no assistant"):
+        finetune(init, config(), [long, silent], [], tmp_path / "run", pad_id=PAD)
+    with pytest.raises(ValueError, match="val_examples is empty"):
+        finetune(init, config(), examples(tok), [], tmp_path / "run", pad_id=PAD)
