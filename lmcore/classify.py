@@ -150,7 +150,8 @@ def score_labels(
     """(N, L) total log-likelihood of ``label + <|im_end|>`` after each text's prompt, for every label.
 
     Each forward pass holds about ``batch_size`` sequences: every label appended to each of
-    ``batch_size // L`` prompts, right-padded. ``progress(done, total)`` after each pass.
+    ``batch_size // L`` prompts of similar length, right-padded. ``progress(done, total)``
+    after each pass.
     """
     conts = [ids + [tokenizer.token_to_id(IM_END)] for ids in encode_plain(tokenizer, list(labels))]
     ctx = model.config.context_length
@@ -164,27 +165,26 @@ def score_labels(
     model.eval()
     try:
         for idx in by_length([len(p) for p in prompt_list], max(1, batch_size // len(labels))):
-            seqs = [prompt_list[i] + c for i in idx for c in conts]
-            x = pad_right([s[:-1] for s in seqs], 0).to(_device(model))  # right padding: causal, never attended
-            rows, cols, targets = [], [], []
-            for row, (i, c) in enumerate((i, c) for i in idx for c in conts):
-                start = len(prompt_list[i])  # the continuation's first token is predicted at start - 1
-                rows += [row] * len(c)
-                cols += range(start - 1, start - 1 + len(c))
-                targets += c
-            logits, _ = model(x)  # (n, T, V)
-            picked = logits[rows, cols].float().log_softmax(-1)  # (M, V): only the continuation positions
-            token_lp = picked.gather(1, torch.tensor(targets, device=x.device)[:, None]).squeeze(1)  # (M,)
-            per_seq = torch.zeros(len(seqs), device=x.device).index_add_(
-                0, torch.tensor(rows, device=x.device), token_lp
-            )
-            scores[torch.as_tensor(idx)] = per_seq.view(len(idx), len(labels)).cpu()
+            scores[torch.as_tensor(idx)] = _continuation_logprobs(model, [prompt_list[i] for i in idx], conts)
             done += len(idx)
             if progress:
                 progress(done, len(texts))
     finally:
         model.train(was_training)
     return scores
+
+
+def _continuation_logprobs(model: GPT, prompt_rows: list[list[int]], conts: list[list[int]]) -> Tensor:
+    """(P, C) summed log-probabilities of each continuation after each prompt, in one forward pass."""
+    pairs = [(p, c) for p in prompt_rows for c in conts]
+    x = pad_right([(p + c)[:-1] for p, c in pairs], 0).to(_device(model))  # right padding is never attended
+    rows = torch.tensor([r for r, (_, c) in enumerate(pairs) for _ in c], device=x.device)
+    cols = torch.tensor([len(p) - 1 + k for p, c in pairs for k in range(len(c))], device=x.device)
+    targets = torch.tensor([t for _, c in pairs for t in c], device=x.device)  # token k of c is predicted at len(p)-1+k
+    logits, _ = model(x)  # (P*C, T, V)
+    token_lp = logits[rows, cols].float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)  # (M,)
+    per_pair = torch.zeros(len(pairs), device=x.device).index_add_(0, rows, token_lp)
+    return per_pair.view(len(prompt_rows), len(conts)).cpu()
 
 
 def generate_labels(

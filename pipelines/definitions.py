@@ -13,6 +13,7 @@ import dagster as dg
 
 import assets.clean
 import assets.corpus
+import assets.finetune
 import assets.pretrain
 import assets.shards
 import assets.splits
@@ -26,7 +27,15 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 # `dagster dev` started by hand gets the same default home as the CLI.
 os.environ.setdefault("LMPIPE_HOME", str(lmpipe_home()))
 
-_MODULES = [assets.corpus, assets.clean, assets.splits, assets.tokenizer, assets.shards, assets.pretrain]
+_MODULES = [
+    assets.corpus,
+    assets.clean,
+    assets.splits,
+    assets.tokenizer,
+    assets.shards,
+    assets.pretrain,
+    assets.finetune,
+]
 ALL_ASSETS = dg.load_assets_from_modules(_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(_MODULES)
 

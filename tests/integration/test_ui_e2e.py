@@ -152,7 +152,7 @@ def test_materialize_data_group_from_the_ui_and_see_its_metadata(tmp_path):
             _open_plot(page, "tokens_per_split", "Tokens per split")
             _shot(page, tmp_path / "5-token-shards-plot.png", shots)
             print(f"documents per split {docs}, tokens per split {tokens}")
-        except Exception:
+        except BaseException:  # pytest.fail and pytest-timeout raise BaseExceptions: still take the screenshot
             with_failure = tmp_path / "failure.png"
             try:
                 if page is not None:

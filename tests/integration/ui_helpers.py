@@ -124,7 +124,8 @@ def lmpipe_ui(home: Path, log: Path, *, start_timeout: float = 180) -> Iterator[
 
     Yields once ``/server_info`` answers and the code location has loaded; always kills the group."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "LMPIPE_PROFILE")}
+    # Hermetic: the default profile, and the instance and artifacts under ``home`` only.
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "LMPIPE_PROFILE", "LMPIPE_ARTIFACTS_URL")}
     env["LMPIPE_HOME"] = str(home)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `lmpipe ui` execs `dagster`
     env["PYTHONUNBUFFERED"] = "1"

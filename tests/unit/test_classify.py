@@ -1,0 +1,128 @@
+"""Classifier fine-tuning three ways on a tiny keyword task; label scoring against brute force;
+the head reads the last non-pad token."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmcore.chat import encode_plain, prompt_ids
+from lmcore.classify import (
+    INSTRUCTION,
+    SequenceClassifier,
+    evaluate_all,
+    load_classifier,
+    pad_right,
+    predict_head,
+    prompt_messages,
+    prompts,
+    score_labels,
+)
+from lmcore.lora import LoraConfig, lora_layers
+from lmcore.model import GPT, tiny
+from lmcore.tokenizer import IM_END
+from lmcore.train_config import TrainConfig
+from tests.unit.test_sft import write_init
+
+WORDS = "the a small big old new red quiet happy slow fast green near far".split()
+KEYS = {"apple": "fruit", "river": "water", "stone": "rock"}
+PAD = 1
+
+
+def make(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Filler words around one keyword; the keyword decides the label."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        key = rng.choice(sorted(KEYS))
+        words = rng.choices(WORDS, k=rng.randint(2, 6))
+        words.insert(rng.randint(0, len(words)), key)
+        texts.append(" ".join(words))
+        labels.append(KEYS[key])
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def tok(small_tokenizer):
+    return small_tokenizer[0]
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory) -> Path:
+    return write_init(tmp_path_factory.mktemp("init"))
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(max_steps=40, batch_size=8, lr=1e-2, warmup_steps=4, eval_batches=1, log_every=10, weight_decay=0.0)
+    return TrainConfig(**{**base, "device": "cpu", "peak_flops": 1e12, **overrides})
+
+
+def test_each_method_beats_chance(tok, init: Path, tmp_path: Path) -> None:
+    train, validation, test = make(120, 0), make(24, 1), make(60, 2)
+    records: list[dict] = []
+    results = evaluate_all(
+        init,
+        tok,
+        train,
+        validation,
+        test,
+        tmp_path,
+        label_config=config(),
+        head_config=config(max_steps=30, batch_size=16),
+        head_lora=LoraConfig(rank=4, alpha=8),
+        callback=records.append,
+    )
+    labels = sorted(set(KEYS.values()))
+    assert results["labels"] == labels
+    for method in ("label_lm", "head", "bow"):
+        r = results[method]
+        assert r["accuracy"] > 0.7, f"{method}: {r['accuracy']} (chance is 1/3)"
+        assert r["labels"] == labels and sum(map(sum, r["confusion"])) == 60 and 0 <= r["macro_f1"] <= 1
+    assert results["label_lm"]["generation_exact_match"] > 0.5 and results["label_lm"]["generation_valid"] > 0.5
+    head = results["head"]["train"]
+    assert head["trainable_params"] < head["params"], "head + LoRA: the LM itself stays frozen"
+    assert {(r["method"], r["stage"]) for r in records} >= {
+        ("label_lm", "train"),
+        ("label_lm", "score"),
+        ("head", "train"),
+    }
+    classifier, names = load_classifier(head["checkpoint"])  # LoRA merged into a plain classifier
+    assert names == labels and not lora_layers(classifier)
+    predicted = predict_head(classifier, tok, test[0], names)
+    assert sum(p == t for p, t in zip(predicted, test[1], strict=True)) / 60 == results["head"]["accuracy"]
+
+
+def test_label_scores_are_the_summed_log_likelihoods(tok) -> None:
+    torch.manual_seed(0)
+    model = GPT(tiny(vocab_size=300, context_length=64)).eval()
+    texts = ["the apple", "a big quiet river near the old stone", "fast"]
+    labels = ["fruit", "water", "rock"]
+    scores = score_labels(model, tok, texts, labels, batch_size=4)  # 1 text (3 sequences) per forward pass
+    im_end = tok.token_to_id(IM_END)
+    for i, text in enumerate(texts):
+        brute = []
+        for label_ids in encode_plain(tok, labels):
+            prompt = prompt_ids(prompt_messages(text, INSTRUCTION), tok)
+            ids = prompt + label_ids + [im_end]
+            logp = model(torch.tensor([ids[:-1]]))[0][0].log_softmax(-1)  # (T, V)
+            brute.append(sum(logp[k - 1, ids[k]].item() for k in range(len(prompt), len(ids))))
+        torch.testing.assert_close(scores[i], torch.tensor(brute), atol=1e-4, rtol=1e-5)
+        assert scores[i].argmax().item() == max(range(3), key=brute.__getitem__)
+    batched = score_labels(model, tok, texts, labels, batch_size=64)  # all texts, padded, in one pass
+    torch.testing.assert_close(batched, scores, atol=1e-4, rtol=1e-5)
+
+
+def test_head_reads_the_last_non_pad_token(tok) -> None:
+    torch.manual_seed(0)
+    classifier = SequenceClassifier(GPT(tiny(vocab_size=300, context_length=64)), 3, PAD).eval()
+    rows = prompts(["the apple", "a big quiet river near the old stone"], tok, 64)
+    assert len(rows[0]) < len(rows[1])
+    padded, _ = classifier(pad_right(rows, PAD))  # the first row is right-padded
+    for i, row in enumerate(rows):
+        alone, _ = classifier(torch.tensor([row]))
+        torch.testing.assert_close(padded[i], alone[0], atol=1e-5, rtol=1e-5)
+    at_the_end, _ = classifier(torch.tensor([rows[0] + [5] * 4]))  # a real token where the pads were
+    assert not torch.allclose(at_the_end[0], padded[0], atol=1e-4), "the test can fail"
