@@ -13,6 +13,7 @@ import dagster as dg
 
 import assets.clean
 import assets.corpus
+import assets.evaluation
 import assets.finetune
 import assets.pretrain
 import assets.shards
@@ -35,6 +36,7 @@ _MODULES = [
     assets.shards,
     assets.pretrain,
     assets.finetune,
+    assets.evaluation,
 ]
 ALL_ASSETS = dg.load_assets_from_modules(_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(_MODULES)
@@ -49,6 +51,8 @@ def build_definitions(profile: Profile) -> dg.Definitions:
             "corpus_source"), config=profile.run_config(_names("data"))),
         dg.define_asset_job("pretrain", selection=dg.AssetSelection.groups("pretrain"),
                             config=profile.run_config(_names("pretrain"))),
+        dg.define_asset_job("finetune_and_evaluate", selection=dg.AssetSelection.groups("finetune", "evaluation"),
+                            config=profile.run_config(_names("finetune") | _names("evaluation"))),
     ]  # fmt: skip
     retrain = dg.define_asset_job("retrain", selection=everything, config=config, description="Full retrain.")
     sensor, schedule = retrain_triggers(profile, retrain)

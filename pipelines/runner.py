@@ -162,5 +162,26 @@ def summary(console: Any, result: Any, seconds: float) -> None:
             message = error.cause.message if error and error.cause else (error.message if error else "")
             table.add_row(f"[red]{event.step_key}[/red]", f"[red]failed:[/red] {message.strip()}", "")
     console.print(table)
+    _print_evaluation(console, result)
     if not result.success:
         console.print("[red]run failed[/red]; the full log is in the Dagster UI (lmpipe ui).")
+
+
+def _print_evaluation(console: Any, result: Any) -> None:
+    """The evaluation report's table, when this run produced one: each figure next to its baseline."""
+    from rich.table import Table
+
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        if mat.asset_key.to_user_string() != "evaluation_report":
+            continue
+        table = Table(title="evaluation report (also $LMPIPE_HOME/reports/evaluation.{json,md})")
+        for column in ("metric", "model", "value", "baseline", "baseline value", "beats baseline"):
+            table.add_column(column)
+        for record in mat.metadata["report"].value.records:
+            r = record.data
+            beats = "[green]yes[/green]" if r["beats_baseline"] else "[red]no[/red]"
+            table.add_row(
+                r["metric"], r["model"], f"{r['value']:.4f}", r["baseline"], f"{r['baseline_value']:.4f}", beats
+            )
+        console.print(table)
