@@ -156,13 +156,17 @@ def summary(console: Any, result: Any, seconds: float) -> None:
             if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
         )
         table.add_row(name, figures, "\n".join(checks.get(name, [])))
+    failures = []
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
             message = error.cause.message if error and error.cause else (error.message if error else "")
-            table.add_row(f"[red]{event.step_key}[/red]", f"[red]failed:[/red] {message.strip()}", "")
+            failures.append((event.step_key, message.strip()))
+            table.add_row(f"[red]{event.step_key}[/red]", "[red]failed[/red] (below)", "")
     console.print(table)
     _print_evaluation(console, result)
+    for step, message in failures:  # unwrapped, so paths and fixes can be copied
+        console.print(f"{step} failed: {message}", soft_wrap=True, markup=False, highlight=False)
     if not result.success:
         console.print("[red]run failed[/red]; the full log is in the Dagster UI (lmpipe ui).")
 

@@ -20,7 +20,7 @@ def _materialization(home, asset):
 
 def test_whole_graph_trains_and_reports_perplexity_against_the_ngram(home, tmp_path, corpus_dir, capsys):
     profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model=TINY)
-    assert main(["run", "--config", str(profile), "--select", "group:data+ group:pretrain"]) == 0
+    assert main(["run", "--config", str(profile), "--select", "group:data or group:pretrain"]) == 0
     mat = _materialization(home, "pretrained_model")
     assert mat.metadata["steps"].value == 12 and mat.metadata["world_size"].value == 1
     assert mat.metadata["tokens_seen"].value == 12 * 4 * 32
