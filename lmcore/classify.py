@@ -37,20 +37,12 @@ from lmcore.baselines import evaluate_classifier, tune_bow_baseline
 from lmcore.chat import encode_plain, prompt_ids, render_chatml
 from lmcore.checkpoint import load_checkpoint, load_trained_model, read_meta
 from lmcore.io import digest_of
-from lmcore.lora import LoraConfig, apply_lora, merged_copy
+from lmcore.lora import LoraConfig
 from lmcore.model import GPT, ModelConfig
-from lmcore.sft import (
-    EpochSource,
-    chat_generate,
-    epoch_seed,
-    finetune,
-    init_model_config,
-    rank_share,
-    trainable_parameters,
-)
+from lmcore.sft import EpochSource, chat_generate, epoch_seed, finetune, init_model_config, rank_share, run_from_init
 from lmcore.sft_data import SFTExample, pack_examples
 from lmcore.tokenizer import IM_END, PAD
-from lmcore.train import Batch, BatchSource, Callback, Job, run_job
+from lmcore.train import Batch, BatchSource, Callback
 from lmcore.train_config import TrainConfig
 
 INSTRUCTION = "Classify the text."
@@ -151,7 +143,7 @@ def score_labels(
 
     Each forward pass holds about ``batch_size`` sequences: every label appended to each of
     ``batch_size // L`` prompts of similar length, right-padded. ``progress(done, total)``
-    after each pass.
+    about every 100 texts.
     """
     conts = [ids + [tokenizer.token_to_id(IM_END)] for ids in encode_plain(tokenizer, list(labels))]
     ctx = model.config.context_length
@@ -167,7 +159,7 @@ def score_labels(
         for idx in by_length([len(p) for p in prompt_list], max(1, batch_size // len(labels))):
             scores[torch.as_tensor(idx)] = _continuation_logprobs(model, [prompt_list[i] for i in idx], conts)
             done += len(idx)
-            if progress:
+            if progress and (done // 100 > (done - len(idx)) // 100 or done == len(texts)):
                 progress(done, len(texts))
     finally:
         model.train(was_training)
@@ -241,6 +233,7 @@ def evaluate_label_lm(
 class SequenceClassifier(nn.Module):
     """An LM with a linear head on the final hidden state of each row's last non-pad token.
 
+    The LM's output head is replaced by ``Identity`` (the classifier does not need it).
     Rows are right-padded with ``pad_id``, which must not occur inside a prompt (the
     ``<|pad|>`` id never does: chat rendering encodes special-token text as plain bytes).
     """
@@ -320,8 +313,7 @@ def train_head(
 
     The final checkpoint holds the merged classifier; read it with :func:`load_classifier`.
     """
-    init = Path(init_checkpoint)
-    mc, init_sha = init_model_config(init)
+    mc, _ = init_model_config(init_checkpoint)
     pad_id = tokenizer.token_to_id(PAD)
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({y for y in [*train[1], *validation[1]] if y not in index})
@@ -331,38 +323,23 @@ def train_head(
         list(zip(prompts(t, tokenizer, mc.context_length, instruction), [index[y] for y in ys], strict=True))
         for t, ys in (train, validation)
     ]
-    version = _digest(data)
-
-    def build() -> nn.Module:
-        lm, _ = load_trained_model(init, "cpu")
-        model = SequenceClassifier(lm, len(labels), pad_id)
-        if lora is not None:
-            apply_lora(model.lm, lora)  # freezes the LM only: the head trains
-        counts["trainable"] = trainable_parameters(model)
-        return model.train()
 
     def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
-        return head_source(data[0], pad_id=pad_id, **kw), head_source(
-            data[1], pad_id=pad_id, **kw
-        ) if validation else None
+        val = head_source(data[1], pad_id=pad_id, **kw) if validation else None
+        return head_source(data[0], pad_id=pad_id, **kw), val
 
-    head = {"labels": list(labels), "pad_id": pad_id}
-    counts: dict[str, int] = {}
-    job = Job(
-        model_config=mc,
-        build_model=build,
+    return run_from_init(
+        init_checkpoint,
+        train_config,
+        run_dir,
         sources=sources,
-        config={
-            "data_version": version,
-            "init_checkpoint": init_sha,
-            "lora": lora.to_dict() if lora else None,
-            "head": head,
-        },
-        data={"init_checkpoint": str(init), "init_sha256": init_sha, "examples_sha256": version},
-        export=merged_copy if lora else None,
+        data_version=_digest(data),
+        lora=lora,
+        wrap=lambda lm: SequenceClassifier(lm, len(labels), pad_id),
+        config={"head": {"labels": list(labels), "pad_id": pad_id}},
+        callback=callback,
+        meta_extra=meta_extra,
     )
-    summary = run_job(lambda: job, train_config, run_dir, callback=callback, meta_extra=meta_extra)
-    return {**summary, "trainable_params": counts["trainable"], "init_checkpoint": str(init)}
 
 
 def _digest(splits: Sequence[Sequence[tuple[list[int], int]]]) -> str:

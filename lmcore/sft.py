@@ -8,7 +8,8 @@ conversation. Checkpoints, resume, NaN checks and metrics are the loop's own. Ev
 checkpoint's weights file is a plain GPT (LoRA merged), so ``load_trained_model`` reads it;
 a LoRA run keeps its adapters in optimizer.pt ("trainable") and rebuilds the frozen base
 from the init checkpoint on resume. The config of a run records the init checkpoint's
-digest, so resuming on top of another init is refused.
+digest, so resuming on top of another init is refused. ``run_from_init`` is the part shared
+with ``lmcore.classify``'s head: any module built around the init checkpoint's GPT.
 
 This module knows nothing of Dagster or of where examples come from.
 """
@@ -135,14 +136,53 @@ def init_model_config(init_checkpoint: str | Path) -> tuple[ModelConfig, str]:
     return ModelConfig.from_dict(meta["config"]["model"]), meta["files"][MODEL_FILE]
 
 
-def pretrained(init_checkpoint: Path, lora: LoraConfig | None, counts: dict[str, int]) -> GPT:
-    """The init checkpoint's model in train mode, with LoRA applied when asked; records the trainable count."""
-    model, _ = load_trained_model(init_checkpoint, "cpu")
-    model.train()
-    if lora is not None:
-        apply_lora(model, lora)
-    counts["trainable"] = trainable_parameters(model)
-    return model
+def run_from_init(
+    init_checkpoint: Path,
+    train_config: TrainConfig,
+    run_dir: Path,
+    *,
+    sources: Callable[..., tuple[BatchSource, BatchSource | None]],
+    data_version: str,
+    lora: LoraConfig | None = None,
+    wrap: Callable[[GPT], torch.nn.Module] | None = None,
+    config: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    meta_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the training loop on the init checkpoint's model; returns the summary plus ``trainable_params``.
+
+    ``wrap`` turns the pretrained GPT into the module to train (e.g. a classifier; default:
+    the GPT itself); ``lora`` then adapts the GPT inside it and freezes the rest of the GPT.
+    ``config`` and ``data`` add fields to the run's identity and to ``meta["data"]``.
+    """
+    init = Path(init_checkpoint)
+    mc, init_sha = init_model_config(init)
+    counts: dict[str, int] = {}
+
+    def build() -> torch.nn.Module:
+        lm, _ = load_trained_model(init, "cpu")
+        model = wrap(lm) if wrap else lm
+        if lora is not None:
+            apply_lora(lm, lora)
+        counts["trainable"] = trainable_parameters(model)
+        return model.train()
+
+    job = Job(
+        model_config=mc,
+        build_model=build,
+        sources=sources,
+        config={
+            "data_version": data_version,
+            "init_checkpoint": init_sha,
+            "lora": lora.to_dict() if lora else None,
+            **(config or {}),
+        },
+        data={"init_checkpoint": str(init), "init_sha256": init_sha, "examples_sha256": data_version, **(data or {})},
+        export=merged_copy if lora else None,
+    )
+    summary = run_job(lambda: job, train_config, run_dir, callback=callback, meta_extra=meta_extra)
+    return {**summary, "trainable_params": counts["trainable"], "init_checkpoint": str(init)}
 
 
 def finetune(
@@ -165,8 +205,7 @@ def finetune(
     ``train_config.eval_batches`` > 0 (cycled if there are fewer batches). The final
     checkpoint is a plain GPT (LoRA merged) for ``load_trained_model``.
     """
-    init = Path(init_checkpoint)
-    mc, init_sha = init_model_config(init)
+    mc, _ = init_model_config(init_checkpoint)
     problems = _check_examples("train_examples", train_examples, mc)
     problems += _check_examples("val_examples", val_examples, mc)
     if not train_examples:
@@ -175,29 +214,22 @@ def finetune(
         problems.append("val_examples is empty; pass some or set eval_batches=0")
     if problems:
         raise ValueError("cannot fine-tune: " + "; ".join(problems))
-    version = examples_digest(train_examples, val_examples)
-    counts: dict[str, int] = {}
 
     def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
         val = sft_source(val_examples, pad_id=pad_id, **kw) if validation else None
         return sft_source(train_examples, pad_id=pad_id, **kw), val
 
-    job = Job(
-        model_config=mc,
-        build_model=lambda: pretrained(init, lora, counts),
+    return run_from_init(
+        init_checkpoint,
+        train_config,
+        run_dir,
         sources=sources,
-        config={"data_version": version, "init_checkpoint": init_sha, "lora": lora.to_dict() if lora else None},
-        data={
-            "init_checkpoint": str(init),
-            "init_sha256": init_sha,
-            "examples_sha256": version,
-            "train_examples": len(train_examples),
-            "val_examples": len(val_examples),
-        },
-        export=merged_copy if lora else None,
+        data_version=examples_digest(train_examples, val_examples),
+        lora=lora,
+        data={"train_examples": len(train_examples), "val_examples": len(val_examples)},
+        callback=callback,
+        meta_extra=meta_extra,
     )
-    summary = run_job(lambda: job, train_config, run_dir, callback=callback, meta_extra=meta_extra)
-    return {**summary, "trainable_params": counts["trainable"], "init_checkpoint": str(init)}
 
 
 def chat_generate(
