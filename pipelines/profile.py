@@ -1,8 +1,8 @@
 """Run profiles: named YAML files of per-asset config, validated before any run starts.
 
 A profile maps asset names to the fields of that asset's ``dg.Config``. Relative local
-paths in ``raw_corpus.sources`` are resolved against the project root for the packaged
-profiles and against the file's own directory for ``--config FILE``.
+paths (corpus sources, SFT records, label files) are resolved against the project root for
+the packaged profiles and against the file's own directory for ``--config FILE``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ import yaml
 from pipelines.home import PROJECT_ROOT
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+_PATH_FIELDS = (
+    ("raw_corpus", "sources"),
+    ("sft_dataset", "records"),
+    ("labeled_data", "train"),
+    ("labeled_data", "validation"),
+    ("labeled_data", "test"),
+)
+"""Config fields holding local paths, resolved like raw_corpus.sources."""
 
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00
@@ -78,8 +86,12 @@ def load_profile(name: str | None = None, config_file: str | Path | None = None)
     if not isinstance(data, dict) or not isinstance(data.get("assets", {}), dict):
         raise ValueError(f"{path}: expected a mapping with an 'assets:' mapping of asset name -> config fields")
     assets = {k: dict(v or {}) for k, v in data.get("assets", {}).items()}
-    if "raw_corpus" in assets and "sources" in assets["raw_corpus"]:
-        assets["raw_corpus"]["sources"] = [_resolve_source(s, base) for s in assets["raw_corpus"]["sources"]]
+    for asset, field in _PATH_FIELDS:
+        value = assets.get(asset, {}).get(field)
+        if isinstance(value, list):
+            assets[asset][field] = [_resolve_source(v, base) for v in value]
+        elif isinstance(value, str) and value:
+            assets[asset][field] = _resolve_source(value, base)
     auto = data.get("automation") or {}
     unknown = sorted(set(auto) - {"sensor", "schedule", "cron", "sensor_interval_s"})
     if unknown:
