@@ -281,14 +281,24 @@ def head_source(
     pad_id: int,
     **_: Any,
 ) -> EpochSource:
-    """Batches ``(prompts right-padded (B, T), label indices (B,))`` in a new seeded order each epoch."""
+    """Batches ``(prompts right-padded (B, T), label indices (B,))`` in a new seeded order each epoch.
+
+    Within each window of 32 batches' worth of shuffled examples, a batch takes prompts of
+    similar length (less padding); the batches are then shuffled.
+    """
     mine = rank_share(items, rank, world_size)
 
     def epoch(e: int) -> Iterator[Batch]:
+        rng = random.Random(epoch_seed(seed, e))
         order = list(range(len(mine)))
-        random.Random(epoch_seed(seed, e)).shuffle(order)
-        for lo in range(0, len(order), batch_size):
-            rows = [mine[i] for i in order[lo : lo + batch_size]]
+        rng.shuffle(order)
+        batches = []
+        for lo in range(0, len(order), 32 * batch_size):
+            window = sorted(order[lo : lo + 32 * batch_size], key=lambda i: len(mine[i][0]))
+            batches += [window[b : b + batch_size] for b in range(0, len(window), batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:
+            rows = [mine[i] for i in batch]
             yield pad_right([ids for ids, _ in rows], pad_id), torch.tensor([y for _, y in rows], dtype=torch.long)
 
     fingerprint = {"examples": len(items), "batch_size": batch_size, "seed": seed, "world_size": world_size}

@@ -30,3 +30,13 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+    # rouge-score imports absl.logging, which puts a handler on the root logger bound to the
+    # sys.stderr of that moment; pytest later closes that stream and the next log record
+    # ("I/O operation on closed file", "lost sys.stderr") takes the whole session down.
+    import logging
+
+    try:
+        import absl.logging
+    except ImportError:
+        return
+    logging.root.removeHandler(absl.logging.get_absl_handler())

@@ -20,6 +20,7 @@ from lmcore.classify import (
     prompt_messages,
     prompts,
     score_labels,
+    train_head,
 )
 from lmcore.lora import LoraConfig, lora_layers
 from lmcore.model import GPT, tiny
@@ -126,3 +127,24 @@ def test_head_reads_the_last_non_pad_token(tok) -> None:
         torch.testing.assert_close(padded[i], alone[0], atol=1e-5, rtol=1e-5)
     at_the_end, _ = classifier(torch.tensor([rows[0] + [5] * 4]))  # a real token where the pads were
     assert not torch.allclose(at_the_end[0], padded[0], atol=1e-4), "the test can fail"
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_head_training_resumes_identically(tok, init: Path, tmp_path: Path) -> None:
+    train, validation = make(64, 0), make(16, 1)
+    labels = sorted(set(KEYS.values()))
+    cfg = config(max_steps=8, checkpoint_every=3, log_every=1)
+    reference = train_head(init, cfg, train, validation, tok, labels, tmp_path / "ref")
+
+    def crash_at_5(record: dict) -> None:
+        if record["step"] == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_head(init, cfg, train, validation, tok, labels, tmp_path / "run", callback=crash_at_5)
+    resumed = train_head(init, cfg, train, validation, tok, labels, tmp_path / "run")
+    assert resumed["resumed_from"] == 3 and resumed["loss_history"] == reference["loss_history"]
+    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
