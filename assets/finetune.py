@@ -18,7 +18,7 @@ import lmcore.sft
 import lmcore.sft_data
 import lmcore.tasks
 from assets.plots import line_chart
-from assets.progress import reporter
+from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import code_version, load_manifest, output, run_stage
 from assets.tokenizer import TOKENIZER_FILE
@@ -186,11 +186,7 @@ def sft_model(
     train_cfg, lora = config.to_train_config(), config.to_lora()
     key = digest_of({"train": train_cfg.to_dict(), "lora": config.lora_rank, "init": pretrained_model["data_version"],
                      "data": sft_dataset["data_version"]})[:16]  # fmt: skip
-    progress = reporter(context, "sft_model")
-
-    def on_metrics(record: dict[str, Any]) -> None:
-        progress("sft steps", record["step"], train_cfg.max_steps)
-        context.log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    on_metrics = training_reporter(context, "sft_model", "sft steps", train_cfg.max_steps)
 
     summary = finetune(
         Path(pretrained_model["path"]), train_cfg, train, heldout[: max(1, len(heldout) // 2)],

@@ -19,7 +19,7 @@ import lmcore.loader
 import lmcore.model
 import lmcore.train
 from assets.plots import line_chart
-from assets.progress import reporter
+from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import code_version, load_manifest, output, run_stage
 from assets.tokenizer import TOKENIZER_FILE
@@ -109,12 +109,7 @@ def _train(context, config, model_cfg, train_cfg, shard_root, run_dir, meta_extr
         spec = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "shard_root": str(shard_root),
                 "run_dir": str(run_dir), "meta_extra": meta_extra}  # fmt: skip
         return _torchrun(context, spec, config.nproc_per_node)
-    progress = reporter(context, "pretrained_model")
-
-    def on_metrics(record: dict[str, Any]) -> None:
-        progress("train steps", record["step"], train_cfg.max_steps)
-        context.log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-
+    on_metrics = training_reporter(context, "pretrained_model", "train steps", train_cfg.max_steps)
     return train(model_cfg, train_cfg, shard_root, run_dir, callback=on_metrics, meta_extra=meta_extra)
 
 

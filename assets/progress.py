@@ -35,3 +35,16 @@ def reporter(context: dg.AssetExecutionContext, asset: str, every_s: float = 10.
             context.log.info(f"{what}: {done}" + (f"/{total}" if total else ""))
 
     return report
+
+
+def training_reporter(
+    context: dg.AssetExecutionContext, asset: str, what: str, max_steps: int
+) -> Callable[[dict], None]:
+    """A training-loop metrics callback: every record to the run log, the step count to the progress bar."""
+    progress = reporter(context, asset)
+
+    def on_metrics(record: dict) -> None:
+        progress(what, record["step"], max_steps)
+        context.log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+
+    return on_metrics
