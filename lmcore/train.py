@@ -341,11 +341,13 @@ class _Run:
     def mfu(self, tokens_per_s: float) -> float | None:
         if self.peak is None:
             return None
-        if self.device.type == "cpu" and self.cfg.peak_flops is None:
-            # A CPU peak measured while other processes held a core is too low (MFU > 1); keep the
-            # best of a fresh measurement per log interval (~20 ms each), as a quiet machine would show.
+        mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
+        if mfu > 1.0 and self.device.type == "cpu" and self.cfg.peak_flops is None:
+            # The CPU peak was measured while other processes held a core, so it is too low; measure
+            # again (up to ~0.4 s, only when the figure is impossible) and keep the best.
             self.peak = max(self.peak, D.measure_matmul_flops.__wrapped__(str(self.device), self.cfg.dtype))
-        return self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
+            mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
+        return mfu
 
     @torch.no_grad()
     def evaluate(self) -> float:
