@@ -70,9 +70,14 @@ def best_of(repeats: int, fn) -> float:
     return min(times)
 
 
-def peak_rss_kb(tok_path: Path, out: Path, paths: list[Path]) -> int:
+def peak_rss_kb(tok_path: Path, out: Path, paths: list[Path], runs: int = 3) -> int:
+    """Median peak RSS of ``runs`` fresh processes sharding ``paths`` (allocator and thread-pool noise is +-20%)."""
     cmd = [sys.executable, "-c", _RSS_CHILD, str(tok_path), str(out), json.dumps([str(p) for p in paths])]
-    return int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    peaks = sorted(
+        int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        for _ in range(runs)
+    )
+    return peaks[len(peaks) // 2]
 
 
 def main() -> None:
