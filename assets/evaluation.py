@@ -23,7 +23,7 @@ from assets.tokenizer import TOKENIZER_FILE
 from lmcore.baselines import confusion_plot, load_labeled
 from lmcore.checkpoint import load_trained_model
 from lmcore.classify import evaluate_all
-from lmcore.io import read_json, read_parquet_rows, write_json
+from lmcore.io import digest_of, read_json, read_parquet_rows, write_json
 from lmcore.lora import LoraConfig
 from lmcore.rouge import rouge_batch
 from lmcore.sft import chat_generate
@@ -149,7 +149,7 @@ def classifier_report(
         else:
             progress(f"{event['method']} {event['stage']}", event["done"], event["total"])
 
-    key = f"{pretrained_model['data_version'][:8]}-{labeled_data['data_version'][:8]}"
+    key = digest_of([pretrained_model["data_version"], labeled_data["data_version"], config.model_dump()])[:16]
     results = evaluate_all(
         Path(pretrained_model["path"]), load_tokenizer(tok_path / TOKENIZER_FILE), train, validation, test,
         store.run_dir("classifier_report", key), label_config=config.to_train_config(),
