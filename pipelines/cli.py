@@ -1,10 +1,10 @@
 """``lmpipe``: materialize the pipeline into $LMPIPE_HOME, open its UI, use the model.
 
-    lmpipe run [--profile NAME | --config FILE] [--select SELECTION] [--stale]
-    lmpipe reproduce RUN_ID
-    lmpipe ui [--port PORT] [--profile NAME]
-    lmpipe generate --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
-    lmpipe export OUT_DIR
+lmpipe run [--profile NAME | --config FILE] [--select SELECTION] [--stale]
+lmpipe reproduce RUN_ID
+lmpipe ui [--port PORT] [--profile NAME]
+lmpipe generate --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+lmpipe export OUT_DIR
 """
 
 from __future__ import annotations
