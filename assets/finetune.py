@@ -20,7 +20,7 @@ import lmcore.tasks
 from assets.plots import line_chart
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
-from assets.stage import code_version, load_manifest, output, run_stage
+from assets.stage import code_version, load_manifest, output, run_stage, train_config_of
 from assets.tokenizer import TOKENIZER_FILE
 from lmcore.chat import check_example, render_chatml
 from lmcore.io import digest_of, read_parquet_rows
@@ -152,8 +152,7 @@ class SftModelConfig(dg.Config):
     lora_targets: list[str] = ["attn.c_attn", "attn.c_proj"]
 
     def to_train_config(self) -> TrainConfig:
-        fields = set(TrainConfig.__dataclass_fields__)
-        return TrainConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+        return train_config_of(self)
 
     def to_lora(self) -> LoraConfig | None:
         if self.lora_rank == 0:

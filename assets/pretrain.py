@@ -6,7 +6,6 @@ the run and a failed worker fails the step. Both assets take the ``gpu`` pool so
 never share one device.
 """
 
-import dataclasses
 import sys
 from typing import Any
 
@@ -21,7 +20,7 @@ import lmcore.train
 from assets.plots import line_chart
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
-from assets.stage import code_version, load_manifest, output, run_stage
+from assets.stage import code_version, load_manifest, output, run_stage, train_config_of
 from assets.tokenizer import TOKENIZER_FILE
 from lmcore.checkpoint import load_trained_model
 from lmcore.evaluate import perplexity_comparison
@@ -72,8 +71,7 @@ class PretrainConfig(dg.Config):
     def to_train_config(self) -> TrainConfig:
         if self.nproc_per_node < 1:
             raise ValueError(f"nproc_per_node={self.nproc_per_node}: must be >= 1")
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+        return train_config_of(self)
 
     def to_lmcore(self) -> TrainConfig:
         """Validation hook for profiles, before any run: model shape and training fields.

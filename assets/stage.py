@@ -17,6 +17,7 @@ import dagster as dg
 
 from assets.resources import ArtifactStore
 from lmcore.io import digest_of, read_json
+from lmcore.train_config import TrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "tokenizers", "pyarrow", "polars", "dagster", "numpy")
@@ -45,6 +46,12 @@ def load_manifest(store: ArtifactStore, ref: dict[str, Any]) -> tuple[Path, dict
     """Local path and manifest of an upstream artifact reference."""
     path = store.local_path(ref["path"])
     return path, read_json(path / "manifest.json")
+
+
+def train_config_of(config: dg.Config) -> TrainConfig:
+    """The lmcore TrainConfig from the fields an asset's config shares with it (one place for the mapping)."""
+    fields = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in config.model_dump().items() if k in fields})
 
 
 @functools.cache
