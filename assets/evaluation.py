@@ -105,22 +105,34 @@ class ClassifierConfig(dg.Config):
     methods: list[str] = ["label_lm", "head", "bow"]
     max_steps: int = 150
     batch_size: int = 16
+    """label_lm: rows of packed examples (context_length tokens each)."""
     lr: float = 5e-4
     warmup_steps: int = 10
     eval_batches: int = 5
+    head_max_steps: int = 0
+    """0: max_steps. The head trains on one example per row, so it usually wants more steps."""
+    head_batch_size: int = 0
+    """Examples per head batch; 0: batch_size."""
+    adapt_steps: int = 0
+    """> 0: first train the LM this many steps on the train texts alone (task-adaptive pretraining, packed rows
+    of batch_size), and start both LM methods from it."""
     lora_rank: int = 0
     """0: fine-tune every weight; > 0: LoRA adapters of this rank."""
     seed: int = 0
 
-    def to_train_config(self) -> TrainConfig:
+    def to_train_config(self, max_steps: int = 0, batch_size: int = 0) -> TrainConfig:
+        steps = max_steps or self.max_steps
         return TrainConfig(
-            max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
-            eval_every=max(self.max_steps // 3, 1), eval_batches=self.eval_batches,
-            checkpoint_every=max(self.max_steps // 3, 1), seed=self.seed,
+            max_steps=steps, batch_size=batch_size or self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+            eval_every=max(steps // 3, 1), eval_batches=self.eval_batches, checkpoint_every=max(steps // 3, 1),
+            seed=self.seed,
         )  # fmt: skip
 
     def to_lmcore(self) -> TrainConfig:
         return self.to_train_config()
+
+    def steps(self, method: str) -> int:
+        return {"adapt": self.adapt_steps, "head": self.head_max_steps}.get(method) or self.max_steps
 
 
 def _png(data: bytes, title: str) -> dg.MetadataValue:
@@ -145,7 +157,7 @@ def classifier_report(
 
     def on_event(event: dict[str, Any]) -> None:
         if event["stage"] == "train":
-            progress(f"{event['method']} train steps", event["step"], config.max_steps)
+            progress(f"{event['method']} train steps", event["step"], config.steps(event["method"]))
         else:
             progress(f"{event['method']} {event['stage']}", event["done"], event["total"])
 
@@ -153,11 +165,14 @@ def classifier_report(
     results = evaluate_all(
         Path(pretrained_model["path"]), load_tokenizer(tok_path / TOKENIZER_FILE), train, validation, test,
         store.run_dir("classifier_report", key), label_config=config.to_train_config(),
-        head_config=config.to_train_config(), label_lora=lora, head_lora=lora, methods=config.methods,
-        seed=config.seed, callback=on_event,
+        head_config=config.to_train_config(config.head_max_steps, config.head_batch_size),
+        adapt_config=config.to_train_config(config.adapt_steps) if config.adapt_steps else None,
+        label_lora=lora, head_lora=lora, methods=config.methods, seed=config.seed, callback=on_event,
     )  # fmt: skip
     ref = run_stage(store, "classifier_report", lambda out: write_json(out / "manifest.json", results))
     metadata: dict[str, Any] = {"test_examples": len(test[0])}
+    if "adaptation" in results:
+        metadata["adapt_val_loss"] = round(results["adaptation"]["val_loss"], 4)
     for method in config.methods:
         r = results[method]
         metadata[f"{method}_accuracy"] = round(r["accuracy"], 4)
@@ -241,7 +256,7 @@ def evaluation_report(
             "baseline": {"method": "bow", **{k: cls["bow"][k] for k in ("accuracy", "macro_f1")}}
             if "bow" in cls
             else None,
-            "all": {m: {k: cls[m][k] for k in ("accuracy", "macro_f1")} for m in cls if m != "labels"},
+            "all": {m: {k: cls[m][k] for k in ("accuracy", "macro_f1")} for m in lmcore.classify.METHODS if m in cls},
         },
         "samples": rouge["samples"],
     }

@@ -15,6 +15,10 @@
   so ``GPT.forward`` hands back hidden states and model.py stays as it is.
 * ``bow``: the bag-of-words baseline of ``lmcore.baselines`` (C tuned on validation).
 
+Optionally, both LM methods start from a task-adapted LM (``adapt_lm``): the pretrained
+LM trained further on the task's own train texts with the plain next-token objective,
+labels unused ("task-adaptive pretraining", Gururangan et al. 2020).
+
 Prompts longer than the context keep their last tokens. This module knows nothing of
 Dagster; progress leaves through a callback.
 """
@@ -41,7 +45,7 @@ from lmcore.lora import LoraConfig
 from lmcore.model import GPT, ModelConfig
 from lmcore.sft import EpochSource, chat_generate, epoch_seed, finetune, init_model_config, rank_share, run_from_init
 from lmcore.sft_data import SFTExample, pack_examples
-from lmcore.tokenizer import IM_END, PAD
+from lmcore.tokenizer import EOT, IM_END, PAD
 from lmcore.train import Batch, BatchSource, Callback
 from lmcore.train_config import TrainConfig
 
@@ -89,6 +93,40 @@ def by_length(lengths: Sequence[int], per: int) -> Iterator[np.ndarray]:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------- task adaptation
+
+
+def text_examples(texts: Sequence[str], tokenizer: Any, context_length: int) -> list[SFTExample]:
+    """Each text as a plain LM example (first ``context_length`` tokens + ``<|endoftext|>``), loss on every token."""
+    eot = tokenizer.token_to_id(EOT)
+    out = []
+    for ids in encode_plain(tokenizer, list(texts)):
+        ids = ids[:context_length] + [eot]
+        out.append(SFTExample(ids=ids, mask=[1] * len(ids)))
+    return out
+
+
+def adapt_lm(
+    init_checkpoint: Path,
+    train_config: TrainConfig,
+    train_texts: Sequence[str],
+    validation_texts: Sequence[str],
+    tokenizer: Any,
+    run_dir: Path,
+    *,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Continue next-token training on the task's texts (labels unused), packed; returns ``finetune``'s summary."""
+    mc, _ = init_model_config(init_checkpoint)
+    splits = [
+        pack_examples(text_examples(t, tokenizer, mc.context_length), mc.context_length)
+        for t in (train_texts, validation_texts)
+    ]
+    return finetune(
+        init_checkpoint, train_config, *splits, run_dir, pad_id=tokenizer.token_to_id(PAD), callback=callback
+    )
 
 
 # ---------------------------------------------------------------- label_lm
@@ -405,6 +443,7 @@ def evaluate_all(
     head_config: TrainConfig,
     label_lora: LoraConfig | None = None,
     head_lora: LoraConfig | None = None,
+    adapt_config: TrainConfig | None = None,
     methods: Sequence[str] = METHODS,
     instruction: str = INSTRUCTION,
     seed: int = 0,
@@ -417,20 +456,30 @@ def evaluate_all(
     ``labels`` order), labels, seconds, and ``train`` (the training summary, trimmed; for
     bow the chosen C). label_lm adds generation_exact_match and generation_valid. The
     LM methods train in ``run_dir/label_lm`` and ``run_dir/head`` (and resume there).
-    ``callback`` gets ``{"method", "stage": "train", ...loop record}`` and ``{"method",
-    "stage": "score" | "generate" | "predict", "done", "total"}``.
+    With ``adapt_config``, both start from :func:`adapt_lm` run in ``run_dir/adapt``, whose
+    summary is returned under ``"adaptation"``. ``callback`` gets ``{"method", "stage":
+    "train", ...loop record}`` (method ``adapt`` too) and ``{"method", "stage": "score" |
+    "generate" | "predict", "done", "total"}``.
     """
     if bad := sorted(set(methods) - set(METHODS)):
         raise ValueError(f"methods {bad} are unknown; choose from {METHODS}")
     labels = sorted(set(train[1]))
     run_dir = Path(run_dir)
     results: dict[str, Any] = {"labels": labels}
+    if adapt_config is not None and {"label_lm", "head"} & set(methods):
+        start = time.perf_counter()
+        summary = adapt_lm(
+            init_checkpoint, adapt_config, train[0], validation[0], tokenizer, run_dir / "adapt",
+            callback=report_train("adapt", callback),
+        )  # fmt: skip
+        init_checkpoint = Path(summary["checkpoint"])
+        results["adaptation"] = {**_brief(summary), "seconds": time.perf_counter() - start}
 
     def report(method: str, stage: str) -> Callable[..., None] | None:
         if callback is None:
             return None
         if stage == "train":
-            return lambda record: callback({"method": method, "stage": stage, **record})
+            return report_train(method, callback)
         return lambda what, done, total: callback({"method": method, "stage": what, "done": done, "total": total})
 
     for method in (m for m in METHODS if m in methods):
@@ -483,6 +532,10 @@ def evaluate_all(
             metrics, brief = evaluate_classifier(test[1], predicted, labels), _brief(summary)
         results[method] = {**metrics, "seconds": time.perf_counter() - start, "train": brief}
     return results
+
+
+def report_train(method: str, callback: Callable[[dict[str, Any]], None] | None) -> Callback | None:
+    return None if callback is None else lambda record: callback({"method": method, "stage": "train", **record})
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:

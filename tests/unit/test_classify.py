@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from lmcore.chat import encode_plain, prompt_ids
+from lmcore.checkpoint import load_trained_model, read_meta
 from lmcore.classify import (
     INSTRUCTION,
     SequenceClassifier,
+    adapt_lm,
     evaluate_all,
     load_classifier,
     pad_right,
@@ -20,11 +22,12 @@ from lmcore.classify import (
     prompt_messages,
     prompts,
     score_labels,
+    text_examples,
     train_head,
 )
 from lmcore.lora import LoraConfig, lora_layers
 from lmcore.model import GPT, tiny
-from lmcore.tokenizer import IM_END
+from lmcore.tokenizer import EOT, IM_END
 from lmcore.train_config import TrainConfig
 from tests.unit.test_sft import write_init
 
@@ -94,6 +97,45 @@ def test_each_method_beats_chance(tok, init: Path, tmp_path: Path) -> None:
     assert names == labels and not lora_layers(classifier)
     predicted = predict_head(classifier, tok, test[0], names)
     assert sum(p == t for p, t in zip(predicted, test[1], strict=True)) / 60 == results["head"]["accuracy"]
+
+
+def text_loss(checkpoint: Path, tok, texts: list[str]) -> float:
+    model, _ = load_trained_model(checkpoint)
+    with torch.no_grad():
+        losses = [
+            model(torch.tensor([e.ids[:-1]]), torch.tensor([e.ids[1:]]))[1] for e in text_examples(texts, tok, 64)
+        ]
+    return float(torch.stack(losses).mean())
+
+
+def test_text_examples_put_every_token_in_the_loss(tok) -> None:
+    long = " ".join(["river"] * 200)
+    short, trimmed = text_examples(["the apple", long], tok, context_length=16)
+    eot = tok.token_to_id(EOT)
+    assert short.ids == encode_plain(tok, ["the apple"])[0] + [eot] and all(short.mask)
+    assert len(trimmed.ids) == 17 and trimmed.ids[-1] == eot, "first context_length tokens, then end of text"
+
+
+def test_task_adaptation_lowers_text_loss_and_both_lm_methods_start_from_it(tok, init: Path, tmp_path: Path) -> None:
+    train, validation, test = make(120, 0), make(24, 1), make(30, 2)
+    adapted = adapt_lm(init, config(max_steps=30), train[0], validation[0], tok, tmp_path / "alone")
+    before, after = text_loss(init, tok, validation[0]), text_loss(Path(adapted["checkpoint"]), tok, validation[0])
+    assert after < before - 1.0, f"validation text loss {before:.3f} -> {after:.3f}"
+    records: list[dict] = []
+    results = evaluate_all(
+        init, tok, train, validation, test, tmp_path / "all", label_config=config(max_steps=5),
+        head_config=config(max_steps=5), adapt_config=config(max_steps=30), callback=records.append,
+    )  # fmt: skip
+    start = results["adaptation"]["checkpoint"]
+    assert results["adaptation"]["val_loss"] == pytest.approx(adapted["val_loss"]), "same data, config and seed"
+    for method in ("label_lm", "head"):
+        assert read_meta(results[method]["train"]["checkpoint"])["data"]["init_checkpoint"] == start
+    assert ("adapt", "train") in {(r["method"], r["stage"]) for r in records}
+    only_bow = evaluate_all(
+        init, tok, train, validation, test, tmp_path / "bow", label_config=config(), head_config=config(),
+        adapt_config=config(max_steps=30), methods=["bow"],
+    )  # fmt: skip
+    assert "adaptation" not in only_bow, "no LM method, nothing to adapt"
 
 
 def test_label_scores_are_the_summed_log_likelihoods(tok) -> None:
