@@ -161,7 +161,8 @@ def classifier_report(
         else:
             progress(f"{event['method']} {event['stage']}", event["done"], event["total"])
 
-    key = digest_of([pretrained_model["data_version"], labeled_data["data_version"], config.model_dump()])[:16]
+    # One folder per model and data; inside it each method's run is keyed by its own config (lmcore.classify).
+    key = digest_of([pretrained_model["data_version"], labeled_data["data_version"]])[:16]
     results = evaluate_all(
         Path(pretrained_model["path"]), load_tokenizer(tok_path / TOKENIZER_FILE), train, validation, test,
         store.run_dir("classifier_report", key), label_config=config.to_train_config(),

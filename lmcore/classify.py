@@ -455,9 +455,11 @@ def evaluate_all(
     Metrics per method: accuracy, macro_f1, confusion (rows true, columns predicted, in
     ``labels`` order), labels, seconds, and ``train`` (the training summary, trimmed; for
     bow the chosen C). label_lm adds generation_exact_match and generation_valid. The
-    LM methods train in ``run_dir/label_lm`` and ``run_dir/head`` (and resume there).
-    With ``adapt_config``, both start from :func:`adapt_lm` run in ``run_dir/adapt``, whose
-    summary is returned under ``"adaptation"``. ``callback`` gets ``{"method", "stage":
+    LM methods train in ``run_dir/label_lm-<key>`` and ``run_dir/head-<key>`` (and resume
+    there), where the key digests the init weights, training config and LoRA, so changing
+    one method's config retrains that method only. With ``adapt_config``, both start from
+    :func:`adapt_lm` run in ``run_dir/adapt-<key>``, whose summary is returned under
+    ``"adaptation"``. ``callback`` gets ``{"method", "stage":
     "train", ...loop record}`` (method ``adapt`` too) and ``{"method", "stage": "score" |
     "generate" | "predict", "done", "total"}``.
     """
@@ -469,7 +471,8 @@ def evaluate_all(
     if adapt_config is not None and {"label_lm", "head"} & set(methods):
         start = time.perf_counter()
         summary = adapt_lm(
-            init_checkpoint, adapt_config, train[0], validation[0], tokenizer, run_dir / "adapt",
+            init_checkpoint, adapt_config, train[0], validation[0], tokenizer,
+            method_dir(run_dir, "adapt", init_checkpoint, adapt_config),
             callback=report_train("adapt", callback),
         )  # fmt: skip
         init_checkpoint = Path(summary["checkpoint"])
@@ -496,7 +499,7 @@ def evaluate_all(
                 train,
                 validation,
                 tokenizer,
-                run_dir / method,
+                method_dir(run_dir, method, init_checkpoint, label_config, label_lora),
                 lora=label_lora,
                 instruction=instruction,
                 callback=report(method, "train"),
@@ -520,7 +523,7 @@ def evaluate_all(
                 validation,
                 tokenizer,
                 labels,
-                run_dir / method,
+                method_dir(run_dir, method, init_checkpoint, head_config, head_lora),
                 lora=head_lora,
                 instruction=instruction,
                 callback=report(method, "train"),
@@ -532,6 +535,15 @@ def evaluate_all(
             metrics, brief = evaluate_classifier(test[1], predicted, labels), _brief(summary)
         results[method] = {**metrics, "seconds": time.perf_counter() - start, "train": brief}
     return results
+
+
+def method_dir(
+    run_dir: Path, method: str, init_checkpoint: Path, config: TrainConfig, lora: LoraConfig | None = None
+) -> Path:
+    """``run_dir/<method>-<digest of init weights, config and LoRA>``: one run directory per distinct run."""
+    _, init_sha = init_model_config(init_checkpoint)
+    key = digest_of([init_sha, config.to_dict(), lora.to_dict() if lora else None])[:12]
+    return Path(run_dir) / f"{method}-{key}"
 
 
 def report_train(method: str, callback: Callable[[dict[str, Any]], None] | None) -> Callback | None:

@@ -138,6 +138,21 @@ def test_task_adaptation_lowers_text_loss_and_both_lm_methods_start_from_it(tok,
     assert "adaptation" not in only_bow, "no LM method, nothing to adapt"
 
 
+def test_changing_one_methods_config_retrains_that_method_only(tok, init: Path, tmp_path: Path) -> None:
+    train, validation, test = make(60, 0), make(12, 1), make(12, 2)
+    runs = []
+    for head_steps in (4, 6):
+        records: list[dict] = []
+        results = evaluate_all(
+            init, tok, train, validation, test, tmp_path, label_config=config(max_steps=4),
+            head_config=config(max_steps=head_steps), methods=["label_lm", "head"], callback=records.append,
+        )  # fmt: skip
+        trained = {r["method"] for r in records if r["stage"] == "train" and "loss" in r}
+        runs.append((results["label_lm"]["train"]["checkpoint"], results["head"]["train"]["checkpoint"], trained))
+    assert runs[0][2] == {"label_lm", "head"} and runs[1][2] == {"head"}, "label_lm's finished run is reused"
+    assert runs[0][0] == runs[1][0] and runs[0][1] != runs[1][1]
+
+
 def test_label_scores_are_the_summed_log_likelihoods(tok) -> None:
     torch.manual_seed(0)
     model = GPT(tiny(vocab_size=300, context_length=64)).eval()
