@@ -459,9 +459,10 @@ def evaluate_all(
     there), where the key digests the init weights, training config and LoRA, so changing
     one method's config retrains that method only. With ``adapt_config``, both start from
     :func:`adapt_lm` run in ``run_dir/adapt-<key>``, whose summary is returned under
-    ``"adaptation"``. ``callback`` gets ``{"method", "stage":
-    "train", ...loop record}`` (method ``adapt`` too) and ``{"method", "stage": "score" |
-    "generate" | "predict", "done", "total"}``.
+    ``"adaptation"``. ``run_dir`` belongs to one dataset: a run there on other data is
+    refused on resume. ``callback`` gets ``{"method", "stage": "train", ...loop record}``
+    (method ``adapt`` too) and ``{"method", "stage": "score" | "generate" | "predict",
+    "done", "total"}``.
     """
     if bad := sorted(set(methods) - set(METHODS)):
         raise ValueError(f"methods {bad} are unknown; choose from {METHODS}")

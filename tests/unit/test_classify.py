@@ -153,6 +153,13 @@ def test_changing_one_methods_config_retrains_that_method_only(tok, init: Path, 
     assert runs[0][0] == runs[1][0] and runs[0][1] != runs[1][1]
 
 
+def test_a_run_dir_of_other_data_is_refused_not_reused(tok, init: Path, tmp_path: Path) -> None:
+    kw = dict(label_config=config(max_steps=4), head_config=config(max_steps=4), methods=["label_lm"])
+    evaluate_all(init, tok, make(40, 0), make(8, 1), make(8, 2), tmp_path, **kw)
+    with pytest.raises(ValueError, match="data_version"):
+        evaluate_all(init, tok, make(40, 5), make(8, 1), make(8, 2), tmp_path, **kw)
+
+
 def test_label_scores_are_the_summed_log_likelihoods(tok) -> None:
     torch.manual_seed(0)
     model = GPT(tiny(vocab_size=300, context_length=64)).eval()
