@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 
+import lmcore.adapt
 import lmcore.baselines
 import lmcore.classify
 import lmcore.rouge
@@ -139,7 +140,12 @@ def _png(data: bytes, title: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(data).decode()})")
 
 
-@dg.asset(group_name="finetune", kinds={"pytorch", "sklearn"}, pool="gpu", code_version=code_version(lmcore.classify))
+@dg.asset(
+    group_name="finetune",
+    kinds={"pytorch", "sklearn"},
+    pool="gpu",
+    code_version=code_version(lmcore.adapt, lmcore.classify),
+)
 def classifier_report(
     context: dg.AssetExecutionContext,
     config: ClassifierConfig,

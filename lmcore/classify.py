@@ -15,7 +15,7 @@
   so ``GPT.forward`` hands back hidden states and model.py stays as it is.
 * ``bow``: the bag-of-words baseline of ``lmcore.baselines`` (C tuned on validation).
 
-Optionally, both LM methods start from a task-adapted LM (``adapt_lm``): the pretrained
+Optionally, both LM methods start from a task-adapted LM (``lmcore.adapt``): the pretrained
 LM trained further on the task's own train texts with the plain next-token objective,
 labels unused ("task-adaptive pretraining", Gururangan et al. 2020).
 
@@ -37,6 +37,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
 
+from lmcore.adapt import adapt_lm
 from lmcore.baselines import evaluate_classifier, tune_bow_baseline
 from lmcore.chat import encode_plain, prompt_ids, render_chatml
 from lmcore.checkpoint import load_checkpoint, load_trained_model, read_meta
@@ -45,7 +46,7 @@ from lmcore.lora import LoraConfig
 from lmcore.model import GPT, ModelConfig
 from lmcore.sft import EpochSource, chat_generate, epoch_seed, finetune, init_model_config, rank_share, run_from_init
 from lmcore.sft_data import SFTExample, pack_examples
-from lmcore.tokenizer import EOT, IM_END, PAD
+from lmcore.tokenizer import IM_END, PAD
 from lmcore.train import Batch, BatchSource, Callback
 from lmcore.train_config import TrainConfig
 
@@ -93,40 +94,6 @@ def by_length(lengths: Sequence[int], per: int) -> Iterator[np.ndarray]:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-# ---------------------------------------------------------------- task adaptation
-
-
-def text_examples(texts: Sequence[str], tokenizer: Any, context_length: int) -> list[SFTExample]:
-    """Each text as a plain LM example (first ``context_length`` tokens + ``<|endoftext|>``), loss on every token."""
-    eot = tokenizer.token_to_id(EOT)
-    out = []
-    for ids in encode_plain(tokenizer, list(texts)):
-        ids = ids[:context_length] + [eot]
-        out.append(SFTExample(ids=ids, mask=[1] * len(ids)))
-    return out
-
-
-def adapt_lm(
-    init_checkpoint: Path,
-    train_config: TrainConfig,
-    train_texts: Sequence[str],
-    validation_texts: Sequence[str],
-    tokenizer: Any,
-    run_dir: Path,
-    *,
-    callback: Callback | None = None,
-) -> dict[str, Any]:
-    """Continue next-token training on the task's texts (labels unused), packed; returns ``finetune``'s summary."""
-    mc, _ = init_model_config(init_checkpoint)
-    splits = [
-        pack_examples(text_examples(t, tokenizer, mc.context_length), mc.context_length)
-        for t in (train_texts, validation_texts)
-    ]
-    return finetune(
-        init_checkpoint, train_config, *splits, run_dir, pad_id=tokenizer.token_to_id(PAD), callback=callback
-    )
 
 
 # ---------------------------------------------------------------- label_lm

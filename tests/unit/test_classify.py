@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmcore.adapt import adapt_lm, text_examples
 from lmcore.chat import encode_plain, prompt_ids
 from lmcore.checkpoint import load_trained_model, read_meta
 from lmcore.classify import (
     INSTRUCTION,
     SequenceClassifier,
-    adapt_lm,
     evaluate_all,
     load_classifier,
     pad_right,
@@ -22,7 +22,6 @@ from lmcore.classify import (
     prompt_messages,
     prompts,
     score_labels,
-    text_examples,
     train_head,
 )
 from lmcore.lora import LoraConfig, lora_layers
