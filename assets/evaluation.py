@@ -7,6 +7,7 @@ base model) and accuracy (best LM classifier vs bag of words) in one table.
 """
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import lmcore.classify
 import lmcore.rouge
 from assets.progress import reporter
 from assets.resources import ArtifactStore
-from assets.stage import code_version, load_manifest, output, run_stage
+from assets.stage import code_version, load_manifest, output, run_stage, train_config_of
 from assets.tokenizer import TOKENIZER_FILE
 from lmcore.baselines import confusion_plot, load_labeled
 from lmcore.checkpoint import load_trained_model
@@ -121,19 +122,20 @@ class ClassifierConfig(dg.Config):
     """0: fine-tune every weight; > 0: LoRA adapters of this rank."""
     seed: int = 0
 
-    def to_train_config(self, max_steps: int = 0, batch_size: int = 0) -> TrainConfig:
-        steps = max_steps or self.max_steps
-        return TrainConfig(
-            max_steps=steps, batch_size=batch_size or self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
-            eval_every=max(steps // 3, 1), eval_batches=self.eval_batches, checkpoint_every=max(steps // 3, 1),
-            seed=self.seed,
-        )  # fmt: skip
-
-    def to_lmcore(self) -> TrainConfig:
-        return self.to_train_config()
-
     def steps(self, method: str) -> int:
         return {"adapt": self.adapt_steps, "head": self.head_max_steps}.get(method) or self.max_steps
+
+    def train_config(self, method: str = "label_lm") -> TrainConfig:
+        """The run of ``method`` (label_lm, head or adapt): evaluated and checkpointed three times."""
+        steps = self.steps(method)
+        batch_size = (self.head_batch_size if method == "head" else 0) or self.batch_size
+        every = max(steps // 3, 1)
+        return dataclasses.replace(
+            train_config_of(self), max_steps=steps, batch_size=batch_size, eval_every=every, checkpoint_every=every
+        )
+
+    def to_lmcore(self) -> TrainConfig:
+        return self.train_config()
 
 
 def _png(data: bytes, title: str) -> dg.MetadataValue:
@@ -171,9 +173,9 @@ def classifier_report(
     key = digest_of([pretrained_model["data_version"], labeled_data["data_version"]])[:16]
     results = evaluate_all(
         Path(pretrained_model["path"]), load_tokenizer(tok_path / TOKENIZER_FILE), train, validation, test,
-        store.run_dir("classifier_report", key), label_config=config.to_train_config(),
-        head_config=config.to_train_config(config.head_max_steps, config.head_batch_size),
-        adapt_config=config.to_train_config(config.adapt_steps) if config.adapt_steps else None,
+        store.run_dir("classifier_report", key), label_config=config.train_config("label_lm"),
+        head_config=config.train_config("head"),
+        adapt_config=config.train_config("adapt") if config.adapt_steps else None,
         label_lora=lora, head_lora=lora, methods=config.methods, seed=config.seed, callback=on_event,
     )  # fmt: skip
     ref = run_stage(store, "classifier_report", lambda out: write_json(out / "manifest.json", results))
