@@ -183,8 +183,10 @@ def sft_model(
     train, heldout, _ = read_sft_dataset(data_path)
     tok_path, tok_manifest = load_manifest(store, tokenizer)
     train_cfg, lora = config.to_train_config(), config.to_lora()
-    key = digest_of({"train": train_cfg.to_dict(), "lora": config.lora_rank, "init": pretrained_model["data_version"],
-                     "data": sft_dataset["data_version"]})[:16]  # fmt: skip
+    # The run dir's key holds all of the LoRA config (0 without LoRA, the key such runs always had): with only the
+    # rank, a changed alpha or target list landed on the finished run and was refused there as a config mismatch.
+    key = digest_of({"train": train_cfg.to_dict(), "lora": lora.to_dict() if lora else 0,
+                     "init": pretrained_model["data_version"], "data": sft_dataset["data_version"]})[:16]  # fmt: skip
     on_metrics = training_reporter(context, "sft_model", "sft steps", train_cfg.max_steps)
 
     summary = finetune(
