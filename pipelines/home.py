@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import dagster as dg
+
+from lmcore.io import exclusive_lock
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _DAGSTER_YAML = """\
@@ -38,8 +42,12 @@ def prepare_home() -> Path:
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(_DAGSTER_YAML)
     os.environ["LMPIPE_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
+    # Two processes starting on a new home would both create the SQLite storage and race on its
+    # schema stamp (UNIQUE constraint failed: alembic_version); the first creates it, others wait.
+    with exclusive_lock(dagster_home / ".init.lock"):
+        if not config.exists():
+            config.write_text(_DAGSTER_YAML)
+        dg.DagsterInstance.get().dispose()
     return home
