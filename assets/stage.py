@@ -17,7 +17,7 @@ import dagster as dg
 
 from assets.resources import ArtifactStore
 from lmcore.io import digest_of, read_json
-from lmcore.train_config import TrainConfig
+from lmcore.train.config import TrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "tokenizers", "pyarrow", "polars", "dagster", "numpy")

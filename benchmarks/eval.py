@@ -1,10 +1,10 @@
 """Evaluation benchmark: our ROUGE vs rouge-score, and perplexity evaluation vs the training forward pass.
 
 Figures (final JSON line, measured side by side in this one process run):
-  rouge_vs_rouge_score   pairs/s of lmcore.rouge.rouge_pairs / pairs/s of rouge-score's RougeScorer
+  rouge_vs_rouge_score   pairs/s of lmcore.eval.rouge.rouge_pairs / pairs/s of rouge-score's RougeScorer
                          called pair by pair, on Alpaca outputs paired with shuffled outputs
                          (same numbers, checked here). Goal >= 1.0.
-  eval_vs_train_forward  tokens/s of lmcore.evaluate.evaluate_lm (demo preset, no grad) / tokens/s of
+  eval_vs_train_forward  tokens/s of lmcore.eval.perplexity.evaluate_lm (demo preset, no grad) / tokens/s of
                          the training forward+backward pass on the same batches.
 
     python benchmarks/eval.py [--pairs 2000]
@@ -25,9 +25,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lmcore.evaluate import evaluate_lm  # noqa: E402
-from lmcore.model import GPT, demo  # noqa: E402
-from lmcore.rouge import rouge_pairs  # noqa: E402
+from lmcore.eval.perplexity import evaluate_lm  # noqa: E402
+from lmcore.eval.rouge import rouge_pairs  # noqa: E402
+from lmcore.model.gpt import GPT, demo  # noqa: E402
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruct" / "alpaca_5000.jsonl"
 TYPES = ("rouge1", "rouge2", "rougeL")

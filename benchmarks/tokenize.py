@@ -1,10 +1,10 @@
 """Tokenization benchmark on the Gutenberg corpus: our asset code paths vs bare HF tokenizers.
 
 Figures (final JSON line, all ratios measured side by side in this one process run):
-  shard_vs_encode_batch  tokens/s of lmcore.shards.tokenize_splits (Parquet in, Arrow shards
+  shard_vs_encode_batch  tokens/s of lmcore.data.shards.tokenize_splits (Parquet in, Arrow shards
                          + digests + manifest out) / tokens/s of Tokenizer.encode_batch over the
                          same texts already in memory. Goal >= 0.8.
-  bpe_train_overhead     seconds of lmcore.tokenizer.train_tokenizer (texts streamed from Parquet)
+  bpe_train_overhead     seconds of lmcore.data.tokenizer.train_tokenizer (texts streamed from Parquet)
                          / seconds of a bare train_from_iterator over in-memory texts. Goal <= 1.10.
   shard_rss_growth       peak RSS of sharding 4x the corpus / peak RSS of sharding 1x, each in a
                          fresh subprocess. Goal <= 1.2.
@@ -25,9 +25,9 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from lmcore.data.shards import tokenize_splits  # noqa: E402
+from lmcore.data.tokenizer import TokenizerConfig, _trainer, new_tokenizer, train_tokenizer  # noqa: E402
 from lmcore.io import ParquetShardWriter, iter_texts  # noqa: E402
-from lmcore.shards import tokenize_splits  # noqa: E402
-from lmcore.tokenizer import TokenizerConfig, _trainer, new_tokenizer, train_tokenizer  # noqa: E402
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "gutenberg"
 CHUNK_CHARS = 20_000
@@ -35,8 +35,8 @@ CHUNK_CHARS = 20_000
 _RSS_CHILD = """
 import json, sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from lmcore.shards import tokenize_splits  # noqa: E402
-from lmcore.tokenizer import load_tokenizer  # noqa: E402
+from lmcore.data.shards import tokenize_splits  # noqa: E402
+from lmcore.data.tokenizer import load_tokenizer  # noqa: E402
 tok = load_tokenizer(sys.argv[1])
 paths = [Path(p) for p in json.loads(sys.argv[3])]
 tokenize_splits(tok, {"train": paths}, sys.argv[2], eot_id=0, shard_tokens=1 << 22)
@@ -100,7 +100,7 @@ def main() -> None:
             train_tokenizer(cfg, iter_texts(paths), tmp / "tokenizer.json")
 
         t_bare_train, t_ours_train = best_of(args.repeats, bare_train), best_of(args.repeats, ours_train)
-        from lmcore.tokenizer import load_tokenizer
+        from lmcore.data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(tmp / "tokenizer.json")
         n_tokens = sum(len(e.ids) for e in tok.encode_batch(docs, add_special_tokens=False)) + len(docs)

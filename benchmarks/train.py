@@ -1,7 +1,7 @@
 """Training-loop benchmark: our loader + loop vs a minimal in-memory loop, and CPU FLOP/s use.
 
 Figures (final JSON line, measured side by side in this one process run, alternating):
-  loop_vs_reference    tokens/s of lmcore.train.train (memory-mapped shards, seeded windows,
+  loop_vs_reference    tokens/s of lmcore.train.loop.train (memory-mapped shards, seeded windows,
                        schedule, clipping, loss checks) / tokens/s of a minimal loop over random
                        batches already in memory (same model, batch, dtype, AdamW). Goal >= 0.95.
   cpu_matmul_fraction  achieved model FLOP/s of the demo preset (flops_per_token * tokens/s)
@@ -25,11 +25,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lmcore.distributed import measure_matmul_flops  # noqa: E402
-from lmcore.model import GPT, demo  # noqa: E402
-from lmcore.shards import TokenShardWriter, write_manifest  # noqa: E402
-from lmcore.train import train  # noqa: E402
-from lmcore.train_config import TrainConfig  # noqa: E402
+from lmcore.data.shards import TokenShardWriter, write_manifest  # noqa: E402
+from lmcore.model.gpt import GPT, demo  # noqa: E402
+from lmcore.train.config import TrainConfig  # noqa: E402
+from lmcore.train.distributed import measure_matmul_flops  # noqa: E402
+from lmcore.train.loop import train  # noqa: E402
 
 VOCAB = 4096
 WARMUP = 3

@@ -1,6 +1,6 @@
 """Retraining triggers: the corpus as an observable source asset, a change sensor and a cron schedule.
 
-The source's version is what ``lmcore.corpus.source_version`` says (content digest for
+The source's version is what ``lmcore.data.corpus.source_version`` says (content digest for
 local files, ETag/Last-Modified for HTTP and object storage). The sensor launches the
 ``retrain`` job only when that version differs from the one it last saw; the schedule
 launches it on a timetable. Both start stopped unless the profile turns them on.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from lmcore.corpus import CorpusConfig, source_version
+from lmcore.data.corpus import CorpusConfig, source_version
 from lmcore.io import digest_of
 from pipelines.profile import Profile
 

@@ -71,8 +71,8 @@ def _latest_checkpoint() -> str:
 def _use_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lmcore.checkpoint import load_trained_model
-    from lmcore.tokenizer import load_tokenizer
+    from lmcore.data.tokenizer import load_tokenizer
+    from lmcore.model.checkpoint import load_trained_model
 
     try:
         path = _latest_checkpoint()
@@ -82,11 +82,11 @@ def _use_model(args: argparse.Namespace) -> int:
     model, meta = load_trained_model(path)
     tokenizer_path = Path(meta["tokenizer_path"])
     if args.command == "export":
-        from lmcore.export import export_hf
+        from lmcore.model.export import export_hf
 
         print(export_hf(model, tokenizer_path, Path(args.out_dir)))
         return 0
-    from lmcore.generate import generate_text
+    from lmcore.model.generate import generate_text
 
     text = generate_text(
         model,

@@ -11,14 +11,10 @@ import warnings
 
 import dagster as dg
 
-import assets.clean
-import assets.corpus
+import assets.data
 import assets.evaluation
 import assets.finetune
 import assets.pretrain
-import assets.shards
-import assets.splits
-import assets.tokenizer
 from assets.resources import ArtifactStore, FsspecArtifactStore, LocalArtifactStore
 from pipelines.automation import corpus_source_asset, retrain_triggers
 from pipelines.home import lmpipe_home
@@ -28,18 +24,9 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 # `dagster dev` started by hand gets the same default home as the CLI.
 os.environ.setdefault("LMPIPE_HOME", str(lmpipe_home()))
 
-_MODULES = [
-    assets.corpus,
-    assets.clean,
-    assets.splits,
-    assets.tokenizer,
-    assets.shards,
-    assets.pretrain,
-    assets.finetune,
-    assets.evaluation,
-]
-ALL_ASSETS = dg.load_assets_from_modules(_MODULES)
-ALL_CHECKS = dg.load_asset_checks_from_modules(_MODULES)
+_PACKAGES = [assets.data, assets.pretrain, assets.finetune, assets.evaluation]
+ALL_ASSETS = [a for p in _PACKAGES for a in dg.load_assets_from_package_module(p)]
+ALL_CHECKS = [c for p in _PACKAGES for c in dg.load_asset_checks_from_package_module(p)]
 
 
 def build_definitions(profile: Profile) -> dg.Definitions:

@@ -19,7 +19,7 @@ def small_texts() -> list[str]:
 
 @pytest.fixture(scope="session")
 def small_tokenizer(tmp_path_factory, small_texts):
-    from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+    from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     return train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=2), small_texts, path), path

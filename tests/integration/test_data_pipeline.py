@@ -118,7 +118,7 @@ def test_two_concurrent_runs_of_the_same_assets_do_not_corrupt_them(home, tmp_pa
     import subprocess
     import sys
 
-    from lmcore.shards import verify_shards
+    from lmcore.data.shards import verify_shards
 
     profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "--config", str(profile), "--select", "group:data"]

@@ -7,7 +7,7 @@ import shutil
 import dagster as dg
 
 from assets.resources import FsspecArtifactStore
-from lmcore.shards import verify_shards
+from lmcore.data.shards import verify_shards
 from pipelines.cli import main
 from tests.integration.conftest import write_profile
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lmcore.baselines import confusion_plot, evaluate_classifier, fit_bow_baseline, load_labeled, tune_bow_baseline
+from lmcore.eval.baselines import confusion_plot, evaluate_classifier, fit_bow_baseline, load_labeled, tune_bow_baseline
 from tests.conftest import FIXTURES
 
 LABELS = FIXTURES / "sft" / "labels.jsonl"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmcore.chat import (
+from lmcore.finetune.chat import (
     DROPPED_NO_ASSISTANT,
     ChatExample,
     check_example,

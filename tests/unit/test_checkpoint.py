@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmcore.checkpoint import (
+from lmcore.io import sha256_file, write_json
+from lmcore.model.checkpoint import (
     META_FILE,
     MODEL_FILE,
     STATE_FILE,
@@ -21,8 +22,7 @@ from lmcore.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from lmcore.io import sha256_file, write_json
-from lmcore.model import GPT, tiny
+from lmcore.model.gpt import GPT, tiny
 
 
 def make_model(seed: int) -> GPT:
@@ -93,7 +93,7 @@ def test_corrupt_newest_falls_back_and_logs_why(tmp_path: Path, caplog: pytest.L
     newest = save(tmp_path, 4, model, keep=3)
     weights = newest / MODEL_FILE
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
-    with caplog.at_level(logging.WARNING, logger="lmcore.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lmcore.model.checkpoint"):
         assert latest_valid_checkpoint(tmp_path) == good
     assert "step-00000004" in caplog.text and "sha256 does not match" in caplog.text
     with pytest.raises(ValueError, match="corrupt"):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmcore.adapt import adapt_lm, text_examples
-from lmcore.chat import encode_plain, prompt_ids
-from lmcore.checkpoint import load_trained_model, read_meta
-from lmcore.classify import (
+from lmcore.data.tokenizer import EOT, IM_END
+from lmcore.finetune.adapt import adapt_lm, text_examples
+from lmcore.finetune.chat import encode_plain, prompt_ids
+from lmcore.finetune.classify import (
     INSTRUCTION,
     SequenceClassifier,
     evaluate_all,
@@ -24,10 +24,10 @@ from lmcore.classify import (
     score_labels,
     train_head,
 )
-from lmcore.lora import LoraConfig, lora_layers
-from lmcore.model import GPT, tiny
-from lmcore.tokenizer import EOT, IM_END
-from lmcore.train_config import TrainConfig
+from lmcore.model.checkpoint import load_trained_model, read_meta
+from lmcore.model.gpt import GPT, tiny
+from lmcore.model.lora import LoraConfig, lora_layers
+from lmcore.train.config import TrainConfig
 from tests.unit.test_sft import write_init
 
 WORDS = "the a small big old new red quiet happy slow fast green near far".split()

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmcore.clean import (
+from lmcore.data.clean import (
     PARAGRAPH_SEP,
     CleanConfig,
     clean_corpus,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcore.corpus import MANIFEST, CorpusConfig, build_raw_corpus, doc_id, source_version
+from lmcore.data.corpus import MANIFEST, CorpusConfig, build_raw_corpus, doc_id, source_version
 from lmcore.io import read_json, read_parquet_rows, sha256_file
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "sources"

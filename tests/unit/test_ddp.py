@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcore.checkpoint import MODEL_FILE, list_checkpoints, read_meta, verify_checkpoint
-from lmcore.shards import TokenShardWriter, write_manifest
+from lmcore.data.shards import TokenShardWriter, write_manifest
+from lmcore.model.checkpoint import MODEL_FILE, list_checkpoints, read_meta, verify_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -33,7 +33,7 @@ def write_shards(root: Path, train_tokens: int, val_tokens: int) -> Path:
 def torchrun(spec: dict, tmp_path: Path, name: str) -> list[dict]:
     config = tmp_path / f"{name}.json"
     config.write_text(json.dumps(spec))
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "lmcore.train_entry", "--config", str(config)]
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "lmcore.train.entry", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if line.startswith("[rank"))[

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmcore.clean import CleanConfig, clean_corpus
-from lmcore.dedup import ExactDeduper, NearDeduper, shingles
+from lmcore.data.clean import CleanConfig, clean_corpus
+from lmcore.data.dedup import ExactDeduper, NearDeduper, shingles
 from lmcore.io import DOCUMENT_SCHEMA, read_parquet_rows
 
 VOCAB = "the a river dog sled snow cold trail man gold north camp fire night wind ran fast slow old".split()

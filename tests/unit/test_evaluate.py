@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from lmcore.evaluate import (
+from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer
+from lmcore.eval.ngram import NGramLM
+from lmcore.eval.perplexity import (
     count_target_bytes,
     eval_slices,
     evaluate_lm,
     evaluate_ngram,
     token_byte_lengths,
 )
-from lmcore.model import GPT, tiny
-from lmcore.ngram import NGramLM
-from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+from lmcore.model.gpt import GPT, tiny
 
 
 def _uniform_model(vocab_size: int = 512) -> GPT:

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from lmcore.export import export_hf
-from lmcore.model import GPT, tiny
-from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer
+from lmcore.model.export import export_hf
+from lmcore.model.gpt import GPT, tiny
 
 transformers = pytest.importorskip("transformers")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from lmcore.corpus import CorpusConfig, build_raw_corpus, source_version
+from lmcore.data.corpus import CorpusConfig, build_raw_corpus, source_version
+from lmcore.data.sources.fetch import Fetcher
 from lmcore.io import read_parquet_rows
-from lmcore.sources.fetch import Fetcher
 
 FAST = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5.0}
 

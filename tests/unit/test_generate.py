@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmcore.generate import generate, generate_text, next_token_probs
-from lmcore.model import GPT, tiny
-from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer
+from lmcore.model.generate import generate, generate_text, next_token_probs
+from lmcore.model.gpt import GPT, tiny
 
 
 def _model(**overrides) -> GPT:

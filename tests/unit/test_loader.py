@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmcore.loader import TokenLoader
-from lmcore.shards import TokenShardWriter, write_manifest
+from lmcore.data.loader import TokenLoader
+from lmcore.data.shards import TokenShardWriter, write_manifest
 
 
 def write_split(root: Path, tokens: np.ndarray, *, shard_tokens: int, split: str = "train") -> None:

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from lmcore.lora import LoraConfig, LoRALinear, apply_lora, lora_layers, merge_lora, merged_copy
-from lmcore.model import GPT, tiny
+from lmcore.model.gpt import GPT, tiny
+from lmcore.model.lora import LoraConfig, LoRALinear, apply_lora, lora_layers, merge_lora, merged_copy
 
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc")
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lmcore.model import GPT, PRESETS, ModelConfig, gpt2_124m, tiny
+from lmcore.model.gpt import GPT, PRESETS, ModelConfig, gpt2_124m, tiny
 
 ARCHES = [pytest.param(dict(arch="modern", n_kv_head=2), id="modern-gqa"), pytest.param(dict(arch="gpt2"), id="gpt2")]
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from lmcore.ngram import NGramLM
+from lmcore.eval.ngram import NGramLM
 
 
 def _random_tokens(n: int, vocab: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lmcore.rouge import ROUGE_TYPES, lcs_length, rouge_batch, rouge_pairs, rouge_tokenize
+from lmcore.eval.rouge import ROUGE_TYPES, lcs_length, rouge_batch, rouge_pairs, rouge_tokenize
 
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lmcore.chat import render_chatml
-from lmcore.checkpoint import MODEL_FILE, list_checkpoints, load_trained_model, save_checkpoint
-from lmcore.lora import LoraConfig
-from lmcore.model import GPT, tiny
-from lmcore.sft import chat_generate, finetune
-from lmcore.sft_data import SFTExample, pack_examples
-from lmcore.train_config import TrainConfig
+from lmcore.finetune.chat import render_chatml
+from lmcore.finetune.sft import chat_generate, finetune
+from lmcore.finetune.sft_data import SFTExample, pack_examples
+from lmcore.model.checkpoint import MODEL_FILE, list_checkpoints, load_trained_model, save_checkpoint
+from lmcore.model.gpt import GPT, tiny
+from lmcore.model.lora import LoraConfig
+from lmcore.train.config import TrainConfig
 
 PAIRS = [
     ("What color is the sky?", "blue"),

@@ -8,9 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from lmcore.chat import ChatExample, check_example, decode_chatml, prompt_ids, render_chatml
-from lmcore.model import GPT, tiny
-from lmcore.sft_data import (
+from lmcore.finetune.chat import ChatExample, check_example, decode_chatml, prompt_ids, render_chatml
+from lmcore.finetune.sft_data import (
     SFTExample,
     build_sft_dataset,
     is_heldout,
@@ -21,6 +20,7 @@ from lmcore.sft_data import (
     sft_batches,
     write_sft_dataset,
 )
+from lmcore.model.gpt import GPT, tiny
 from tests.conftest import FIXTURES
 
 RECORDS = FIXTURES / "sft" / "records.jsonl"

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from lmcore.data.shards import TokenShardWriter, open_split, token_dtype, tokenize_splits, verify_shards
+from lmcore.data.tokenizer import EOT
 from lmcore.io import ParquetShardWriter
-from lmcore.shards import TokenShardWriter, open_split, token_dtype, tokenize_splits, verify_shards
-from lmcore.tokenizer import EOT
 
 
 def test_dtype_follows_vocabulary_size():
@@ -19,7 +19,7 @@ def test_writer_rotates_and_reads_back_across_shards(tmp_path):
         for chunk in np.array_split(data, 7):
             w.add(chunk)
     assert [s["tokens"] for s in w.shards] == [3000, 3000, 3000, 1000]
-    from lmcore.shards import write_manifest
+    from lmcore.data.shards import write_manifest
 
     write_manifest(tmp_path, {"train": {"shards": w.shards, "tokens": w.tokens, "documents": 1}})
     got = open_split(tmp_path, "train")

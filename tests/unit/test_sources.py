@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from lmcore.sources import builtin, parse_spec
-from lmcore.sources.formats import is_supported, read_file
-from lmcore.sources.policy import ReadContext
+from lmcore.data.sources import builtin, parse_spec
+from lmcore.data.sources.formats import is_supported, read_file
+from lmcore.data.sources.policy import ReadContext
 
 TEXTS = ["First document.\nWith two lines.", 'Second — with ünïcode and a "quote", comma.', "Third."]
 
@@ -311,7 +311,7 @@ def test_builtin_python_docs_is_deterministic_and_names_qualified_entries():
 
 def test_hf_dataset_saved_to_disk(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from lmcore.corpus import CorpusConfig, build_raw_corpus
+    from lmcore.data.corpus import CorpusConfig, build_raw_corpus
     from lmcore.io import read_parquet_rows
 
     saved = tmp_path / "tiny_ds"

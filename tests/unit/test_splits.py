@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
+from lmcore.data.splits import SplitConfig, assign_split, split_corpus, split_paths
 from lmcore.io import ParquetShardWriter, read_parquet_rows
-from lmcore.splits import SplitConfig, assign_split, split_corpus, split_paths
 
 
 def test_assignment_is_stable_and_near_configured_fractions():

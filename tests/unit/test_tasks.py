@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from lmcore.tasks import FAMILIES, classification_examples, instruction_pairs, iter_entries
+from lmcore.finetune.tasks import FAMILIES, classification_examples, instruction_pairs, iter_entries
 from tests.conftest import FIXTURES
 
 DOCS = FIXTURES / "sft" / "python_docs.jsonl"

@@ -1,7 +1,6 @@
 import pytest
 
-from lmcore.io import sha256_file
-from lmcore.tokenizer import (
+from lmcore.data.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerConfig,
     load_tokenizer,
@@ -9,6 +8,7 @@ from lmcore.tokenizer import (
     tokenizer_stats,
     train_tokenizer,
 )
+from lmcore.io import sha256_file
 
 
 def test_same_corpus_and_config_give_byte_identical_tokenizer(tmp_path, small_texts):

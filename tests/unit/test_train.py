@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmcore import model as model_module
-from lmcore.checkpoint import MODEL_FILE, latest_valid_checkpoint, list_checkpoints, verify_checkpoint
-from lmcore.model import tiny
-from lmcore.shards import TokenShardWriter, write_manifest
-from lmcore.train import METRICS_FILE, train
-from lmcore.train_config import TrainConfig, lr_at
+from lmcore.data.shards import TokenShardWriter, write_manifest
+from lmcore.model import gpt as model_module
+from lmcore.model.checkpoint import MODEL_FILE, latest_valid_checkpoint, list_checkpoints, verify_checkpoint
+from lmcore.model.gpt import tiny
+from lmcore.train.config import TrainConfig, lr_at
+from lmcore.train.loop import METRICS_FILE, train
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = tiny(vocab_size=64, context_length=32)
@@ -137,7 +137,7 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(shards: Path, tmp_path: 
     spec = {"model": {"preset": "tiny", "vocab_size": 64, "context_length": 32}, "train": cfg.to_dict()}
     spec.update(shard_root=str(shards), run_dir=str(tmp_path / "run"))
     (tmp_path / "run.json").write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "lmcore.train_entry", "--config", str(tmp_path / "run.json")]
+    cmd = [sys.executable, "-m", "lmcore.train.entry", "--config", str(tmp_path / "run.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same math as in-process (see one_thread)
     kill_after = random.Random().randint(5, 20)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -1,0 +1,1 @@
+"""Group ``data``: raw_corpus, clean_corpus, splits, tokenizer, token_shards."""

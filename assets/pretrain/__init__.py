@@ -1,0 +1,1 @@
+"""Group ``pretrain``: pretrained_model (and its torchrun worker) and perplexity_report."""

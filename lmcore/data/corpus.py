@@ -1,0 +1,164 @@
+"""The raw-corpus stage: read every configured source into Parquet document shards.
+
+``build_raw_corpus`` resolves all sources first (local listings, remote downloads into the
+cache), so missing files and unreachable URLs are reported together before any reading.
+It then streams records into ``part-NNNNN.parquet`` shards (``DOCUMENT_SCHEMA``: doc_id,
+source, text) and writes ``manifest.json`` last, only if every source read cleanly. On
+failure the shards it wrote are removed and no manifest exists, so nothing in ``out_dir``
+looks complete. ``doc_id`` is the first 16 hex digits of sha256 of the record's stable key
+(see lmcore.data.sources). What each bad input does: lmcore.data.sources.policy and .formats.
+This module knows nothing of Dagster, cleaning or tokenization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lmcore.data.sources import ReadContext, open_sources, parse_spec, source_version
+from lmcore.data.sources.fetch import Fetcher
+from lmcore.io import ParquetShardWriter, ProgressFn, write_json
+
+__all__ = ["CorpusConfig", "build_raw_corpus", "doc_id", "source_version"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_UTF8_CHOICES = ("error", "replace", "skip")
+_BAD_RECORD_CHOICES = ("error", "skip")
+
+
+@dataclass(kw_only=True, frozen=True)
+class CorpusConfig:
+    sources: tuple[str, ...] = ("builtin:python-docs",)
+    """Source specs, read in this order: ``builtin:python-docs``, paths, globs, URLs, ``hf:NAME[:CONFIG]``."""
+    text_field: str = "text"
+    """Field holding the text in .jsonl/.json/.csv/.parquet files and Hugging Face datasets."""
+    hf_split: str = "train"
+    """Split read from Hugging Face datasets."""
+    invalid_utf8: str = "error"
+    """Text that is not UTF-8: ``error`` (report it), ``replace`` (U+FFFD, counted) or ``skip`` (counted)."""
+    on_bad_record: str = "error"
+    """A broken JSON line or a record without a string text field: ``error`` (report file:line) or ``skip``."""
+    max_document_bytes: int = 256 << 20
+    """Documents larger than this (UTF-8 bytes) are skipped and counted as ``too_large``."""
+    retries: int = 4
+    """Extra attempts for a remote call after a connection error, timeout, HTTP 5xx or 429."""
+    backoff_s: float = 0.5
+    """Wait before the first retry; doubled for each further one."""
+    timeout_s: float = 60.0
+    """Connect and read timeout of each remote call, in seconds."""
+    shard_bytes: int = 64 << 20
+    """Rotate to a new Parquet shard after about this many bytes of text."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sources, str):
+            raise ValueError(f"sources must be a tuple of specs, not a string; write ({self.sources!r},)")
+        object.__setattr__(self, "sources", tuple(self.sources))  # lists from YAML/Dagster config become tuples
+        if not self.sources:
+            raise ValueError("sources is empty; name at least one source, e.g. ('builtin:python-docs',)")
+        for spec in self.sources:
+            try:
+                parse_spec(spec)
+            except ValueError as e:
+                raise ValueError(f"sources: {e}") from None
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise ValueError(f"text_field must be a non-empty field name, got {self.text_field!r}")
+        if not isinstance(self.hf_split, str) or not self.hf_split:
+            raise ValueError(f"hf_split must be a non-empty split name such as 'train', got {self.hf_split!r}")
+        if self.invalid_utf8 not in _UTF8_CHOICES:
+            raise ValueError(f"invalid_utf8 must be one of {_UTF8_CHOICES}, got {self.invalid_utf8!r}")
+        if self.on_bad_record not in _BAD_RECORD_CHOICES:
+            raise ValueError(f"on_bad_record must be one of {_BAD_RECORD_CHOICES}, got {self.on_bad_record!r}")
+        for name in ("max_document_bytes", "shard_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer number of bytes, got {value!r}")
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
+        if not self.backoff_s >= 0:
+            raise ValueError(f"backoff_s must be >= 0 seconds, got {self.backoff_s!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+
+
+def doc_id(key: str) -> str:
+    """The stable document id of a record key: 16 hex digits of its sha256."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def build_raw_corpus(
+    config: CorpusConfig, out_dir: Path, cache_dir: Path, *, progress: ProgressFn | None = None
+) -> dict[str, Any]:
+    """Read every source of ``config`` into Parquet shards in ``out_dir`` (empty or new) and
+    write its manifest last; returns the manifest.
+
+    Manifest keys: ``documents``, ``bytes`` (UTF-8 bytes of text), ``shards`` (path, rows,
+    sha256 each), ``skipped`` and ``repaired`` (reason → count), ``sources`` (spec, version,
+    documents, skipped per source), ``config``, and ``python_version`` when the builtin
+    source is read. Raises ValueError/FileNotFoundError/ConnectionError listing the problems.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"out_dir {out_dir} is not empty; pass a new or empty staging directory (see io.atomic_dir)")
+    ctx = ReadContext(
+        text_field=config.text_field,
+        invalid_utf8=config.invalid_utf8,
+        on_bad_record=config.on_bad_record,
+        max_document_bytes=config.max_document_bytes,
+    )
+    fetch = Fetcher(Path(cache_dir), retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s)
+    with fetch as fetcher:
+        sources = open_sources(config.sources, ctx, fetcher, hf_split=config.hf_split, cache_dir=Path(cache_dir))
+    summaries: list[dict[str, Any]] = []
+    documents = nbytes = 0
+    # a buffered batch never spans much more than a shard, so small shard_bytes still rotate
+    writer = ParquetShardWriter(
+        out_dir, max_bytes=config.shard_bytes, batch_rows=max(1, min(2048, config.shard_bytes >> 12))
+    )
+    try:
+        with writer:
+            for i, source in enumerate(sources):
+                before, count = Counter(ctx.skipped), 0
+                for record in source.records(ctx):
+                    writer.write({"doc_id": doc_id(record.key), "source": record.source, "text": record.text})
+                    count += 1
+                    nbytes += len(record.text) if record.text.isascii() else len(record.text.encode("utf-8"))
+                    if progress is not None and (documents + count) % 1000 == 0:
+                        progress("documents", documents + count, None)
+                documents += count
+                skipped = dict(ctx.skipped - before)
+                if count == 0:
+                    ctx.problems.add(
+                        f"source {source.spec.raw!r} produced no documents (skipped: {skipped or 'nothing'}); "
+                        "check the path, its file types and text_field"
+                    )
+                summaries.append({"spec": source.spec.raw, "version": source.version(), "documents": count})
+                summaries[-1]["skipped"] = skipped
+                log.info("source %s: %d documents, skipped %s", source.spec.raw, count, skipped)
+                if progress is not None:
+                    progress("documents", documents, None)
+                    progress("sources", i + 1, len(sources))
+            ctx.problems.raise_if_any()
+    except BaseException:
+        for shard in writer.shards:
+            (out_dir / shard["path"]).unlink(missing_ok=True)
+        raise
+    manifest: dict[str, Any] = {
+        "documents": documents,
+        "bytes": nbytes,
+        "shards": writer.shards,
+        "skipped": dict(sorted(ctx.skipped.items())),
+        "repaired": dict(sorted(ctx.repaired.items())),
+        "sources": summaries,
+        "config": {**asdict(config), "sources": list(config.sources)},
+    }
+    if any(source.spec.kind == "builtin" for source in sources):
+        manifest["python_version"] = platform.python_version()
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,105 @@
+"""Document deduplication: exact (content digest) and near-duplicate (MinHash LSH).
+
+Each deduper is a stateful filter: call it on documents in corpus order and it returns
+``(keep, reason)`` like the other filters in :mod:`lmcore.data.clean`, remembering every
+document it keeps, so the first copy survives and later copies are dropped. State is
+the only memory that grows with the corpus: 16 bytes per kept document for exact
+dedup; for near dedup one signature (``num_perm`` x 4 bytes) plus the LSH band keys.
+This module knows nothing of files, shards or pipeline stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+EXACT_REASON = "exact_duplicate"
+NEAR_REASON = "near_duplicate"
+
+_WORD = re.compile(r"\w+")
+_BATCH = 4096  # shingles hashed per numpy step; bounds the (shingles x num_perm) temporary
+
+
+class ExactDeduper:
+    """Drop a document whose exact text was kept before (blake2b-128 digest of its UTF-8).
+
+    A stable cryptographic digest, not Python's salted ``hash`` or polars' version-bound
+    hash, so runs agree across processes and library versions and collisions are negligible.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __call__(self, text: str) -> tuple[bool, str | None]:
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        if digest in self._seen:
+            return False, EXACT_REASON
+        self._seen.add(digest)
+        return True, None
+
+
+def shingles(text: str, n: int) -> list[bytes]:
+    """Lowercased word ``n``-grams of ``text`` as UTF-8 bytes (the whole text when shorter)."""
+    words = _WORD.findall(text.lower())
+    if len(words) <= n:
+        return [" ".join(words).encode("utf-8")]
+    return [" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
+
+
+class NearDeduper:
+    """Drop a document whose word-shingle Jaccard similarity to a kept one is >= ``threshold``.
+
+    MinHash signatures (datasketch, seeded, so deterministic) go into an LSH index; an LSH
+    candidate only counts when the signatures' estimated Jaccard really reaches the
+    threshold, which removes the index's false positives.
+    """
+
+    def __init__(self, *, threshold: float = 0.8, num_perm: int = 128, seed: int = 0, ngram: int = 5) -> None:
+        problems = []
+        if not 0.0 < threshold < 1.0:
+            problems.append(f"threshold must be in (0, 1), got {threshold}")
+        if num_perm < 2:
+            problems.append(f"num_perm must be >= 2, got {num_perm}")
+        if not 0 <= seed < 2**32:
+            problems.append(f"seed must be in [0, 2**32), got {seed}")
+        if ngram < 1:
+            problems.append(f"ngram must be >= 1, got {ngram}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.threshold = threshold
+        self.ngram = ngram
+        self._template = MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._signatures: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._signatures)
+
+    def signature(self, text: str) -> MinHash:
+        """The MinHash of ``text``'s shingles, hashed in bounded batches."""
+        m = MinHash(
+            num_perm=self._template.num_perm,
+            seed=self._template.seed,
+            permutations=self._template.permutations,
+            scheme=self._template.scheme,
+        )
+        grams = shingles(text, self.ngram)
+        for i in range(0, len(grams), _BATCH):
+            m.update_batch(grams[i : i + _BATCH])
+        return m
+
+    def __call__(self, text: str) -> tuple[bool, str | None]:
+        m = self.signature(text)
+        for key in self._lsh.query(m):
+            if float(np.mean(self._signatures[key] == m.hashvalues)) >= self.threshold:
+                return False, NEAR_REASON
+        key = len(self._signatures)
+        self._signatures.append(m.hashvalues.copy())
+        self._lsh.insert(key, m, check_duplication=False)
+        return True, None

@@ -1,0 +1,4 @@
+"""Evaluation: perplexity and bits per byte, the n-gram and bag-of-words baselines, ROUGE.
+
+Builds on ``lmcore.data`` and ``lmcore.model``; never trains a model.
+"""

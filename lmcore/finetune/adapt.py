@@ -1,0 +1,51 @@
+"""Task-adaptive pretraining: train the LM further on a task's own texts, labels unused.
+
+The plain next-token objective on each text followed by ``<|endoftext|>``, as in
+pretraining, packed several texts to a row with attention kept inside each
+(Gururangan et al. 2020, "Don't Stop Pretraining"). The classifiers of
+``lmcore.finetune.classify`` can start from the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lmcore.data.tokenizer import EOT, PAD
+from lmcore.finetune.chat import encode_plain
+from lmcore.finetune.sft import finetune, init_model_config
+from lmcore.finetune.sft_data import SFTExample, pack_examples
+from lmcore.train.config import TrainConfig
+from lmcore.train.loop import Callback
+
+
+def text_examples(texts: Sequence[str], tokenizer: Any, context_length: int) -> list[SFTExample]:
+    """Each text as a plain LM example (first ``context_length`` tokens + ``<|endoftext|>``), loss on every token."""
+    eot = tokenizer.token_to_id(EOT)
+    out = []
+    for ids in encode_plain(tokenizer, list(texts)):
+        ids = ids[:context_length] + [eot]
+        out.append(SFTExample(ids=ids, mask=[1] * len(ids)))
+    return out
+
+
+def adapt_lm(
+    init_checkpoint: Path,
+    train_config: TrainConfig,
+    train_texts: Sequence[str],
+    validation_texts: Sequence[str],
+    tokenizer: Any,
+    run_dir: Path,
+    *,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Continue next-token training on the task's texts (labels unused), packed; returns ``finetune``'s summary."""
+    mc, _ = init_model_config(init_checkpoint)
+    splits = [
+        pack_examples(text_examples(t, tokenizer, mc.context_length), mc.context_length)
+        for t in (train_texts, validation_texts)
+    ]
+    return finetune(
+        init_checkpoint, train_config, *splits, run_dir, pad_id=tokenizer.token_to_id(PAD), callback=callback
+    )

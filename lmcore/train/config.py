@@ -1,0 +1,137 @@
+"""TrainConfig: everything about a pretraining run except the model's shape and the data paths.
+
+Kept apart from ``lmcore.train.loop`` so assets and the entry point can build and validate a
+config without importing the training loop. This module knows nothing of Dagster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DTYPES = ("auto", "float32", "bfloat16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+RESUMABLE_CHANGES = (
+    "train.eval_every",
+    "train.eval_batches",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.compile",
+    "train.device",
+    "train.peak_flops",
+)
+"""Fields a resumed run may change: they alter reporting, speed or placement, not the loss curve."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class TrainConfig:
+    """Optimizer, schedule, batch and bookkeeping settings of one pretraining run."""
+
+    max_steps: int
+    """Optimizer steps in the whole run; a resumed run continues to the same number."""
+    batch_size: int
+    """Sequences per micro-batch per process (each of the model's context_length tokens)."""
+    grad_accum_steps: int = 1
+    """Micro-batches summed into one optimizer step; tokens per step = batch*accum*T*world_size."""
+    lr: float = 6e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr_ratio: float = 0.1
+    """The cosine decay ends at lr * min_lr_ratio on the last step."""
+    warmup_steps: int = 0
+    """Steps of linear warmup from lr/warmup_steps to lr; 0 starts at lr."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay, applied to matrices and embeddings only."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW (beta1, beta2)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    eval_every: int = 0
+    """Validation loss every this many steps (and always at the last step); 0: only at the last step."""
+    eval_batches: int = 20
+    """Validation batches per process per evaluation; 0 disables validation (no "val" split needed)."""
+    checkpoint_every: int = 0
+    """Checkpoint every this many steps (and always at the last step); 0: only at the last step."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep in the run directory."""
+    seed: int = 0
+    """Seeds weight init, dropout and the data order."""
+    dtype: str = "auto"
+    """Autocast dtype: "float32", "bfloat16", or "auto" (bfloat16 on CUDA when supported, else float32)."""
+    compile: bool = False
+    """torch.compile the model (needs a working compiler toolchain; worth it on GPU)."""
+    device: str = "auto"
+    """"auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N" or "mps"; under torchrun
+    CUDA ranks use cuda:LOCAL_RANK."""
+    log_every: int = 10
+    """Report loss, lr, tokens/s and MFU every this many steps (and at the last step)."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device for MFU; None: a table for known GPUs, else a measured matmul."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_every", "eval_batches", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_steps > self.max_steps:
+            problems.append(f"warmup_steps={self.warmup_steps} must not exceed max_steps={self.max_steps}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not _DEVICE.match(self.device):
+            problems.append(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            problems.append(f"peak_flops must be > 0 or None, got {self.peak_flops}")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    @property
+    def min_lr(self) -> float:
+        return self.lr * self.min_lr_ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; valid fields are {sorted(known)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def resolved(self, device: str) -> TrainConfig:
+        """A copy with ``device`` and ``dtype`` made concrete ("auto" replaced), as saved in checkpoints."""
+        dtype = self.dtype
+        if dtype == "auto":
+            bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+            dtype = "bfloat16" if bf16 else "float32"
+        return dataclasses.replace(self, device=device, dtype=dtype)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = cfg.max_steps - cfg.warmup_steps
+    if decay_steps <= 1:
+        return cfg.lr
+    progress = min((step - cfg.warmup_steps) / (decay_steps - 1), 1.0)  # 0 at the first, 1 at the last step
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)

@@ -1,0 +1,512 @@
+"""Pretraining loop: AdamW with warmup + cosine, grad accumulation and clipping, autocast,
+periodic validation, atomic checkpoints, exact resume, and the same code under torchrun.
+
+``train()`` is the entry for pretraining on token shards: it resumes from the newest valid
+checkpoint in ``run_dir`` when there is one (after checking the config matches), or starts
+fresh, and runs to ``max_steps``. ``run_job()`` is the same loop for any :class:`Job` (a
+model to build and :class:`BatchSource` s of batches); ``lmcore.finetune.sft`` and ``lmcore.finetune.classify``
+fine-tune through it. Progress leaves through ``callback`` (rank 0 only) and ``logging``, and is
+appended to ``run_dir/metrics.jsonl``; the loss curve is also stored in every checkpoint's
+meta.json, so the whole curve survives restarts. On CPU the same config gives the same
+losses, whether or not the run was interrupted and resumed.
+
+MFU = flops_per_token * tokens/s / (peak FLOP/s per device * world_size), the peak from
+``TrainConfig.peak_flops`` or ``lmcore.train.distributed.peak_flops`` (a GPU table, else a
+measured matmul: on CPU, MFU is relative to what the cores sustain on a big fp32 matmul).
+
+This module knows nothing of Dagster; only rank 0 writes files or calls the callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from lmcore.data.loader import TokenLoader
+from lmcore.data.shards import MANIFEST, load_manifest
+from lmcore.io import atomic_path, sha256_file
+from lmcore.model.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    check_compatible,
+    checkpoint_dir,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from lmcore.model.gpt import GPT, ModelConfig
+from lmcore.train import distributed as D
+from lmcore.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[dict[str, Any]], None]
+METRICS_FILE = "metrics.jsonl"
+_RESERVED_META = {"config", "data", "progress", "seed", "params", "step", "files", "format_version"}
+Batch = tuple[torch.Tensor, ...]
+"""``(x, y)`` or ``(x, y, segment_ids)``; ``segment_ids`` may be None (no packed row in the batch)."""
+
+
+class BatchSource(Protocol):
+    """Where the loop's batches come from (``TokenLoader`` for pretraining).
+
+    ``epoch`` and ``position`` say where the next batch comes from (named in errors);
+    ``state_dict`` must hold only plain values and make the source continue exactly there.
+    """
+
+    epoch: int
+    position: int
+
+    def next_batch(self) -> Batch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """What a run trains and on what; everything else (schedule, checkpoints, resume, NaN checks) is the loop's."""
+
+    model_config: ModelConfig
+    """Shape of the model; saved as ``config.model`` and its context_length is the sources' window."""
+    build_model: Callable[[], torch.nn.Module]
+    """The module to train, called once after seeding torch with the run's seed. Like GPT it must answer
+    ``forward(x, y, segment_ids=None) -> (logits, loss)``, ``configure_optimizer``, ``num_params`` and
+    ``flops_per_token``; only parameters with ``requires_grad`` are trained."""
+    sources: Callable[..., tuple[BatchSource, BatchSource | None]]
+    """``sources(context_length=, batch_size=, seed=, rank=, world_size=, validation=)``: the train source and
+    the validation source (None when ``validation`` is False)."""
+    config: dict[str, Any]
+    """Fields besides model/train/world_size that a resumed run must match (data version, init checkpoint)."""
+    data: dict[str, Any]
+    """Stored as the checkpoints' ``meta["data"]``."""
+    export: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    """When set, model.safetensors holds ``export(model)`` (e.g. LoRA merged into a plain GPT) and is not read
+    back on resume: the model is rebuilt and its trainable parameters come from optimizer.pt ("trainable"),
+    so frozen parameters must come out of ``build_model`` the same every time."""
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    shard_root: Path,
+    run_dir: Path,
+    *,
+    callback: Callback | None = None,
+    meta_extra: dict[str, Any] | None = None,
+    window_log_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) to ``train_config.max_steps``; return a summary of the run.
+
+    ``meta_extra`` (tokenizer digest, upstream data versions, ...) is stored in every
+    checkpoint's meta.json. ``window_log_dir`` (a test aid) makes each rank log the
+    training windows it draws to ``rank-{r}.txt``. Raises FloatingPointError naming the
+    step and batch if the loss stops being finite; the last good checkpoint is kept.
+    """
+    shard_root = Path(shard_root)
+    return run_job(
+        lambda: _shard_job(model_config, train_config, shard_root, window_log_dir),
+        train_config,
+        run_dir,
+        callback=callback,
+        meta_extra=meta_extra,
+    )
+
+
+def run_job(
+    make_job: Callable[[], Job],
+    train_config: TrainConfig,
+    run_dir: Path,
+    *,
+    callback: Callback | None = None,
+    meta_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The loop of :func:`train` for any :class:`Job` (built by ``make_job`` once the process group is up)."""
+    clash = sorted(_RESERVED_META & set(meta_extra or {}))
+    if clash:
+        raise ValueError(f"meta_extra keys {clash} are reserved for the checkpoint's own fields; rename them")
+    env = D.dist_env()
+    device = D.resolve_device(train_config.device, env)
+    created = D.init_distributed(env, device.type)
+    try:
+        run = _Run(make_job(), train_config.resolved(str(device)), Path(run_dir), env, device)
+        run.setup(callback, meta_extra or {})
+        return run.run()
+    finally:
+        if created:
+            D.shutdown_distributed()
+
+
+def _shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_dir: Path | None) -> Job:
+    """Pretraining: a fresh GPT on the token shards' "train" windows, validated on "val"."""
+    manifest = load_manifest(shard_root)
+    vocab = manifest.get("vocab_size")
+    if vocab is not None and vocab > mc.vocab_size:
+        raise ValueError(f"{shard_root}: tokens come from a vocabulary of {vocab}; model vocab_size={mc.vocab_size}")
+    if cfg.eval_batches and "val" not in manifest["splits"]:
+        raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
+    version = sha256_file(shard_root / MANIFEST)
+
+    def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
+        window_log = None
+        if window_log_dir is not None:
+            Path(window_log_dir).mkdir(parents=True, exist_ok=True)
+            window_log = Path(window_log_dir) / f"rank-{kw['rank']}.txt"
+        train_loader = TokenLoader.from_split(shard_root, "train", window_log=window_log, **kw)
+        return train_loader, TokenLoader.from_split(shard_root, "val", **kw) if validation else None
+
+    return Job(
+        model_config=mc,
+        build_model=lambda: GPT(mc),
+        sources=sources,
+        config={"data_version": version},
+        data={"shard_root": str(shard_root), "manifest_sha256": version},
+    )
+
+
+class _Run:
+    """State of one training session (one process); ``run()`` drives it."""
+
+    def __init__(self, job: Job, cfg: TrainConfig, run_dir: Path, env: D.DistEnv, device: torch.device) -> None:
+        self.job, self.mc, self.cfg, self.env, self.device = job, job.model_config, cfg, env, device
+        self.run_dir = run_dir
+        self.config = {"model": self.mc.to_dict(), "train": cfg.to_dict(), "world_size": env.world_size, **job.config}
+        self.fresh_tokens = 0  # tokens trained on (all ranks) since the last account()
+        self.step_tokens = 0  # tokens of the last optimizer step (all ranks)
+        self.step = 0
+        self.progress: dict[str, Any] = {"tokens_seen": 0, "train_seconds": 0.0, "loss_history": [], "val_history": []}
+        self.session = {"tokens": 0, "seconds": 0.0}
+        self.accounted_step = 0  # progress counts tokens up to this step
+        self.resumed_from: int | None = None
+
+    def setup(self, callback: Callback | None, meta_extra: dict[str, Any]) -> None:
+        cfg, env, device = self.cfg, self.env, self.device
+        self.callback, self.meta_extra = callback, meta_extra
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for float32 runs
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.raw = self.job.build_model().to(device)
+        self.raw.train()
+        self.opt = self.raw.configure_optimizer(cfg.lr, cfg.weight_decay, cfg.betas)
+        self.eval_model = torch.compile(self.raw) if cfg.compile else self.raw
+        self.model: torch.nn.Module = self.eval_model
+        if env.distributed:
+            self.model = DDP(self.eval_model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, env.rank]).generate_state(1)[0]))  # dropout
+        kw = dict(context_length=self.mc.context_length, batch_size=cfg.batch_size, seed=cfg.seed)
+        kw.update(rank=env.rank, world_size=env.world_size)
+        self.train_loader, self.val_loader = self.job.sources(validation=bool(cfg.eval_batches), **kw)
+        self.val_start = self.val_loader.state_dict() if self.val_loader else None
+        self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        self.flops_per_token = self.raw.flops_per_token()
+        self.peak = D.peak_flops(device, cfg.dtype, cfg.peak_flops) if env.is_main else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def run(self) -> dict[str, Any]:
+        self.restore()
+        self.accounted_step = self.step
+        pending: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
+        interval = {"tokens": 0, "seconds": 0.0}
+        mark = time.perf_counter()
+        while self.step < self.cfg.max_steps:
+            batch = (self.train_loader.epoch, self.train_loader.position)
+            loss = self.train_step()
+            self.step += 1
+            pending.append((self.step, loss, batch))
+            interval["tokens"] += self.step_tokens
+            flags = self.due(self.step)
+            if not any(flags.values()):
+                continue
+            losses = self.check_losses(pending)  # syncs, so the clock below is honest
+            pending = []
+            elapsed = time.perf_counter() - mark
+            interval["seconds"] += elapsed
+            self.account(elapsed)
+            record: dict[str, Any] = {"step": self.step}
+            if flags["log"]:
+                record.update(self.log_record(losses[self.step], interval))
+                interval = {"tokens": 0, "seconds": 0.0}
+            if flags["eval"]:
+                record["val_loss"] = self.evaluate()
+                self.progress["val_history"].append([self.step, record["val_loss"]])
+            if flags["checkpoint"]:
+                record["checkpoint"] = str(checkpoint_dir(self.run_dir, self.step))
+            self.emit(record)  # metrics.jsonl first: a crash before the checkpoint lands truncates it on resume
+            if flags["checkpoint"]:
+                self.save()
+            mark = time.perf_counter()
+        return self.summary()
+
+    def due(self, step: int) -> dict[str, bool]:
+        cfg, last = self.cfg, step == self.cfg.max_steps
+        return {
+            "log": step % cfg.log_every == 0 or last,
+            "eval": bool(cfg.eval_batches) and ((cfg.eval_every > 0 and step % cfg.eval_every == 0) or last),
+            "checkpoint": (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or last,
+        }
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (on device)."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        self.step_tokens = 0
+        for micro in range(cfg.grad_accum_steps):
+            batch = self.to_device(self.train_loader.next_batch())
+            self.step_tokens += batch[0].numel() * self.env.world_size  # ranks draw equal shapes (token shards)
+            last = micro == cfg.grad_accum_steps - 1
+            sync = contextlib.nullcontext() if last or not self.env.distributed else self.model.no_sync()
+            with sync:  # DDP all-reduces gradients only on the last micro-batch
+                with self.autocast():
+                    loss = self.forward_loss(self.model, batch)
+                (loss / cfg.grad_accum_steps).backward()
+            total += loss.detach().float()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.fresh_tokens += self.step_tokens
+        return total / cfg.grad_accum_steps
+
+    @staticmethod
+    def forward_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        x, y, *rest = batch
+        if rest and rest[0] is not None:  # packed rows: attention stays inside each segment
+            return model(x, y, segment_ids=rest[0])[1]
+        return model(x, y)[1]
+
+    def to_device(self, batch: Batch) -> Batch:
+        if self.device.type != "cuda":
+            return batch
+        return tuple(None if t is None else t.pin_memory().to(self.device, non_blocking=True) for t in batch)
+
+    def check_losses(self, pending: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> dict[int, float]:
+        """Rank-averaged losses by step; raise at the first one that is not finite."""
+        values = D.all_reduce_mean(torch.stack([loss for _, loss, _ in pending]), self.env).tolist()
+        for (step, _, (epoch, position)), value in zip(pending, values, strict=True):
+            if not math.isfinite(value):
+                good = latest_valid_checkpoint(self.run_dir) if self.env.is_main else None
+                raise FloatingPointError(
+                    f"loss is {value} at step {step} (train batch epoch={epoch}, position={position}, "
+                    f"{self.cfg.grad_accum_steps} micro-batch(es) per step); the last good checkpoint "
+                    f"{good or '(none)'} is kept; lower lr, raise warmup_steps or check the data, then rerun"
+                )
+        return {step: value for (step, _, _), value in zip(pending, values, strict=True)}
+
+    def account(self, seconds: float) -> None:
+        tokens, self.fresh_tokens = self.fresh_tokens, 0
+        self.accounted_step = self.step
+        self.session["tokens"] += tokens
+        self.session["seconds"] += seconds
+        self.progress["tokens_seen"] += tokens
+        self.progress["train_seconds"] += seconds
+
+    def log_record(self, loss: float, interval: dict[str, float]) -> dict[str, Any]:
+        tps = interval["tokens"] / max(interval["seconds"], 1e-9)
+        self.progress["loss_history"].append([self.step, loss])
+        lr = lr_at(self.step - 1, self.cfg)
+        if self.env.is_main:
+            log.info("step %d/%d loss %.4f lr %.3g %.0f tok/s", self.step, self.cfg.max_steps, loss, lr, tps)
+        return {
+            "loss": loss,
+            "lr": lr,
+            "tokens_per_s": tps,
+            "mfu": self.mfu(tps),
+            "tokens": self.progress["tokens_seen"],
+        }
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        if self.peak is None:
+            return None
+        mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
+        if mfu > 1.0 and self.device.type == "cpu" and self.cfg.peak_flops is None:
+            # The CPU peak was measured while other processes held a core, so it is too low; measure
+            # again (up to ~0.4 s, only when the figure is impossible) and keep the best.
+            self.peak = max(self.peak, D.measure_matmul_flops.__wrapped__(str(self.device), self.cfg.dtype))
+            mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
+        return mfu
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the same eval_batches validation batches every time (averaged over ranks)."""
+        assert self.val_loader is not None and self.val_start is not None
+        self.raw.eval()
+        self.val_loader.load_state_dict(self.val_start)
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.cfg.eval_batches):
+            batch = self.to_device(self.val_loader.next_batch())
+            with self.autocast():
+                loss = self.forward_loss(self.eval_model, batch)
+            total += loss.float()
+        self.raw.train()
+        return D.all_reduce_mean(total / self.cfg.eval_batches, self.env).item()
+
+    def emit(self, record: dict[str, Any]) -> None:
+        if not self.env.is_main:
+            return
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.run_dir / METRICS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)  # one write of one whole line
+        finally:
+            os.close(fd)
+        if self.callback is not None:
+            self.callback(record)
+
+    def rng_states(self) -> list[dict[str, torch.Tensor | None]]:
+        comm = self.device if self.device.type == "cuda" else torch.device("cpu")
+        cpu = D.all_gather_bytes(torch.get_rng_state(), self.env, comm)
+        if self.device.type == "cuda":
+            cuda: list[torch.Tensor | None] = list(
+                D.all_gather_bytes(torch.cuda.get_rng_state(self.device), self.env, comm)
+            )
+        else:
+            cuda = [None] * self.env.world_size
+        return [{"cpu": c, "cuda": g} for c, g in zip(cpu, cuda, strict=True)]
+
+    def save(self) -> None:
+        """Checkpoint on rank 0 (all ranks take part in gathering RNG states), then wait for it."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.raw.parameters()]).all().item()
+        if not finite:
+            raise FloatingPointError(
+                f"weights are not finite after step {self.step}; not saving; the last good checkpoint "
+                f"{latest_valid_checkpoint(self.run_dir) or '(none)'} is kept; lower lr and rerun"
+            )
+        state = {"optimizer": self.opt.state_dict(), "rng": self.rng_states(), "loader": self.train_loader.state_dict()}
+        weights = self.raw
+        if self.job.export is not None:
+            state["trainable"] = {n: p.detach().cpu() for n, p in self.raw.named_parameters() if p.requires_grad}
+            weights = self.job.export(self.raw) if self.env.is_main else self.raw
+        if self.env.is_main:
+            meta = {
+                **self.meta_extra,
+                "config": self.config,
+                "seed": self.cfg.seed,
+                "params": weights.num_params(),
+                "data": self.job.data,
+                "progress": self.progress,
+            }
+            save_checkpoint(self.run_dir, self.step, weights, state, meta, keep=self.cfg.keep_checkpoints)
+        D.barrier(self.env)
+
+    def restore(self) -> None:
+        """Resume from the newest valid checkpoint, chosen by rank 0 and loaded by every rank."""
+        step = -1
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path = latest_valid_checkpoint(self.run_dir)
+            step = -1 if path is None else read_meta(path)["step"]
+            _set_aside_newer(self.run_dir, step)
+        step = D.broadcast_int(step, self.env, self.device if self.device.type == "cuda" else torch.device("cpu"))
+        if step < 0:
+            if self.env.is_main:
+                _truncate_metrics(self.run_dir / METRICS_FILE, 0)
+            return
+        path = checkpoint_dir(self.run_dir, step)
+        check_compatible(read_meta(path), self.config, ignore=RESUMABLE_CHANGES, source=path)
+        if self.job.export is None:
+            meta, state = load_checkpoint(path, self.raw, verify=not self.env.is_main)
+        else:
+            meta, state = self.load_trainable(path)
+        self.opt.load_state_dict(state["optimizer"])
+        self.train_loader.load_state_dict(state["loader"])
+        mine = state["rng"][self.env.rank]
+        torch.set_rng_state(mine["cpu"])
+        if self.device.type == "cuda" and mine["cuda"] is not None:
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
+        self.step, self.progress = step, meta["progress"]
+        if self.env.is_main:
+            _truncate_metrics(self.run_dir / METRICS_FILE, step)
+        log.info("resumed from %s at step %d of %d", path, step, self.cfg.max_steps)
+        self.resumed_from = step
+
+    def load_trainable(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Meta and state of a checkpoint whose weights file is an export: trainable tensors come from the state."""
+        if not self.env.is_main and (problems := verify_checkpoint(path)):
+            raise ValueError(f"checkpoint {path} is corrupt: " + "; ".join(problems))
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        params = dict(self.raw.named_parameters())
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        if set(state["trainable"]) != trainable:
+            raise ValueError(f"{path} holds trainable tensors that differ from this run's; use a new run dir")
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                params[name].copy_(tensor)
+        return read_meta(path), state
+
+    def summary(self) -> dict[str, Any]:
+        path = checkpoint_dir(self.run_dir, self.step)
+        meta = read_meta(path)
+        trained = self.session["seconds"] > 0
+        tokens, seconds = (
+            (self.session["tokens"], self.session["seconds"])
+            if trained
+            else (self.progress["tokens_seen"], self.progress["train_seconds"])
+        )
+        tps = tokens / seconds if seconds > 0 else None
+        losses, vals = self.progress["loss_history"], self.progress["val_history"]
+        return {
+            "step": self.step,
+            "train_loss": losses[-1][1] if losses else None,
+            "val_loss": vals[-1][1] if vals else None,
+            "tokens_seen": self.progress["tokens_seen"],
+            "tokens_per_s": tps,
+            "mfu": self.mfu(tps) if tps else None,
+            "params": meta["params"],
+            "flops_per_token": self.flops_per_token,
+            "checkpoint": str(path),
+            "checkpoint_sha256": meta["files"][MODEL_FILE],
+            "resumed_from": self.resumed_from,
+            "device": str(self.device),
+            "dtype": self.cfg.dtype,
+            "world_size": self.env.world_size,
+            "loss_history": losses,
+            "val_history": vals,
+        }
+
+
+def _set_aside_newer(run_dir: Path, step: int) -> None:
+    """Rename checkpoints newer than ``step`` (they failed verification) out of the way, and drop staging dirs."""
+    for s, path in list_checkpoints(run_dir):
+        if s > step:
+            aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
+            path.rename(aside)
+            log.warning("set aside corrupt checkpoint %s as %s", path, aside.name)
+    for stale in run_dir.glob(".step-*.staging"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (and drop a torn last line), atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(keep), encoding="utf-8")
