@@ -2,19 +2,25 @@
 
 ``ArtifactStore`` hands out staging directories and publishes finished ones under a
 content-addressed name, so a failed or concurrent run never touches a published
-version. ``LocalArtifactStore`` is the default (``$LMPIPE_HOME/artifacts``).
+version, and records the latest reference of each asset (``write_ref``/``read_ref``) for
+the IO manager. ``LocalArtifactStore`` is the default (``$LMPIPE_HOME/artifacts``);
+``FsspecArtifactStore`` publishes to object storage.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
-from lmcore.io import publish_dir, staging_dir
+from lmcore.io import publish_dir, read_json, staging_dir, write_json
+
+REF_FILE = "latest.json"
+"""Per asset, the reference to its latest version that the IO manager hands downstream."""
 
 
 class ArtifactStore(dg.ConfigurableResource, ABC):
@@ -33,12 +39,20 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
         """A local directory holding the artifact at ``location`` (fetched if remote)."""
 
     @abstractmethod
+    def write_ref(self, asset: str, ref: dict[str, str]) -> None:
+        """Record ``ref`` as the latest version of ``asset`` (what the IO manager hands downstream)."""
+
+    @abstractmethod
+    def read_ref(self, asset: str) -> dict[str, str]:
+        """The latest recorded reference of ``asset``; FileNotFoundError naming the asset if there is none."""
+
+    @abstractmethod
     def cache_dir(self) -> Path:
         """Directory for download caches."""
 
     @abstractmethod
-    def run_dir(self, asset: str, key: str) -> Path:
-        """A stable working directory for a long job (training): the same key resumes the same run."""
+    def run_dir(self, asset: str) -> Path:
+        """Where ``asset``'s training runs live; lmcore names each run inside it by its run key."""
 
     @abstractmethod
     def reports_dir(self) -> Path:
@@ -70,11 +84,20 @@ class LocalArtifactStore(ArtifactStore):
             raise FileNotFoundError(f"{path}: artifact is missing; re-materialize the asset that wrote it")
         return path
 
+    def write_ref(self, asset: str, ref: dict[str, str]) -> None:
+        write_json(self.root / asset / REF_FILE, ref)
+
+    def read_ref(self, asset: str) -> dict[str, str]:
+        path = self.root / asset / REF_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: {asset} was never materialized in this store; materialize it first")
+        return read_json(path)
+
     def cache_dir(self) -> Path:
         return Path(self.home) / "cache"
 
-    def run_dir(self, asset: str, key: str) -> Path:
-        return self.root / asset / "runs" / key
+    def run_dir(self, asset: str) -> Path:
+        return self.root / asset / "runs"
 
     def reports_dir(self) -> Path:
         return Path(self.home) / "reports"
@@ -137,11 +160,25 @@ class FsspecArtifactStore(ArtifactStore):
             (tmp / "v").rename(local)
         return local
 
+    def write_ref(self, asset: str, ref: dict[str, str]) -> None:
+        fs, root = self._fs()
+        fs.makedirs(f"{root}/{asset}", exist_ok=True)
+        fs.pipe_file(f"{root}/{asset}/{REF_FILE}", json.dumps(ref, sort_keys=True).encode())  # one PUT
+
+    def read_ref(self, asset: str) -> dict[str, str]:
+        fs, root = self._fs()
+        try:
+            return json.loads(fs.cat_file(f"{root}/{asset}/{REF_FILE}"))
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{self.url}/{asset}/{REF_FILE}: {asset} was never materialized in this store; materialize it first"
+            ) from None
+
     def cache_dir(self) -> Path:
         return self._local.cache_dir()
 
-    def run_dir(self, asset: str, key: str) -> Path:
-        return self._local.run_dir(asset, key)
+    def run_dir(self, asset: str) -> Path:
+        return self._local.run_dir(asset)
 
     def reports_dir(self) -> Path:
         return self._local.reports_dir()

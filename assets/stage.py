@@ -1,57 +1,25 @@
-"""What every data asset does around its one lmcore call: stage, publish, version, report."""
+"""What every asset returns around its one lmcore call: the handle, metadata, data version, reproducibility."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
-import inspect
+import json
 import platform
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import dagster as dg
 
-from assets.resources import ArtifactStore
-from lmcore.io import digest_of, read_json
-from lmcore.train.config import TrainConfig
+from assets.artifacts import Artifact
+from assets.plots import line_chart
+from lmcore.io import digest_of
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "tokenizers", "pyarrow", "polars", "dagster", "numpy")
-
-
-def code_version(*modules: ModuleType) -> str:
-    """Digest of the source of the modules a stage runs: it changes when their logic changes."""
-    h = hashlib.sha256()
-    for module in modules:
-        h.update(inspect.getsource(module).encode())
-    return h.hexdigest()[:12]
-
-
-def run_stage(store: ArtifactStore, asset: str, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Call ``build(staging_dir)``, publish the directory, and return the artifact reference.
-
-    The reference (``path``, ``data_version``) is the asset's value; the full manifest is on disk.
-    """
-    with store.stage(asset) as staging:
-        build(staging)
-        location, version = store.publish(staging, asset)
-    return {"path": location, "data_version": version}
-
-
-def load_manifest(store: ArtifactStore, ref: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Local path and manifest of an upstream artifact reference."""
-    path = store.local_path(ref["path"])
-    return path, read_json(path / "manifest.json")
-
-
-def train_config_of(config: dg.Config) -> TrainConfig:
-    """The lmcore TrainConfig from the fields an asset's config shares with it (one place for the mapping)."""
-    fields = set(TrainConfig.__dataclass_fields__)
-    return TrainConfig(**{k: v for k, v in config.model_dump().items() if k in fields})
+SET_TAG = "lmpipe/set"
+"""Run tag holding the ``lmpipe run --set`` overrides (a JSON list of ``asset.field=value``)."""
 
 
 @functools.cache
@@ -73,35 +41,53 @@ def _environment() -> dict[str, Any]:
             "versions": versions}  # fmt: skip
 
 
-def reproducibility(config: dg.Config | None, inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What it takes to reproduce a materialization: config and hash, seed, code and library versions, inputs."""
+def reproducibility(
+    context: dg.AssetExecutionContext, config: dg.Config | None, inputs: dict[str, Artifact]
+) -> dict[str, Any]:
+    """What it takes to reproduce a materialization: config and hash, ``--set`` overrides, code, inputs."""
     cfg = config.model_dump() if config is not None else {}
     return {
         "config": cfg,
         "config_sha256": digest_of(cfg),
-        "seed": cfg.get("seed"),
+        "overrides": json.loads(context.run.tags.get(SET_TAG, "[]")),
         **_environment(),
-        "inputs": {name: ref["data_version"] for name, ref in inputs.items()},
+        "inputs": {name: artifact.data_version for name, artifact in inputs.items()},
     }
 
 
-def output(
-    ref: dict[str, Any],
+def result(
+    context: dg.AssetExecutionContext,
+    artifact: Artifact,
     metadata: dict[str, Any],
     *,
     config: dg.Config | None = None,
-    inputs: dict[str, dict[str, Any]] | None = None,
-) -> dg.Output:
-    """The asset's value (artifact reference) with its metadata, data version and reproducibility manifest."""
-    manifest = reproducibility(config, inputs or {})
-    return dg.Output(
-        ref,
+    inputs: dict[str, Artifact] | None = None,
+) -> dg.MaterializeResult:
+    """The asset's handle (stored by the IO manager) with its metadata, data version and reproducibility manifest."""
+    manifest = reproducibility(context, config, inputs or {})
+    return dg.MaterializeResult(
+        value=artifact,
         metadata={
             **metadata,
-            "artifact_path": dg.MetadataValue.path(ref["path"]),
-            "data_version": ref["data_version"],
+            "artifact_path": dg.MetadataValue.path(artifact.location),
+            "data_version": artifact.data_version,
             "config_sha256": manifest["config_sha256"],
             "reproducibility": dg.MetadataValue.json(manifest),
         },
-        data_version=dg.DataVersion(ref["data_version"]),
+        data_version=dg.DataVersion(artifact.data_version),
     )
+
+
+def training_metadata(summary: dict[str, Any], title: str) -> dict[str, Any]:
+    """What every training asset reports: size, steps, losses, throughput, the loss curve."""
+    curves = {"train": summary["loss_history"], "val": summary["val_history"]}
+    return {
+        "parameters": summary["params"],
+        "trainable_parameters": summary.get("trainable_params", summary["params"]),
+        "steps": summary["step"],
+        "train_loss": summary["train_loss"],
+        "val_loss": summary["val_loss"],
+        "tokens_per_s": round(summary["tokens_per_s"], 1) if summary["tokens_per_s"] else None,
+        "checkpoint_sha256": summary["checkpoint_sha256"],
+        "loss_curve": line_chart(title, curves, xlabel="step", ylabel="cross-entropy (nats/token)"),
+    }

@@ -1,6 +1,6 @@
 """``lmpipe``: materialize the pipeline into $LMPIPE_HOME, open its UI, use the model.
 
-lmpipe run [--profile NAME | --config FILE] [--select SELECTION] [--stale]
+lmpipe run [--profile NAME | --config FILE] [--select SELECTION] [--stale] [--set ASSET.FIELD=VALUE ...]
 lmpipe reproduce RUN_ID
 lmpipe ui [--port PORT] [--profile NAME]
 lmpipe generate --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
@@ -26,6 +26,15 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--config", default=None, help="YAML file in the profile format")
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'group:data' or 'tokenizer+'")
     run.add_argument("--stale", action="store_true", help="only what is missing or stale (code, config, data)")
+    run.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="ASSET.FIELD=VALUE",
+        help="override one profile field (repeatable; dotted FIELD for nested config, YAML VALUE),\n"
+        "e.g. --set tokenizer.vocab_size=280 --set pretrained_model.train.lr=0.002",
+    )
     rep = sub.add_parser("reproduce", help="re-run a past run's selection with the same config")
     rep.add_argument("run_id", help="run id (or a unique prefix)")
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 against $LMPIPE_HOME")
@@ -112,25 +121,29 @@ def _ui(port: int) -> int:
 
 
 def _run(args: argparse.Namespace, home: Any) -> int:
+    import json
     import warnings
 
     import dagster as dg
     from rich.console import Console
+    from rich.markup import escape
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    from assets.stage import SET_TAG
     from pipelines.definitions import ALL_ASSETS, build_definitions
-    from pipelines.profile import load_profile, validate_profile
+    from pipelines.profile import apply_overrides, load_profile, validate_profile
     from pipelines.runner import execute, stale_keys
 
     console = Console(width=max(Console().width, 120))
     try:
-        profile = load_profile(args.profile, args.config)
+        profile = apply_overrides(load_profile(args.profile, args.config), args.sets)
         validate_profile(profile, ALL_ASSETS)
         defs = build_definitions(profile)
         graph = defs.resolve_asset_graph()
         keys = {k for k in dg.AssetSelection.from_string(args.select).resolve(graph) if graph.get(k).is_materializable}
     except (ValueError, FileNotFoundError, dg.DagsterError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        # escaped: values such as [a, b] are not markup; unwrapped, so each path stays on one line
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
     if not keys:
         console.print(f"[red]error:[/red] selection {args.select!r} matches no asset")
@@ -143,9 +156,12 @@ def _run(args: argparse.Namespace, home: Any) -> int:
         if not keys:
             console.print("everything selected is up to date; nothing to run")
             return 0
-    console.print(f"lmpipe: profile [bold]{profile.name}[/bold], {len(keys)} assets, home {home}")
+    sets = "".join(f" --set {escape(s)}" for s in profile.overrides)
+    console.print(f"lmpipe: profile [bold]{profile.name}[/bold]{sets}, {len(keys)} assets, home {home}")
     names = {k.to_user_string() for k in keys}
     tags = {"lmpipe/profile": profile.name, "lmpipe/select": args.select}
+    if profile.overrides:  # reproduce copies lmpipe/* tags, so a reproduced run carries it too
+        tags[SET_TAG] = json.dumps(list(profile.overrides))
     result = execute(console, defs, keys, profile.run_config(names), tags)
     return 0 if result.success else 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 import dagster as dg
 
@@ -15,6 +16,7 @@ import assets.data
 import assets.evaluation
 import assets.finetune
 import assets.pretrain
+from assets.io_manager import ArtifactIOManager
 from assets.resources import ArtifactStore, FsspecArtifactStore, LocalArtifactStore
 from pipelines.automation import corpus_source_asset, retrain_triggers
 from pipelines.home import lmpipe_home
@@ -49,8 +51,14 @@ def build_definitions(profile: Profile) -> dg.Definitions:
         jobs=[*jobs, retrain],
         sensors=[sensor],
         schedules=[schedule],
-        resources={"store": artifact_store()},
+        resources=resources(),
     )
+
+
+def resources() -> dict[str, Any]:
+    """The artifact store, and the IO manager that hands assets typed handles out of it."""
+    store = artifact_store()
+    return {"store": store, "io_manager": ArtifactIOManager(store=store)}
 
 
 def artifact_store() -> ArtifactStore:

@@ -1,12 +1,18 @@
 """Run profiles: named YAML files of per-asset config, validated before any run starts.
 
-A profile maps asset names to the fields of that asset's ``dg.Config``. Relative local
-paths (corpus sources, SFT records, label files) are resolved against the project root for
-the packaged profiles and against the file's own directory for ``--config FILE``.
+A profile maps asset names to the fields of that asset's ``dg.Config`` (nested sub-configs
+as nested mappings). ``lmpipe run --set ASSET.FIELD=VALUE`` overrides one (dotted) field on
+top of it (``apply_overrides``). Relative local paths (corpus sources, SFT records, label
+files) are resolved against the project root for the packaged profiles, against the file's
+own directory for ``--config FILE``, and against the working directory for ``--set``.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +56,8 @@ class Profile:
     description: str
     assets: dict[str, dict[str, Any]]
     automation: Automation = Automation()
+    overrides: tuple[str, ...] = ()
+    """The ``--set ASSET.FIELD=VALUE`` strings applied on top of the file, as given."""
 
     @property
     def sources(self) -> list[str]:
@@ -71,6 +79,15 @@ def _resolve_source(spec: str, base: Path) -> str:
     return str((base / spec).resolve())
 
 
+def _resolve_paths(value: Any, base: Path) -> Any:
+    """A path field's value (one spec or a list of them) with relative local paths made absolute."""
+    if isinstance(value, list):
+        return [_resolve_source(v, base) if isinstance(v, str) else v for v in value]
+    if isinstance(value, str) and value:
+        return _resolve_source(value, base)
+    return value
+
+
 def load_profile(name: str | None = None, config_file: str | Path | None = None) -> Profile:
     """Load a packaged profile by name, or a YAML file; raises ValueError naming what is wrong."""
     if config_file is not None:
@@ -87,11 +104,8 @@ def load_profile(name: str | None = None, config_file: str | Path | None = None)
         raise ValueError(f"{path}: expected a mapping with an 'assets:' mapping of asset name -> config fields")
     assets = {k: dict(v or {}) for k, v in data.get("assets", {}).items()}
     for asset, field in _PATH_FIELDS:
-        value = assets.get(asset, {}).get(field)
-        if isinstance(value, list):
-            assets[asset][field] = [_resolve_source(v, base) for v in value]
-        elif isinstance(value, str) and value:
-            assets[asset][field] = _resolve_source(value, base)
+        if field in assets.get(asset, {}):
+            assets[asset][field] = _resolve_paths(assets[asset][field], base)
     auto = data.get("automation") or {}
     unknown = sorted(set(auto) - {"sensor", "schedule", "cron", "sensor_interval_s"})
     if unknown:
@@ -116,17 +130,124 @@ def config_classes(assets_defs: list[dg.AssetsDefinition]) -> dict[str, type[dg.
     return out
 
 
+_SET_USAGE = "expected ASSET.FIELD=VALUE, e.g. --set tokenizer.vocab_size=280 or --set pretrained_model.train.lr=0.002"
+
+
+def apply_overrides(profile: Profile, sets: list[str], base: Path | None = None) -> Profile:
+    """A new ``profile`` with each ``ASSET.FIELD=VALUE`` applied in order, so a later one of the same path wins.
+
+    FIELD may be a dotted path into nested sub-configs; missing intermediate mappings are created.
+    VALUE is parsed as YAML (``0.002``, ``true``, ``[a, b]``, ``null``, text). Relative local paths in
+    path fields resolve against ``base`` (default: the working directory, as for a path typed on the
+    command line). Raises one ValueError listing every malformed override; ``validate_profile``
+    then checks the result like the file's own fields, naming the ``--set`` each problem came from.
+    """
+    base = Path.cwd() if base is None else base
+    assets = copy.deepcopy(profile.assets)
+    problems = []
+    for spec in sets:
+        try:
+            path, value = _parse_override(spec)
+            if tuple(path) in _PATH_FIELDS:
+                value = _resolve_paths(value, base)
+            _set_in(assets, path, value, spec)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("--set is invalid:\n  " + "\n  ".join(problems))
+    return dataclasses.replace(profile, assets=assets, overrides=(*profile.overrides, *sets))
+
+
+def _override_path(spec: str) -> list[str]:
+    return [name.strip() for name in spec.split("=", 1)[0].split(".")]
+
+
+def _parse_override(spec: str) -> tuple[list[str], Any]:
+    """``asset.field[.sub...]=value`` -> (path, YAML value); ValueError saying what is malformed."""
+    if "=" not in spec:
+        raise ValueError(f"--set {spec!r}: no '='; {_SET_USAGE}")
+    key, raw = spec.split("=", 1)
+    path = _override_path(spec)
+    if len(path) < 2:
+        raise ValueError(f"--set {spec!r}: {key!r} names no field of an asset (no '.'); {_SET_USAGE}")
+    if not all(path):
+        raise ValueError(f"--set {spec!r}: empty asset or field name in {key!r}; {_SET_USAGE}")
+    try:
+        return path, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc
+        raise ValueError(
+            f"assets.{'.'.join(path)}: value {raw!r} from --set {spec!r} is not valid YAML ({problem}); "
+            f"quote text that is meant literally, e.g. --set '{key}=\"{raw}\"'"
+        ) from None
+
+
+def _set_in(assets: dict[str, Any], path: list[str], value: Any, spec: str) -> None:
+    node = assets
+    for depth, name in enumerate(path[:-1]):
+        if node.get(name) is None:
+            node[name] = {}
+        elif not isinstance(node[name], dict):
+            where = ".".join(path[: depth + 1])
+            raise ValueError(
+                f"assets.{where}: is {node[name]!r}, not a mapping, so --set {spec!r} cannot set a field inside it; "
+                f"set assets.{where} itself or fix the path"
+            )
+        node = node[name]
+    node[path[-1]] = value
+
+
+def _config_class(annotation: Any) -> type[dg.Config] | None:
+    """The ``dg.Config`` class a field holds: the annotation itself, or the one such member of a union."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # Optional[X], X | None
+        members = [c for a in typing.get_args(annotation) if (c := _config_class(a)) is not None]
+        return members[0] if len(members) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, dg.Config):
+        return annotation
+    return None
+
+
+def _unknown_fields(cls: type[dg.Config], values: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    """(path, problem) for every key of ``values``, at any depth of nested sub-configs, that ``cls`` lacks.
+
+    pydantic ignores unknown keys inside a nested config, so a typo there would otherwise be dropped silently.
+    """
+    fields = cls.model_fields
+    valid = f"unknown field; valid fields: {', '.join(sorted(fields))}"
+    out = [(f"{where}.{name}", valid) for name in sorted(set(values) - set(fields))]
+    for name, value in values.items():
+        sub = _config_class(fields[name].annotation) if name in fields else None
+        if sub is not None and isinstance(value, dict):
+            out += _unknown_fields(sub, value, f"{where}.{name}")
+    return out
+
+
+def _origin(path: str, problem: str, overrides: tuple[str, ...]) -> str:
+    """`` (from --set ...)`` naming the overrides in effect that set ``path``, or a value inside or above it.
+
+    Of several (an asset-level error from ``to_lmcore`` is above all of that asset's), those whose field
+    the message names, when it names any.
+    """
+    hits = {}
+    for spec in overrides:  # a later override of the same path replaces an earlier one
+        key = "assets." + ".".join(_override_path(spec))
+        if key == path or key.startswith(path + ".") or path.startswith(key + "."):
+            hits[key] = spec
+    named = [s for k, s in hits.items() if re.search(rf"\b{re.escape(k.rsplit('.', 1)[-1])}\b", problem)]
+    specs = named or list(hits.values())
+    return f" (from --set {', --set '.join(specs)})" if specs else ""
+
+
 def validate_profile(profile: Profile, assets_defs: list[dg.AssetsDefinition]) -> None:
     """Build every asset's config as a run would, collecting all problems into one ValueError."""
     classes = config_classes(assets_defs)
-    problems = []
+    problems: list[tuple[str, str]] = []
     for asset, values in profile.assets.items():
         if asset not in classes:
-            problems.append(f"assets.{asset}: no such configurable asset; choose from {', '.join(sorted(classes))}")
+            choices = ", ".join(sorted(classes))
+            problems.append((f"assets.{asset}", f"no such configurable asset; choose from {choices}"))
             continue
-        fields = classes[asset].model_fields
-        for unknown in sorted(set(values) - set(fields)):
-            problems.append(f"assets.{asset}.{unknown}: unknown field; valid fields: {', '.join(sorted(fields))}")
+        problems += _unknown_fields(classes[asset], values, f"assets.{asset}")
         try:
             cfg = classes[asset](**values)
             if hasattr(cfg, "to_lmcore"):
@@ -134,8 +255,10 @@ def validate_profile(profile: Profile, assets_defs: list[dg.AssetsDefinition]) -
         except pydantic.ValidationError as exc:
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"])
-                problems.append(f"assets.{asset}.{field}: {err['msg']} (got {err.get('input')!r})")
+                problems.append((f"assets.{asset}.{field}", f"{err['msg']} (got {err.get('input')!r})"))
         except ValueError as exc:
-            problems.append(f"assets.{asset}: {exc}")
+            problems.append((f"assets.{asset}", str(exc)))
     if problems:
-        raise ValueError(f"profile {profile.name!r} is invalid:\n  " + "\n  ".join(problems))
+        lines = [f"{path}: {problem}{_origin(path, problem, profile.overrides)}" for path, problem in problems]
+        what = f"profile {profile.name!r}" + (" with its --set overrides" if profile.overrides else "")
+        raise ValueError(f"{what} is invalid:\n  " + "\n  ".join(lines))

@@ -2,15 +2,14 @@
 
 import dagster as dg
 
-import lmcore.data.shards
-from assets.data.tokenizer import TOKENIZER_FILE
+from assets.artifacts import Splits, TokenizerFile, TokenShards
 from assets.plots import bar_chart
 from assets.progress import reporter
 from assets.resources import ArtifactStore
-from assets.stage import code_version, load_manifest, output, run_stage
-from lmcore.data.shards import open_split, tokenize_splits, verify_shards
-from lmcore.data.splits import SPLITS, split_paths
-from lmcore.data.tokenizer import EOT, load_tokenizer
+from assets.stage import result
+from assets.versions import code_version_of
+from lmcore.data.shards import tokenize_splits, verify_shards
+from lmcore.data.splits import SPLITS
 
 
 class TokenShardsConfig(dg.Config):
@@ -18,56 +17,54 @@ class TokenShardsConfig(dg.Config):
     """Token ids per shard; also the writer's whole buffer, so it bounds memory."""
 
 
-@dg.asset(group_name="data", kinds={"arrow"}, code_version=code_version(lmcore.data.shards))
+@dg.asset(group_name="data", kinds={"arrow"}, code_version=code_version_of(__name__))
 def token_shards(
-    context: dg.AssetExecutionContext, config: TokenShardsConfig, splits: dict, tokenizer: dict, store: ArtifactStore
-) -> dg.Output:
+    context: dg.AssetExecutionContext,
+    config: TokenShardsConfig,
+    splits: Splits,
+    tokenizer: TokenizerFile,
+    store: ArtifactStore,
+) -> TokenShards:
     """uint16/uint32 token ids per split, <|endoftext|> after each document, manifest last."""
-    split_root, split_manifest = load_manifest(store, splits)
-    tok_path, tok_manifest = load_manifest(store, tokenizer)
-    tok = load_tokenizer(tok_path / TOKENIZER_FILE)
-    files = {s: split_paths(split_root, s, split_manifest) for s in SPLITS}
-    progress = reporter(context, "token_shards")
-    ref = run_stage(
+    tok, progress = tokenizer.tokenizer, reporter(context, "token_shards")
+    shards = TokenShards.publish(
         store,
         "token_shards",
         lambda out: tokenize_splits(
             tok,
-            files,
+            {s: splits.paths(s) for s in SPLITS},
             out,
-            eot_id=tok.token_to_id(EOT),
+            eot_id=tok.eot_id,
             shard_tokens=config.shard_tokens,
             progress=progress,
-            tokenizer_sha256=tok_manifest["sha256"],
-            split_bytes={s: split_manifest["splits"][s]["bytes"] for s in SPLITS},
-        ),
+            tokenizer_sha256=tokenizer.sha256,
+            split_bytes={s: splits.manifest["splits"][s]["bytes"] for s in SPLITS},
+        ),  # fmt: skip
     )
-    _, manifest = load_manifest(store, ref)
-    tokens = {s: manifest["splits"][s]["tokens"] for s in SPLITS}
+    by_split = shards.manifest["splits"]
+    tokens = {s: by_split[s]["tokens"] for s in SPLITS}
     metadata = {f"{s}_tokens": n for s, n in tokens.items()}
     metadata |= {
-        "dtype": manifest["dtype"],
-        "shards": sum(len(manifest["splits"][s]["shards"]) for s in SPLITS),
+        "dtype": shards.manifest["dtype"],
+        "shards": sum(len(by_split[s]["shards"]) for s in SPLITS),
         "tokens_per_split": bar_chart("Tokens per split", tokens),
     }
-    return output(ref, metadata, config=config, inputs={"splits": splits, "tokenizer": tokenizer})
+    return result(context, shards, metadata, config=config, inputs={"splits": splits, "tokenizer": tokenizer})
 
 
 @dg.asset_check(asset=token_shards, blocking=True, description="Shards match the manifest's sha256 digests.")
-def token_shards_digests(token_shards: dict, store: ArtifactStore) -> dg.AssetCheckResult:
-    root, _ = load_manifest(store, token_shards)
-    problems = verify_shards(root)
+def token_shards_digests(token_shards: TokenShards) -> dg.AssetCheckResult:
+    problems = verify_shards(token_shards.path)
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
 
 
 @dg.asset_check(
     asset=token_shards, blocking=True, description="Every split has tokens and no id is >= the vocabulary size."
 )
-def token_shards_ids_in_range(token_shards: dict, store: ArtifactStore) -> dg.AssetCheckResult:
-    root, manifest = load_manifest(store, token_shards)
-    vocab, max_id, empty = manifest["vocab_size"], -1, []
+def token_shards_ids_in_range(token_shards: TokenShards) -> dg.AssetCheckResult:
+    vocab, max_id, empty = token_shards.vocab_size, -1, []
     for split in SPLITS:
-        arrays = open_split(root, split).arrays
+        arrays = token_shards.split(split).arrays
         if not any(a.size for a in arrays):
             empty.append(split)
         max_id = max([max_id] + [int(a.max()) for a in arrays if a.size])

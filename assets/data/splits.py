@@ -3,51 +3,39 @@
 import dagster as dg
 import pyarrow.parquet as pq
 
-import lmcore.data.splits
+from assets.artifacts import Documents, Splits
+from assets.config import config_from
 from assets.plots import bar_chart
 from assets.progress import reporter
 from assets.resources import ArtifactStore
-from assets.stage import code_version, load_manifest, output, run_stage
-from lmcore.data.splits import SPLITS, SplitConfig, split_corpus, split_paths
+from assets.stage import result
+from assets.versions import code_version_of
+from lmcore.data.splits import SPLITS, SplitConfig, split_corpus
+
+SplitsConfig = config_from(SplitConfig, name="SplitsConfig")
 
 
-class SplitsConfig(dg.Config):
-    val_fraction: float = 0.05
-    """Fraction of documents for validation."""
-    test_fraction: float = 0.05
-    """Fraction of documents for test."""
-    seed: int = 0
-    """Hash salt; keep it fixed across retrains so documents keep their split."""
-
-    def to_lmcore(self) -> SplitConfig:
-        return SplitConfig(val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed)
-
-
-@dg.asset(group_name="data", kinds={"parquet"}, code_version=code_version(lmcore.data.splits))
+@dg.asset(group_name="data", kinds={"parquet"}, code_version=code_version_of(__name__))
 def splits(
-    context: dg.AssetExecutionContext, config: SplitsConfig, clean_corpus: dict, store: ArtifactStore
-) -> dg.Output:
+    context: dg.AssetExecutionContext, config: SplitsConfig, clean_corpus: Documents, store: ArtifactStore
+) -> Splits:
     """The cleaned documents divided into train, val and test Parquet shards."""
-    cfg = config.to_lmcore()
-    clean_path, clean_manifest = load_manifest(store, clean_corpus)
-    in_paths = [clean_path / s["path"] for s in clean_manifest["shards"]]
-    progress = reporter(context, "splits")
-    ref = run_stage(store, "splits", lambda out: split_corpus(cfg, in_paths, out, progress=progress))
-    _, manifest = load_manifest(store, ref)
-    docs = {s: manifest["splits"][s]["documents"] for s in SPLITS}
+    cfg, progress = config.to_lmcore(), reporter(context, "splits")
+    out = Splits.publish(store, "splits", lambda d: split_corpus(cfg, clean_corpus.shard_paths, d, progress=progress))
+    by_split = out.manifest["splits"]
+    docs = {s: by_split[s]["documents"] for s in SPLITS}
     metadata = {f"{s}_documents": n for s, n in docs.items()}
-    metadata |= {f"{s}_bytes": manifest["splits"][s]["bytes"] for s in SPLITS}
+    metadata |= {f"{s}_bytes": by_split[s]["bytes"] for s in SPLITS}
     metadata["documents_per_split"] = bar_chart("Documents per split", docs)
-    return output(ref, metadata, config=config, inputs={"clean_corpus": clean_corpus})
+    return result(context, out, metadata, config=config, inputs={"clean_corpus": clean_corpus})
 
 
 @dg.asset_check(asset=splits, blocking=True, description="Every split has documents and no doc_id is in two splits.")
-def splits_disjoint_and_non_empty(splits: dict, store: ArtifactStore) -> dg.AssetCheckResult:
-    root, manifest = load_manifest(store, splits)
+def splits_disjoint_and_non_empty(splits: Splits) -> dg.AssetCheckResult:
     ids: dict[str, set[str]] = {}
     for split in SPLITS:
         ids[split] = set()
-        for path in split_paths(root, split, manifest):
+        for path in splits.paths(split):
             ids[split].update(pq.read_table(path, columns=["doc_id"]).column(0).to_pylist())
     overlap = sum(len(ids[a] & ids[b]) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1 :])
     empty = [s for s in SPLITS if not ids[s]]

@@ -1,30 +1,27 @@
 """``evaluation_report``: every number next to its baseline.
 
-The classifier is scored three ways on one test split (the LM fine-tuned to write the
-label, the LM with a classification head, and a bag-of-words logistic regression); the
-final report puts perplexity and bits per byte (model vs n-gram), ROUGE (fine-tuned vs
-base model) and accuracy (best LM classifier vs bag of words) in one table.
+One table: perplexity and bits per byte (model vs n-gram), ROUGE (fine-tuned vs base model
+on held-out instructions) and accuracy (best LM classifier vs bag of words), with sample
+generations; also ``$LMPIPE_HOME/reports/evaluation.{json,md}``.
 """
 
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-import lmcore.eval.baselines
-import lmcore.eval.rouge
-import lmcore.finetune.adapt
-import lmcore.finetune.classify
-from assets.data.tokenizer import TOKENIZER_FILE
+from assets.artifacts import Checkpoint, Report, SftData, TokenizerFile
 from assets.progress import reporter
 from assets.resources import ArtifactStore
-from assets.stage import code_version, load_manifest, output, run_stage
-from lmcore.data.tokenizer import load_tokenizer
+from assets.stage import result
+from assets.versions import code_version_of
+from lmcore.data.tokenizer import Tokenizer
 from lmcore.eval.rouge import rouge_batch
+from lmcore.finetune.classify import METHODS
 from lmcore.finetune.sft import chat_generate
-from lmcore.finetune.sft_data import read_sft_dataset
-from lmcore.io import read_json, write_json
-from lmcore.model.checkpoint import load_trained_model
+
+_COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("model"), dg.TableColumn("value", "float"),
+            dg.TableColumn("baseline"), dg.TableColumn("baseline_value", "float"),
+            dg.TableColumn("beats_baseline", "bool")]  # fmt: skip
 
 
 class EvaluationConfig(dg.Config):
@@ -33,7 +30,7 @@ class EvaluationConfig(dg.Config):
     max_new_tokens: int = 96
 
 
-def _rouge(models: dict[str, Any], tok: Any, heldout: list, config: EvaluationConfig, progress) -> dict[str, Any]:
+def _rouge(models: dict[str, Any], tok: Tokenizer, heldout: list, config: EvaluationConfig, progress) -> dict[str, Any]:
     refs = [ex.reference for ex in heldout]
     out: dict[str, Any] = {"examples": len(heldout), "samples": []}
     generations = {}
@@ -58,34 +55,12 @@ def _row(metric: str, model: float, baseline: float, higher_is_better: bool, mod
             "baseline_value": round(baseline, 4), "beats_baseline": beats}  # fmt: skip
 
 
-@dg.asset(
-    group_name="evaluation",
-    kinds={"json"},
-    code_version=code_version(lmcore.eval.rouge),
-    automation_condition=dg.AutomationCondition.eager(),
-)
-def evaluation_report(
-    context: dg.AssetExecutionContext,
-    config: EvaluationConfig,
-    perplexity_report: dict,
-    classifier_report: dict,
-    pretrained_model: dict,
-    sft_model: dict,
-    sft_dataset: dict,
-    tokenizer: dict,
-    store: ArtifactStore,
-) -> dg.Output:
-    """One table: perplexity and bits per byte, ROUGE, accuracy, each next to the baseline it must beat."""
-    tok_path, _ = load_manifest(store, tokenizer)
-    tok = load_tokenizer(tok_path / TOKENIZER_FILE)
-    _, heldout, _ = read_sft_dataset(load_manifest(store, sft_dataset)[0])
-    models = {
-        "base": load_trained_model(pretrained_model["path"])[0],
-        "fine_tuned": load_trained_model(sft_model["path"])[0],
-    }
-    rouge = _rouge(models, tok, heldout[: config.rouge_examples], config, reporter(context, "evaluation_report"))
-    ppl = read_json(Path(store.local_path(perplexity_report["path"])) / "manifest.json")["splits"]["test"]
-    cls = read_json(Path(store.local_path(classifier_report["path"])) / "manifest.json")
+def _scores(cls: dict[str, Any], method: str) -> dict[str, Any]:
+    return {k: cls[method][k] for k in ("accuracy", "macro_f1")}
+
+
+def _report(ppl: dict[str, Any], rouge: dict[str, Any], cls: dict[str, Any]) -> dict[str, Any]:
+    """The figures of ``evaluation.json`` and the table rows, each metric next to its baseline."""
     lm_methods = [m for m in ("label_lm", "head") if m in cls]
     best = max(lm_methods, key=lambda m: cls[m]["accuracy"]) if lm_methods else None
     report = {
@@ -93,54 +68,62 @@ def evaluation_report(
         "bits_per_byte": {"model": ppl["model"]["bits_per_byte"], "baseline": ppl["ngram"]["bits_per_byte"]},
         "rouge": {"model": rouge["fine_tuned"], "baseline": rouge["base"], "examples": rouge["examples"]},
         "classification": {
-            "model": {"method": best, **{k: cls[best][k] for k in ("accuracy", "macro_f1")}} if best else None,
-            "baseline": {"method": "bow", **{k: cls["bow"][k] for k in ("accuracy", "macro_f1")}}
-            if "bow" in cls
-            else None,
-            "all": {
-                m: {k: cls[m][k] for k in ("accuracy", "macro_f1")}
-                for m in lmcore.finetune.classify.METHODS
-                if m in cls
-            },
+            "model": {"method": best, **_scores(cls, best)} if best else None,
+            "baseline": {"method": "bow", **_scores(cls, "bow")} if "bow" in cls else None,
+            "all": {m: _scores(cls, m) for m in METHODS if m in cls},
         },
         "samples": rouge["samples"],
     }
+    tuned, base = rouge["fine_tuned"], rouge["base"]
     rows = [
         _row("perplexity (test)", report["perplexity"]["model"], report["perplexity"]["baseline"], False,
              "model", "n-gram"),
         _row("bits per byte (test)", report["bits_per_byte"]["model"], report["bits_per_byte"]["baseline"], False,
              "model", "n-gram"),
-        _row("ROUGE-L F", rouge["fine_tuned"]["rougeL"]["fmeasure"], rouge["base"]["rougeL"]["fmeasure"], True,
-             "fine-tuned", "base"),
-        _row("ROUGE-1 F", rouge["fine_tuned"]["rouge1"]["fmeasure"], rouge["base"]["rouge1"]["fmeasure"], True,
-             "fine-tuned", "base"),
+        _row("ROUGE-L F", tuned["rougeL"]["fmeasure"], base["rougeL"]["fmeasure"], True, "fine-tuned", "base"),
+        _row("ROUGE-1 F", tuned["rouge1"]["fmeasure"], base["rouge1"]["fmeasure"], True, "fine-tuned", "base"),
     ]  # fmt: skip
     if best and "bow" in cls:
         rows.append(_row("accuracy", cls[best]["accuracy"], cls["bow"]["accuracy"], True, best, "bag of words"))
         rows.append(_row("macro-F1", cls[best]["macro_f1"], cls["bow"]["macro_f1"], True, best, "bag of words"))
     report["table"] = rows
-    markdown = _markdown(rows, report["samples"])
+    return report
 
-    def build(out: Path) -> None:
-        write_json(out / "manifest.json", report)
-        (out / "evaluation.md").write_text(markdown)
 
-    ref = run_stage(store, "evaluation_report", build)
-    write_json(store.reports_dir() / "evaluation.json", report)
-    (store.reports_dir() / "evaluation.md").write_text(markdown)
-    columns = [dg.TableColumn("metric"), dg.TableColumn("model"), dg.TableColumn("value", "float"),
-               dg.TableColumn("baseline"), dg.TableColumn("baseline_value", "float"),
-               dg.TableColumn("beats_baseline", "bool")]  # fmt: skip
-    return output(
-        ref,
-        {
-            "report": dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=dg.TableSchema(columns=columns)),
-            "markdown": dg.MetadataValue.md(markdown),
-            **{r["metric"]: r["value"] for r in rows},
-        },
-        config=config,
-        inputs={"perplexity_report": perplexity_report, "classifier_report": classifier_report, "sft_model": sft_model},
-    )
+@dg.asset(
+    group_name="evaluation",
+    kinds={"json"},
+    code_version=code_version_of(__name__),
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    perplexity_report: Report,
+    classifier_report: Report,
+    pretrained_model: Checkpoint,
+    sft_model: Checkpoint,
+    sft_dataset: SftData,
+    tokenizer: TokenizerFile,
+    store: ArtifactStore,
+) -> Report:
+    """One table: perplexity and bits per byte, ROUGE, accuracy, each next to the baseline it must beat."""
+    _, heldout, _ = sft_dataset.read()
+    models = {"base": pretrained_model.load(), "fine_tuned": sft_model.load()}
+    progress = reporter(context, "evaluation_report")
+    rouge = _rouge(models, tokenizer.tokenizer, heldout[: config.rouge_examples], config, progress)
+    report = _report(perplexity_report.manifest["splits"]["test"], rouge, classifier_report.manifest)
+    markdown = _markdown(report["table"], report["samples"])
+    published = Report.write(store, "evaluation_report", report, name="evaluation", markdown=markdown)
+    metadata = {
+        "report": dg.MetadataValue.table(
+            [dg.TableRecord(r) for r in report["table"]], schema=dg.TableSchema(columns=_COLUMNS)
+        ),
+        "markdown": dg.MetadataValue.md(markdown),
+        **{r["metric"]: r["value"] for r in report["table"]},
+    }
+    inputs = {"perplexity_report": perplexity_report, "classifier_report": classifier_report, "sft_model": sft_model}
+    return result(context, published, metadata, config=config, inputs=inputs)
 
 
 def _markdown(rows: list[dict[str, Any]], samples: list[dict[str, str]]) -> str:

@@ -2,22 +2,18 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-import lmcore.eval.baselines
-import lmcore.eval.rouge
-import lmcore.finetune.adapt
-import lmcore.finetune.classify
+from assets.artifacts import LabeledData, Splits
 from assets.resources import ArtifactStore
-from assets.stage import code_version, load_manifest, output, run_stage
-from lmcore.data.splits import SPLITS, split_paths
+from assets.stage import result
+from assets.versions import code_version_of
+from lmcore.data.splits import SPLITS
 from lmcore.eval.baselines import load_labeled
-from lmcore.finetune.tasks import classification_examples
+from lmcore.finetune.tasks import DERIVED, classification_examples
 from lmcore.io import read_parquet_rows, write_json
-
-DERIVED = "derived:python-docs"
-_PARTS = ("train", "validation", "test")
 
 
 class LabeledDataConfig(dg.Config):
@@ -29,58 +25,55 @@ class LabeledDataConfig(dg.Config):
     label_field: str = "label"
 
 
-def _derived_examples(store: ArtifactStore, splits: dict) -> dict[str, list[dict[str, str]]]:
+def _derived_examples(splits: Splits) -> dict[str, list[dict[str, str]]]:
     """Docstring -> module family examples, each in the split of the document it came from."""
-    root, manifest = load_manifest(store, splits)
     split_of, rows = {}, []
     for split in SPLITS:
-        for row in read_parquet_rows(split_paths(root, split, manifest)):
+        for row in read_parquet_rows(splits.paths(split)):
             split_of[row["doc_id"]] = split
             rows.append(row)
     examples, _ = classification_examples(rows)
     part = {"train": "train", "val": "validation", "test": "test"}
-    out: dict[str, list[dict[str, str]]] = {p: [] for p in _PARTS}
+    out: dict[str, list[dict[str, str]]] = {p: [] for p in LabeledData.PARTS}
     for ex in examples:
         out[part[split_of[ex["doc_id"]]]].append({"text": ex["text"], "label": ex["label"]})
     return out
 
 
-@dg.asset(
-    group_name="finetune", kinds={"json"}, code_version=code_version(lmcore.eval.baselines, lmcore.finetune.classify)
-)
-def labeled_data(config: LabeledDataConfig, splits: dict, store: ArtifactStore) -> dg.Output:
+def _from_files(config: LabeledDataConfig) -> tuple[dict[str, list[dict[str, str]]], dict[str, Any]]:
+    parts, stats = {}, {}
+    for name in LabeledData.PARTS:
+        path = getattr(config, name)
+        if not path:
+            raise ValueError(f"labeled_data.{name}: no file given; set it to a JSONL file of text and label")
+        texts, labels, stats[name] = load_labeled(path, config.text_field, config.label_field)
+        parts[name] = [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)]
+    return parts, stats
+
+
+@dg.asset(group_name="finetune", kinds={"json"}, code_version=code_version_of(__name__))
+def labeled_data(
+    context: dg.AssetExecutionContext, config: LabeledDataConfig, splits: Splits, store: ArtifactStore
+) -> LabeledData:
     """Labeled texts for classification, as train/validation/test JSONL; bad lines counted and skipped."""
 
     def build(out: Path) -> None:
         if config.train == DERIVED:
-            parts = _derived_examples(store, splits)
-            for name in _PARTS:
-                (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in parts[name]))
-            stats = {name: {"rows": len(parts[name])} for name in _PARTS}
+            parts = _derived_examples(splits)
+            stats = {name: {"rows": len(rows)} for name, rows in parts.items()}
         else:
-            stats = {}
-            for name in _PARTS:
-                path = getattr(config, name)
-                if not path:
-                    raise ValueError(f"labeled_data.{name}: no file given; set it to a JSONL file of text and label")
-                texts, labels, stats[name] = load_labeled(path, config.text_field, config.label_field)
-                rows = [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)]
-                (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        write_json(out / "manifest.json", {"stats": stats, "files": [f"{n}.jsonl" for n in _PARTS]})
+            parts, stats = _from_files(config)
+        for name, rows in parts.items():
+            (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_json(out / "manifest.json", {"stats": stats, "files": [f"{n}.jsonl" for n in LabeledData.PARTS]})
 
-    ref = run_stage(store, "labeled_data", build)
-    path, manifest = load_manifest(store, ref)
-    counts = {n: _read(path, n)[1] for n in _PARTS}
-    classes = sorted(set(counts["train"]))
-    metadata = {f"{n}_rows": len(counts[n]) for n in _PARTS}
+    data = LabeledData.publish(store, "labeled_data", build)
+    labels = {n: data.part(n)[1] for n in LabeledData.PARTS}
+    classes = sorted(set(labels["train"]))
+    metadata: dict[str, Any] = {f"{n}_rows": len(labels[n]) for n in LabeledData.PARTS}
     metadata |= {
         "classes": len(classes),
         "labels": ", ".join(classes),
-        "stats": dg.MetadataValue.json(manifest["stats"]),
+        "stats": dg.MetadataValue.json(data.manifest["stats"]),
     }
-    return output(ref, metadata, config=config, inputs={"splits": splits})
-
-
-def _read(path: Path, name: str) -> tuple[list[str], list[str]]:
-    rows = [json.loads(line) for line in (path / f"{name}.jsonl").read_text().splitlines() if line]
-    return [r["text"] for r in rows], [r["label"] for r in rows]
+    return result(context, data, metadata, config=config, inputs={"splits": splits})

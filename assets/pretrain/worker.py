@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             model_config_from(spec["model"]),
             TrainConfig.from_dict(spec["train"]),
             Path(spec["shard_root"]),
-            Path(spec["run_dir"]),
+            Path(spec["runs_dir"]),
             callback=(lambda record: pipes.log.info(json.dumps(record))) if main_rank else None,
             meta_extra=spec.get("meta_extra"),
         )

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from lmcore.data.tokenizer import Tokenizer
 from lmcore.io import ProgressFn, atomic_path, iter_texts, read_json, sha256_file, write_json
 
 MANIFEST = "manifest.json"
@@ -87,7 +88,7 @@ class TokenShardWriter:
 
 
 def encode_documents(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     texts: Iterable[str],
     *,
     eot_id: int,
@@ -112,7 +113,7 @@ def encode_documents(
         yield _encode_batch(tokenizer, batch, eot_id), len(batch)
 
 
-def _encode_batch(tokenizer: Any, texts: list[str], eot_id: int) -> np.ndarray:
+def _encode_batch(tokenizer: Tokenizer, texts: list[str], eot_id: int) -> np.ndarray:
     encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
     parts: list[int] = []
     for enc in encodings:
@@ -176,7 +177,7 @@ def write_manifest(root: str | Path, splits: dict[str, dict[str, Any]], **extra:
 
 
 def tokenize_splits(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     split_files: dict[str, list[Path]],
     out_dir: str | Path,
     *,

@@ -2,7 +2,9 @@
 
 The tokenizer is trained on the train split only. Special tokens take the first ids in
 a fixed order, so ``<|endoftext|>`` is always 0 and ``<|pad|>`` 1. Same corpus and config
-give a byte-identical ``tokenizer.json``. This module knows nothing of shards or models.
+give a byte-identical ``tokenizer.json``. :class:`Tokenizer` is what the rest of lmcore
+takes: the HF tokenizer with its special ids looked up once. This module knows nothing of
+shards or models.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmcore.io import atomic_path, sha256_file
 
@@ -47,9 +50,36 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig.max_piece_chars={self.max_piece_chars}: must be >= 0")
 
 
-def new_tokenizer() -> Tokenizer:
+class Tokenizer:
+    """A byte-level BPE tokenizer with the four special ids as attributes.
+
+    Everything else (``encode``, ``encode_batch_fast``, ``decode``, ``token_to_id``,
+    ``get_vocab_size``, ...) is the wrapped ``tokenizers.Tokenizer``'s, available as ``hf``.
+    """
+
+    def __init__(self, hf: HFTokenizer) -> None:
+        ids = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
+        if missing := [t for t, i in ids.items() if i is None]:
+            raise ValueError(f"the tokenizer has no {missing} tokens; train it with lmcore.data.tokenizer")
+        self.hf = hf
+        self.eot_id: int = ids[EOT]
+        self.pad_id: int = ids[PAD]
+        self.im_start_id: int = ids[IM_START]
+        self.im_end_id: int = ids[IM_END]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "hf":  # not set yet (copy/unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.hf, name)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+
+def new_tokenizer() -> HFTokenizer:
     """An untrained byte-level BPE tokenizer (GPT-2 style pre-tokenization, no prefix space)."""
-    tok = Tokenizer(models.BPE())
+    tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     return tok
@@ -81,14 +111,14 @@ def train_tokenizer(config: TokenizerConfig, texts: Iterable[str], out_path: Pat
     assert ids == list(range(len(SPECIAL_TOKENS))), f"special tokens got ids {ids}"
     with atomic_path(out_path) as tmp:
         tok.save(str(tmp), pretty=False)
-    return tok
+    return Tokenizer(tok)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no tokenizer; materialize the tokenizer asset first")
-    return Tokenizer.from_file(str(path))
+    return Tokenizer(HFTokenizer.from_file(str(path)))
 
 
 def tokenizer_stats(tok: Tokenizer, path: Path, sample_texts: list[str]) -> dict[str, Any]:

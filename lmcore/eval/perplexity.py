@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from lmcore.data.tokenizer import Tokenizer
 from lmcore.eval.ngram import NGramLM
 from lmcore.model.gpt import GPT
 
@@ -41,7 +41,7 @@ def eval_slices(arrays: Sequence[np.ndarray], max_tokens: int | None = None) -> 
     return out
 
 
-def token_byte_lengths(tokenizer: Any) -> np.ndarray:
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """UTF-8 byte length of each id of a byte-level BPE ``tokenizers.Tokenizer``; special tokens count 0.
 
     In the byte-level alphabet every character of a token stands for one byte, so decoding
@@ -157,7 +157,7 @@ def evaluate_ngram(
 
 def perplexity_comparison(
     model: GPT,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     split_arrays: dict[str, Sequence[np.ndarray]],
     train_arrays: Sequence[np.ndarray],
     *,

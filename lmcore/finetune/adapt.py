@@ -12,17 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmcore.data.tokenizer import EOT, PAD
+from lmcore.data.tokenizer import Tokenizer
 from lmcore.finetune.chat import encode_plain
 from lmcore.finetune.sft import finetune, init_model_config
 from lmcore.finetune.sft_data import SFTExample, pack_examples
 from lmcore.train.config import TrainConfig
-from lmcore.train.loop import Callback
+from lmcore.train.job import Callback
 
 
-def text_examples(texts: Sequence[str], tokenizer: Any, context_length: int) -> list[SFTExample]:
+def text_examples(texts: Sequence[str], tokenizer: Tokenizer, context_length: int) -> list[SFTExample]:
     """Each text as a plain LM example (first ``context_length`` tokens + ``<|endoftext|>``), loss on every token."""
-    eot = tokenizer.token_to_id(EOT)
+    eot = tokenizer.eot_id
     out = []
     for ids in encode_plain(tokenizer, list(texts)):
         ids = ids[:context_length] + [eot]
@@ -35,8 +35,8 @@ def adapt_lm(
     train_config: TrainConfig,
     train_texts: Sequence[str],
     validation_texts: Sequence[str],
-    tokenizer: Any,
-    run_dir: Path,
+    tokenizer: Tokenizer,
+    runs_dir: Path,
     *,
     callback: Callback | None = None,
 ) -> dict[str, Any]:
@@ -46,6 +46,4 @@ def adapt_lm(
         pack_examples(text_examples(t, tokenizer, mc.context_length), mc.context_length)
         for t in (train_texts, validation_texts)
     ]
-    return finetune(
-        init_checkpoint, train_config, *splits, run_dir, pad_id=tokenizer.token_to_id(PAD), callback=callback
-    )
+    return finetune(init_checkpoint, train_config, *splits, runs_dir, pad_id=tokenizer.pad_id, callback=callback)

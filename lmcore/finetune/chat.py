@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lmcore.data.tokenizer import IM_END, IM_START
+from lmcore.data.tokenizer import IM_END, IM_START, Tokenizer
 
 ROLES = ("system", "user", "assistant")
 DROPPED_NO_ASSISTANT = "no_assistant_tokens_after_truncation"
@@ -52,30 +52,27 @@ class Turn:
 
 
 @contextlib.contextmanager
-def plain_text(tokenizer: Any) -> Iterator[None]:
+def plain_text(tokenizer: Tokenizer) -> Iterator[None]:
     """Encode special-token strings as ordinary text inside the block, then restore the setting.
 
     Not thread-safe for a tokenizer shared between threads: the switch lives on the tokenizer.
     """
     before = tokenizer.encode_special_tokens
-    tokenizer.encode_special_tokens = True
+    tokenizer.hf.encode_special_tokens = True
     try:
         yield
     finally:
-        tokenizer.encode_special_tokens = before
+        tokenizer.hf.encode_special_tokens = before
 
 
-def encode_plain(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+def encode_plain(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text with special-token strings encoded as plain text."""
     with plain_text(tokenizer):
         return [e.ids for e in tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
 
 
-def _special(tokenizer: Any) -> tuple[int, int]:
-    start, end = tokenizer.token_to_id(IM_START), tokenizer.token_to_id(IM_END)
-    if start is None or end is None:
-        raise ValueError(f"the tokenizer has no {IM_START}/{IM_END} tokens; train it with lmcore.data.tokenizer")
-    return start, end
+def _special(tokenizer: Tokenizer) -> tuple[int, int]:
+    return tokenizer.im_start_id, tokenizer.im_end_id
 
 
 def check_messages(messages: Sequence[dict[str, Any]]) -> None:
@@ -103,7 +100,7 @@ def _truncation_target(messages: Sequence[dict[str, Any]]) -> int | None:
 
 
 def render_chatml(
-    messages: Sequence[dict[str, Any]], tokenizer: Any, *, context_length: int | None = None
+    messages: Sequence[dict[str, Any]], tokenizer: Tokenizer, *, context_length: int | None = None
 ) -> ChatExample:
     """Render ``messages`` as ChatML ids with the assistant loss mask.
 
@@ -147,7 +144,7 @@ def render_chatml(
     return ChatExample(ids=ids, mask=mask, truncated=truncated)
 
 
-def prompt_ids(messages: Sequence[dict[str, Any]], tokenizer: Any) -> list[int]:
+def prompt_ids(messages: Sequence[dict[str, Any]], tokenizer: Tokenizer) -> list[int]:
     """Ids of ``messages`` (the conversation so far, without the answer) plus ``<|im_start|>assistant\\n``.
 
     Generation continues from here and should stop at the ``<|im_end|>`` id.
@@ -157,7 +154,7 @@ def prompt_ids(messages: Sequence[dict[str, Any]], tokenizer: Any) -> list[int]:
     return rendered.ids + [start] + encode_plain(tokenizer, ["assistant\n"])[0]
 
 
-def parse_chatml(ids: Sequence[int], tokenizer: Any) -> list[Turn]:
+def parse_chatml(ids: Sequence[int], tokenizer: Tokenizer) -> list[Turn]:
     """Locate every message in rendered ``ids``; raise ValueError naming the position of anything else.
 
     Between messages only the rendered ``"\\n"`` is allowed. The last message may be open
@@ -189,7 +186,7 @@ def parse_chatml(ids: Sequence[int], tokenizer: Any) -> list[Turn]:
     return turns
 
 
-def decode_chatml(ids: Sequence[int], tokenizer: Any) -> list[dict[str, str]]:
+def decode_chatml(ids: Sequence[int], tokenizer: Tokenizer) -> list[dict[str, str]]:
     """Messages ``[{"role", "content"}]`` of rendered ``ids``; inverse of :func:`render_chatml` (untruncated)."""
     turns = parse_chatml(ids, tokenizer)
     return [
@@ -198,7 +195,7 @@ def decode_chatml(ids: Sequence[int], tokenizer: Any) -> list[dict[str, str]]:
     ]
 
 
-def assistant_mask(ids: Sequence[int], tokenizer: Any) -> list[int]:
+def assistant_mask(ids: Sequence[int], tokenizer: Tokenizer) -> list[int]:
     """The loss mask that ``ids`` should carry, derived from the ids alone (for checks)."""
     mask = [0] * len(ids)
     for t in parse_chatml(ids, tokenizer):
@@ -208,7 +205,7 @@ def assistant_mask(ids: Sequence[int], tokenizer: Any) -> list[int]:
     return mask
 
 
-def check_example(messages: Sequence[dict[str, Any]], example: ChatExample, tokenizer: Any) -> list[str]:
+def check_example(messages: Sequence[dict[str, Any]], example: ChatExample, tokenizer: Tokenizer) -> list[str]:
     """Problems with a rendered example: it must decode back to ``messages`` (when not truncated)
     and its mask must cover exactly the assistant spans. Empty list when all is well."""
     if example.dropped:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmcore.data.tokenizer import IM_END
+from lmcore.data.tokenizer import Tokenizer
 from lmcore.finetune.chat import prompt_ids
 from lmcore.finetune.sft_data import SFTExample, sft_batches
 from lmcore.model.checkpoint import MODEL_FILE, load_trained_model, read_meta, verify_checkpoint
@@ -34,7 +34,8 @@ from lmcore.model.generate import generate
 from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.model.lora import LoraConfig, apply_lora, merged_copy
 from lmcore.train.config import TrainConfig
-from lmcore.train.loop import Batch, BatchSource, Callback, Job, run_job
+from lmcore.train.job import Batch, BatchSource, Callback, Job
+from lmcore.train.loop import run_job
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -139,7 +140,7 @@ def init_model_config(init_checkpoint: str | Path) -> tuple[ModelConfig, str]:
 def run_from_init(
     init_checkpoint: Path,
     train_config: TrainConfig,
-    run_dir: Path,
+    runs_dir: Path,
     *,
     sources: Callable[..., tuple[BatchSource, BatchSource | None]],
     data_version: str,
@@ -181,7 +182,7 @@ def run_from_init(
         data={"init_checkpoint": str(init), "init_sha256": init_sha, "examples_sha256": data_version, **(data or {})},
         export=merged_copy if lora else None,
     )
-    summary = run_job(lambda: job, train_config, run_dir, callback=callback, meta_extra=meta_extra)
+    summary = run_job(lambda: job, train_config, runs_dir, callback=callback, meta_extra=meta_extra)
     return {**summary, "trainable_params": counts["trainable"], "init_checkpoint": str(init)}
 
 
@@ -190,7 +191,7 @@ def finetune(
     train_config: TrainConfig,
     train_examples: Sequence[SFTExample],
     val_examples: Sequence[SFTExample],
-    run_dir: Path,
+    runs_dir: Path,
     *,
     pad_id: int,
     lora: LoraConfig | None = None,
@@ -198,6 +199,8 @@ def finetune(
     meta_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (or resume fine-tuning) the model of ``init_checkpoint`` on chat examples; return a summary.
+
+    The run lives in ``runs_dir/<run key>`` (keyed by the init weights, the examples, the config and LoRA).
 
     The summary is :func:`lmcore.train.loop.train`'s plus ``trainable_params`` and
     ``init_checkpoint``. Examples may be packed (``pack_examples``); each must fit the
@@ -222,7 +225,7 @@ def finetune(
     return run_from_init(
         init_checkpoint,
         train_config,
-        run_dir,
+        runs_dir,
         sources=sources,
         data_version=examples_digest(train_examples, val_examples),
         lora=lora,
@@ -233,16 +236,18 @@ def finetune(
 
 
 def chat_generate(
-    model: GPT, tokenizer: Any, messages: Sequence[dict[str, Any]], *, max_new_tokens: int = 256, **gen_kwargs: Any
+    model: GPT,
+    tokenizer: Tokenizer,
+    messages: Sequence[dict[str, Any]],
+    *,
+    max_new_tokens: int = 256,
+    **gen_kwargs: Any,
 ) -> str:
     """The assistant's reply to ``messages``: ChatML prompt, generation stopped at ``<|im_end|>``, decoded.
 
     ``gen_kwargs`` go to :func:`lmcore.model.generate.generate` (temperature, top_p, seed, ...).
     """
-    im_end = tokenizer.token_to_id(IM_END)
-    if im_end is None:
-        raise ValueError(f"the tokenizer has no {IM_END} token; train it with lmcore.data.tokenizer")
-    gen_kwargs.setdefault("stop_ids", (im_end,))
+    gen_kwargs.setdefault("stop_ids", (tokenizer.im_end_id,))
     out = generate(model, prompt_ids(messages, tokenizer), max_new_tokens=max_new_tokens, **gen_kwargs)
     return tokenizer.decode(out, skip_special_tokens=False)
 

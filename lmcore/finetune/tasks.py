@@ -61,6 +61,10 @@ class Entry:
     doc_id: str
 
 
+DERIVED = "derived:python-docs"
+"""The source name profiles use for these tasks (SFT records, labeled data) instead of a file."""
+
+
 def _row(row: Sequence[Any] | Mapping[str, Any]) -> tuple[str, str, str]:
     if isinstance(row, Mapping):
         return row["doc_id"], row["source"], row["text"]

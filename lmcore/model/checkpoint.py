@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,14 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     model = GPT(ModelConfig.from_dict(meta["config"]["model"])).to(device)
     load_checkpoint(path, model)
     return model.eval(), meta
+
+
+def set_aside_newer(run_dir: Path, step: int) -> None:
+    """Rename checkpoints newer than ``step`` (they failed verification) out of the way, and drop staging dirs."""
+    for s, path in list_checkpoints(run_dir):
+        if s > step:
+            aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
+            path.rename(aside)
+            log.warning("set aside corrupt checkpoint %s as %s", path, aside.name)
+    for stale in run_dir.glob(".step-*.staging"):
+        shutil.rmtree(stale, ignore_errors=True)

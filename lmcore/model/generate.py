@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lmcore.data.tokenizer import Tokenizer
 from lmcore.model.gpt import GPT, KVCache
 
 EOT = "<|endoftext|>"
@@ -151,17 +152,11 @@ def generate(
     return out
 
 
-def generate_text(model: GPT, tokenizer: Any, prompt: str, **kw: Any) -> str:
-    """Encode ``prompt`` with a HF ``tokenizers.Tokenizer``, generate, decode the continuation.
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, **kw: Any) -> str:
+    """Encode ``prompt``, generate, decode the continuation.
 
     Stops at ``<|endoftext|>`` unless ``stop_ids`` is given. ``kw`` goes to :func:`generate`.
     """
-    eot = tokenizer.token_to_id(EOT)
-    if eot is not None:
-        kw.setdefault("stop_ids", (eot,))
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    if not ids:
-        if eot is None:
-            raise ValueError(f"prompt is empty and the tokenizer has no {EOT} token to start from")
-        ids = [eot]
+    kw.setdefault("stop_ids", (tokenizer.eot_id,))
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [tokenizer.eot_id]  # empty prompt: start a doc
     return tokenizer.decode(generate(model, ids, **kw), skip_special_tokens=False)

@@ -28,9 +28,9 @@ from torch.nn import functional as F
 class LoraConfig:
     """Which Linears get adapters, and their size."""
 
-    rank: int
+    rank: int = 8
     """Inner dimension r of each adapter (A is r x in, B is out x r)."""
-    alpha: float
+    alpha: float = 16.0
     """The update is scaled by alpha / rank, so changing rank needs no new learning rate."""
     targets: tuple[str, ...] = ("attn.c_attn", "attn.c_proj")
     """Module-name suffixes to adapt (``attn.c_attn`` matches ``transformer.h.3.attn.c_attn``)."""

@@ -34,10 +34,10 @@ RESUMABLE_CHANGES = (
 class TrainConfig:
     """Optimizer, schedule, batch and bookkeeping settings of one pretraining run."""
 
-    max_steps: int
+    max_steps: int = 300
     """Optimizer steps in the whole run; a resumed run continues to the same number."""
-    batch_size: int
-    """Sequences per micro-batch per process (each of the model's context_length tokens)."""
+    batch_size: int = 8
+    """Sequences (rows of context_length tokens, or examples) per micro-batch per process."""
     grad_accum_steps: int = 1
     """Micro-batches summed into one optimizer step; tokens per step = batch*accum*T*world_size."""
     lr: float = 6e-4

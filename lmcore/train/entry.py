@@ -5,7 +5,7 @@ Dagster asset through Pipes. The JSON file holds::
 
     {"model": {"preset": "tiny", ...overrides} | {ModelConfig fields},
      "train": {TrainConfig fields},
-     "shard_root": "path/to/token_shards", "run_dir": "path/to/run",
+     "shard_root": "path/to/token_shards", "runs_dir": "path/to/runs",
      "meta_extra": {...}            optional, stored in every checkpoint's meta.json
      "window_log_dir": "path"}      optional test aid: per-rank logs of drawn windows
 
@@ -28,8 +28,8 @@ from lmcore.train.config import TrainConfig
 from lmcore.train.distributed import dist_env
 from lmcore.train.loop import train
 
-KEYS = {"model", "train", "shard_root", "run_dir", "meta_extra", "window_log_dir"}
-REQUIRED = {"model", "train", "shard_root", "run_dir"}
+KEYS = {"model", "train", "shard_root", "runs_dir", "meta_extra", "window_log_dir"}
+REQUIRED = {"model", "train", "shard_root", "runs_dir"}
 
 
 def model_config_from(spec: dict[str, Any]) -> ModelConfig:
@@ -57,7 +57,7 @@ def load_run_spec(path: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmcore.train.entry", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="JSON file: model, train, shard_root, run_dir")
+    parser.add_argument("--config", type=Path, required=True, help="JSON file: model, train, shard_root, runs_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     spec = load_run_spec(args.config)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         model_config_from(spec["model"]),
         TrainConfig.from_dict(spec["train"]),
         Path(spec["shard_root"]),
-        Path(spec["run_dir"]),
+        Path(spec["runs_dir"]),
         callback=report,
         meta_extra=spec.get("meta_extra"),
         window_log_dir=Path(window_log_dir) if window_log_dir else None,

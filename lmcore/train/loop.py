@@ -1,13 +1,16 @@
 """Pretraining loop: AdamW with warmup + cosine, grad accumulation and clipping, autocast,
 periodic validation, atomic checkpoints, exact resume, and the same code under torchrun.
 
-``train()`` is the entry for pretraining on token shards: it resumes from the newest valid
-checkpoint in ``run_dir`` when there is one (after checking the config matches), or starts
-fresh, and runs to ``max_steps``. ``run_job()`` is the same loop for any :class:`Job` (a
-model to build and :class:`BatchSource` s of batches); ``lmcore.finetune.sft`` and ``lmcore.finetune.classify``
-fine-tune through it. Progress leaves through ``callback`` (rank 0 only) and ``logging``, and is
-appended to ``run_dir/metrics.jsonl``; the loss curve is also stored in every checkpoint's
-meta.json, so the whole curve survives restarts. On CPU the same config gives the same
+``train()`` is the entry for pretraining on token shards. Every run lives in
+``runs_dir/<run key>`` (:mod:`lmcore.train.runs`: the key digests the run's identity, so the
+same model, data and loss-relevant config land in the same directory); it resumes from the
+newest valid checkpoint there when there is one, or starts fresh, and runs to ``max_steps``.
+A second process asking for the same run waits for the first (a file lock).
+``run_job()`` is the same loop for any :class:`Job` (a model to build and
+:class:`BatchSource` s of batches); ``lmcore.finetune`` fine-tunes through it. Progress
+leaves through ``callback`` (rank 0 only) and ``logging``, and is appended to
+``<run dir>/metrics.jsonl``; the loss curve is also stored in every checkpoint's meta.json,
+so the whole curve survives restarts. On CPU the same config gives the same
 losses, whether or not the run was interrupted and resumed.
 
 MFU = flops_per_token * tokens/s / (peak FLOP/s per device * world_size), the peak from
@@ -24,96 +27,51 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from lmcore.data.loader import TokenLoader
-from lmcore.data.shards import MANIFEST, load_manifest
-from lmcore.io import atomic_path, sha256_file
+from lmcore.io import atomic_path, exclusive_lock
 from lmcore.model.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
-    check_compatible,
     checkpoint_dir,
     latest_valid_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     read_meta,
     save_checkpoint,
+    set_aside_newer,
     verify_checkpoint,
 )
-from lmcore.model.gpt import GPT, ModelConfig
+from lmcore.model.gpt import ModelConfig
 from lmcore.train import distributed as D
-from lmcore.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at
+from lmcore.train.config import TrainConfig, lr_at
+from lmcore.train.job import Batch, Callback, Job, shard_job
+from lmcore.train.runs import check_resumable, run_dir, run_identity
 
 log = logging.getLogger(__name__)
 
-Callback = Callable[[dict[str, Any]], None]
 METRICS_FILE = "metrics.jsonl"
 _RESERVED_META = {"config", "data", "progress", "seed", "params", "step", "files", "format_version"}
-Batch = tuple[torch.Tensor, ...]
-"""``(x, y)`` or ``(x, y, segment_ids)``; ``segment_ids`` may be None (no packed row in the batch)."""
-
-
-class BatchSource(Protocol):
-    """Where the loop's batches come from (``TokenLoader`` for pretraining).
-
-    ``epoch`` and ``position`` say where the next batch comes from (named in errors);
-    ``state_dict`` must hold only plain values and make the source continue exactly there.
-    """
-
-    epoch: int
-    position: int
-
-    def next_batch(self) -> Batch: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class Job:
-    """What a run trains and on what; everything else (schedule, checkpoints, resume, NaN checks) is the loop's."""
-
-    model_config: ModelConfig
-    """Shape of the model; saved as ``config.model`` and its context_length is the sources' window."""
-    build_model: Callable[[], torch.nn.Module]
-    """The module to train, called once after seeding torch with the run's seed. Like GPT it must answer
-    ``forward(x, y, segment_ids=None) -> (logits, loss)``, ``configure_optimizer``, ``num_params`` and
-    ``flops_per_token``; only parameters with ``requires_grad`` are trained."""
-    sources: Callable[..., tuple[BatchSource, BatchSource | None]]
-    """``sources(context_length=, batch_size=, seed=, rank=, world_size=, validation=)``: the train source and
-    the validation source (None when ``validation`` is False)."""
-    config: dict[str, Any]
-    """Fields besides model/train/world_size that a resumed run must match (data version, init checkpoint)."""
-    data: dict[str, Any]
-    """Stored as the checkpoints' ``meta["data"]``."""
-    export: Callable[[torch.nn.Module], torch.nn.Module] | None = None
-    """When set, model.safetensors holds ``export(model)`` (e.g. LoRA merged into a plain GPT) and is not read
-    back on resume: the model is rebuilt and its trainable parameters come from optimizer.pt ("trainable"),
-    so frozen parameters must come out of ``build_model`` the same every time."""
 
 
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
     shard_root: Path,
-    run_dir: Path,
+    runs_dir: Path,
     *,
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
     window_log_dir: Path | None = None,
+    on_wait: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) to ``train_config.max_steps``; return a summary of the run.
+    """Train (or resume) to ``train_config.max_steps`` in ``runs_dir/<run key>``; return a summary of the run.
 
     ``meta_extra`` (tokenizer digest, upstream data versions, ...) is stored in every
     checkpoint's meta.json. ``window_log_dir`` (a test aid) makes each rank log the
@@ -122,23 +80,30 @@ def train(
     """
     shard_root = Path(shard_root)
     return run_job(
-        lambda: _shard_job(model_config, train_config, shard_root, window_log_dir),
+        lambda: shard_job(model_config, train_config, shard_root, window_log_dir),
         train_config,
-        run_dir,
+        runs_dir,
         callback=callback,
         meta_extra=meta_extra,
+        on_wait=on_wait,
     )
 
 
 def run_job(
     make_job: Callable[[], Job],
     train_config: TrainConfig,
-    run_dir: Path,
+    runs_dir: Path,
     *,
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
+    on_wait: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
-    """The loop of :func:`train` for any :class:`Job` (built by ``make_job`` once the process group is up)."""
+    """The loop of :func:`train` for any :class:`Job` (built by ``make_job`` once the process group is up).
+
+    The run's directory is ``runs_dir/<run key>`` (:func:`lmcore.train.runs.run_dir`), named in the summary
+    as ``run_dir``. Rank 0 holds a lock on it for the whole run; ``on_wait(run_dir)`` is called once if
+    another process holds it (that run finishes first, and this one then resumes or reuses it).
+    """
     clash = sorted(_RESERVED_META & set(meta_extra or {}))
     if clash:
         raise ValueError(f"meta_extra keys {clash} are reserved for the checkpoint's own fields; rename them")
@@ -146,48 +111,23 @@ def run_job(
     device = D.resolve_device(train_config.device, env)
     created = D.init_distributed(env, device.type)
     try:
-        run = _Run(make_job(), train_config.resolved(str(device)), Path(run_dir), env, device)
-        run.setup(callback, meta_extra or {})
-        return run.run()
+        run = _Run(make_job(), train_config.resolved(str(device)), Path(runs_dir), env, device)
+        lock = exclusive_lock(f"{run.run_dir}.lock", on_wait=lambda: on_wait and on_wait(run.run_dir))
+        with lock if env.is_main else contextlib.nullcontext():
+            run.setup(callback, meta_extra or {})
+            return run.run()
     finally:
         if created:
             D.shutdown_distributed()
 
 
-def _shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_dir: Path | None) -> Job:
-    """Pretraining: a fresh GPT on the token shards' "train" windows, validated on "val"."""
-    manifest = load_manifest(shard_root)
-    vocab = manifest.get("vocab_size")
-    if vocab is not None and vocab > mc.vocab_size:
-        raise ValueError(f"{shard_root}: tokens come from a vocabulary of {vocab}; model vocab_size={mc.vocab_size}")
-    if cfg.eval_batches and "val" not in manifest["splits"]:
-        raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
-    version = sha256_file(shard_root / MANIFEST)
-
-    def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
-        window_log = None
-        if window_log_dir is not None:
-            Path(window_log_dir).mkdir(parents=True, exist_ok=True)
-            window_log = Path(window_log_dir) / f"rank-{kw['rank']}.txt"
-        train_loader = TokenLoader.from_split(shard_root, "train", window_log=window_log, **kw)
-        return train_loader, TokenLoader.from_split(shard_root, "val", **kw) if validation else None
-
-    return Job(
-        model_config=mc,
-        build_model=lambda: GPT(mc),
-        sources=sources,
-        config={"data_version": version},
-        data={"shard_root": str(shard_root), "manifest_sha256": version},
-    )
-
-
 class _Run:
     """State of one training session (one process); ``run()`` drives it."""
 
-    def __init__(self, job: Job, cfg: TrainConfig, run_dir: Path, env: D.DistEnv, device: torch.device) -> None:
+    def __init__(self, job: Job, cfg: TrainConfig, runs_dir: Path, env: D.DistEnv, device: torch.device) -> None:
         self.job, self.mc, self.cfg, self.env, self.device = job, job.model_config, cfg, env, device
-        self.run_dir = run_dir
-        self.config = {"model": self.mc.to_dict(), "train": cfg.to_dict(), "world_size": env.world_size, **job.config}
+        self.config = run_identity(self.mc, cfg, env.world_size, job.config)
+        self.run_dir = run_dir(runs_dir, self.config)
         self.fresh_tokens = 0  # tokens trained on (all ranks) since the last account()
         self.step_tokens = 0  # tokens of the last optimizer step (all ranks)
         self.step = 0
@@ -419,14 +359,14 @@ class _Run:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = latest_valid_checkpoint(self.run_dir)
             step = -1 if path is None else read_meta(path)["step"]
-            _set_aside_newer(self.run_dir, step)
+            set_aside_newer(self.run_dir, step)
         step = D.broadcast_int(step, self.env, self.device if self.device.type == "cuda" else torch.device("cpu"))
         if step < 0:
             if self.env.is_main:
                 _truncate_metrics(self.run_dir / METRICS_FILE, 0)
             return
         path = checkpoint_dir(self.run_dir, step)
-        check_compatible(read_meta(path), self.config, ignore=RESUMABLE_CHANGES, source=path)
+        check_resumable(read_meta(path), self.config, source=path)
         if self.job.export is None:
             meta, state = load_checkpoint(path, self.raw, verify=not self.env.is_main)
         else:
@@ -478,6 +418,7 @@ class _Run:
             "params": meta["params"],
             "flops_per_token": self.flops_per_token,
             "checkpoint": str(path),
+            "run_dir": str(self.run_dir),
             "checkpoint_sha256": meta["files"][MODEL_FILE],
             "resumed_from": self.resumed_from,
             "device": str(self.device),
@@ -486,17 +427,6 @@ class _Run:
             "loss_history": losses,
             "val_history": vals,
         }
-
-
-def _set_aside_newer(run_dir: Path, step: int) -> None:
-    """Rename checkpoints newer than ``step`` (they failed verification) out of the way, and drop staging dirs."""
-    for s, path in list_checkpoints(run_dir):
-        if s > step:
-            aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
-            path.rename(aside)
-            log.warning("set aside corrupt checkpoint %s as %s", path, aside.name)
-    for stale in run_dir.glob(".step-*.staging"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,7 +41,11 @@ def write_profile(path: Path, sources: list[str], **overrides) -> Path:
 @pytest.fixture()
 def corpus_dir(tmp_path) -> Path:
     """Fixture text as a directory of .txt and .jsonl files (about 40 documents)."""
-    d = tmp_path / "corpus"
+    return make_corpus(tmp_path / "corpus")
+
+
+def make_corpus(d: Path) -> Path:
+    """Write the fixture corpus (about 40 documents in .txt and .jsonl files) into a new directory ``d``."""
     d.mkdir()
     text = (FIXTURES / "small_corpus.txt").read_text(encoding="utf-8")
     docs = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40]
@@ -46,3 +55,46 @@ def corpus_dir(tmp_path) -> Path:
         for doc in docs[20:]:
             f.write(json.dumps({"text": doc}) + "\n")
     return d
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def postgres():
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    root = Path(tempfile.mkdtemp(prefix="lmpipe-pg-"))  # pytest's tmp root is private to root
+    root.chmod(0o755)
+    data = root / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+    run = lambda cmd: subprocess.run(_as_postgres(cmd), check=True, capture_output=True, text=True)  # noqa: E731
+    run(["initdb", "-D", str(data), "-U", "postgres", "-A", "trust"])
+    opts = f"-h 127.0.0.1 -p {port} -k {data}"
+    run(["pg_ctl", "-D", str(data), "-o", opts, "-l", str(data / "server.log"), "-w", "start"])
+    try:
+        run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "lmpipe"])
+        yield port
+    finally:
+        run(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def use_postgres(home: Path, port: int) -> None:
+    """Point ``home``'s Dagster instance at the ``postgres`` fixture's database (before the first run there)."""
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+    (home / "dagster" / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        # +psycopg2: SQLAlchemy 2.1 defaults postgresql:// to psycopg 3, which dagster-postgres' NOTIFY breaks on.
+        f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://postgres@127.0.0.1:{port}/lmpipe\n"
+    )

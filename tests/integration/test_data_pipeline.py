@@ -13,7 +13,7 @@ from tests.integration.conftest import write_profile
 
 
 def _artifact(home, asset):
-    versions = [p for p in (home / "artifacts" / asset).iterdir() if not p.name.startswith(".")]
+    versions = [p for p in (home / "artifacts" / asset).iterdir() if p.is_dir() and not p.name.startswith(".")]
     return versions
 
 

@@ -9,11 +9,14 @@ from pipelines.cli import main
 from tests.integration.conftest import write_profile
 
 TINY = {
-    "pretrained_model": {"preset": "tiny", "context_length": 64, "max_steps": 8, "batch_size": 4, "warmup_steps": 1,
-                         "eval_every": 4, "eval_batches": 1, "checkpoint_every": 8},
-    "sft_model": {"max_steps": 4, "batch_size": 2, "warmup_steps": 1, "eval_every": 2, "eval_batches": 1,
-                  "checkpoint_every": 4, "lora_rank": 2},
-    "classifier_report": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1},
+    "pretrained_model": {"preset": "tiny", "model": {"context_length": 64},
+                         "train": {"max_steps": 8, "batch_size": 4, "warmup_steps": 1, "eval_every": 4,
+                                   "eval_batches": 1, "checkpoint_every": 8}},
+    "sft_model": {"train": {"max_steps": 4, "batch_size": 2, "warmup_steps": 1, "eval_every": 2, "eval_batches": 1,
+                            "checkpoint_every": 4},
+                  "lora": {"rank": 2}},
+    "classifier_report": {"label_lm": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1},
+                          "head": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1}},
     "evaluation_report": {"rouge_examples": 2, "max_new_tokens": 8},
 }  # fmt: skip
 

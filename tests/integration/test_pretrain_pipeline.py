@@ -9,8 +9,8 @@ from lmcore.io import read_json
 from pipelines.cli import main
 from tests.integration.conftest import write_profile
 
-TINY = {"preset": "tiny", "context_length": 32, "max_steps": 12, "batch_size": 4, "warmup_steps": 2,
-        "eval_every": 6, "eval_batches": 2, "checkpoint_every": 6}  # fmt: skip
+TRAIN = {"max_steps": 12, "batch_size": 4, "warmup_steps": 2, "eval_every": 6, "eval_batches": 2, "checkpoint_every": 6}
+TINY = {"preset": "tiny", "model": {"context_length": 32}, "train": TRAIN}
 
 
 def _materialization(home, asset):
@@ -65,10 +65,12 @@ def test_two_process_torchrun_through_pipes(home, tmp_path, corpus_dir):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"n_head": 3}, "n_head"),
+        ({"model": {"context_length": 32, "n_head": 3}}, "n_head"),
         ({"preset": "huge"}, "preset='huge'"),
-        ({"warmup_steps": 50}, "warmup_steps"),
+        ({"train": {**TRAIN, "warmup_steps": 50}}, "warmup_steps"),
         ({"nproc_per_node": 0}, "nproc_per_node"),
+        ({"train": {**TRAIN, "weight_decay": -1.0}}, "weight_decay"),
+        ({"train": {**TRAIN, "betas": [0.9, 1.5]}}, "betas"),
     ],
 )
 def test_bad_training_config_fails_before_the_run_with_the_field_named(

@@ -12,18 +12,10 @@ import torch
 from lmcore.data.tokenizer import EOT, IM_END
 from lmcore.finetune.adapt import adapt_lm, text_examples
 from lmcore.finetune.chat import encode_plain, prompt_ids
-from lmcore.finetune.classify import (
-    INSTRUCTION,
-    SequenceClassifier,
-    evaluate_all,
-    load_classifier,
-    pad_right,
-    predict_head,
-    prompt_messages,
-    prompts,
-    score_labels,
-    train_head,
-)
+from lmcore.finetune.classify import ClassifyConfig, evaluate_all
+from lmcore.finetune.head import SequenceClassifier, load_classifier, predict_head, train_head
+from lmcore.finetune.label_lm import score_labels
+from lmcore.finetune.prompts import INSTRUCTION, pad_right, prompt_messages, prompts
 from lmcore.model.checkpoint import load_trained_model, read_meta
 from lmcore.model.gpt import GPT, tiny
 from lmcore.model.lora import LoraConfig, lora_layers
@@ -66,18 +58,8 @@ def config(**overrides) -> TrainConfig:
 def test_each_method_beats_chance(tok, init: Path, tmp_path: Path) -> None:
     train, validation, test = make(120, 0), make(24, 1), make(60, 2)
     records: list[dict] = []
-    results = evaluate_all(
-        init,
-        tok,
-        train,
-        validation,
-        test,
-        tmp_path,
-        label_config=config(),
-        head_config=config(max_steps=30, batch_size=16),
-        head_lora=LoraConfig(rank=4, alpha=8),
-        callback=records.append,
-    )
+    cfg = ClassifyConfig(label_lm=config(), head=config(max_steps=30, batch_size=16))
+    results = evaluate_all(init, tok, train, validation, test, tmp_path, cfg, callback=records.append)
     labels = sorted(set(KEYS.values()))
     assert results["labels"] == labels
     for method in ("label_lm", "head", "bow"):
@@ -85,17 +67,26 @@ def test_each_method_beats_chance(tok, init: Path, tmp_path: Path) -> None:
         assert r["accuracy"] > 0.7, f"{method}: {r['accuracy']} (chance is 1/3)"
         assert r["labels"] == labels and sum(map(sum, r["confusion"])) == 60 and 0 <= r["macro_f1"] <= 1
     assert results["label_lm"]["generation_exact_match"] > 0.5 and results["label_lm"]["generation_valid"] > 0.5
-    head = results["head"]["train"]
-    assert head["trainable_params"] < head["params"], "head + LoRA: the LM itself stays frozen"
     assert {(r["method"], r["stage"]) for r in records} >= {
         ("label_lm", "train"),
         ("label_lm", "score"),
         ("head", "train"),
     }
-    classifier, names = load_classifier(head["checkpoint"])  # LoRA merged into a plain classifier
-    assert names == labels and not lora_layers(classifier)
+    classifier, names = load_classifier(results["head"]["train"]["checkpoint"])
     predicted = predict_head(classifier, tok, test[0], names)
+    assert names == labels
     assert sum(p == t for p, t in zip(predicted, test[1], strict=True)) / 60 == results["head"]["accuracy"]
+
+
+def test_lora_trains_adapters_only_and_merges_them(tok, init: Path, tmp_path: Path) -> None:
+    train, validation, test = make(40, 0), make(8, 1), make(8, 2)
+    cfg = ClassifyConfig(label_lm=config(max_steps=4), head=config(max_steps=4), lora=LoraConfig(rank=4, alpha=8))
+    results = evaluate_all(init, tok, train, validation, test, tmp_path, cfg)
+    for method in ("label_lm", "head"):
+        trained = results[method]["train"]
+        assert trained["trainable_params"] < trained["params"], f"{method} + LoRA: the LM itself stays frozen"
+    classifier, _ = load_classifier(results["head"]["train"]["checkpoint"])  # LoRA merged into a plain classifier
+    assert not lora_layers(classifier)
 
 
 def text_loss(checkpoint: Path, tok, texts: list[str]) -> float:
@@ -121,19 +112,22 @@ def test_task_adaptation_lowers_text_loss_and_both_lm_methods_start_from_it(tok,
     before, after = text_loss(init, tok, validation[0]), text_loss(Path(adapted["checkpoint"]), tok, validation[0])
     assert after < before - 1.0, f"validation text loss {before:.3f} -> {after:.3f}"
     records: list[dict] = []
-    results = evaluate_all(
-        init, tok, train, validation, test, tmp_path / "all", label_config=config(max_steps=5),
-        head_config=config(max_steps=5), adapt_config=config(max_steps=30), callback=records.append,
-    )  # fmt: skip
+    cfg = ClassifyConfig(label_lm=config(max_steps=5), head=config(max_steps=5), adapt=config(max_steps=30))
+    results = evaluate_all(init, tok, train, validation, test, tmp_path / "all", cfg, callback=records.append)
     start = results["adaptation"]["checkpoint"]
     assert results["adaptation"]["val_loss"] == pytest.approx(adapted["val_loss"]), "same data, config and seed"
     for method in ("label_lm", "head"):
         assert read_meta(results[method]["train"]["checkpoint"])["data"]["init_checkpoint"] == start
     assert ("adapt", "train") in {(r["method"], r["stage"]) for r in records}
     only_bow = evaluate_all(
-        init, tok, train, validation, test, tmp_path / "bow", label_config=config(), head_config=config(),
-        adapt_config=config(max_steps=30), methods=["bow"],
-    )  # fmt: skip
+        init,
+        tok,
+        train,
+        validation,
+        test,
+        tmp_path / "bow",
+        ClassifyConfig(adapt=config(max_steps=30), methods=["bow"]),
+    )
     assert "adaptation" not in only_bow, "no LM method, nothing to adapt"
 
 
@@ -142,21 +136,31 @@ def test_changing_one_methods_config_retrains_that_method_only(tok, init: Path, 
     runs = []
     for head_steps in (4, 6):
         records: list[dict] = []
-        results = evaluate_all(
-            init, tok, train, validation, test, tmp_path, label_config=config(max_steps=4),
-            head_config=config(max_steps=head_steps), methods=["label_lm", "head"], callback=records.append,
-        )  # fmt: skip
+        cfg = ClassifyConfig(
+            label_lm=config(max_steps=4), head=config(max_steps=head_steps), methods=["label_lm", "head"]
+        )
+        results = evaluate_all(init, tok, train, validation, test, tmp_path, cfg, callback=records.append)
         trained = {r["method"] for r in records if r["stage"] == "train" and "loss" in r}
         runs.append((results["label_lm"]["train"]["checkpoint"], results["head"]["train"]["checkpoint"], trained))
     assert runs[0][2] == {"label_lm", "head"} and runs[1][2] == {"head"}, "label_lm's finished run is reused"
     assert runs[0][0] == runs[1][0] and runs[0][1] != runs[1][1]
 
 
-def test_a_run_dir_of_other_data_is_refused_not_reused(tok, init: Path, tmp_path: Path) -> None:
-    kw = dict(label_config=config(max_steps=4), head_config=config(max_steps=4), methods=["label_lm"])
-    evaluate_all(init, tok, make(40, 0), make(8, 1), make(8, 2), tmp_path, **kw)
-    with pytest.raises(ValueError, match="data_version"):
-        evaluate_all(init, tok, make(40, 5), make(8, 1), make(8, 2), tmp_path, **kw)
+def test_other_data_trains_in_its_own_run_dir_and_leaves_the_first_alone(tok, init: Path, tmp_path: Path) -> None:
+    cfg = ClassifyConfig(label_lm=config(max_steps=4), methods=["label_lm"])
+    first = evaluate_all(init, tok, make(40, 0), make(8, 1), make(8, 2), tmp_path, cfg)["label_lm"]["train"]
+    before = read_meta(first["checkpoint"])
+    other = evaluate_all(init, tok, make(40, 5), make(8, 1), make(8, 2), tmp_path, cfg)["label_lm"]["train"]
+    assert Path(other["checkpoint"]).parent != Path(first["checkpoint"]).parent
+    assert read_meta(first["checkpoint"]) == before, "the first run's checkpoint is untouched"
+    assert read_meta(other["checkpoint"])["config"]["data_version"] != before["config"]["data_version"]
+
+
+def test_bad_classify_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match="methods.*unknown"):
+        ClassifyConfig(methods=["bow", "svm"])
+    with pytest.raises(ValueError, match="methods is empty"):
+        ClassifyConfig(methods=[])
 
 
 def test_label_scores_are_the_summed_log_likelihoods(tok) -> None:

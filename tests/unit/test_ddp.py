@@ -47,7 +47,7 @@ def test_two_ranks_split_each_epoch_and_resume_together(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", train_tokens=32 * 50 + 1, val_tokens=32 * 20)
     train = dict(max_steps=9, batch_size=4, lr=1e-3, checkpoint_every=3, eval_batches=1, log_every=1, device="cpu")
     spec = {"model": {"preset": "tiny", "vocab_size": 64, "context_length": 32}, "train": train}
-    spec.update(shard_root=str(shards), run_dir=str(tmp_path / "run"), window_log_dir=str(tmp_path / "windows"))
+    spec.update(shard_root=str(shards), runs_dir=str(tmp_path / "run"), window_log_dir=str(tmp_path / "windows"))
     events = torchrun(spec, tmp_path, "first")
 
     # rank 0 alone reports: 9 metrics lines and one summary
@@ -79,5 +79,7 @@ def test_two_ranks_split_each_epoch_and_resume_together(tmp_path: Path) -> None:
     assert resumed["resumed_from"] == 6 and resumed["step"] == 9
     assert resumed["checkpoint_sha256"] == summary["checkpoint_sha256"]
     assert resumed["loss_history"] == summary["loss_history"]
-    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [6, 9]
-    assert read_meta(tmp_path / "run" / "step-00000009")["files"][MODEL_FILE] == summary["checkpoint_sha256"]
+    run = Path(summary["run_dir"])
+    assert resumed["run_dir"] == summary["run_dir"] and run.parent == tmp_path / "run"
+    assert [s for s, _ in list_checkpoints(run)] == [6, 9]
+    assert read_meta(run / "step-00000009")["files"][MODEL_FILE] == summary["checkpoint_sha256"]

@@ -108,11 +108,13 @@ def test_resume_after_a_crash_continues_identically(tok, init: Path, tmp_path: P
         if record["step"] == 8:
             raise Crash
 
-    run = tmp_path / "run"
+    runs = tmp_path / "run"
     with pytest.raises(Crash):
-        finetune(init, config(), train, val, run, pad_id=PAD, lora=lora, callback=crash_at_8)
+        finetune(init, config(), train, val, runs, pad_id=PAD, lora=lora, callback=crash_at_8)
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
     assert [s for s, _ in list_checkpoints(run)] == [3, 6]
-    resumed = finetune(init, config(), train, val, run, pad_id=PAD, lora=lora)
+    resumed = finetune(init, config(), train, val, runs, pad_id=PAD, lora=lora)
+    assert Path(resumed["run_dir"]) == run
     assert resumed["resumed_from"] == 6
     assert resumed["loss_history"] == reference["loss_history"] and resumed["val_history"] == reference["val_history"]
     assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
@@ -124,12 +126,14 @@ def test_resume_after_a_crash_continues_identically(tok, init: Path, tmp_path: P
         assert resumed["trainable_params"] == c.n_layer * per_layer < resumed["params"]
 
 
-def test_resume_on_another_init_is_refused(tok, init: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    finetune(init, config(max_steps=3), examples(tok), examples(tok), run, pad_id=PAD)
+def test_another_init_is_another_run(tok, init: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "run"
+    first = finetune(init, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
     other = write_init(tmp_path / "other", seed=1)
-    with pytest.raises(ValueError, match="init_checkpoint=.*new run dir"):
-        finetune(other, config(max_steps=3), examples(tok), examples(tok), run, pad_id=PAD)
+    second = finetune(other, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
+    assert second["run_dir"] != first["run_dir"] and second["resumed_from"] is None
+    again = finetune(init, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
+    assert again["run_dir"] == first["run_dir"] and again["resumed_from"] == 3
 
 
 def test_bad_examples_are_named(tok, init: Path, tmp_path: Path) -> None:

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from lmcore.finetune.chat import ChatExample, check_example, decode_chatml, prompt_ids, render_chatml
+from lmcore.finetune.records import is_heldout, record_to_messages
 from lmcore.finetune.sft_data import (
     SFTExample,
     build_sft_dataset,
-    is_heldout,
     pack_examples,
     read_sft_dataset,
-    record_to_messages,
     row_tensors,
     sft_batches,
     write_sft_dataset,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +68,12 @@ def losses(summary: dict) -> list[list[float]]:
     return summary["loss_history"]
 
 
+def only_run(runs: Path) -> Path:
+    """The one run directory under ``runs`` (train() names it by the run's key)."""
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
 def test_learns_and_reports(shards: Path, tmp_path: Path) -> None:
     records: list[dict] = []
     cfg = config(max_steps=40, checkpoint_every=0, log_every=5, eval_every=20, peak_flops=1e9)
@@ -88,7 +95,8 @@ def test_learns_and_reports(shards: Path, tmp_path: Path) -> None:
     r = records[-1]
     assert r["mfu"] == pytest.approx(summary["flops_per_token"] * r["tokens_per_s"] / 1e9)
     assert set(r) >= {"step", "loss", "lr", "tokens_per_s", "mfu", "val_loss", "checkpoint"}
-    on_disk = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert Path(summary["run_dir"]) == ckpt.parent == only_run(tmp_path / "run")
+    on_disk = [json.loads(line) for line in (ckpt.parent / METRICS_FILE).read_text().splitlines()]
     assert on_disk == records
 
 
@@ -118,12 +126,13 @@ def test_resume_after_a_crash_continues_the_same_curve(shards: Path, tmp_path: P
         if record["step"] == 8:
             raise Crash
 
-    run = tmp_path / "run"
+    runs = tmp_path / "run"
     with pytest.raises(Crash):
-        train(MODEL, config(), shards, run, callback=crash_at_8)
+        train(MODEL, config(), shards, runs, callback=crash_at_8)
+    run = only_run(runs)
     assert [s for s, _ in list_checkpoints(run)] == [3, 6]
-    resumed = train(MODEL, config(log_every=2, checkpoint_every=4, keep_checkpoints=3), shards, run)
-    assert resumed["resumed_from"] == 6
+    resumed = train(MODEL, config(log_every=2, checkpoint_every=4, keep_checkpoints=3), shards, runs)
+    assert resumed["resumed_from"] == 6 and Path(resumed["run_dir"]) == run, "reporting fields keep the run dir"
     ref_by_step = dict((s, v) for s, v in losses(reference))
     assert all(ref_by_step[s] == v for s, v in losses(resumed)), "no jump: the resumed curve is the reference curve"
     assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
@@ -135,7 +144,7 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(shards: Path, tmp_path: 
     cfg = config(max_steps=100, checkpoint_every=4, eval_every=0, eval_batches=0)  # long enough not to finish
     reference = train(MODEL, cfg, shards, tmp_path / "ref")
     spec = {"model": {"preset": "tiny", "vocab_size": 64, "context_length": 32}, "train": cfg.to_dict()}
-    spec.update(shard_root=str(shards), run_dir=str(tmp_path / "run"))
+    spec.update(shard_root=str(shards), runs_dir=str(tmp_path / "run"))
     (tmp_path / "run.json").write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "lmcore.train.entry", "--config", str(tmp_path / "run.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same math as in-process (see one_thread)
@@ -148,7 +157,7 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(shards: Path, tmp_path: 
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the run finished before step {kill_after}; make it longer"
-    killed_at = latest_valid_checkpoint(tmp_path / "run")
+    killed_at = latest_valid_checkpoint(only_run(tmp_path / "run"))
     assert killed_at is not None and int(killed_at.name[5:]) < 100
 
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
@@ -163,11 +172,11 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(shards: Path, tmp_path: 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(shards: Path, tmp_path: Path) -> None:
     cfg = config(max_steps=9)
-    run = tmp_path / "run"
-    reference = train(MODEL, cfg, shards, run)
+    reference = train(MODEL, cfg, shards, tmp_path / "run")
+    run = Path(reference["run_dir"])
     weights = run / "step-00000009" / MODEL_FILE
     weights.write_bytes(weights.read_bytes()[:-1000])  # truncated
-    resumed = train(MODEL, cfg, shards, run)
+    resumed = train(MODEL, cfg, shards, tmp_path / "run")
     assert resumed["resumed_from"] == 6
     assert losses(resumed) == losses(reference) and resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
     assert len(list(run.glob("step-00000009.corrupt-*"))) == 1, "the corrupt one is set aside, not deleted"
@@ -175,11 +184,10 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(shards: Path, 
 
 def test_all_checkpoints_corrupt_starts_clean(shards: Path, tmp_path: Path) -> None:
     cfg = config(max_steps=6)
-    run = tmp_path / "run"
-    reference = train(MODEL, cfg, shards, run)
-    for _, path in list_checkpoints(run):
+    reference = train(MODEL, cfg, shards, tmp_path / "run")
+    for _, path in list_checkpoints(reference["run_dir"]):
         (path / "optimizer.pt").write_bytes(b"garbage")
-    again = train(MODEL, cfg, shards, run)
+    again = train(MODEL, cfg, shards, tmp_path / "run")
     assert again["resumed_from"] is None and losses(again) == losses(reference)
 
 
@@ -198,22 +206,44 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(
         return logits, loss
 
     monkeypatch.setattr(model_module.GPT, "forward", poisoned)
-    run = tmp_path / "run"
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 8 \(train batch epoch=0, position=7"):
-        train(MODEL, config(log_every=4), shards, run)
+        train(MODEL, config(log_every=4), shards, tmp_path / "run")
+    run = only_run(tmp_path / "run")
     assert [s for s, _ in list_checkpoints(run)] == [3, 6]
     assert latest_valid_checkpoint(run) == run / "step-00000006"
 
 
-def test_resuming_with_another_config_names_the_field(shards: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    train(MODEL, config(max_steps=3), shards, run)
-    with pytest.raises(ValueError, match=r"n_layer=2.*this run asks.*n_layer=3.*new run dir"):
-        train(replace(MODEL, n_layer=3), config(max_steps=3), shards, run)
-    with pytest.raises(ValueError, match="train.lr=0.003"):
-        train(MODEL, config(max_steps=3, lr=1e-3), shards, run)
-    done = train(MODEL, config(max_steps=3, log_every=3, eval_every=0), shards, run)  # reporting may change
-    assert done["resumed_from"] == 3 and done["step"] == 3
+def test_run_dir_is_decided_by_what_the_compatibility_check_compares(shards: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    first = train(MODEL, config(max_steps=3), shards, runs)
+    done = train(MODEL, config(max_steps=3, log_every=3, eval_every=0), shards, runs)  # reporting may change
+    assert done["run_dir"] == first["run_dir"] and done["resumed_from"] == 3 and done["step"] == 3
+    other_lr = train(MODEL, config(max_steps=3, lr=1e-3), shards, runs)
+    other_shape = train(replace(MODEL, n_layer=3), config(max_steps=3), shards, runs)
+    dirs = {first["run_dir"], other_lr["run_dir"], other_shape["run_dir"]}
+    assert len(dirs) == 3 and other_lr["resumed_from"] is None, "a loss-relevant change is a new run, not a refusal"
+    # A checkpoint of another config under this run's key (copied by hand) is refused, naming the fields.
+    planted = Path(other_lr["run_dir"])
+    shutil.rmtree(planted)
+    shutil.copytree(first["run_dir"], planted)
+    with pytest.raises(ValueError, match=r"train.lr=0.003.*this run asks.*train.lr=0.001.*new run dir"):
+        train(MODEL, config(max_steps=3, lr=1e-3), shards, runs)
+
+
+def test_run_key_ignores_exactly_the_resumable_fields() -> None:
+    from lmcore.train.config import RESUMABLE_CHANGES
+    from lmcore.train.runs import run_identity, run_key
+
+    base = run_identity(MODEL, config(), 1, {"data_version": "abc"})
+    key = run_key(base)
+    for dotted in RESUMABLE_CHANGES:
+        field = dotted.split(".", 1)[1]
+        changed = {**base, "train": {**base["train"], field: "changed"}}
+        assert run_key(changed) == key, dotted
+    for field in set(base["train"]) - {f.split(".", 1)[1] for f in RESUMABLE_CHANGES}:
+        changed = {**base, "train": {**base["train"], field: "changed"}}
+        assert run_key(changed) != key, field
+    assert run_key({**base, "world_size": 2}) != key and run_key({**base, "data_version": "x"}) != key
 
 
 def test_lr_schedule_warms_up_then_decays_to_min() -> None:

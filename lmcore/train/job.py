@@ -1,0 +1,92 @@
+"""What the training loop trains: a :class:`Job` (a model to build, where its batches come from).
+
+Pretraining (``lmcore.train.loop``), SFT, task adaptation and the classifiers
+(``lmcore.finetune``) each describe their run as a Job and hand it to the one loop.
+``shard_job`` is pretraining's: a fresh GPT on token shards. This module knows nothing of Dagster or optimizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from lmcore.data.loader import TokenLoader
+from lmcore.data.shards import MANIFEST, load_manifest
+from lmcore.io import sha256_file
+from lmcore.model.gpt import GPT, ModelConfig
+from lmcore.train.config import TrainConfig
+
+Callback = Callable[[dict[str, Any]], None]
+Batch = tuple[torch.Tensor, ...]
+"""``(x, y)`` or ``(x, y, segment_ids)``; ``segment_ids`` may be None (no packed row in the batch)."""
+
+
+class BatchSource(Protocol):
+    """Where the loop's batches come from (``TokenLoader`` for pretraining).
+
+    ``epoch`` and ``position`` say where the next batch comes from (named in errors);
+    ``state_dict`` must hold only plain values and make the source continue exactly there.
+    """
+
+    epoch: int
+    position: int
+
+    def next_batch(self) -> Batch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """What a run trains and on what; everything else (schedule, checkpoints, resume, NaN checks) is the loop's."""
+
+    model_config: ModelConfig
+    """Shape of the model; saved as ``config.model`` and its context_length is the sources' window."""
+    build_model: Callable[[], torch.nn.Module]
+    """The module to train, called once after seeding torch with the run's seed. Like GPT it must answer
+    ``forward(x, y, segment_ids=None) -> (logits, loss)``, ``configure_optimizer``, ``num_params`` and
+    ``flops_per_token``; only parameters with ``requires_grad`` are trained."""
+    sources: Callable[..., tuple[BatchSource, BatchSource | None]]
+    """``sources(context_length=, batch_size=, seed=, rank=, world_size=, validation=)``: the train source and
+    the validation source (None when ``validation`` is False)."""
+    config: dict[str, Any]
+    """Fields besides model/train/world_size that a resumed run must match (data version, init checkpoint)."""
+    data: dict[str, Any]
+    """Stored as the checkpoints' ``meta["data"]``."""
+    export: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    """When set, model.safetensors holds ``export(model)`` (e.g. LoRA merged into a plain GPT) and is not read
+    back on resume: the model is rebuilt and its trainable parameters come from optimizer.pt ("trainable"),
+    so frozen parameters must come out of ``build_model`` the same every time."""
+
+
+def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_dir: Path | None) -> Job:
+    """Pretraining: a fresh GPT on the token shards' "train" windows, validated on "val"."""
+    manifest = load_manifest(shard_root)
+    vocab = manifest.get("vocab_size")
+    if vocab is not None and vocab > mc.vocab_size:
+        raise ValueError(f"{shard_root}: tokens come from a vocabulary of {vocab}; model vocab_size={mc.vocab_size}")
+    if cfg.eval_batches and "val" not in manifest["splits"]:
+        raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
+    version = sha256_file(shard_root / MANIFEST)
+
+    def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
+        window_log = None
+        if window_log_dir is not None:
+            Path(window_log_dir).mkdir(parents=True, exist_ok=True)
+            window_log = Path(window_log_dir) / f"rank-{kw['rank']}.txt"
+        train_loader = TokenLoader.from_split(shard_root, "train", window_log=window_log, **kw)
+        return train_loader, TokenLoader.from_split(shard_root, "val", **kw) if validation else None
+
+    return Job(
+        model_config=mc,
+        build_model=lambda: GPT(mc),
+        sources=sources,
+        config={"data_version": version},
+        data={"shard_root": str(shard_root), "manifest_sha256": version},
+    )
