@@ -17,10 +17,21 @@ from pathlib import Path
 
 import dagster as dg
 
-from lmcore.io import publish_dir, read_json, staging_dir, write_json
+from lmcore.io import publish_dir, staging_dir, write_json
 
 REF_FILE = "latest.json"
 """Per asset, the reference to its latest version that the IO manager hands downstream."""
+
+
+def parse_ref(data: bytes, where: str | Path) -> dict[str, str]:
+    """A stored reference, checked: ValueError naming the file when it is not one (re-materialize to fix)."""
+    try:
+        ref = json.loads(data)
+    except ValueError:
+        ref = None
+    if not isinstance(ref, dict) or not all(isinstance(ref.get(k), str) for k in ("kind", "location", "data_version")):
+        raise ValueError(f"{where}: not an artifact reference (kind, location, data_version); re-materialize the asset")
+    return ref
 
 
 class ArtifactStore(dg.ConfigurableResource, ABC):
@@ -91,7 +102,7 @@ class LocalArtifactStore(ArtifactStore):
         path = self.root / asset / REF_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path}: {asset} was never materialized in this store; materialize it first")
-        return read_json(path)
+        return parse_ref(path.read_bytes(), path)
 
     def cache_dir(self) -> Path:
         return Path(self.home) / "cache"
@@ -167,12 +178,14 @@ class FsspecArtifactStore(ArtifactStore):
 
     def read_ref(self, asset: str) -> dict[str, str]:
         fs, root = self._fs()
+        where = f"{self.url.rstrip('/')}/{asset}/{REF_FILE}"
         try:
-            return json.loads(fs.cat_file(f"{root}/{asset}/{REF_FILE}"))
+            data = fs.cat_file(f"{root}/{asset}/{REF_FILE}")
         except FileNotFoundError:
             raise FileNotFoundError(
-                f"{self.url}/{asset}/{REF_FILE}: {asset} was never materialized in this store; materialize it first"
+                f"{where}: {asset} was never materialized in this store; materialize it first"
             ) from None
+        return parse_ref(data, where)
 
     def cache_dir(self) -> Path:
         return self._local.cache_dir()

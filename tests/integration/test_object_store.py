@@ -41,3 +41,23 @@ def test_incomplete_upload_is_reported(home, tmp_path):
         assert "incomplete" in str(exc)
     else:
         raise AssertionError("expected FileNotFoundError")
+
+
+def test_a_missing_or_corrupt_reference_names_the_asset_and_the_fix(home, tmp_path, corpus_dir, capsys, monkeypatch):
+    bucket = tmp_path / "bucket"
+    monkeypatch.setenv("LMPIPE_ARTIFACTS_URL", f"file://{bucket}")
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
+    assert main(["run", "--config", str(profile), "--select", "token_shards"]) == 1, "upstream never materialized"
+    out = capsys.readouterr().out
+    assert "splits was never materialized in this store" in out or "tokenizer was never materialized" in out
+    assert main(["run", "--config", str(profile), "--select", "raw_corpus"]) == 0
+    ref = bucket / "raw_corpus" / "latest.json"
+    good = ref.read_text()
+    ref.write_text('{"kind": "Documents"')  # torn
+    assert main(["run", "--config", str(profile), "--select", "clean_corpus"]) == 1
+    assert f"{ref}: not an artifact reference" in capsys.readouterr().out.replace("file://", "")
+    ref.write_text(good.replace("Documents", "Nonsense"))
+    assert main(["run", "--config", str(profile), "--select", "clean_corpus"]) == 1
+    assert "unknown kind; re-materialize that asset" in capsys.readouterr().out
+    ref.write_text(good)
+    assert main(["run", "--config", str(profile), "--select", "clean_corpus"]) == 0, "fixed: runs again"
