@@ -15,7 +15,15 @@ Two kinds of document, in a fixed order:
 Modules are imported in a child interpreter (``python -I``), never in the caller: imports
 cannot print into the caller's output, pollute its ``sys.modules``, or hang it (each import
 has a time limit, and so does the child). Default values in signatures are rendered without
-memory addresses or set ordering, so the text is deterministic for a given Python build.
+memory addresses or set/dict ordering, so the text is deterministic for a given Python build.
+
+The text does not depend on where or by whom it is built. The child runs without site-packages
+(``-S``: no ``.pth`` hooks, no third-party module shadowing a missing stdlib one), in UTF-8 mode
+(``-X utf8``: no locale-dependent encodings) and with an empty environment (no ``HOME``,
+``USER``, ``TMPDIR``, ``LANG``, ``TZ`` of the caller). Defaults computed from the install are
+rendered by name (see ``_install_values``): ``platform.architecture(executable=<sys.executable>)``,
+``sysconfig.get_paths(scheme=<sysconfig.get_default_scheme()>)``, and ``<sys.prefix>``,
+``<home>``, ``<cwd>`` and the like inside path strings.
 
 Skipped: private modules (leading ``_``), any ``test``/``tests`` package, the modules in
 ``SKIP_MODULES`` and their submodules, the submodules of ``SKIP_SUBMODULES_OF`` (each with
@@ -28,8 +36,11 @@ as a script.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,8 +48,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 NAME = "python-docs"
-FORMAT_VERSION = 1
-"""Bump when the extracted text changes for the same Python, so the source version changes."""
+FORMAT_VERSION = 2
+"""Bump when the extracted text changes for the same Python, so the source version changes.
+
+2: install-dependent defaults rendered by name; the child runs with ``-S -X utf8`` and an empty environment."""
 
 IMPORT_TIMEOUT_S = 10
 CHILD_TIMEOUT_S = 600.0
@@ -68,6 +81,9 @@ SKIP_MODULES = {
 
 SKIP_SUBMODULES_OF = {"encodings": "one codec per submodule; no API documentation"}
 
+GENERIC_NAMES = frozenset({"", "localhost", "localhost.localdomain", "root", "user"})
+"""User or host names too common to stand for this machine: never replaced in defaults."""
+
 
 def version() -> str:
     """Content version of the builtin corpus: format version, Python version and platform."""
@@ -80,7 +96,8 @@ def iter_documents(timeout_s: float = CHILD_TIMEOUT_S) -> Iterator[tuple[str, st
         out = Path(tmp) / "docs.jsonl"
         try:
             proc = subprocess.run(
-                [sys.executable, "-I", str(Path(__file__).resolve()), str(out)],
+                [sys.executable, "-I", "-S", "-X", "utf8", str(Path(__file__).resolve()), str(out)],
+                env=_child_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -101,7 +118,74 @@ def iter_documents(timeout_s: float = CHILD_TIMEOUT_S) -> Iterator[tuple[str, st
                 yield row["kind"], row["name"], row["text"]
 
 
+def _child_env() -> dict[str, str]:
+    """The child's whole environment: nothing of the caller's but what Windows needs to start."""
+    env = {"TZ": "UTC"}
+    if sys.platform == "win32" and "SYSTEMROOT" in os.environ:
+        env["SYSTEMROOT"] = os.environ["SYSTEMROOT"]
+    return env
+
+
 # --- everything below runs in the child interpreter -------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _install_values() -> tuple[list[tuple[re.Pattern[str], str]], dict[str, str]]:
+    """What differs between installs, machines and users, each with the name it is rendered as.
+
+    Returns ``(paths, names)``. ``paths``: a pattern per absolute path (the interpreter, the
+    prefixes, this project, the working, home and temp directories), longest first, matching
+    it as a whole path component run inside a string. ``names``: values replaced only when they
+    are the whole default (the install scheme, the user and host name).
+    """
+    import getpass
+    import socket
+    import sysconfig
+
+    here = Path(__file__).resolve().parents
+    candidates = [
+        ("sys.executable", sys.executable),
+        ("sys.executable", getattr(sys, "_base_executable", "")),
+        ("sys.executable", os.path.realpath(sys.executable)),
+        ("sys.prefix", sys.prefix),
+        ("sys.exec_prefix", sys.exec_prefix),
+        ("sys.base_prefix", sys.base_prefix),
+        ("sys.base_exec_prefix", sys.base_exec_prefix),
+        ("lmcore install", str(here[min(3, len(here) - 1)])),  # the folder holding lmcore/
+        ("cwd", os.getcwd()),
+        ("home", os.path.expanduser("~")),
+        ("tempfile.gettempdir()", tempfile.gettempdir()),
+    ]
+    seen: dict[str, str] = {}
+    for label, path in candidates:
+        if os.path.isabs(path) and os.path.dirname(path) != path:  # never "/" or "C:\\"
+            seen.setdefault(path, label)
+    paths = [
+        (re.compile(r"(?<![\w.~-])" + re.escape(path) + r"(?![\w.~-])"), f"<{label}>")
+        for path, label in sorted(seen.items(), key=lambda item: -len(item[0]))
+    ]
+    names = {sysconfig.get_default_scheme(): "<sysconfig.get_default_scheme()>"}
+    for label, get in (("user", getpass.getuser), ("host", socket.gethostname), ("host", platform.node)):
+        try:
+            value = get()
+        except (OSError, KeyError, ImportError):  # no user or host name: nothing to hide
+            continue
+        if value not in GENERIC_NAMES:
+            names.setdefault(value, f"<{label}>")
+    return paths, names
+
+
+def _str_repr(value: str) -> str:
+    """``repr`` of a string default, with install-dependent values replaced by their names."""
+    paths, names = _install_values()
+    if value in names:
+        return names[value]
+    for pattern, label in paths:
+        if pattern.fullmatch(value):
+            return label
+        value = pattern.sub(label, value)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _stable_repr(value: object, depth: int = 0) -> str:
@@ -110,7 +194,9 @@ def _stable_repr(value: object, depth: int = 0) -> str:
 
     if depth > 3:
         return "..."
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+    if isinstance(value, str):
+        return _str_repr(value)
+    if value is None or isinstance(value, (bool, int, float, complex, bytes)):
         text = repr(value)
         return text if len(text) <= 80 else text[:77] + "..."
     if isinstance(value, enum.Enum):
@@ -125,11 +211,8 @@ def _stable_repr(value: object, depth: int = 0) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_stable_repr(v, depth + 1) for v in value) + "]"
     if isinstance(value, dict):
-        return (
-            "{"
-            + ", ".join(f"{_stable_repr(k, depth + 1)}: {_stable_repr(v, depth + 1)}" for k, v in value.items())
-            + "}"
-        )
+        items = sorted(f"{_stable_repr(k, depth + 1)}: {_stable_repr(v, depth + 1)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
     if isinstance(name, str) and (callable(value) or isinstance(value, type(sys))):
         return name
@@ -148,7 +231,6 @@ class _Shown:
 
 def _signature(obj: object) -> str:
     import inspect
-    import re
 
     try:
         sig = inspect.signature(obj)  # type: ignore[arg-type]
