@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from lmcore.io import publish_dir, staging_dir, write_json
+from lmcore.io import disk_errors, publish_dir, staging_dir, write_json
 
 REF_FILE = "latest.json"
 """Per asset, the reference to its latest version that the IO manager hands downstream."""
@@ -82,8 +82,10 @@ class LocalArtifactStore(ArtifactStore):
 
     @contextlib.contextmanager
     def stage(self, asset: str) -> Iterator[Path]:
-        with staging_dir(self.root / asset) as staging:
-            yield staging
+        """A staging directory under ``artifacts/<asset>``; a full or read-only disk is an error saying so."""
+        with disk_errors(self.home, f"point LMPIPE_HOME (now {self.home}) at another directory"):
+            with staging_dir(self.root / asset) as staging:
+                yield staging
 
     def publish(self, staging: Path, asset: str) -> tuple[str, str]:
         final, digest = publish_dir(staging, self.root / asset)

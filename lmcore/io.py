@@ -8,6 +8,7 @@ last thing a stage writes. This module must not know about any particular stage.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -80,16 +81,116 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+STAGING_PREFIX = ".staging-"
+
+
 @contextlib.contextmanager
 def staging_dir(parent: str | Path) -> Iterator[Path]:
-    """Yield a fresh staging directory under ``parent``; whatever is left of it is removed on exit."""
+    """Yield a fresh staging directory under ``parent``; whatever is left of it is removed on exit.
+
+    The directory is flock-ed for as long as the block runs, so a process killed inside it
+    (``kill -9``, out of memory) leaves a directory nobody holds, and the next ``staging_dir``
+    on the same parent (or :func:`remove_stale_staging`) removes it. A live run's is never touched.
+    """
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    remove_stale_staging(parent)
+    staging, fd = _locked_staging(parent)
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        os.close(fd)  # releases the lock; the directory, if published, lives on under its new name
+
+
+def _locked_staging(parent: Path) -> tuple[Path, int]:
+    """A new staging directory and the descriptor holding its exclusive lock."""
+    import fcntl
+
+    while True:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+        try:
+            fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # a sweeper took it for stale before we could lock it
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(staging)):
+                return staging, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed between mkdtemp and flock: take another
+
+
+def remove_stale_staging(parent: str | Path) -> list[Path]:
+    """Remove the staging directories under ``parent`` whose process is gone (no one holds their lock).
+
+    Returns what was removed. Safe while other processes stage there: a held directory is skipped.
+    """
+    import fcntl
+
+    removed = []
+    for path in sorted(Path(parent).glob(STAGING_PREFIX + "*")):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # a live run's
+            continue
+        try:
+            shutil.rmtree(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_A_DIR = (errno.ENOTDIR, errno.EEXIST)
+
+
+def explain_disk_error(exc: BaseException, where: str | Path, elsewhere: str = "write somewhere else") -> str | None:
+    """What to do about a write under ``where`` that failed for a full disk, a read-only place or a file
+    where a directory belongs; None for any other error. The cause chain is searched, since SQLite's
+    errors arrive wrapped. ``elsewhere`` is the alternative offered (e.g. how to choose another directory)."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for e in chain:
+        code, text = getattr(e, "errno", None), str(e)
+        path = getattr(e, "filename", None) or where
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        if code in _FULL or any(m in text for m in ("No space left", "database or disk is full", "disk I/O error")):
+            return (
+                f"{path}: the disk is full ({first}); free space on it (old artifact versions can go), or {elsewhere}"
+            )
+        if path != where and not str(path).startswith(f"{where}{os.sep}"):
+            continue  # not a write under ``where`` (reading a source without permission, say)
+        if code in _READ_ONLY or "readonly database" in text or "Read-only file system" in text:
+            return f"{path}: cannot write there ({first}); make {where} writable, or {elsewhere}"
+        if code in _NOT_A_DIR:
+            return f"{path}: a file is where a directory must be ({first}); move it away, or {elsewhere}"
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(where: str | Path, elsewhere: str = "write somewhere else") -> Iterator[None]:
+    """Re-raise a write error of the block that :func:`explain_disk_error` explains as an OSError saying what to do."""
+    try:
+        yield
+    except OSError as exc:
+        message = explain_disk_error(exc, where, elsewhere)
+        if message is None:
+            raise
+        raise OSError(exc.errno, message) from exc
 
 
 def publish_dir(staging: str | Path, parent: str | Path, manifest: str = "manifest.json") -> tuple[Path, str]:

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from pipelines.home import PROJECT_ROOT, prepare_home
+from pipelines.home import PROJECT_ROOT, HomeError, home_error, prepare_home, remove_stale_staging_dirs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    home = prepare_home()
+    try:
+        home = prepare_home()
+    except HomeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "ui":
         if args.profile:
             os.environ["LMPIPE_PROFILE"] = args.profile
@@ -113,10 +117,15 @@ def _use_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def ui_command(port: int) -> list[str]:
+    """``dagster dev`` run by this interpreter, so ``.venv/bin/lmpipe ui`` works without the venv on PATH."""
+    return [sys.executable, "-m", "dagster", "dev", "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(port)]
+
+
 def _ui(port: int) -> int:
-    cmd = ["dagster", "dev", "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(port)]
+    cmd = ui_command(port)
     os.chdir(PROJECT_ROOT)
-    os.execvp(cmd[0], cmd)
+    os.execv(cmd[0], cmd)
     return 1  # not reached
 
 
@@ -132,7 +141,7 @@ def _run(args: argparse.Namespace, home: Any) -> int:
     from assets.stage import SET_TAG
     from pipelines.definitions import ALL_ASSETS, build_definitions
     from pipelines.profile import apply_overrides, load_profile, validate_profile
-    from pipelines.runner import execute, stale_keys
+    from pipelines.runner import stale_keys
 
     console = Console(width=max(Console().width, 120))
     try:
@@ -162,7 +171,31 @@ def _run(args: argparse.Namespace, home: Any) -> int:
     tags = {"lmpipe/profile": profile.name, "lmpipe/select": args.select}
     if profile.overrides:  # reproduce copies lmpipe/* tags, so a reproduced run carries it too
         tags[SET_TAG] = json.dumps(list(profile.overrides))
-    result = execute(console, defs, keys, profile.run_config(names), tags)
+    return _execute(console, home, defs, keys, profile.run_config(names), tags)
+
+
+def _execute(console: Any, home: Any, defs: Any, keys: set, run_config: dict, tags: dict) -> int:
+    """Clean up after killed runs, then run; a full or read-only home is an error naming it (exit 1)."""
+    import dagster as dg
+    from rich.markup import escape
+
+    from pipelines.runner import execute, fail_dead_runs
+
+    try:
+        for path in remove_stale_staging_dirs(home):
+            console.print(f"removed {escape(str(path))}, left by a killed run", soft_wrap=True, highlight=False)
+        for run in fail_dead_runs(dg.DagsterInstance.get()):
+            console.print(
+                f"[yellow]marked run {run.run_id[:8]} failed[/yellow]: it was still STARTED, but the process that ran "
+                "it is gone (killed?); what it had published is kept",
+                soft_wrap=True,
+            )
+        result = execute(console, defs, keys, run_config, tags)
+    except Exception as exc:
+        if (error := home_error(exc, home)) is None:
+            raise
+        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        return 1
     return 0 if result.success else 1
 
 

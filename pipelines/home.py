@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from lmcore.io import exclusive_lock
+from lmcore.io import exclusive_lock, explain_disk_error, remove_stale_staging
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,9 +36,36 @@ def lmpipe_home() -> Path:
     return Path(os.environ.get("LMPIPE_HOME", ".lmpipe")).resolve()
 
 
+ELSEWHERE = "point LMPIPE_HOME at another directory (e.g. LMPIPE_HOME=/data/lmpipe)"
+"""The alternative every error about writing the home offers."""
+
+
+class HomeError(OSError):
+    """The project home cannot be created or written; the message names the path and what to do."""
+
+
+def home_error(exc: BaseException, home: Path) -> HomeError | None:
+    """``exc`` as a HomeError when it is a full disk, a read-only home or a file in a directory's place."""
+    message = explain_disk_error(exc, home, ELSEWHERE)
+    return HomeError(message) if message is not None else None
+
+
 def prepare_home() -> Path:
-    """Create the home and the Dagster instance config, and point ``DAGSTER_HOME`` at it."""
+    """Create the home and the Dagster instance config, and point ``DAGSTER_HOME`` at it.
+
+    Raises HomeError naming the path when the home cannot be written (read-only, full, not a directory).
+    """
     home = lmpipe_home()
+    try:
+        _prepare(home)
+    except Exception as exc:
+        if (error := home_error(exc, home)) is not None:
+            raise error from exc
+        raise
+    return home
+
+
+def _prepare(home: Path) -> None:
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
@@ -50,4 +77,11 @@ def prepare_home() -> Path:
         if not config.exists():
             config.write_text(_DAGSTER_YAML)
         dg.DagsterInstance.get().dispose()
-    return home
+
+
+def remove_stale_staging_dirs(home: Path) -> list[Path]:
+    """Remove the staging directories under ``home/artifacts`` left by killed runs (live runs' are kept)."""
+    root = home / "artifacts"
+    if not root.is_dir():
+        return []
+    return [p for d in sorted(root.iterdir()) if d.is_dir() for p in remove_stale_staging(d)]

@@ -99,10 +99,14 @@ def load_profile(name: str | None = None, config_file: str | Path | None = None)
         path, base = PROFILES_DIR / f"{name}.yaml", PROJECT_ROOT
         if not path.exists():
             raise ValueError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict) or not isinstance(data.get("assets", {}), dict):
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("assets") or {}, dict):
         raise ValueError(f"{path}: expected a mapping with an 'assets:' mapping of asset name -> config fields")
-    assets = {k: dict(v or {}) for k, v in data.get("assets", {}).items()}
+    assets_data = data.get("assets") or {}
+    if bad := [f"assets.{k}" for k, v in assets_data.items() if v is not None and not isinstance(v, dict)]:
+        kinds = "; ".join(f"{b}: expected a mapping of field: value, got a {_kind(assets_data[b[7:]])}" for b in bad)
+        raise ValueError(f"{path}: {kinds} (write each asset's config as a mapping, e.g. `splits: {{seed: 1}}`)")
+    assets = {k: dict(v or {}) for k, v in assets_data.items()}
     for asset, field in _PATH_FIELDS:
         if field in assets.get(asset, {}):
             assets[asset][field] = _resolve_paths(assets[asset][field], base)
@@ -117,6 +121,29 @@ def load_profile(name: str | None = None, config_file: str | Path | None = None)
         description=str(data.get("description", "")).strip(),
         assets=assets,
         automation=Automation(**auto),
+    )
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; ValueError naming the file, line and column of a syntax error."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None:
+            context += f" that starts at line {context_mark.line + 1}"
+        raise ValueError(
+            f"{where}: not valid YAML ({problem}{f', {context}' if context else ''}); fix the syntax there "
+            "(an unclosed bracket or quote is often reported on a later line)"
+        ) from None
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), type(value).__name__
     )
 
 

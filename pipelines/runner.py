@@ -6,32 +6,122 @@ afterwards exactly like runs launched there.
 
 from __future__ import annotations
 
+import datetime
+import os
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from lmcore.io import digest_of, read_json
+from lmcore.io import atomic_path, digest_of, read_json
+from pipelines.home import lmpipe_home
 from pipelines.profile import Profile, config_classes
 
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Dagster's console logger prints every error with its stack trace before the summary; the summary
+# says what failed and the full log goes to a file (and stays in the instance, for the UI).
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 _INPUT_TAG = "dagster/input_data_version/"
+PROCESS_TAG = "lmpipe/process"
+"""``host:pid:start_time`` of the process that executes a CLI run, so a later run can tell it was killed."""
 
 
 def execute(console: Any, defs: dg.Definitions, keys: set[dg.AssetKey], run_config: dict, tags: dict) -> Any:
     """Materialize ``keys`` with a live progress bar; print the summary table; return the result."""
     job = defs.resolve_implicit_global_asset_job_def()
+    instance = dg.DagsterInstance.get()
     start = time.monotonic()
     with _Progress(console):
         result = job.execute_in_process(
             run_config={**run_config, **_QUIET},
-            instance=dg.DagsterInstance.get(),
+            instance=instance,
             asset_selection=sorted(keys),
             raise_on_error=False,
-            tags=tags,
+            tags={**tags, PROCESS_TAG: _process_identity(os.getpid())},
         )
-    summary(console, result, time.monotonic() - start)
+    summary(console, result, time.monotonic() - start, write_run_log(console, instance, result.run_id))
     return result
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None if there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_identity(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or ''}"
+
+
+def _is_alive(identity: str) -> bool:
+    """Whether the process a PROCESS_TAG names still runs (a different process reusing its pid does not count)."""
+    host, pid, started = identity.rsplit(":", 2)
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's run (a shared instance): not ours to judge
+    if started:
+        return _start_time(int(pid)) == started
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Mark failed the CLI runs still STARTED whose process is gone (killed, out of memory); return them.
+
+    Only runs tagged with PROCESS_TAG by this machine are judged; runs launched from the UI are the
+    daemon's to monitor.
+    """
+    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
+    dead = [
+        run
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=statuses))
+        if PROCESS_TAG in run.tags and not _is_alive(run.tags[PROCESS_TAG])
+    ]
+    for run in dead:
+        host, pid, _ = run.tags[PROCESS_TAG].rsplit(":", 2)
+        instance.report_run_failed(
+            run, message=f"process {pid} on {host} that ran it is gone (killed?); marked failed by a later lmpipe run"
+        )
+    return dead
+
+
+def write_run_log(console: Any, instance: dg.DagsterInstance, run_id: str) -> Path | None:
+    """Write the run's full event log, stack traces included, to ``$LMPIPE_HOME/logs/<run_id>.log``."""
+    path = lmpipe_home() / "logs" / f"{run_id}.log"
+    lines = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        when = datetime.datetime.fromtimestamp(entry.timestamp).isoformat(sep=" ", timespec="seconds")
+        kind = event.event_type_value if event else "LOG"
+        lines.append(f"{when} {kind} {entry.step_key or '-'}: {entry.message}")
+        error = _error_of(event)
+        if error is not None:
+            lines += ["    " + line for line in error.to_string().rstrip().splitlines()]
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError as exc:
+        console.print(f"[yellow]warning:[/yellow] could not write the run log {path}: {exc}", soft_wrap=True)
+        return None
+    return path
+
+
+def _error_of(event: Any) -> Any:
+    if event is None:
+        return None
+    if event.is_step_failure:
+        return event.step_failure_data.error
+    if event.is_run_failure:
+        data = event.job_failure_data
+        return data.error if data is not None else None
+    return None
 
 
 def stale_keys(
@@ -136,17 +226,23 @@ class _Progress:
         self.bar.__exit__(*exc)
 
 
-def summary(console: Any, result: Any, seconds: float) -> None:
+def summary(console: Any, result: Any, seconds: float, log: Path | None = None) -> None:
+    """The table of what was materialized, then, set apart at the end, what failed and what to change."""
     from rich.table import Table
 
     checks: dict[str, list[str]] = {}
+    problems = []
     for check in result.get_asset_check_evaluations():
         mark = "[green]ok[/green]" if check.passed else "[red]FAILED[/red]"
         checks.setdefault(check.asset_key.to_user_string(), []).append(f"{check.check_name} {mark}")
+        if not check.passed:
+            why = check.description or "no reason given; see its metadata in the UI"
+            problems.append(f"check {check.check_name} of {check.asset_key.to_user_string()} failed: {why}")
     table = Table(title=f"run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in {seconds:.1f}s")
     table.add_column("asset", no_wrap=True)
     table.add_column("figures")
     table.add_column("checks")
+    warnings = []
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
         name = mat.asset_key.to_user_string()
@@ -156,19 +252,30 @@ def summary(console: Any, result: Any, seconds: float) -> None:
             if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
         )
         table.add_row(name, figures, "\n".join(checks.get(name, [])))
-    failures = []
+        if "warning" in mat.metadata:
+            warnings.append(f"{name}: {mat.metadata['warning'].value}")
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
+            if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+                continue  # a blocking check failed: its reason is listed already
             message = error.cause.message if error and error.cause else (error.message if error else "")
-            failures.append((event.step_key, message.strip()))
+            problems.insert(0, f"{event.step_key} failed: {message.strip()}")
             table.add_row(f"[red]{event.step_key}[/red]", "[red]failed[/red] (below)", "")
     console.print(table)
     _print_evaluation(console, result)
-    for step, message in failures:  # unwrapped, so paths and fixes can be copied
-        console.print(f"{step} failed: {message}", soft_wrap=True, markup=False, highlight=False)
-    if not result.success:
-        console.print("[red]run failed[/red]; the full log is in the Dagster UI (lmpipe ui).")
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
+    if not result.success or problems:
+        console.rule("[red]what failed[/red]" if not result.success else "[yellow]failed checks[/yellow]")
+        for problem in problems:  # unwrapped, so paths and fixes can be copied
+            console.print(problem, soft_wrap=True, markup=False, highlight=False)
+        if not result.success and not problems:
+            console.print("the run failed before any step ran; see the log", highlight=False)
+        where = f"{log} and " if log is not None else ""
+        console.print(
+            f"full log: {where}the Dagster UI (lmpipe ui), run {result.run_id}", soft_wrap=True, highlight=False
+        )
 
 
 def _print_evaluation(console: Any, result: Any) -> None:

@@ -38,7 +38,32 @@ def clean_corpus(
     return result(context, docs, metadata, config=config, inputs={"raw_corpus": raw_corpus})
 
 
+_FIXES = {
+    "too_short": "lower min_doc_chars (now {min_doc_chars}) or add longer documents",
+    "empty": "the text is empty after cleaning; check the sources (or strip_gutenberg, drop_placeholder_lines)",
+    "repetition": "raise max_repetition (now {max_repetition}) or add less repetitive documents",
+    "exact_duplicate": "add distinct documents (or set dedup_exact: false)",
+    "near_duplicate": "add distinct documents (or raise near_threshold, now {near_threshold})",
+}
+
+
+def why_empty(manifest: dict) -> str:
+    """Why cleaning kept nothing: each drop reason with its count, and what to change for the commonest."""
+    dropped, n = manifest["dropped"], manifest["input_documents"]
+    if n == 0 or not dropped:
+        return "raw_corpus has no documents; add text to the sources"
+    reasons = sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))
+    fix = _FIXES.get(reasons[0][0], "add documents").format(**manifest.get("config", {}))
+    counts = ", ".join(f"{reason} {count}" for reason, count in reasons)
+    return f"all {n} document{'s' * (n != 1)} were dropped: {counts}; {fix}"
+
+
 @dg.asset_check(asset=clean_corpus, blocking=True, description="Cleaning kept at least one document.")
 def clean_corpus_not_empty(clean_corpus: Documents) -> dg.AssetCheckResult:
-    n = clean_corpus.manifest["documents"]
-    return dg.AssetCheckResult(passed=n > 0, metadata={"documents": n})
+    manifest = clean_corpus.manifest
+    n = manifest["documents"]
+    return dg.AssetCheckResult(
+        passed=n > 0,
+        description=None if n else why_empty(manifest),
+        metadata={"documents": n, "dropped": dg.MetadataValue.json(manifest["dropped"])},
+    )

@@ -41,5 +41,22 @@ def splits_disjoint_and_non_empty(splits: Splits) -> dg.AssetCheckResult:
     empty = [s for s in SPLITS if not ids[s]]
     return dg.AssetCheckResult(
         passed=overlap == 0 and not empty,
+        description=_why_failed(splits.manifest["config"], sum(map(len, ids.values())), empty, overlap),
         metadata={"overlapping_doc_ids": overlap, "empty_splits": ", ".join(empty) or "none"},
     )
+
+
+def _why_failed(config: dict, total: int, empty: list[str], overlap: int) -> str | None:
+    problems = []
+    if overlap:
+        problems.append(f"{overlap} doc_ids are in two splits (a bug in split assignment); re-materialize splits")
+    if empty:
+        fractions = f"val_fraction={config.get('val_fraction')}, test_fraction={config.get('test_fraction')}"
+        names = " and ".join(empty) + (" splits are" if len(empty) > 1 else " split is")
+        held_out = [s for s in empty if s != "train"]
+        if "train" in empty:
+            fix = "add documents" + ("" if held_out else ", or lower val_fraction and test_fraction")
+        else:
+            fix = "add documents, or raise " + " and ".join(f"{s}_fraction" for s in held_out)
+        problems.append(f"the {names} empty: {total} document{'s' * (total != 1)} in all ({fractions}); {fix}")
+    return "; ".join(problems) or None

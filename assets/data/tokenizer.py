@@ -43,6 +43,13 @@ def tokenizer(
         ),
         "sha256": manifest["sha256"],
     }
+    if manifest["vocab_size"] < cfg.vocab_size:  # BPE ran out of pairs seen min_frequency times
+        metadata["warning"] = (
+            f"the vocabulary reached {manifest['vocab_size']} of vocab_size={cfg.vocab_size} tokens: the train split "
+            f"has too few distinct pairs occurring min_frequency={cfg.min_frequency} times; add text, or set "
+            f"tokenizer.vocab_size to about {manifest['vocab_size']}"
+        )
+        context.log.warning(metadata["warning"])
     return result(context, tok, metadata, config=config, inputs={"splits": splits})
 
 

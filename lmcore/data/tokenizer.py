@@ -25,6 +25,10 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (EOT, PAD, IM_START, IM_END)
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+MAX_VOCAB = 1 << 20
+"""1,048,576: four times the largest vocabularies in use (~256k). Ids must fit the uint32 shards and
+the trainer's u32 ids (at 2**32 it aborts the process in a Rust allocation), and long before that the
+embedding table (vocab_size x n_embd) outweighs any model this pipeline trains."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -43,6 +47,11 @@ class TokenizerConfig:
         if self.vocab_size < _MIN_VOCAB:
             raise ValueError(
                 f"TokenizerConfig.vocab_size={self.vocab_size}: must be >= {_MIN_VOCAB} (256 bytes + 4 special tokens)"
+            )
+        if self.vocab_size > MAX_VOCAB:
+            raise ValueError(
+                f"TokenizerConfig.vocab_size={self.vocab_size}: must be <= {MAX_VOCAB} (2**20; real vocabularies "
+                "are at most ~256k and the embedding table grows with it), e.g. 8192 or 32768"
             )
         if self.min_frequency < 1:
             raise ValueError(f"TokenizerConfig.min_frequency={self.min_frequency}: must be >= 1")

@@ -6,10 +6,14 @@ import csv
 import gzip
 import io
 import json
+import os
 import platform
 import re
+import socket
 import sys
+import sysconfig
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -283,7 +287,7 @@ def test_oversized_line_is_drained_and_skipped_without_losing_the_next_lines(tmp
 def test_corrupt_gzip_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(gzip.compress(_encode(".jsonl", TEXTS))[:20])
-    with pytest.raises(ValueError, match=r"cut\.jsonl\.gz: cannot read it"):
+    with pytest.raises(ValueError, match=r"cut\.jsonl\.gz: truncated/corrupt archive"):
         _read(path)
 
 
@@ -301,9 +305,27 @@ def test_builtin_python_docs_is_deterministic_and_names_qualified_entries():
     assert re.search(r"^## json\.dumps\(obj, \*, skipkeys=False", modules["json"], re.M)
     assert re.search(r"^### json\.JSONEncoder\.encode\(self, o\)", modules["json"], re.M)
     assert not re.search(r" at 0x[0-9a-f]+", "".join(modules.values()))
+    assert "## platform.architecture(executable=<sys.executable>, bits=''" in modules["platform"]
+    assert "sysconfig.get_paths(scheme=<sysconfig.get_default_scheme()>" in modules["sysconfig"]
+    assert not any(path in text for path in (sys.executable, sys.prefix, str(Path.cwd())) for text in modules.values())
     topics = [name for kind, name, _ in first if kind == "topic"]
     assert topics == sorted(topics) and "assert" in topics
     assert builtin.version().endswith(f"/python-{platform.python_version()}/{sys.platform}")
+
+
+def test_builtin_defaults_from_the_install_are_rendered_by_name_and_others_as_written():
+    """What the child renders for a default: paths of this install, user and host by name."""
+    assert builtin._signature(platform.architecture) == "(executable=<sys.executable>, bits='', linkage='')"
+    in_tmp = os.path.join(tempfile.gettempdir(), "data", "x.txt")
+    assert builtin._stable_repr((in_tmp,)) == repr((os.path.join("<tempfile.gettempdir()>", "data", "x.txt"),))
+    for path in (sys.prefix, os.getcwd(), os.path.expanduser("~"), os.path.dirname(builtin.__file__)):
+        assert re.fullmatch(r"<[\w.() ]+>|'<[\w.() ]+>[^<>]*'", builtin._stable_repr(path)), path
+    assert builtin._stable_repr(sysconfig.get_default_scheme()) == "<sysconfig.get_default_scheme()>"
+    if socket.gethostname() not in builtin.GENERIC_NAMES:
+        assert builtin._stable_repr(socket.gethostname()) == "<host>"
+    for static in ("/dev/null", "localhost", "/", "utf-8", tempfile.gettempdir() + "-other"):
+        assert builtin._stable_repr(static) == repr(static)
+    assert builtin._stable_repr({"b": 1, "a": {2, 1}}) == "{'a': {1, 2}, 'b': 1}"
 
 
 # --- Hugging Face datasets (offline: a dataset saved to disk) ----------------------------------

@@ -22,6 +22,7 @@ or output shards.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -48,6 +49,7 @@ SUPPORTED = (
     ".zip/.tar/.tar.gz/.tgz"
 )
 _CHUNK = 1 << 20
+_ZSTD_INPUT = 1 << 12  # a zstd block of 3 bytes can decode to 128 KiB: keep pieces small
 
 Item = tuple[str, int, str]
 """``(member, index, text)``: member is ``""`` outside archives, else the path inside it."""
@@ -70,29 +72,107 @@ def is_supported(name: str) -> bool:
 
 
 def read_file(path: Path, name: str, where: str, ctx: ReadContext) -> Iterator[Item]:
-    """Records of one local file; ``name`` decides the format, ``where`` names it in errors."""
+    """Records of one local file; ``name`` decides the format, ``where`` names it in errors.
+
+    A compressed stream or archive that ends early or fails its checks is one error naming the
+    file as a truncated/corrupt archive; what its damaged bytes looked like (invalid UTF-8, broken
+    JSON) is dropped from the problems, since it would give advice that publishes corrupted text.
+    """
     import zstandard
 
+    before = len(ctx.problems.messages)
     try:
         with open(path, "rb") as f:
             yield from read_stream(f, name, where, ctx)
-    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError, zstandard.ZstdError) as e:
+    except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, tarfile.TarError, zstandard.ZstdError) as e:
+        if e is ctx.problems.raised:
+            raise
+        del ctx.problems.messages[before:]
+        ctx.problems.add(
+            f"{where}: truncated/corrupt archive ({type(e).__name__}: {e}); nothing of it is used: "
+            f"re-download or re-create the file (check it with {_checker(name)})"
+        )
+    except OSError as e:
         if e is ctx.problems.raised:
             raise
         ctx.problems.add(f"{where}: cannot read it ({type(e).__name__}: {e}); check that the file is whole")
 
 
-def read_stream(stream: BinaryIO, name: str, where: str, ctx: ReadContext) -> Iterator[Item]:
+def _checker(name: str) -> str:
+    """The command that tests an archive of this name's kind."""
     lower = name.lower()
-    if lower.endswith(".tgz"):
-        yield from read_stream(gzip.GzipFile(fileobj=stream), name[:-4] + ".tar", where, ctx)
-    elif lower.endswith(".gz"):
-        yield from read_stream(gzip.GzipFile(fileobj=stream), name[:-3], where, ctx)
-    elif lower.endswith((".zst", ".zstd")):
+    for suffixes, command in (((".zst", ".zstd"), "zstd -t"), ((".gz", ".tgz"), "gzip -t"), ((".zip",), "unzip -t")):
+        if lower.endswith(suffixes):
+            return f"`{command} FILE`"
+    return "`tar -tf FILE`"
+
+
+class _ZstdReader(io.RawIOBase):
+    """The decompressed bytes of a zstd stream of one or more frames.
+
+    ``ZstdDecompressor.stream_reader`` returns the bytes decoded so far when the input ends inside
+    a frame, so a truncated file would read as a short, whole-looking one; this raises ``ZstdError``
+    instead. Input is fed in small pieces so that one read's output stays bounded.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
         import zstandard
 
-        raw = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-        yield from read_stream(io.BufferedReader(raw, _CHUNK), name.rsplit(".", 1)[0], where, ctx)
+        self._stream = stream
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = self._dctx.decompressobj()
+        self._in_frame = False  # input of the current frame has been fed, and it has not ended
+        self._out = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        import zstandard
+
+        while self._pos >= len(self._out):
+            data = self._stream.read(_ZSTD_INPUT)
+            if not data:
+                if self._in_frame:
+                    raise zstandard.ZstdError("the data ends inside a zstd frame (the file is cut short)")
+                return 0
+            self._out, self._pos = self._feed(data), 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def _feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._in_frame = True
+            out.append(self._frame.decompress(data))
+            if not self._frame.eof:
+                break
+            data, self._frame, self._in_frame = self._frame.unused_data, self._dctx.decompressobj(), False
+        return b"".join(out)
+
+
+@contextlib.contextmanager
+def _decompressed(ctx: ReadContext, where: str) -> Iterator[None]:
+    """Mark reads inside the block as reads of decompressed data, so decode errors can say so."""
+    outer, ctx.compressed = ctx.compressed, where
+    try:
+        yield
+    finally:
+        ctx.compressed = outer
+
+
+def read_stream(stream: BinaryIO, name: str, where: str, ctx: ReadContext) -> Iterator[Item]:
+    lower = name.lower()
+    if lower.endswith((".tgz", ".gz")):
+        inner = name[:-4] + ".tar" if lower.endswith(".tgz") else name[:-3]
+        with _decompressed(ctx, where):
+            yield from read_stream(gzip.GzipFile(fileobj=stream), inner, where, ctx)
+    elif lower.endswith((".zst", ".zstd")):
+        with _decompressed(ctx, where):
+            yield from read_stream(io.BufferedReader(_ZstdReader(stream), _CHUNK), name.rsplit(".", 1)[0], where, ctx)
     elif lower.endswith(".zip"):
         yield from _read_zip(stream, where, ctx)
     elif lower.endswith(".tar"):
@@ -149,7 +229,7 @@ def _read_zip(stream: BinaryIO, where: str, ctx: ReadContext) -> Iterator[Item]:
             if _unsafe_member(info.filename):
                 _refuse(where, info.filename, ctx)
             elif not info.is_dir() and not _passed_over(info.filename):
-                with zf.open(info) as member:
+                with zf.open(info) as member, _decompressed(ctx, where):
                     items = read_stream(member, info.filename, f"{where}!{info.filename}", ctx)
                     yield from _member_items(items, info.filename)
 

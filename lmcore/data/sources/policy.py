@@ -6,6 +6,8 @@ repaired. Decisions, for every format:
 * not UTF-8: ``invalid_utf8="error"`` collects an error naming file (and line), ``"replace"``
   decodes with U+FFFD and counts ``repaired["invalid_utf8_replaced"]``, ``"skip"`` drops the
   file (whole-file formats) or the line/record and counts ``skipped["invalid_utf8"]``;
+  inside a compressed file or archive the error first suspects damage (a truncated/corrupt
+  archive), since ``"replace"`` would then publish corrupted text;
 * NUL characters are stripped and counted (``repaired["nul_stripped"]``, per document);
 * empty or whitespace-only text is skipped (``empty_text``), a null text value too
   (``null_text``); text over ``max_document_bytes`` is skipped (``too_large``) without being
@@ -68,6 +70,9 @@ class ReadContext:
     skipped: Counter[str] = field(default_factory=Counter)
     repaired: Counter[str] = field(default_factory=Counter)
     problems: Problems = field(default_factory=Problems)
+    compressed: str | None = None
+    """The compressed file or archive being read, if any (set by the readers): bytes that are not
+    UTF-8 there are more likely damage than encoding, and the error says so."""
 
     def bad_record(self, reason: str, message: str) -> None:
         if self.on_bad_record == "skip":
@@ -86,6 +91,14 @@ class ReadContext:
                 self.skipped["invalid_utf8"] += 1
                 return None
             bad = data[e.start : e.start + 4]
+            if self.compressed is not None:  # 'replace' would publish the damage as text
+                self.problems.add(
+                    f"{where}: not valid UTF-8 after decompression (byte {e.start}: {bad!r}); {self.compressed} "
+                    "may be a truncated/corrupt archive (zstd without a checksum cannot detect damage): re-download "
+                    "or re-create it. Only if it tests whole (zstd -t, gzip -t, unzip -t) is the text itself not "
+                    "UTF-8; then convert it, or set invalid_utf8='replace' or 'skip'"
+                )
+                return None
             self.problems.add(
                 f"{where}: not valid UTF-8 (byte {e.start}: {bad!r}); convert it to UTF-8, "
                 "or set invalid_utf8='replace' or 'skip'"
