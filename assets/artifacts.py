@@ -185,3 +185,15 @@ class Report(Artifact):
             if markdown:
                 (store.reports_dir() / f"{name}.md").write_text(markdown, encoding="utf-8")
         return published
+
+
+class HfExport(Artifact):
+    """hf_export: the pretrained and the SFT model in Hugging Face ``transformers`` format, one folder each."""
+
+    MODELS: ClassVar[tuple[str, ...]] = ("pretrained", "sft")
+
+    def model_dir(self, name: str) -> Path:
+        """The folder ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load (``pretrained`` or ``sft``)."""
+        if name not in self.MODELS:
+            raise ValueError(f"hf_export has no model {name!r}; choose from {', '.join(self.MODELS)}")
+        return self.path / name

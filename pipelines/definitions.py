@@ -14,6 +14,7 @@ import dagster as dg
 
 import assets.data
 import assets.evaluation
+import assets.export
 import assets.finetune
 import assets.pretrain
 from assets.io_manager import ArtifactIOManager
@@ -26,7 +27,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 # `dagster dev` started by hand gets the same default home as the CLI.
 os.environ.setdefault("LMPIPE_HOME", str(lmpipe_home()))
 
-_PACKAGES = [assets.data, assets.pretrain, assets.finetune, assets.evaluation]
+_PACKAGES = [assets.data, assets.pretrain, assets.finetune, assets.evaluation, assets.export]
 ALL_ASSETS = [a for p in _PACKAGES for a in dg.load_assets_from_package_module(p)]
 ALL_CHECKS = [c for p in _PACKAGES for c in dg.load_asset_checks_from_package_module(p)]
 

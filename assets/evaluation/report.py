@@ -3,18 +3,40 @@
 One table: perplexity and bits per byte (model vs n-gram), ROUGE (fine-tuned vs base model
 on held-out instructions) and accuracy (best LM classifier vs bag of words), with sample
 generations; also ``$LMPIPE_HOME/reports/evaluation.{json,md}``.
+
+Every evaluation set is checked for word 13-gram overlap with the training data that produced
+the model (``lmcore.eval.contamination``): the test split against the train token shards, the
+held-out SFT instructions against the SFT training rows and the train shards, the labeled test
+texts against the labeled train texts and the train shards. ``contamination`` in the report
+gives, per set, the contaminated fraction, the first contaminated examples and every metric
+again on the clean subset; the blocking check ``evaluation_uncontaminated`` fails when a set's
+fraction exceeds ``evaluation_report.contamination.threshold``.
 """
 
 from typing import Any
 
 import dagster as dg
+import pydantic
 
-from assets.artifacts import Checkpoint, Report, SftData, TokenizerFile
+from assets.artifacts import Checkpoint, LabeledData, Report, SftData, TokenizerFile, TokenShards
+from assets.config import config_from
 from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
 from lmcore.data.tokenizer import Tokenizer
+from lmcore.eval.baselines import evaluate_classifier
+from lmcore.eval.contamination import (
+    ContaminationConfig,
+    NGramIndex,
+    chatml_text,
+    contamination_report,
+    conversation_text,
+    find_contamination,
+    required_lengths,
+    shard_texts,
+)
+from lmcore.eval.perplexity import subset_figures
 from lmcore.eval.rouge import rouge_batch
 from lmcore.finetune.classify import METHODS
 from lmcore.finetune.sft import chat_generate
@@ -24,10 +46,41 @@ _COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("model"), dg.TableColumn("v
             dg.TableColumn("beats_baseline", "bool")]  # fmt: skip
 
 
+METRICS = {"perplexity (test)": False, "bits per byte (test)": False, "ROUGE-L F": True, "ROUGE-1 F": True,
+           "accuracy": True, "macro-F1": True}  # fmt: skip
+"""The table's metrics, each with whether higher is better: the names ``must_beat`` accepts."""
+
+
+ContaminationSettings = config_from(ContaminationConfig)
+
+
 class EvaluationConfig(dg.Config):
     rouge_examples: int = 48
     """Held-out instructions to generate answers for (base and fine-tuned model)."""
     max_new_tokens: int = 96
+    contamination: ContaminationSettings = ContaminationSettings()
+    """The 13-gram overlap check of every evaluation set; ``threshold`` is the blocking check's limit."""
+    must_beat: list[str] | None = None
+    """Table metrics on which the model must beat its baseline, else the blocking gate check fails and the
+    model is not exported (assets/evaluation/gate.py). None: every metric in the table; []: none."""
+    regression_tolerance: float = 0.02
+    """How much worse than the previous evaluation a metric may get, as a fraction of the previous figure,
+    before the (non-blocking) regression check warns."""
+
+    @pydantic.field_validator("must_beat")
+    @classmethod
+    def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        unknown = [n for n in names or [] if n not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; valid: {', '.join(METRICS)}")
+        return names
+
+    @pydantic.field_validator("regression_tolerance")
+    @classmethod
+    def _non_negative(cls, tolerance: float) -> float:
+        if tolerance < 0:
+            raise ValueError(f"must be >= 0 (a fraction of the previous figure, e.g. 0.02), got {tolerance}")
+        return tolerance
 
 
 def _rouge(models: dict[str, Any], tok: Tokenizer, heldout: list, config: EvaluationConfig, progress) -> dict[str, Any]:
@@ -42,6 +95,7 @@ def _rouge(models: dict[str, Any], tok: Tokenizer, heldout: list, config: Evalua
             progress(f"generate ({name})", i + 1, len(heldout))
         generations[name] = preds
         out[name] = rouge_batch(preds, refs)
+    out["generations"] = generations
     for i, ex in enumerate(heldout[:4]):
         out["samples"].append(
             {"prompt": ex.prompt, "reference": ex.reference, **{n: g[i] for n, g in generations.items()}}
@@ -90,11 +144,95 @@ def _report(ppl: dict[str, Any], rouge: dict[str, Any], cls: dict[str, Any]) -> 
     return report
 
 
+def _indexed_sets(
+    cfg: ContaminationConfig, tok: Tokenizer, shards: TokenShards, sft: SftData, labeled: LabeledData
+) -> tuple[dict[str, tuple[list[str], dict[str, NGramIndex]]], list[str]]:
+    """Each evaluation set's texts with the training indexes it is checked against, and the labeled test labels.
+
+    The training side is what the model was trained on: the train token shards decoded
+    document by document, the SFT rows as rendered (ChatML headers and system prompts left
+    out), the classifiers' labeled train texts.
+    """
+    eot = shards.manifest["eot_id"]
+    test_docs = list(shard_texts(tok, shards.split("test").arrays, eot))
+    sft_train, heldout, _ = sft.read()
+    held = [conversation_text(ex.prompt_messages, ex.reference) for ex in heldout]
+    (labeled_train, _), (labeled_test, test_labels) = labeled.part("train"), labeled.part("test")
+    lengths = required_lengths([test_docs, held, labeled_test], cfg)
+    pretraining = NGramIndex.build(shard_texts(tok, shards.split("train").arrays, eot), lengths=lengths)
+    sets = {
+        "test_split": (test_docs, {"pretraining_train": pretraining}),
+        "sft_heldout": (held, {"sft_train": NGramIndex.build((chatml_text(tok, ex.ids) for ex in sft_train),
+                                                              lengths=lengths), "pretraining_train": pretraining}),
+        "labeled_test": (labeled_test, {"labeled_train": NGramIndex.build(labeled_train, lengths=lengths),
+                                        "pretraining_train": pretraining}),
+    }  # fmt: skip
+    return sets, test_labels
+
+
+def _pair(model: Any, baseline: Any) -> dict[str, Any]:
+    return {"model": model, "baseline": baseline}
+
+
+def _clean_classification(cls: dict[str, Any], best: str | None, truth: list[str], keep: list[bool]) -> dict[str, Any]:
+    """Accuracy and macro-F1 of the best LM method and of bag of words on the clean labeled test texts."""
+    out: dict[str, Any] = {"examples": sum(keep), "model": None, "baseline": None}
+    for side, method in (("model", best), ("baseline", "bow" if "bow" in cls else None)):
+        if method is None or not any(keep):
+            continue
+        predicted = cls[method].get("predictions")
+        if predicted is None or len(predicted) != len(truth):
+            raise ValueError(f"classifier_report has no per-example {method} predictions for the {len(truth)} "
+                             "labeled test texts; re-materialize classifier_report")  # fmt: skip
+        kept = [i for i, k in enumerate(keep) if k]
+        scores = evaluate_classifier([truth[i] for i in kept], [predicted[i] for i in kept], cls["labels"])
+        out[side] = {"method": method, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+    return out
+
+
+def _clean_rouge(rouge: dict[str, Any], refs: list[str], keep: list[bool]) -> dict[str, Any]:
+    """ROUGE of the fine-tuned and the base model on the clean ones of the generated held-out instructions."""
+    kept = [i for i, k in enumerate(keep[: rouge["examples"]]) if k]
+    if not kept:
+        return {"examples": 0, "rouge": _pair(None, None)}
+    scores = {n: rouge_batch([g[i] for i in kept], [refs[i] for i in kept]) for n, g in rouge["generations"].items()}
+    return {"examples": len(kept), "rouge": _pair(scores["fine_tuned"], scores["base"])}
+
+
+def _contamination(
+    cfg: ContaminationConfig,
+    sets: dict[str, tuple[list[str], dict[str, NGramIndex]]],
+    figures: dict[str, Any],
+    test_labels: list[str],
+    refs: list[str],
+) -> dict[str, Any]:
+    """The report's ``contamination``: per set the overlap figures and the metrics on its clean subset."""
+    out: dict[str, Any] = {"n": cfg.n, "min_words": cfg.min_words, "threshold": cfg.threshold, "sets": {}}
+    keep: dict[str, list[bool]] = {}
+    for name, (texts, indexes) in sets.items():
+        matches = find_contamination(texts, indexes, cfg)
+        keep[name] = [m is None for m in matches]
+        out["sets"][name] = contamination_report(texts, matches, cfg, checked_against=list(indexes))
+    ppl, rouge, cls = figures["perplexity"], figures["rouge"], figures["classification"]
+    test = subset_figures(ppl["documents"], keep["test_split"])
+    both = test["model"] is not None
+    out["sets"]["test_split"]["clean"] = {
+        "documents": test["documents"],
+        "perplexity": _pair(*(test[w]["perplexity"] if both else None for w in ("model", "ngram"))),
+        "bits_per_byte": _pair(*(test[w]["bits_per_byte"] if both else None for w in ("model", "ngram"))),
+    }
+    out["sets"]["sft_heldout"]["clean"] = _clean_rouge(rouge, refs, keep["sft_heldout"])
+    out["sets"]["labeled_test"]["clean"] = _clean_classification(cls, figures["best"], test_labels,
+                                                                 keep["labeled_test"])  # fmt: skip
+    indexes = {n: i for _, by in sets.values() for n, i in by.items()}
+    out["indexes"] = {name: index.summary() for name, index in indexes.items()}
+    return out
+
+
 @dg.asset(
     group_name="evaluation",
     kinds={"json"},
     code_version=code_version_of(__name__),
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
@@ -105,15 +243,27 @@ def evaluation_report(
     sft_model: Checkpoint,
     sft_dataset: SftData,
     tokenizer: TokenizerFile,
+    token_shards: TokenShards,
+    labeled_data: LabeledData,
     store: ArtifactStore,
 ) -> Report:
-    """One table: perplexity and bits per byte, ROUGE, accuracy, each next to the baseline it must beat."""
+    """One table: perplexity and bits per byte, ROUGE, accuracy, each next to the baseline it must beat;
+    and each evaluation set's overlap with the training data, with the figures on its clean part."""
+    if perplexity_report.manifest.get("token_shards") != token_shards.data_version:
+        raise ValueError(f"perplexity_report {perplexity_report.location} was not computed on token_shards "
+                         f"{token_shards.data_version}; re-materialize perplexity_report")  # fmt: skip
     _, heldout, _ = sft_dataset.read()
     models = {"base": pretrained_model.load(), "fine_tuned": sft_model.load()}
     progress = reporter(context, "evaluation_report")
     rouge = _rouge(models, tokenizer.tokenizer, heldout[: config.rouge_examples], config, progress)
-    report = _report(perplexity_report.manifest["splits"]["test"], rouge, classifier_report.manifest)
-    markdown = _markdown(report["table"], report["samples"])
+    ppl, cls = perplexity_report.manifest["splits"]["test"], classifier_report.manifest
+    report = _report(ppl, rouge, cls)
+    cfg = config.contamination.to_lmcore()
+    sets, test_labels = _indexed_sets(cfg, tokenizer.tokenizer, token_shards, sft_dataset, labeled_data)
+    best = report["classification"]["model"]["method"] if report["classification"]["model"] else None
+    figures = {"perplexity": ppl, "rouge": rouge, "classification": cls, "best": best}
+    report["contamination"] = _contamination(cfg, sets, figures, test_labels, [ex.reference for ex in heldout])
+    markdown = _markdown(report["table"], report["samples"]) + _contamination_markdown(report["contamination"])
     published = Report.write(store, "evaluation_report", report, name="evaluation", markdown=markdown)
     metadata = {
         "report": dg.MetadataValue.table(
@@ -121,8 +271,11 @@ def evaluation_report(
         ),
         "markdown": dg.MetadataValue.md(markdown),
         **{r["metric"]: r["value"] for r in report["table"]},
+        **{f"contaminated_fraction ({n})": round(c["fraction"], 4) for n, c in report["contamination"]["sets"].items()},
+        "contamination": dg.MetadataValue.json(report["contamination"]),
     }
-    inputs = {"perplexity_report": perplexity_report, "classifier_report": classifier_report, "sft_model": sft_model}
+    inputs = {"perplexity_report": perplexity_report, "classifier_report": classifier_report, "sft_model": sft_model,
+              "token_shards": token_shards, "labeled_data": labeled_data}  # fmt: skip
     return result(context, published, metadata, config=config, inputs=inputs)
 
 
@@ -137,3 +290,45 @@ def _markdown(rows: list[dict[str, Any]], samples: list[dict[str, str]]) -> str:
         lines += [f"**Prompt:** {s['prompt']}", "", f"- reference: {s['reference']}", f"- base: {s.get('base', '')}",
                   f"- fine-tuned: {s.get('fine_tuned', '')}", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _contamination_markdown(c: dict[str, Any]) -> str:
+    lines = ["", f"## Contamination ({c['n']}-gram overlap with the training data)", "",
+             f"| set | examples | contaminated | fraction | over {c['threshold']} |",
+             "| --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for name, s in c["sets"].items():
+        over = "yes" if s["fraction"] > c["threshold"] else "no"
+        lines.append(f"| {name} | {s['examples']} | {s['contaminated']} | {s['fraction']:.4f} | {over} |")
+    for name, s in c["sets"].items():
+        if s["listed"]:
+            lines += ["", f"**{name}** (first {len(s['listed'])}):", ""]
+            lines += [f"- #{x['index']} ({x['source']}): {x['text']} — matched `{x['ngram']}`" for x in s["listed"]]
+    return "\n".join(lines) + "\n"
+
+
+@dg.asset_check(
+    asset=evaluation_report,
+    blocking=True,
+    description="No evaluation set shares n-grams with the training data in more than "
+    "evaluation_report.contamination.threshold of its examples.",
+)
+def evaluation_uncontaminated(evaluation_report: Report) -> dg.AssetCheckResult:
+    c = evaluation_report.manifest["contamination"]
+    over = {name: s["fraction"] for name, s in c["sets"].items() if s["fraction"] > c["threshold"]}
+    text = "; ".join(
+        f"{name}: {fraction:.4f} of its examples > threshold {c['threshold']}" for name, fraction in over.items()
+    )
+    return dg.AssetCheckResult(
+        passed=not over,
+        description=(
+            f"contaminated above evaluation_report.contamination.threshold: {text}; remove the overlapping "
+            "examples or raise the threshold"
+        )
+        if over
+        else None,  # fmt: skip
+        metadata={
+            "threshold": c["threshold"],
+            "over_threshold": dg.MetadataValue.json(over),
+            **{f"{name}_fraction": round(s["fraction"], 4) for name, s in c["sets"].items()},
+        },
+    )

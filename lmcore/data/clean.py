@@ -3,7 +3,9 @@
 Per document, in order: normalize (NFC, no BOM, no control characters, LF line endings,
 no trailing blanks), strip Project Gutenberg boilerplate, drop placeholder lines, re-flow
 hard-wrapped prose, collapse blank-line runs, split long documents at paragraph
-boundaries, then filter. A filter returns ``(keep, reason)`` as in datatrove; every
+boundaries, then filter. Each output row keeps the raw document's id in ``source_doc_id``
+(:data:`CLEAN_SCHEMA`), so all chunks of one document can be kept together downstream;
+``doc_id`` stays unique per chunk. A filter returns ``(keep, reason)`` as in datatrove; every
 dropped document is written with its reason and the reasons are counted in the manifest.
 Vectorized steps run in polars; per-document logic is plain Python. Input is read batch
 by batch, so memory is one batch plus the dedup state. Output order follows input order,
@@ -32,7 +34,11 @@ from lmcore.io import DOCUMENT_SCHEMA, ParquetShardWriter, ProgressFn, atomic_di
 
 MANIFEST = "manifest.json"
 DROPPED_DIR = "dropped"
-DROPPED_SCHEMA = DOCUMENT_SCHEMA.append(pa.field("reason", pa.string(), nullable=False))
+SOURCE_DOC_ID = "source_doc_id"
+CLEAN_SCHEMA = DOCUMENT_SCHEMA.append(pa.field(SOURCE_DOC_ID, pa.string(), nullable=False))
+"""Cleaned documents: ``doc_id`` (unique per chunk), ``source``, ``text``, and ``source_doc_id``, the raw
+document's ``doc_id`` that every chunk of it shares."""
+DROPPED_SCHEMA = CLEAN_SCHEMA.append(pa.field("reason", pa.string(), nullable=False))
 COLUMNS = ["doc_id", "source", "text"]
 PARAGRAPH_SEP = "\n\n"
 _READ_BATCH = 64  # documents per input batch; whole books are MBs each
@@ -335,8 +341,9 @@ def build_filters(config: CleanConfig) -> list[Filter]:
 
 
 def clean_frame(df: pl.DataFrame, config: CleanConfig) -> pl.DataFrame:
-    """Clean and split a frame of documents; adds ``reason`` from the length filters (null = keep)."""
-    df = df.select(COLUMNS).with_columns(normalize_expr().fill_null(""))
+    """Clean and split a frame of documents; adds ``source_doc_id`` (the input ``doc_id``) and ``reason``
+    from the length filters (null = keep)."""
+    df = df.select(COLUMNS).with_columns(normalize_expr().fill_null(""), pl.col("doc_id").alias(SOURCE_DOC_ID))
     cleaned = [clean_text(t, config) for t in df["text"].to_list()]
     df = df.with_columns(text=pl.Series(cleaned, dtype=pl.String)).with_columns(_tidy_expr())
     chunks = [split_document(t, config.max_doc_chars) for t in df["text"].to_list()]
@@ -346,7 +353,7 @@ def clean_frame(df: pl.DataFrame, config: CleanConfig) -> pl.DataFrame:
     ]
     df = df.with_columns(
         doc_id=pl.Series(ids, dtype=pl.List(pl.String)), text=pl.Series(chunks, dtype=pl.List(pl.String))
-    ).explode(["doc_id", "text"])
+    ).explode(["doc_id", "text"])  # source_doc_id repeats on every chunk
     return df.with_columns(length_reason_expr(config.min_doc_chars))
 
 
@@ -381,7 +388,7 @@ def clean_corpus(
 ) -> dict[str, Any]:
     """Clean raw document shards into ``out_dir`` and return its manifest.
 
-    Writes ``part-*.parquet`` (DOCUMENT_SCHEMA) for kept documents, ``dropped/part-*.parquet``
+    Writes ``part-*.parquet`` (CLEAN_SCHEMA) for kept documents, ``dropped/part-*.parquet``
     (plus ``reason``) for dropped ones, then ``manifest.json``. ``out_dir`` is replaced
     atomically: a failed run leaves the previous output as it was.
     """
@@ -391,7 +398,7 @@ def clean_corpus(
     dropped: Counter[str] = Counter()
     seen = in_bytes = out_bytes = 0
     with atomic_dir(out_dir) as staging:
-        kept_w = ParquetShardWriter(staging, DOCUMENT_SCHEMA, max_bytes=config.shard_bytes)
+        kept_w = ParquetShardWriter(staging, CLEAN_SCHEMA, max_bytes=config.shard_bytes)
         drop_w = ParquetShardWriter(staging / DROPPED_DIR, DROPPED_SCHEMA, max_bytes=config.shard_bytes)
         with kept_w, drop_w:
             for path in paths:
@@ -399,9 +406,9 @@ def clean_corpus(
                     df = pl.from_arrow(batch)
                     assert isinstance(df, pl.DataFrame)
                     in_bytes += int(df["text"].str.len_bytes().sum() or 0)
-                    for doc_id, source, text, length_reason in clean_frame(df, config).iter_rows():
+                    for doc_id, source, text, source_doc_id, length_reason in clean_frame(df, config).iter_rows():
                         reason = length_reason or _first_reason(filters, text)
-                        row = {"doc_id": doc_id, "source": source, "text": text}
+                        row = {"doc_id": doc_id, "source": source, "text": text, SOURCE_DOC_ID: source_doc_id}
                         if reason is None:
                             kept_w.write(row)
                             out_bytes += len(text.encode("utf-8"))

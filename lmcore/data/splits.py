@@ -1,9 +1,12 @@
-"""Document-level train/val/test assignment by a seeded hash of ``doc_id``.
+"""Document-level train/val/test assignment by a seeded hash of the source document's id.
 
-A document's split depends only on its id and the seed, never on what else is in the
-corpus, so when the corpus grows every existing document keeps its split and a test
-document can never leak into training on a retrain. The test band is the lowest part
-of the hash range and val the next, so enlarging ``val_fraction`` moves no test
+The split of a cleaned document is decided by its ``source_doc_id`` (the raw document's
+``doc_id``, which cleaning keeps on every chunk of a long document), so all chunks of a
+book go to the same split and the test split never measures a book the model has read
+part of. A document's split depends only on that id and the seed, never on what else is
+in the corpus, so when the corpus grows every existing document keeps its split and a
+test document can never leak into training on a retrain. The test band is the lowest
+part of the hash range and val the next, so enlarging ``val_fraction`` moves no test
 document. This module knows nothing of tokenizers or models.
 """
 
@@ -14,6 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
+from lmcore.data.clean import CLEAN_SCHEMA, SOURCE_DOC_ID
 from lmcore.io import ParquetShardWriter, ProgressFn, read_parquet_rows, write_json
 
 SPLITS = ("train", "val", "test")
@@ -45,7 +51,11 @@ class SplitConfig:
 
 
 def assign_split(doc_id: str, config: SplitConfig) -> str:
-    """The split of one document: a pure function of ``doc_id`` and the seed."""
+    """The split of one source document: a pure function of its id and the seed.
+
+    Pass the raw document's id (a cleaned row's ``source_doc_id``), so that every chunk of
+    it gets the same split.
+    """
     digest = hashlib.sha256(f"{config.seed}\x00{doc_id}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
     if u < config.test_fraction:
@@ -58,15 +68,20 @@ def assign_split(doc_id: str, config: SplitConfig) -> str:
 def split_corpus(
     config: SplitConfig, in_paths: list[Path], out_dir: Path, *, progress: ProgressFn | None = None
 ) -> dict[str, Any]:
-    """Copy the cleaned documents into ``out_dir/{train,val,test}/part-*.parquet``; manifest last."""
+    """Copy the cleaned documents into ``out_dir/{train,val,test}/part-*.parquet``; manifest last.
+
+    Each row goes to the split of its ``source_doc_id`` (:func:`assign_split`) and keeps every
+    column of :data:`~lmcore.data.clean.CLEAN_SCHEMA`.
+    """
     out_dir = Path(out_dir)
-    writers = {s: ParquetShardWriter(out_dir / s, max_bytes=config.shard_bytes) for s in SPLITS}
+    _check_inputs([Path(p) for p in in_paths])
+    writers = {s: ParquetShardWriter(out_dir / s, CLEAN_SCHEMA, max_bytes=config.shard_bytes) for s in SPLITS}
     stats = {s: {"documents": 0, "bytes": 0} for s in SPLITS}
     for w in writers.values():
         w.__enter__()
     try:
         for n, row in enumerate(read_parquet_rows(in_paths), start=1):
-            split = assign_split(row["doc_id"], config)
+            split = assign_split(row[SOURCE_DOC_ID], config)
             writers[split].write(row)
             stats[split]["documents"] += 1
             stats[split]["bytes"] += len(row["text"].encode("utf-8"))
@@ -82,6 +97,16 @@ def split_corpus(
     manifest = {"splits": stats, "config": asdict(config)}
     write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def _check_inputs(paths: list[Path]) -> None:
+    """Raise naming every input shard that lacks ``source_doc_id`` (written by an older clean_corpus)."""
+    old = [str(p) for p in paths if SOURCE_DOC_ID not in pq.read_schema(p).names]
+    if old:
+        raise ValueError(
+            f"{', '.join(old)}: no {SOURCE_DOC_ID!r} column, so chunks cannot be kept with their source document; "
+            "re-materialize clean_corpus (it writes the column) and then splits"
+        )
 
 
 def split_paths(split_root: Path, split: str, manifest: dict[str, Any]) -> list[Path]:

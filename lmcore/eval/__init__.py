@@ -1,4 +1,4 @@
-"""Evaluation: perplexity and bits per byte, the n-gram and bag-of-words baselines, ROUGE.
+"""Evaluation: perplexity and bits per byte, the n-gram and bag-of-words baselines, ROUGE, 13-gram contamination.
 
 Builds on ``lmcore.data`` and ``lmcore.model``; never trains a model.
 """

@@ -7,13 +7,17 @@ the n-gram model uses its own short history. Bits per byte divide the total nats
 ln 2 and by the UTF-8 bytes of the target tokens. Compute that byte count once with
 :func:`count_target_bytes` and pass the same ``total_bytes`` to both evaluators, which
 makes their figures comparable with each other and across tokenizers.
+Figures are sums over target tokens, so they can be kept per document
+(:func:`document_of_tokens`) and added up again over any subset (:func:`subset_figures`),
+e.g. the test documents that no training 13-gram touches.
 This module knows nothing of training, checkpoints or Dagster.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +67,7 @@ def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
 
 def count_target_bytes(arrays: Sequence[np.ndarray], token_bytes: np.ndarray, max_tokens: int | None = None) -> int:
     """UTF-8 bytes of the text the evaluated target tokens decode to (see :func:`eval_slices`)."""
-    return int(sum(token_bytes[s[1:].astype(np.int64)].sum() for s in eval_slices(arrays, max_tokens)))
+    return int(target_bytes(arrays, token_bytes, max_tokens=max_tokens).sum())
 
 
 def _summary(
@@ -83,27 +87,121 @@ def _summary(
     }
 
 
-def _windows(slices: list[np.ndarray], T: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(inputs, targets) of at most T tokens each, stepping T through every slice."""
-    for s in slices:
+def document_of_tokens(arrays: Sequence[np.ndarray], eot_id: int) -> tuple[list[np.ndarray], int]:
+    """For each array of a split, the document index of every position, and the number of documents.
+
+    A split's documents are concatenated with ``eot_id`` after each, across arrays (shards);
+    a position belongs to the document whose ``eot_id`` is the next one, itself included.
+    """
+    out, before = [], 0
+    for a in arrays:
+        is_eot = a == eot_id
+        out.append((np.cumsum(is_eot, dtype=np.int64) - is_eot + before).astype(np.int32))
+        before += int(is_eot.sum())
+    trailing = bool(arrays) and arrays[-1].size > 0 and arrays[-1][-1] != eot_id
+    return out, before + int(trailing)
+
+
+Groups = tuple[list[np.ndarray], int]
+"""Per array, a group index (e.g. the document) for every position, and the number of groups."""
+
+
+def _group_slices(slices: list[np.ndarray], groups: Groups | None) -> tuple[list[np.ndarray], int]:
+    """Group ids laid out like ``slices`` (all 0 when ``groups`` is None)."""
+    if groups is None:
+        return [np.zeros(s.size, dtype=np.int32) for s in slices], 1
+    return [g[: s.size] for s, g in zip(slices, groups[0], strict=False)], groups[1]
+
+
+def _windows(slices: list[np.ndarray], groups: list[np.ndarray], T: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """(inputs, targets, target groups) of at most T tokens each, stepping T through every slice."""
+    for s, g in zip(slices, groups, strict=True):
         for i in range(0, s.size - 1, T):
-            yield s[i : i + T], s[i + 1 : i + T + 1]
+            yield s[i : i + T], s[i + 1 : i + T + 1], g[i + 1 : i + T + 1]
 
 
-def _batches(slices: list[np.ndarray], T: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Windows stacked into (B, T) batches; short windows padded (inputs 0, targets -100)."""
-    inputs, targets = [], []
-    for x, y in _windows(slices, T):
+def _batches(
+    slices: list[np.ndarray], groups: list[np.ndarray], T: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+    """Windows stacked into (B, T) batches; short windows padded (inputs 0, targets -100, groups 0)."""
+    inputs, targets, owners = [], [], []
+    for x, y, g in _windows(slices, groups, T):
         inputs.append(np.pad(x.astype(np.int64), (0, T - x.size)))
         targets.append(np.pad(y.astype(np.int64), (0, T - y.size), constant_values=-100))
+        owners.append(np.pad(g.astype(np.int64), (0, T - g.size)))
         if len(inputs) == batch_size:
-            yield torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
-            inputs, targets = [], []
+            yield torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets)), np.stack(owners)
+            inputs, targets, owners = [], [], []
     if inputs:
-        yield torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
+        yield torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets)), np.stack(owners)
 
 
 @torch.no_grad()
+def lm_nats(
+    model: GPT,
+    arrays: Sequence[np.ndarray],
+    *,
+    groups: Groups | None = None,
+    context_length: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(nats, tokens)`` of ``model`` per group (one group if ``groups`` is None), on :func:`eval_slices`' targets.
+
+    The model reads non-overlapping windows of ``context_length`` (default: the model's), so
+    a group's figures depend on the groups around it only through the context it is given.
+    """
+    T = model.config.context_length if context_length is None else context_length
+    if not 1 <= T <= model.config.context_length or batch_size < 1:
+        raise ValueError(f"need 1 <= context_length <= {model.config.context_length} and batch_size >= 1")
+    slices = eval_slices(arrays, max_tokens)
+    owner_slices, n_groups = _group_slices(slices, groups)
+    nats, tokens = np.zeros(n_groups), np.zeros(n_groups, dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y, g in _batches(slices, owner_slices, T, batch_size):
+            logits, _ = model(x.to(device))  # (B, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="none")  # (B*T,)
+            scored = (y != -100).flatten().numpy()
+            owner = g.reshape(-1)[scored]
+            nats += np.bincount(owner, weights=loss.double().cpu().numpy()[scored], minlength=n_groups)
+            tokens += np.bincount(owner, minlength=n_groups)
+    finally:
+        model.train(was_training)
+    return nats, tokens
+
+
+def ngram_nats(
+    ngram: NGramLM, arrays: Sequence[np.ndarray], *, groups: Groups | None = None, max_tokens: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(nats, tokens)`` of the n-gram model per group, on the same targets as :func:`lm_nats`."""
+    slices = eval_slices(arrays, max_tokens)
+    owner_slices, n_groups = _group_slices(slices, groups)
+    nats, tokens = np.zeros(n_groups), np.zeros(n_groups, dtype=np.int64)
+    for s, g in zip(slices, owner_slices, strict=True):
+        nats -= np.bincount(g[1:], weights=ngram.log_prob(s), minlength=n_groups)
+        tokens += np.bincount(g[1:], minlength=n_groups)
+    return nats, tokens
+
+
+def target_bytes(
+    arrays: Sequence[np.ndarray],
+    token_bytes: np.ndarray,
+    *,
+    groups: Groups | None = None,
+    max_tokens: int | None = None,
+) -> np.ndarray:
+    """UTF-8 bytes of the evaluated target tokens per group (see :func:`count_target_bytes`)."""
+    slices = eval_slices(arrays, max_tokens)
+    owner_slices, n_groups = _group_slices(slices, groups)
+    out = np.zeros(n_groups, dtype=np.int64)
+    for s, g in zip(slices, owner_slices, strict=True):
+        out += np.bincount(g[1:], weights=token_bytes[s[1:].astype(np.int64)], minlength=n_groups).astype(np.int64)
+    return out
+
+
 def evaluate_lm(
     model: GPT,
     arrays: Sequence[np.ndarray],
@@ -120,23 +218,10 @@ def evaluate_lm(
     ``context_length`` defaults to the model's. ``bits_per_byte`` is None unless
     ``total_bytes`` (preferred, from :func:`count_target_bytes`) or ``bytes_per_token`` is given.
     """
-    T = model.config.context_length if context_length is None else context_length
-    if not 1 <= T <= model.config.context_length or batch_size < 1:
-        raise ValueError(f"need 1 <= context_length <= {model.config.context_length} and batch_size >= 1")
-    slices = eval_slices(arrays, max_tokens)
-    was_training = model.training
-    model.eval()
-    nats, tokens = 0.0, 0
-    try:
-        for x, y in _batches(slices, T, batch_size):
-            x, y = x.to(device), y.to(device)
-            logits, _ = model(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
-            nats += float(loss)
-            tokens += int((y != -100).sum())
-    finally:
-        model.train(was_training)
-    return _summary(nats, tokens, total_bytes, bytes_per_token)
+    nats, tokens = lm_nats(
+        model, arrays, context_length=context_length, batch_size=batch_size, max_tokens=max_tokens, device=device
+    )
+    return _summary(float(nats.sum()), int(tokens.sum()), total_bytes, bytes_per_token)
 
 
 def evaluate_ngram(
@@ -148,11 +233,26 @@ def evaluate_ngram(
     max_tokens: int | None = None,
 ) -> dict[str, float | int | None]:
     """The same figures as :func:`evaluate_lm` for the n-gram baseline, on the same target tokens."""
-    nats, tokens = 0.0, 0
-    for s in eval_slices(arrays, max_tokens):
-        nats -= float(ngram.log_prob(s).sum())
-        tokens += s.size - 1
-    return _summary(nats, tokens, total_bytes, bytes_per_token)
+    nats, tokens = ngram_nats(ngram, arrays, max_tokens=max_tokens)
+    return _summary(float(nats.sum()), int(tokens.sum()), total_bytes, bytes_per_token)
+
+
+def subset_figures(documents: dict[str, list], keep: Sequence[bool]) -> dict[str, Any]:
+    """``{"documents", "model", "ngram"}`` figures over the documents where ``keep`` is true.
+
+    ``documents`` is a split's per-document entry of :func:`perplexity_comparison`. The figures
+    are sums over the same target tokens as the whole split's, restricted to those documents;
+    ``model``/``ngram`` are None when no kept document has a scored token.
+    """
+    if len(keep) != len(documents["tokens"]):
+        raise ValueError(f"keep has {len(keep)} entries for {len(documents['tokens'])} documents")
+    mask = np.asarray(keep, dtype=bool)
+    tokens, n_bytes = int(np.asarray(documents["tokens"])[mask].sum()), int(np.asarray(documents["bytes"])[mask].sum())
+    out: dict[str, Any] = {"documents": int(mask.sum())}
+    for who in ("model", "ngram"):
+        nats = float(np.asarray(documents[f"{who}_nats"], dtype=np.float64)[mask].sum())
+        out[who] = _summary(nats, tokens, n_bytes, None) if tokens and n_bytes else None
+    return out
 
 
 def perplexity_comparison(
@@ -165,21 +265,36 @@ def perplexity_comparison(
     max_tokens: int | None = None,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
-) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    per_document: Collection[str] = (),
+) -> dict[str, dict[str, Any]]:
     """``{split: {"model": figures, "ngram": figures}}``: the model against an n-gram fitted on ``train_arrays``.
 
     Both are scored on the same target tokens and divided by the same UTF-8 byte count, so
-    their bits per byte are directly comparable.
+    their bits per byte are directly comparable. For each split in ``per_document`` (documents
+    separated by the tokenizer's ``<|endoftext|>``), ``"documents"`` also holds, per document in
+    order, ``tokens``, ``bytes``, ``model_nats`` and ``ngram_nats``, whose sums are the split's
+    figures, so that :func:`subset_figures` scores any subset of documents without a new pass.
     """
     token_bytes = token_byte_lengths(tokenizer)
     ngram = NGramLM.fit(list(train_arrays), model.config.vocab_size, order=ngram_order)
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for split, arrays in split_arrays.items():
-        n_bytes = count_target_bytes(arrays, token_bytes, max_tokens)
+        groups = document_of_tokens(arrays, tokenizer.eot_id) if split in per_document else None
+        n_bytes = target_bytes(arrays, token_bytes, groups=groups, max_tokens=max_tokens)
+        model_nats, tokens = lm_nats(
+            model, arrays, groups=groups, batch_size=batch_size, max_tokens=max_tokens, device=device
+        )
+        baseline_nats, _ = ngram_nats(ngram, arrays, groups=groups, max_tokens=max_tokens)
+        total = int(n_bytes.sum())
         out[split] = {
-            "model": evaluate_lm(
-                model, arrays, batch_size=batch_size, total_bytes=n_bytes, max_tokens=max_tokens, device=device
-            ),
-            "ngram": evaluate_ngram(ngram, arrays, total_bytes=n_bytes, max_tokens=max_tokens),
+            "model": _summary(float(model_nats.sum()), int(tokens.sum()), total, None),
+            "ngram": _summary(float(baseline_nats.sum()), int(tokens.sum()), total, None),
         }
+        if groups is not None:
+            out[split]["documents"] = {
+                "tokens": tokens.tolist(),
+                "bytes": n_bytes.tolist(),
+                "model_nats": model_nats.tolist(),
+                "ngram_nats": baseline_nats.tolist(),
+            }
     return out

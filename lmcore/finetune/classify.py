@@ -108,9 +108,10 @@ def evaluate_all(
     """Train each method on ``train`` and score it on the same ``test``; returns ``{"labels", method: metrics}``.
 
     Metrics per method: accuracy, macro_f1, confusion (rows true, columns predicted, in
-    ``labels`` order), labels, seconds, and ``train`` (the training summary, trimmed; for
-    bow the chosen C). label_lm adds generation_exact_match and generation_valid. Each LM
-    run lives in ``runs_dir/<method>/<run key>`` (``lmcore.train.runs``), so changing one
+    ``labels`` order), labels, ``predictions`` (one label per test text, in order, to score any
+    subset again with ``lmcore.eval.baselines.evaluate_classifier``), seconds, and ``train``
+    (the training summary, trimmed; for bow the chosen C). label_lm adds generation_exact_match
+    and generation_valid. Each LM run lives in ``runs_dir/<method>/<run key>`` (``lmcore.train.runs``), so changing one
     method's config retrains that method only, and a run on other data gets its own
     directory. With ``config.adapt``, both start from :func:`adapt_lm`, whose summary is
     returned under ``"adaptation"``. ``callback`` gets ``{"method", "stage": "train", ...loop
@@ -141,7 +142,8 @@ def _bow(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[str, 
         (list(task.validation[0]), list(task.validation[1])),
         seed=task.config.bow_seed,
     )
-    return evaluate_classifier(task.test[1], model.predict(list(task.test[0])), task.labels), chosen
+    predicted = [str(p) for p in model.predict(list(task.test[0]))]
+    return {**evaluate_classifier(task.test[1], predicted, task.labels), "predictions": predicted}, chosen
 
 
 def _label_lm(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -169,7 +171,8 @@ def _head(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[str,
         classifier, task.tokenizer, task.test[0], task.labels, instruction=cfg.instruction,
         batch_size=cfg.score_batch_size,
     )  # fmt: skip
-    return evaluate_classifier(task.test[1], predicted, task.labels), _brief(summary)
+    metrics = {**evaluate_classifier(task.test[1], predicted, task.labels), "predictions": list(predicted)}
+    return metrics, _brief(summary)
 
 
 def steps(config: ClassifyConfig) -> dict[str, int]:

@@ -173,13 +173,15 @@ def evaluate_label_lm(
     batch_size: int = 64,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of label scoring on ``test``, plus ``generation_exact_match`` and ``generation_valid`` (a label)."""
+    """Metrics of label scoring on ``test`` with its ``predictions``, plus ``generation_exact_match`` and
+    ``generation_valid`` (a label)."""
     texts, truth = test
     step = (lambda what: lambda d, n: progress(what, d, n)) if progress else (lambda what: None)
     scores = score_labels(
         model, tokenizer, texts, labels, instruction=instruction, batch_size=batch_size, progress=step("score")
     )
-    metrics = evaluate_classifier(truth, [labels[i] for i in scores.argmax(1).tolist()], labels)
+    predicted = [labels[i] for i in scores.argmax(1).tolist()]
+    metrics = {**evaluate_classifier(truth, predicted, labels), "predictions": predicted}
     longest = max(len(ids) for ids in encode_plain(tokenizer, list(labels)))
     generated = generate_labels(
         model, tokenizer, texts, max_new_tokens=longest + 1, instruction=instruction, progress=step("generate")

@@ -4,9 +4,13 @@
 convention, so q/k weights map without permutation; the fused qkv and gate/up matrices
 are split). ``arch="gpt2"`` becomes ``GPT2LMHeadModel`` (HF's Conv1D stores weights as
 (in, out), so our Linear weights are transposed). The directory holds ``config.json``,
-``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json`` and
-``special_tokens_map.json``, and replaces ``out_dir`` atomically. This module writes
-files only; it does not import ``transformers``.
+``model.safetensors``, ``generation_config.json``, ``tokenizer.json``,
+``tokenizer_config.json`` (with the ChatML ``chat_template`` that renders exactly what
+:mod:`lmcore.finetune.chat` renders) and ``special_tokens_map.json``, and replaces
+``out_dir`` atomically. ``end_token`` is where generation stops: ``<|endoftext|>`` for a
+base model, ``<|im_end|>`` for a chat (SFT) model, which then also is the tokenizer's
+``eos_token``, as in Qwen's instruct releases. This module writes files only; it does not
+import ``transformers``.
 """
 
 from __future__ import annotations
@@ -74,11 +78,12 @@ def _gpt2_tensors(model: GPT) -> dict[str, Tensor]:
     return out
 
 
-def _special_ids(tokenizer_path: Path) -> dict[str, int | None]:
+def _special_ids(tokenizer_path: Path, end_token: str) -> dict[str, int | None]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_path))
-    return {"vocab_size": tok.get_vocab_size(), "eot": tok.token_to_id(EOT), "pad": tok.token_to_id(PAD)}
+    return {"vocab_size": tok.get_vocab_size(), "eot": tok.token_to_id(EOT), "pad": tok.token_to_id(PAD),
+            "end": tok.token_to_id(end_token)}  # fmt: skip
 
 
 def _llama_config(model: GPT) -> dict[str, Any]:
@@ -125,8 +130,9 @@ def _gpt2_config(model: GPT) -> dict[str, Any]:
     }
 
 
-def _tokenizer_configs(context_length: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    special = {"bos_token": EOT, "eos_token": EOT, "pad_token": PAD, "additional_special_tokens": [IM_START, IM_END]}
+def _tokenizer_configs(context_length: int, end_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    special = {"bos_token": EOT, "eos_token": end_token, "pad_token": PAD,
+               "additional_special_tokens": [IM_START, IM_END]}  # fmt: skip
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": context_length,
@@ -137,31 +143,40 @@ def _tokenizer_configs(context_length: int) -> tuple[dict[str, Any], dict[str, A
     return tokenizer_config, special
 
 
-def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path) -> Path:
-    """Write a directory that ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load; return it."""
+def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path, *, end_token: str = EOT) -> Path:
+    """Write a directory that ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load; return it.
+
+    ``end_token`` (``<|endoftext|>`` or ``<|im_end|>``) is the ``eos_token_id`` of the config and
+    of ``generation_config.json``, so ``generate`` stops where lmcore's generation stops.
+    """
     tokenizer_path, out_dir = Path(tokenizer_path), Path(out_dir)
+    if end_token not in (EOT, IM_END):
+        raise ValueError(f"end_token must be {EOT!r} (base model) or {IM_END!r} (chat model), got {end_token!r}")
     if not tokenizer_path.exists():
         raise FileNotFoundError(f"{tokenizer_path}: no tokenizer.json; materialize the tokenizer asset first")
-    ids = _special_ids(tokenizer_path)
+    ids = _special_ids(tokenizer_path, end_token)
     c = model.config
-    if ids["vocab_size"] > c.vocab_size or ids["eot"] is None:
+    if ids["vocab_size"] > c.vocab_size or ids["eot"] is None or ids["end"] is None:
         raise ValueError(
-            f"{tokenizer_path}: needs {EOT} and at most vocab_size={c.vocab_size} tokens, has {ids['vocab_size']}"
+            f"{tokenizer_path}: needs {EOT} and {end_token} and at most vocab_size={c.vocab_size} tokens, "
+            f"has {ids['vocab_size']}"
         )
     modern = c.arch == "modern"
     config = _llama_config(model) if modern else _gpt2_config(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    config |= {"bos_token_id": ids["eot"], "eos_token_id": ids["eot"], "pad_token_id": ids["pad"]}
-    config |= {"dtype": dtype, "torch_dtype": dtype, "use_cache": True, "initializer_range": 0.02}
+    special_ids = {"bos_token_id": ids["eot"], "eos_token_id": ids["end"], "pad_token_id": ids["pad"]}
+    config |= special_ids | {"dtype": dtype, "torch_dtype": dtype, "use_cache": True, "initializer_range": 0.02}
+    generation_config = {**special_ids, "max_length": c.context_length}  # HF would stop at 20 tokens by default
     tensors = _llama_tensors(model) if modern else _gpt2_tensors(model)
     # own, contiguous CPU copies: safetensors refuses views that share storage
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    tokenizer_config, special = _tokenizer_configs(c.context_length)
+    tokenizer_config, special = _tokenizer_configs(c.context_length, end_token)
     with atomic_dir(out_dir) as staging:
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         shutil.copyfile(tokenizer_path, staging / "tokenizer.json")
         for name, obj in (
             ("config.json", config),
+            ("generation_config.json", generation_config),
             ("tokenizer_config.json", tokenizer_config),
             ("special_tokens_map.json", special),
         ):

@@ -80,3 +80,15 @@ def test_observing_the_source_records_its_version(tmp_path, corpus_dir):
     assert before == observed_version()
     (corpus_dir / "doc01.txt").write_text("changed")
     assert observed_version() != before
+
+
+def test_only_the_sensor_and_schedule_start_runs_by_themselves(tmp_path, corpus_dir):
+    """No asset declares an automation condition: Dagster's automation sensor would run it with the asset's
+    default config instead of the profile's (the README says which runs start by themselves)."""
+    defs = _defs(tmp_path, corpus_dir, sensor=True, schedule=True)
+    graph = defs.resolve_asset_graph()
+    declared = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition)
+    assert declared == []
+    assert {s.name for s in defs.sensors} == {"corpus_changed"} and {s.name for s in defs.schedules} == {
+        "scheduled_retrain"
+    }

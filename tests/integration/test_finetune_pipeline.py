@@ -1,8 +1,11 @@
-"""The whole graph once, raw corpus to evaluation report, with tiny settings; and bad label/SFT files."""
+"""The whole graph once, raw corpus to evaluation report, with tiny settings (and a planted contamination of the
+labeled test set, which the blocking check catches); and bad label/SFT files."""
 
 from __future__ import annotations
 
 import json
+
+import dagster as dg
 
 from lmcore.io import read_json
 from pipelines.cli import main
@@ -27,23 +30,67 @@ def _labels(path, rows):
 
 
 def _tasks(tmp_path):
+    """Labeled train/validation/test files (the same words, different texts: no test text is a train text) and SFT."""
     words = {"joy": "happy glad smile", "anger": "angry mad furious", "fear": "scared afraid dark"}
-    rows = [{"text": f"i feel {w.split()[i % 3]} today number {i}", "label": label}
-            for label, w in words.items() for i in range(12)]  # fmt: skip
+    paths = {}
+    for offset, name in enumerate(("train", "validation", "test")):
+        rows = [{"text": f"i feel {w.split()[i % 3]} today number {100 * offset + i}", "label": label}
+                for label, w in words.items() for i in range(12)]  # fmt: skip
+        paths[name] = _labels(tmp_path / f"{name}.jsonl", rows)
     words = ("hello", "yes", "blue", "cat", "tree", "river", "stone", "cloud", "lamp", "road", "bird", "door")
     sft = [{"instruction": f"Say {w}", "input": "", "output": f"{w} indeed"} for w in words]
     sft += [{"instruction": "broken record"}, {"instruction": "", "output": "no instruction"}]
-    paths = {n: _labels(tmp_path / f"{n}.jsonl", rows) for n in ("train", "validation", "test")}
     return paths, _labels(tmp_path / "sft.jsonl", sft)
+
+
+def _plant(labels: dict[str, str], corpus_dir) -> str:
+    """Copy a long labeled train text and every corpus document (some are pretraining train documents) into test."""
+    copied = "i feel happy today because the long walk by the river with my old friends was wonderful again"
+    with open(labels["train"], "a") as f:
+        f.write(json.dumps({"text": copied, "label": "joy"}) + "\n")
+    docs = [p.read_text() for p in sorted(corpus_dir.glob("*.txt"))]
+    with open(labels["test"], "a") as f:
+        f.writelines(json.dumps({"text": t, "label": "joy"}) + "\n" for t in [copied, *docs])
+    return copied
+
+
+def _check(home, name: str) -> dg.AssetCheckEvaluation:
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    run_id = instance.get_runs(limit=1)[0].run_id
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    return next(e for e in evaluations if e.check_name == name)
 
 
 def test_raw_corpus_to_evaluation_report(home, tmp_path, corpus_dir, capsys):
     labels, sft = _tasks(tmp_path)
+    copied = _plant(labels, corpus_dir)
     profile = write_profile(
         tmp_path / "p.yaml", [str(corpus_dir)], **TINY, labeled_data=labels,
         sft_dataset={"records": [sft], "holdout_fraction": 0.4, "pack": True},
     )  # fmt: skip
-    assert main(["run", "--config", str(profile)]) == 0
+    assert main(["run", "--config", str(profile)]) == 1, "the planted contamination fails the blocking check"
+    contamination = read_json(home / "reports" / "evaluation.json")["contamination"]
+    labeled = contamination["sets"]["labeled_test"]
+    assert labeled["contaminated"] >= 2 and labeled["fraction"] > contamination["threshold"] == 0.05
+    listed = {x["source"]: x for x in labeled["listed"]}
+    assert listed["labeled_train"]["text"] == copied and len(listed["labeled_train"]["ngram"].split()) == 13
+    assert "pretraining_train" in listed, "a corpus document of the train split is found in the train token shards"
+    others = contamination["sets"]
+    assert others["test_split"]["fraction"] == 0.0 and others["sft_heldout"]["fraction"] == 0.0
+    clean = labeled["clean"]
+    assert clean["examples"] == labeled["examples"] - labeled["contaminated"] >= 36  # the genuine test texts are clean
+    assert 0 <= clean["model"]["accuracy"] <= 1 and clean["baseline"]["method"] == "bow"
+    test_split = contamination["sets"]["test_split"]["clean"]
+    assert test_split["documents"] > 0 and test_split["perplexity"]["model"] > 1
+    check = _check(home, "evaluation_uncontaminated")
+    assert not check.passed and check.metadata["over_threshold"].value == {"labeled_test": labeled["fraction"]}
+    assert "labeled_test" in check.description and "threshold 0.05" in check.description
+
+    # a high threshold passes; must_beat=[]: the tiny model loses to its baselines, which the promotion gate checks
+    sets = ["--set", "evaluation_report.contamination.threshold=1.0", "--set", "evaluation_report.must_beat=[]"]
+    assert main(["run", "--config", str(profile), "--select", "evaluation_report", *sets]) == 0
+    assert _check(home, "evaluation_uncontaminated").passed
     out = capsys.readouterr().out
     assert "evaluation report" in out and "ROUGE-L F" in out and "bag of words" in out
     report = read_json(home / "reports" / "evaluation.json")

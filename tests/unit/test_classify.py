@@ -66,6 +66,8 @@ def test_each_method_beats_chance(tok, init: Path, tmp_path: Path) -> None:
         r = results[method]
         assert r["accuracy"] > 0.7, f"{method}: {r['accuracy']} (chance is 1/3)"
         assert r["labels"] == labels and sum(map(sum, r["confusion"])) == 60 and 0 <= r["macro_f1"] <= 1
+        hits = [p == t for p, t in zip(r["predictions"], test[1], strict=True)]  # kept to score subsets again
+        assert sum(hits) / 60 == r["accuracy"] and set(r["predictions"]) <= set(labels)
     assert results["label_lm"]["generation_exact_match"] > 0.5 and results["label_lm"]["generation_valid"] > 0.5
     assert {(r["method"], r["stage"]) for r in records} >= {
         ("label_lm", "train"),

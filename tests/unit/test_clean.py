@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmcore.data.clean import (
+    CLEAN_SCHEMA,
     PARAGRAPH_SEP,
     CleanConfig,
     clean_corpus,
@@ -234,6 +235,7 @@ def test_split_ids_are_stable():
     first = clean_frame(df, CleanConfig(max_doc_chars=500, min_doc_chars=0))
     assert first["doc_id"].to_list()[:2] == ["book-0000", "book-0001"]
     assert first["doc_id"][-1] == "small" and first["doc_id"].n_unique() == first.height
+    assert first["source_doc_id"].to_list() == ["book"] * (first.height - 1) + ["small"]  # chunks know their document
     assert first.equals(clean_frame(df, CleanConfig(max_doc_chars=500, min_doc_chars=0)))
 
 
@@ -299,8 +301,11 @@ def test_clean_corpus_outputs_and_manifest(corpus, tmp_path):
     assert all(r["source"] == "test" and "\r" not in r["text"] for r in kept)
     for s in manifest["shards"] + manifest["dropped_shards"]:
         assert sha256_file(out / s["path"]) == s["sha256"]
-    assert pq.read_schema(out / manifest["shards"][0]["path"]).equals(DOCUMENT_SCHEMA)
-    assert pq.read_schema(out / manifest["dropped_shards"][0]["path"]).names == ["doc_id", "source", "text", "reason"]
+    assert pq.read_schema(out / manifest["shards"][0]["path"]).equals(CLEAN_SCHEMA)
+    assert pq.read_schema(out / manifest["dropped_shards"][0]["path"]).names == [
+        "doc_id", "source", "text", "source_doc_id", "reason"
+    ]  # fmt: skip
+    assert [r["source_doc_id"] for r in kept] == ["book", "book", "essay", "essay"]
 
 
 def test_clean_corpus_is_deterministic_and_replaces_output(corpus, tmp_path):

@@ -95,3 +95,34 @@ def test_ngram_beats_unigram_on_repetitive_text_with_the_same_denominator():
     assert trigram["tokens"] == unigram["tokens"] == val[0].size - 1
     assert trigram["perplexity"] < 0.5 * unigram["perplexity"]
     assert trigram["bits_per_byte"] == pytest.approx(trigram["loss"] / math.log(2) / 4)
+
+
+def test_per_document_figures_add_up_to_the_split_and_score_a_subset():
+    from lmcore.eval.perplexity import document_of_tokens, lm_nats, ngram_nats, subset_figures, target_bytes
+
+    eot, rng = 0, np.random.default_rng(1)
+    docs = [rng.integers(1, 512, n) for n in (40, 90, 5, 70)]
+    stream = np.concatenate([np.append(d, eot) for d in docs]).astype(np.uint16)
+    arrays = [stream[:100], stream[100:]]  # the second document continues into the second shard
+    groups = document_of_tokens(arrays, eot)
+    assert groups[1] == 4 and groups[0][0][40] == 0 and groups[0][0][41] == 1 and groups[0][1][-1] == 3
+    model = _uniform_model()
+    nats, tokens = lm_nats(model, arrays, groups=groups, batch_size=2)
+    # each target is scored once, in its own document; the first token of each shard is no target
+    assert tokens.tolist() == [40, 90, 6, 71] and tokens.sum() == sum(a.size - 1 for a in arrays)
+    assert nats == pytest.approx(tokens * math.log(512), rel=1e-5)
+    whole = evaluate_lm(model, arrays, batch_size=2)
+    assert float(nats.sum()) == pytest.approx(whole["loss"] * whole["tokens"], rel=1e-9)
+    lengths = np.full(512, 2)
+    lengths[eot] = 0
+    documents = {
+        "tokens": tokens.tolist(),
+        "bytes": target_bytes(arrays, lengths, groups=groups).tolist(),
+        "model_nats": nats.tolist(),
+        "ngram_nats": ngram_nats(NGramLM.fit([stream], 512, order=2), arrays, groups=groups)[0].tolist(),
+    }
+    assert documents["bytes"] == [78, 178, 10, 140]  # 2 bytes a token, 0 for <|endoftext|>
+    clean = subset_figures(documents, [True, False, True, False])
+    assert clean["documents"] == 2 and clean["model"]["tokens"] == 46
+    assert clean["model"]["bits_per_byte"] == pytest.approx(46 * math.log2(512) / 88, rel=1e-5)
+    assert subset_figures(documents, [False] * 4)["model"] is None

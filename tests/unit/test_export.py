@@ -67,3 +67,57 @@ def test_export_rejects_a_tokenizer_larger_than_the_model(tmp_path, tokenizer_pa
     with pytest.raises(ValueError, match="vocab_size"):
         export_hf(GPT(tiny(vocab_size=100)), tokenizer_path, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def _memorize(model: GPT, ids: list[int], steps: int = 60) -> GPT:
+    """Train ``model`` on one sequence until greedy decoding reproduces it (a model that answers and stops)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+    for _ in range(steps):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_chat_export_generates_the_same_greedy_reply_as_lmcore(tmp_path, tokenizer_path):
+    from lmcore.data.tokenizer import load_tokenizer
+    from lmcore.finetune.chat import prompt_ids
+    from lmcore.finetune.sft import chat_generate
+
+    tok = load_tokenizer(tokenizer_path)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "where did the cat sit?"}]
+    prompt = prompt_ids(messages, tok)
+    answer = tok.encode("on the mat.").ids
+    torch.manual_seed(0)
+    model = _memorize(GPT(tiny(vocab_size=320, context_length=64)), prompt + answer + [tok.im_end_id])
+    ours = chat_generate(model, tok, messages, max_new_tokens=20, temperature=0.0)
+    assert ours == "on the mat.", "the model stops at <|im_end|> before max_new_tokens, so stopping is compared too"
+
+    out = export_hf(model, tokenizer_path, tmp_path / "hf", end_token="<|im_end|>")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = hf_tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == prompt, "the chat template tokenizes to lmcore's ChatML prompt ids"
+    with torch.no_grad():
+        gen = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False)
+    new = gen[0, ids.size(1) :].tolist()
+    assert new[-1] == tok.im_end_id, "generation_config's eos_token_id <|im_end|> ends the reply"
+    assert hf_tok.decode(new[:-1], skip_special_tokens=False) == ours
+
+
+def test_chat_export_ends_at_im_end(tmp_path, tokenizer_path):
+    out = export_hf(GPT(tiny(vocab_size=320)), tokenizer_path, tmp_path / "hf", end_token="<|im_end|>")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    generation = transformers.GenerationConfig.from_pretrained(out)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert generation.eos_token_id == im_end == json.loads((out / "config.json").read_text())["eos_token_id"]
+    assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|endoftext|>"
+    base = export_hf(GPT(tiny(vocab_size=320)), tokenizer_path, tmp_path / "base")
+    assert transformers.GenerationConfig.from_pretrained(base).eos_token_id == tok.convert_tokens_to_ids(
+        "<|endoftext|>"
+    )
+    with pytest.raises(ValueError, match="end_token"):
+        export_hf(GPT(tiny(vocab_size=320)), tokenizer_path, tmp_path / "bad", end_token="<|pad|>")

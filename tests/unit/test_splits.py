@@ -2,8 +2,9 @@ from collections import Counter
 
 import pytest
 
+from lmcore.data.clean import CLEAN_SCHEMA, CleanConfig, clean_corpus
 from lmcore.data.splits import SplitConfig, assign_split, split_corpus, split_paths
-from lmcore.io import ParquetShardWriter, read_parquet_rows
+from lmcore.io import DOCUMENT_SCHEMA, ParquetShardWriter, read_parquet_rows
 
 
 def test_assignment_is_stable_and_near_configured_fractions():
@@ -45,8 +46,8 @@ def test_bad_fractions_name_the_field(kwargs, field):
 
 
 def test_split_corpus_writes_disjoint_complete_splits(tmp_path):
-    rows = [{"doc_id": f"id{i}", "source": "s", "text": f"text {i}"} for i in range(500)]
-    with ParquetShardWriter(tmp_path / "in", max_bytes=1000) as w:
+    rows = [{"doc_id": f"id{i}", "source": "s", "text": f"text {i}", "source_doc_id": f"id{i}"} for i in range(500)]
+    with ParquetShardWriter(tmp_path / "in", CLEAN_SCHEMA, max_bytes=1000) as w:
         for r in rows:
             w.write(r)
     manifest = split_corpus(
@@ -62,3 +63,44 @@ def test_split_corpus_writes_disjoint_complete_splits(tmp_path):
     assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
     assert set().union(*seen.values()) == {r["doc_id"] for r in rows}
     assert (tmp_path / "out" / "manifest.json").exists()
+
+
+def _raw(path, docs: dict[str, str]) -> list:
+    with ParquetShardWriter(path, DOCUMENT_SCHEMA) as w:
+        for doc_id, text in docs.items():
+            w.write({"doc_id": doc_id, "source": "s", "text": text})
+    return [path / s["path"] for s in w.shards]
+
+
+def _split_of_chunks(tmp_path, name: str, docs: dict[str, str], cfg: SplitConfig) -> dict[str, dict[str, str]]:
+    """{source_doc_id: {chunk doc_id: split}} after clean_corpus (which chunks long documents) and split_corpus."""
+    clean = clean_corpus(CleanConfig(max_doc_chars=400, min_doc_chars=10), _raw(tmp_path / f"raw-{name}", docs),
+                         tmp_path / f"clean-{name}")  # fmt: skip
+    manifest = split_corpus(cfg, [tmp_path / f"clean-{name}" / s["path"] for s in clean["shards"]], tmp_path / name)
+    out: dict[str, dict[str, str]] = {}
+    for split in ("train", "val", "test"):
+        for row in read_parquet_rows(split_paths(tmp_path / name, split, manifest)):
+            out.setdefault(row["source_doc_id"], {})[row["doc_id"]] = split
+    return out
+
+
+def _book(i: int) -> str:
+    return "\n\n".join(f"Book {i}, paragraph {p}: a sentence of prose that is long enough to count." for p in range(30))
+
+
+def test_all_chunks_of_a_document_share_its_split_and_keep_it_when_the_corpus_grows(tmp_path):
+    cfg = SplitConfig(val_fraction=0.3, test_fraction=0.3)
+    docs = {f"book{i}": _book(i) for i in range(12)}
+    before = _split_of_chunks(tmp_path, "before", docs, cfg)
+    assert set(before) == set(docs) and all(len(chunks) >= 4 for chunks in before.values())  # really chunked
+    for source, chunks in before.items():
+        assert set(chunks.values()) == {assign_split(source, cfg)}, f"{source} is in several splits: {chunks}"
+    assert {s for chunks in before.values() for s in chunks.values()} == {"train", "val", "test"}
+    after = _split_of_chunks(tmp_path, "after", {**docs, "book-new": _book(99)}, cfg)
+    assert {source: after[source] for source in docs} == before  # same chunks, same splits
+    assert "book-new" in after
+
+
+def test_split_corpus_refuses_shards_without_source_doc_id(tmp_path):
+    with pytest.raises(ValueError, match="source_doc_id.*re-materialize clean_corpus"):
+        split_corpus(SplitConfig(), _raw(tmp_path / "old", {"a": "text"}), tmp_path / "out")

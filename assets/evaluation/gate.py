@@ -1,0 +1,125 @@
+"""The promotion gate: model-quality checks on ``evaluation_report``, run right after it.
+
+- ``evaluation_beats_baselines`` (blocking, ERROR): the model beats its baseline on every metric
+  of ``evaluation_report.must_beat`` (None: every metric of the table). When it fails, Dagster
+  does not run what is downstream of the report, so ``hf_export`` is not materialized.
+- ``evaluation_no_regression`` (WARN, non-blocking): no metric is worse than in the previously
+  published evaluation (the materialization before this one, in the Dagster instance) by more
+  than ``evaluation_report.regression_tolerance`` of the previous figure; both figures side by side.
+
+The settings are those the checked report was made with, read from its materialization's
+reproducibility manifest, so a profile sets them like any other field of the asset.
+"""
+
+from typing import Any
+
+import dagster as dg
+
+from assets.artifacts import Report
+from assets.evaluation.report import METRICS, EvaluationConfig, evaluation_report
+
+_DATA_VERSION_TAG = "dagster/data_version"
+_CHANGE_COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("previous", "float"), dg.TableColumn("new", "float"),
+                   dg.TableColumn("worse_by", "float"), dg.TableColumn("regressed", "bool")]  # fmt: skip
+
+
+def missed_baselines(rows: list[dict[str, Any]], must_beat: list[str] | None) -> list[str]:
+    """One line per required metric the model does not beat (or that the table lacks); empty when all pass."""
+    by_metric = {r["metric"]: r for r in rows}
+    required = list(by_metric) if must_beat is None else must_beat
+    missed = []
+    for name in required:
+        r = by_metric.get(name)
+        if r is None:
+            missed.append(f"{name}: not in the report (its inputs produced no such row)")
+        elif not r["beats_baseline"]:
+            missed.append(f"{name}: {r['model']} {r['value']} vs {r['baseline']} {r['baseline_value']}")
+    return missed
+
+
+def changes_since(rows: list[dict[str, Any]], previous: dict[str, float], tolerance: float) -> list[dict[str, Any]]:
+    """Each metric with a previous figure: previous, new, how much worse relative to previous, and whether
+    that exceeds ``tolerance``."""
+    out = []
+    for r in rows:
+        name, new = r["metric"], r["value"]
+        if name not in METRICS or name not in previous:
+            continue
+        old = previous[name]
+        worse = old - new if METRICS[name] else new - old  # > 0: the new model is worse
+        worse_by = worse / abs(old) if old else worse
+        out.append({"metric": name, "previous": old, "new": new, "worse_by": round(worse_by, 4),
+                    "regressed": worse_by > tolerance})  # fmt: skip
+    return out
+
+
+def _published(
+    context: dg.AssetCheckExecutionContext, report: Report
+) -> tuple[EvaluationConfig, dg.EventLogRecord | None]:
+    """The config ``report`` was made with, and the record of the evaluation published before it (None: first)."""
+    records = context.instance.fetch_materializations(evaluation_report.key, limit=2).records
+    latest = records[0].asset_materialization if records else None
+    if latest is None or (latest.tags or {}).get(_DATA_VERSION_TAG) != report.data_version:
+        raise ValueError(
+            f"evaluation_report {report.location} is not the latest materialization in this Dagster instance; "
+            "re-materialize evaluation_report with this instance and artifact store"
+        )
+    config = EvaluationConfig(**latest.metadata["reproducibility"].value["config"])
+    return config, records[1] if len(records) > 1 else None
+
+
+@dg.asset_check(
+    asset=evaluation_report,
+    blocking=True,
+    description="The model beats its baseline on every metric of evaluation_report.must_beat (default: all).",
+)
+def evaluation_beats_baselines(
+    context: dg.AssetCheckExecutionContext, evaluation_report: Report
+) -> dg.AssetCheckResult:
+    config, _ = _published(context, evaluation_report)
+    rows = evaluation_report.manifest["table"]
+    missed = missed_baselines(rows, config.must_beat)
+    required = [r["metric"] for r in rows] if config.must_beat is None else config.must_beat
+    description = (
+        "does not beat its baseline on " + "; ".join(missed) + ". Improve the model, or list the metrics it must "
+        "beat in evaluation_report.must_beat"
+        if missed
+        else None
+    )
+    return dg.AssetCheckResult(
+        passed=not missed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"must_beat": dg.MetadataValue.json(required), "missed": dg.MetadataValue.json(missed)},
+    )
+
+
+@dg.asset_check(
+    asset=evaluation_report,
+    blocking=False,
+    description="No metric is worse than in the previous evaluation by more than "
+    "evaluation_report.regression_tolerance (of the previous figure).",
+)
+def evaluation_no_regression(context: dg.AssetCheckExecutionContext, evaluation_report: Report) -> dg.AssetCheckResult:
+    config, before = _published(context, evaluation_report)
+    if before is None:
+        return dg.AssetCheckResult(passed=True, description="first evaluation: nothing to compare with")
+    meta = before.asset_materialization.metadata
+    previous = {k: v.value for k, v in meta.items() if k in METRICS and isinstance(v.value, (int, float))}
+    changes = changes_since(evaluation_report.manifest["table"], previous, config.regression_tolerance)
+    regressed = [c["metric"] for c in changes if c["regressed"]]
+    return dg.AssetCheckResult(
+        passed=not regressed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"worse than the previous evaluation on {', '.join(regressed)}" if regressed else None,
+        metadata={
+            "changes": dg.MetadataValue.table(
+                [dg.TableRecord(c) for c in changes], schema=dg.TableSchema(columns=_CHANGE_COLUMNS)
+            ),
+            "regression_tolerance": config.regression_tolerance,
+            "previous_run_id": before.run_id,
+            "previous_data_version": (before.asset_materialization.tags or {}).get(_DATA_VERSION_TAG),
+            **{f"{c['metric']} (previous)": c["previous"] for c in changes},
+            **{c["metric"]: c["new"] for c in changes},
+        },
+    )
