@@ -128,13 +128,23 @@ class Checkpoint(Artifact):
 
     @classmethod
     def open(cls, store: ArtifactStore, ref: dict[str, str]) -> Checkpoint:
-        path = Path(ref["location"])
+        return cls._local(ref["location"], ref["data_version"])
+
+    @classmethod
+    def of_run(cls, summary: dict[str, Any]) -> Checkpoint:
+        """The final checkpoint of a training summary (``lmcore.train.loop.run_job``'s); the weights digest is its
+        data version."""
+        return cls._local(summary["checkpoint"], summary["checkpoint_sha256"])
+
+    @classmethod
+    def _local(cls, location: str, data_version: str) -> Checkpoint:
+        path = Path(location)
         if not (path / META_FILE).exists():
             raise FileNotFoundError(
                 f"checkpoint {path} is not on this machine (training runs stay where they ran); "
                 "re-materialize the training asset here"
             )
-        return cls(location=ref["location"], data_version=ref["data_version"], path=path)
+        return cls(location=location, data_version=data_version, path=path)
 
     @functools.cached_property
     def manifest(self) -> dict[str, Any]:

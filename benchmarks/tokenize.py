@@ -39,7 +39,7 @@ from lmcore.data.shards import tokenize_splits  # noqa: E402
 from lmcore.data.tokenizer import load_tokenizer  # noqa: E402
 tok = load_tokenizer(sys.argv[1])
 paths = [Path(p) for p in json.loads(sys.argv[3])]
-tokenize_splits(tok, {"train": paths}, sys.argv[2], eot_id=0, shard_tokens=1 << 22)
+tokenize_splits(tok, {"train": paths}, sys.argv[2], shard_tokens=1 << 22)
 # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss across fork+exec.
 print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
@@ -105,7 +105,7 @@ def main() -> None:
         tok = load_tokenizer(tmp / "tokenizer.json")
         n_tokens = sum(len(e.ids) for e in tok.encode_batch(docs, add_special_tokens=False)) + len(docs)
         t_bare_enc = best_of(args.repeats, lambda: tok.encode_batch(docs, add_special_tokens=False))
-        t_ours_enc = best_of(args.repeats, lambda: tokenize_splits(tok, {"train": paths}, tmp / "shards", eot_id=0))
+        t_ours_enc = best_of(args.repeats, lambda: tokenize_splits(tok, {"train": paths}, tmp / "shards"))
         rss1 = peak_rss_kb(tmp / "tokenizer.json", tmp / "rss1", paths)
         paths4 = write_docs(docs, tmp / "docs4", copies=4)
         rss4 = peak_rss_kb(tmp / "tokenizer.json", tmp / "rss4", paths4)

@@ -34,7 +34,6 @@ def token_shards(
             tok,
             {s: splits.paths(s) for s in SPLITS},
             out,
-            eot_id=tok.eot_id,
             shard_tokens=config.shard_tokens,
             progress=progress,
             tokenizer_sha256=tokenizer.sha256,

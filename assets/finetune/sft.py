@@ -42,7 +42,7 @@ def sft_model(
         callback=training_reporter(context, "sft_model", "sft steps", train_cfg.max_steps),
         meta_extra={"tokenizer_path": str(tokenizer.file), "tokenizer_sha256": tokenizer.sha256},
     )  # fmt: skip
-    model = Checkpoint.open(store, {"location": summary["checkpoint"], "data_version": summary["checkpoint_sha256"]})
+    model = Checkpoint.of_run(summary)
     metadata = {**training_metadata(summary, "SFT loss (assistant tokens)"), "run_dir": summary["run_dir"]}
     inputs = {"pretrained_model": pretrained_model, "sft_dataset": sft_dataset, "tokenizer": tokenizer}
     return result(context, model, metadata, config=config, inputs=inputs)

@@ -85,9 +85,7 @@ def pretrained_model(
             callback=training_reporter(context, "pretrained_model", "train steps", train_cfg.max_steps),
             on_wait=lambda d: context.log.warning(f"another run is training in {d}; waiting for it to finish"),
         )  # fmt: skip
-    checkpoint = Checkpoint.open(
-        store, {"location": summary["checkpoint"], "data_version": summary["checkpoint_sha256"]}
-    )
+    checkpoint = Checkpoint.of_run(summary)
     metadata = {
         **training_metadata(summary, "Loss"),
         "tokens_seen": summary["tokens_seen"],

@@ -91,11 +91,10 @@ def encode_documents(
     tokenizer: Tokenizer,
     texts: Iterable[str],
     *,
-    eot_id: int,
     batch_size: int = 512,
     batch_chars: int = 1 << 20,
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield ``(ids, n_docs)`` per batch: each document's ids followed by ``eot_id``.
+    """Yield ``(ids, n_docs)`` per batch: each document's ids followed by ``<|endoftext|>``.
 
     A batch closes at ``batch_size`` documents or ``batch_chars`` characters, whichever
     comes first: HF ``Encoding`` objects cost ~100 bytes per token, so the character
@@ -107,10 +106,10 @@ def encode_documents(
         batch.append(text)
         chars += len(text)
         if len(batch) >= batch_size or chars >= batch_chars:
-            yield _encode_batch(tokenizer, batch, eot_id), len(batch)
+            yield _encode_batch(tokenizer, batch, tokenizer.eot_id), len(batch)
             batch, chars = [], 0
     if batch:
-        yield _encode_batch(tokenizer, batch, eot_id), len(batch)
+        yield _encode_batch(tokenizer, batch, tokenizer.eot_id), len(batch)
 
 
 def _encode_batch(tokenizer: Tokenizer, texts: list[str], eot_id: int) -> np.ndarray:
@@ -181,7 +180,6 @@ def tokenize_splits(
     split_files: dict[str, list[Path]],
     out_dir: str | Path,
     *,
-    eot_id: int,
     shard_tokens: int = 1 << 24,
     batch_size: int = 512,
     progress: ProgressFn | None = None,
@@ -199,11 +197,13 @@ def tokenize_splits(
     for split, paths in split_files.items():
         docs = 0
         with TokenShardWriter(Path(out_dir) / split, dtype, shard_tokens=shard_tokens) as writer:
-            for ids, n in encode_documents(tokenizer, iter_texts(paths), eot_id=eot_id, batch_size=batch_size):
+            for ids, n in encode_documents(tokenizer, iter_texts(paths), batch_size=batch_size):
                 writer.add(ids)
                 docs += n
                 done += n
                 if progress:
                     progress("tokenize documents", done, None)
         splits[split] = {"documents": docs, "tokens": writer.tokens, "shards": writer.shards}
-    return write_manifest(out_dir, splits, dtype=dtype.name, vocab_size=vocab_size, eot_id=eot_id, **manifest_extra)
+    return write_manifest(
+        out_dir, splits, dtype=dtype.name, vocab_size=vocab_size, eot_id=tokenizer.eot_id, **manifest_extra
+    )

@@ -37,7 +37,7 @@ clean = clean_corpus(CleanConfig(), [out / "raw" / s["path"] for s in raw["shard
 splits = split_corpus(SplitConfig(), [out / "clean" / s["path"] for s in clean["shards"]], out / "splits")
 files = {s: split_paths(out / "splits", s, splits) for s in SPLITS}
 tok = train_tokenizer(TokenizerConfig(vocab_size=300), iter_texts(files["train"]), out / "tokenizer" / "tokenizer.json")
-tokenize_splits(tok, files, out / "shards", eot_id=tok.eot_id)
+tokenize_splits(tok, files, out / "shards")
 
 rows = list(read_parquet_rows([out / "raw" / s["path"] for s in raw["shards"]]))
 corpus = "".join(r["text"] for r in rows)

@@ -43,7 +43,7 @@ def test_tokenize_splits_separates_documents_with_eot_and_roundtrips(tmp_path, s
     tok, _ = small_tokenizer
     paths = _docs(tmp_path, small_texts)
     eot = tok.token_to_id(EOT)
-    manifest = tokenize_splits(tok, {"train": paths}, tmp_path / "out", eot_id=eot, shard_tokens=500, batch_size=3)
+    manifest = tokenize_splits(tok, {"train": paths}, tmp_path / "out", shard_tokens=500, batch_size=3)
     tokens = np.concatenate(open_split(tmp_path / "out", "train").arrays)
     assert manifest["splits"]["train"]["tokens"] == tokens.size
     assert int((tokens == eot).sum()) == len(small_texts) == manifest["splits"]["train"]["documents"]
@@ -55,7 +55,7 @@ def test_tokenize_splits_separates_documents_with_eot_and_roundtrips(tmp_path, s
 
 def test_verify_detects_a_corrupted_shard(tmp_path, small_tokenizer, small_texts):
     tok, _ = small_tokenizer
-    tokenize_splits(tok, {"train": _docs(tmp_path, small_texts)}, tmp_path / "out", eot_id=0, shard_tokens=500)
+    tokenize_splits(tok, {"train": _docs(tmp_path, small_texts)}, tmp_path / "out", shard_tokens=500)
     shard = tmp_path / "out" / "train" / "shard-00001.arrow"
     raw = bytearray(shard.read_bytes())
     raw[-100] ^= 0xFF
