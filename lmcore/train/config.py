@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 DTYPES = ("auto", "float32", "bfloat16")
+DATA_PARALLEL = ("ddp", "fsdp")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 RESUMABLE_CHANGES = (
@@ -73,6 +74,10 @@ class TrainConfig:
     """Report loss, lr, tokens/s and MFU every this many steps (and at the last step)."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for MFU; None: a table for known GPUs, else a measured matmul."""
+    data_parallel: str = "ddp"
+    """How several processes share the model: "ddp" (a replica per process, gradients all-reduced) or "fsdp"
+    (FSDP2: parameters, gradients and optimizer state sharded over the processes, for models that do not
+    fit one device with DDP). Ignored by a single process."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,6 +99,8 @@ class TrainConfig:
             problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not _DEVICE.match(self.device):
             problems.append(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        if self.data_parallel not in DATA_PARALLEL:
+            problems.append(f"data_parallel must be one of {DATA_PARALLEL}, got {self.data_parallel!r}")
         if self.peak_flops is not None and not self.peak_flops > 0:
             problems.append(f"peak_flops must be > 0 or None, got {self.peak_flops}")
         if problems:

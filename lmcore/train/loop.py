@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lmcore.io import atomic_path, exclusive_lock
 from lmcore.model.checkpoint import (
+    META_FILE,
     MODEL_FILE,
     STATE_FILE,
     checkpoint_dir,
@@ -50,9 +51,12 @@ from lmcore.model.checkpoint import (
 )
 from lmcore.model.gpt import ModelConfig
 from lmcore.train import distributed as D
+from lmcore.train import tracking
 from lmcore.train.config import TrainConfig, lr_at
 from lmcore.train.job import Batch, Callback, Job, shard_job
-from lmcore.train.runs import check_resumable, run_dir, run_identity
+from lmcore.train.mirror import CheckpointMirror
+from lmcore.train.runs import check_resumable, run_dir, run_identity, run_key
+from lmcore.train.sharding import Sharded, all_finite, local
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,8 @@ def train(
     meta_extra: dict[str, Any] | None = None,
     window_log_dir: Path | None = None,
     on_wait: Callable[[Path], None] | None = None,
+    tracker: dict[str, Any] | None = None,
+    mirror: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) to ``train_config.max_steps`` in ``runs_dir/<run key>``; return a summary of the run.
 
@@ -86,6 +92,8 @@ def train(
         callback=callback,
         meta_extra=meta_extra,
         on_wait=on_wait,
+        tracker=tracker,
+        mirror=mirror,
     )
 
 
@@ -97,12 +105,17 @@ def run_job(
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
     on_wait: Callable[[Path], None] | None = None,
+    tracker: dict[str, Any] | None = None,
+    mirror: str | None = None,
 ) -> dict[str, Any]:
     """The loop of :func:`train` for any :class:`Job` (built by ``make_job`` once the process group is up).
 
     The run's directory is ``runs_dir/<run key>`` (:func:`lmcore.train.runs.run_dir`), named in the summary
     as ``run_dir``. Rank 0 holds a lock on it for the whole run; ``on_wait(run_dir)`` is called once if
     another process holds it (that run finishes first, and this one then resumes or reuses it).
+    ``tracker`` is a :mod:`lmcore.train.tracking` spec (rank 0 sends every metrics record there too);
+    ``mirror`` is an fsspec URL where every checkpoint is published and from which a run resumes when the
+    local directory has nothing newer (:mod:`lmcore.train.mirror`), so a run can continue on another machine.
     """
     clash = sorted(_RESERVED_META & set(meta_extra or {}))
     if clash:
@@ -114,8 +127,8 @@ def run_job(
         run = _Run(make_job(), train_config.resolved(str(device)), Path(runs_dir), env, device)
         lock = exclusive_lock(f"{run.run_dir}.lock", on_wait=lambda: on_wait and on_wait(run.run_dir))
         with lock if env.is_main else contextlib.nullcontext():
-            run.setup(callback, meta_extra or {})
-            return run.run()
+            run.setup(callback, meta_extra or {}, mirror)
+            return run.run(tracker)
     finally:
         if created:
             D.shutdown_distributed()
@@ -128,6 +141,7 @@ class _Run:
         self.job, self.mc, self.cfg, self.env, self.device = job, job.model_config, cfg, env, device
         self.config = run_identity(self.mc, cfg, env.world_size, job.config)
         self.run_dir = run_dir(runs_dir, self.config)
+        self.run_key = run_key(self.config)
         self.fresh_tokens = 0  # tokens trained on (all ranks) since the last account()
         self.step_tokens = 0  # tokens of the last optimizer step (all ranks)
         self.step = 0
@@ -135,19 +149,25 @@ class _Run:
         self.session = {"tokens": 0, "seconds": 0.0}
         self.accounted_step = 0  # progress counts tokens up to this step
         self.resumed_from: int | None = None
+        self.grad_norm = torch.zeros(())  # of the last optimizer step, before clipping
+        self.tracker: tracking.Tracker | None = None
 
-    def setup(self, callback: Callback | None, meta_extra: dict[str, Any]) -> None:
+    def setup(self, callback: Callback | None, meta_extra: dict[str, Any], mirror: str | None) -> None:
         cfg, env, device = self.cfg, self.env, self.device
         self.callback, self.meta_extra = callback, meta_extra
+        self.mirror = CheckpointMirror(mirror, self.run_key) if mirror else None
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for float32 runs
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.raw = self.job.build_model().to(device)
         self.raw.train()
+        self.flops_per_token = self.raw.flops_per_token()
+        fsdp = env.distributed and cfg.data_parallel == "fsdp"
+        self.sharded = Sharded(self.raw, device, env.is_main) if fsdp else None
         self.opt = self.raw.configure_optimizer(cfg.lr, cfg.weight_decay, cfg.betas)
         self.eval_model = torch.compile(self.raw) if cfg.compile else self.raw
         self.model: torch.nn.Module = self.eval_model
-        if env.distributed:
+        if env.distributed and self.sharded is None:
             self.model = DDP(self.eval_model, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, env.rank]).generate_state(1)[0]))  # dropout
         kw = dict(context_length=self.mc.context_length, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -155,7 +175,6 @@ class _Run:
         self.train_loader, self.val_loader = self.job.sources(validation=bool(cfg.eval_batches), **kw)
         self.val_start = self.val_loader.state_dict() if self.val_loader else None
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-        self.flops_per_token = self.raw.flops_per_token()
         self.peak = D.peak_flops(device, cfg.dtype, cfg.peak_flops) if env.is_main else None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -163,8 +182,22 @@ class _Run:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def run(self) -> dict[str, Any]:
+    def run(self, tracker: dict[str, Any] | None) -> dict[str, Any]:
         self.restore()
+        if self.env.is_main and tracker is not None:
+            info = dict(run_dir=self.run_dir, run_key=self.run_key, config=self.config)
+            self.tracker = tracking.open_tracker(tracker, tracking.RunInfo(**info, resumed_from=self.resumed_from))
+        try:
+            summary = self.train_to_end()
+        except BaseException:
+            if self.tracker is not None:
+                self.tracker.finish(None)
+            raise
+        if self.tracker is not None:
+            self.tracker.finish(summary)
+        return summary
+
+    def train_to_end(self) -> dict[str, Any]:
         self.accounted_step = self.step
         pending: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
         interval = {"tokens": 0, "seconds": 0.0}
@@ -218,14 +251,17 @@ class _Run:
             batch = self.to_device(self.train_loader.next_batch())
             self.step_tokens += batch[0].numel() * self.env.world_size  # ranks draw equal shapes (token shards)
             last = micro == cfg.grad_accum_steps - 1
-            sync = contextlib.nullcontext() if last or not self.env.distributed else self.model.no_sync()
+            sync = contextlib.nullcontext() if last or not isinstance(self.model, DDP) else self.model.no_sync()
             with sync:  # DDP all-reduces gradients only on the last micro-batch
                 with self.autocast():
                     loss = self.forward_loss(self.model, batch)
                 (loss / cfg.grad_accum_steps).backward()
             total += loss.detach().float()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip)
+        else:  # reported all the same
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.raw.parameters() if p.grad is not None])
+        self.grad_norm = local(norm).detach()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.fresh_tokens += self.step_tokens
@@ -276,6 +312,7 @@ class _Run:
             "tokens_per_s": tps,
             "mfu": self.mfu(tps),
             "tokens": self.progress["tokens_seen"],
+            "grad_norm": self.grad_norm.item(),
         }
 
     def mfu(self, tokens_per_s: float) -> float | None:
@@ -313,6 +350,8 @@ class _Run:
             os.write(fd, line)  # one write of one whole line
         finally:
             os.close(fd)
+        if self.tracker is not None:
+            self.tracker.log(record)
         if self.callback is not None:
             self.callback(record)
 
@@ -328,19 +367,29 @@ class _Run:
         return [{"cpu": c, "cuda": g} for c, g in zip(cpu, cuda, strict=True)]
 
     def save(self) -> None:
-        """Checkpoint on rank 0 (all ranks take part in gathering RNG states), then wait for it."""
-        finite = torch.stack([torch.isfinite(p).all() for p in self.raw.parameters()]).all().item()
-        if not finite:
+        """Checkpoint on rank 0 (all ranks take part in gathering RNG states and sharded weights), then wait for it.
+
+        With a mirror, rank 0 then publishes the checkpoint there before any rank goes on.
+        """
+        finite = all_finite(self.raw).to(torch.float32)
+        if D.all_reduce_mean(finite, self.env).item() < 1.0:  # every rank raises, or none does
             raise FloatingPointError(
                 f"weights are not finite after step {self.step}; not saving; the last good checkpoint "
-                f"{latest_valid_checkpoint(self.run_dir) or '(none)'} is kept; lower lr and rerun"
+                f"{latest_valid_checkpoint(self.run_dir) if self.env.is_main else '(see rank 0)'} is kept; "
+                "lower lr and rerun"
             )
-        state = {"optimizer": self.opt.state_dict(), "rng": self.rng_states(), "loader": self.train_loader.state_dict()}
-        weights = self.raw
-        if self.job.export is not None:
-            state["trainable"] = {n: p.detach().cpu() for n, p in self.raw.named_parameters() if p.requires_grad}
-            weights = self.job.export(self.raw) if self.env.is_main else self.raw
+        model = self.raw
+        if self.sharded is not None:
+            optimizer = self.sharded.gather(self.opt)
+            model = self.sharded.plain  # rank 0's full copy; None elsewhere
+        else:
+            optimizer = self.opt.state_dict()
+        state = {"optimizer": optimizer, "rng": self.rng_states(), "loader": self.train_loader.state_dict()}
         if self.env.is_main:
+            weights = model
+            if self.job.export is not None:
+                state["trainable"] = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+                weights = self.job.export(model)
             meta = {
                 **self.meta_extra,
                 "config": self.config,
@@ -349,16 +398,21 @@ class _Run:
                 "data": self.job.data,
                 "progress": self.progress,
             }
-            save_checkpoint(self.run_dir, self.step, weights, state, meta, keep=self.cfg.keep_checkpoints)
+            path = save_checkpoint(self.run_dir, self.step, weights, state, meta, keep=self.cfg.keep_checkpoints)
+            if self.mirror is not None:
+                self.mirror.push(path, self.cfg.keep_checkpoints, metrics=self.run_dir / METRICS_FILE)
         D.barrier(self.env)
 
     def restore(self) -> None:
-        """Resume from the newest valid checkpoint, chosen by rank 0 and loaded by every rank."""
+        """Resume from the newest valid checkpoint (local, or pulled from the mirror), chosen by rank 0 and
+        loaded by every rank."""
         step = -1
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = latest_valid_checkpoint(self.run_dir)
             step = -1 if path is None else read_meta(path)["step"]
+            if self.mirror is not None and (pulled := self.mirror.pull_newest(self.run_dir, step)) is not None:
+                step = pulled
             set_aside_newer(self.run_dir, step)
         step = D.broadcast_int(step, self.env, self.device if self.device.type == "cuda" else torch.device("cpu"))
         if step < 0:
@@ -366,12 +420,15 @@ class _Run:
                 _truncate_metrics(self.run_dir / METRICS_FILE, 0)
             return
         path = checkpoint_dir(self.run_dir, step)
+        if not self.env.is_main:
+            self.reach(path, step)
         check_resumable(read_meta(path), self.config, source=path)
-        if self.job.export is None:
-            meta, state = load_checkpoint(path, self.raw, verify=not self.env.is_main)
+        target = self.sharded.plain if self.sharded is not None else self.raw  # None: an FSDP rank other than 0
+        meta, state = self.load_weights(path, target)
+        if self.sharded is not None:
+            self.sharded.scatter(self.opt, state["optimizer"] if self.env.is_main else None)
         else:
-            meta, state = self.load_trainable(path)
-        self.opt.load_state_dict(state["optimizer"])
+            self.opt.load_state_dict(state["optimizer"])
         self.train_loader.load_state_dict(state["loader"])
         mine = state["rng"][self.env.rank]
         torch.set_rng_state(mine["cpu"])
@@ -383,23 +440,45 @@ class _Run:
         log.info("resumed from %s at step %d of %d", path, step, self.cfg.max_steps)
         self.resumed_from = step
 
-    def load_trainable(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Meta and state of a checkpoint whose weights file is an export: trainable tensors come from the state."""
+    def reach(self, path: Path, step: int) -> None:
+        """Make rank 0's chosen checkpoint visible to this rank: on another node without a shared run
+        directory it is pulled from the mirror (once per node)."""
+        if (path / META_FILE).exists():
+            return
+        if self.mirror is None:
+            raise FileNotFoundError(
+                f"rank {self.env.rank}: checkpoint {path} (chosen by rank 0) is not on this node; put the runs "
+                "directory on a filesystem every node shares, or publish checkpoints through a mirror"
+            )
+        with exclusive_lock(f"{path}.lock"):
+            if not (path / META_FILE).exists():
+                self.mirror.pull(step, self.run_dir)
+
+    def load_weights(self, path: Path, model: torch.nn.Module | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Meta and state of checkpoint ``path``, its weights loaded into ``model`` (verified unless rank 0 did).
+
+        A checkpoint whose weights file is an export (``Job.export``) is read back through its trainable
+        tensors in the state; ``model`` None reads only meta and state.
+        """
+        if self.job.export is None and model is not None:
+            return load_checkpoint(path, model, verify=not self.env.is_main)
         if not self.env.is_main and (problems := verify_checkpoint(path)):
             raise ValueError(f"checkpoint {path} is corrupt: " + "; ".join(problems))
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        params = dict(self.raw.named_parameters())
-        trainable = {n for n, p in params.items() if p.requires_grad}
-        if set(state["trainable"]) != trainable:
-            raise ValueError(f"{path} holds trainable tensors that differ from this run's; use a new run dir")
-        with torch.no_grad():
-            for name, tensor in state["trainable"].items():
-                params[name].copy_(tensor)
+        if model is not None:
+            params = dict(model.named_parameters())
+            trainable = {n for n, p in params.items() if p.requires_grad}
+            if set(state["trainable"]) != trainable:
+                raise ValueError(f"{path} holds trainable tensors that differ from this run's; use a new run dir")
+            with torch.no_grad():
+                for name, tensor in state["trainable"].items():
+                    params[name].copy_(tensor)
         return read_meta(path), state
 
     def summary(self) -> dict[str, Any]:
         path = checkpoint_dir(self.run_dir, self.step)
-        meta = read_meta(path)
+        here = self.env.is_main or (path / META_FILE).exists()  # another node may not see rank 0's disk
+        meta = read_meta(path) if here else {"params": None, "files": {MODEL_FILE: None}}
         trained = self.session["seconds"] > 0
         tokens, seconds = (
             (self.session["tokens"], self.session["seconds"])
@@ -418,6 +497,7 @@ class _Run:
             "params": meta["params"],
             "flops_per_token": self.flops_per_token,
             "checkpoint": str(path),
+            "checkpoint_url": self.mirror.step_url(self.step) if self.mirror is not None else None,
             "run_dir": str(self.run_dir),
             "checkpoint_sha256": meta["files"][MODEL_FILE],
             "resumed_from": self.resumed_from,
