@@ -23,6 +23,7 @@ import pydantic
 from lmcore.model.gpt import ModelConfig
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
+from lmcore.train.launch import LaunchConfig
 
 
 class LmcoreConfig(dg.Config):
@@ -132,3 +133,5 @@ TrainSettings = config_from(TrainConfig)
 LoraSettings = config_from(LoraConfig)
 ModelOverrides = config_from(ModelConfig, name="ModelOverrides", exclude=("vocab_size",), all_optional=True)
 """Fields of :class:`lmcore.model.gpt.ModelConfig` that replace the preset's (None: the preset's value)."""
+LaunchSettings = config_from(LaunchConfig)
+"""Every field of :class:`lmcore.train.launch.LaunchConfig`: a training asset's processes and machines."""

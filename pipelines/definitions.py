@@ -18,6 +18,7 @@ import assets.export
 import assets.finetune
 import assets.pretrain
 from assets.io_manager import ArtifactIOManager
+from assets.launch import SubprocessLauncher
 from assets.resources import ArtifactStore, FsspecArtifactStore, LocalArtifactStore
 from pipelines.automation import corpus_source_asset, retrain_triggers
 from pipelines.home import lmpipe_home
@@ -57,9 +58,10 @@ def build_definitions(profile: Profile) -> dg.Definitions:
 
 
 def resources() -> dict[str, Any]:
-    """The artifact store, and the IO manager that hands assets typed handles out of it."""
+    """The artifact store, the IO manager that hands assets typed handles out of it, and the launcher that starts
+    torchrun for training assets with more than one process (this machine's subprocess; a cluster swaps it here)."""
     store = artifact_store()
-    return {"store": store, "io_manager": ArtifactIOManager(store=store)}
+    return {"store": store, "io_manager": ArtifactIOManager(store=store), "launcher": SubprocessLauncher()}
 
 
 def artifact_store() -> ArtifactStore:

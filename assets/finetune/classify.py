@@ -1,4 +1,8 @@
-"""``classifier_report``: three classifiers (label_lm, head, bag of words) scored on the same test split."""
+"""``classifier_report``: three classifiers (label_lm, head, bag of words) scored on the same test split.
+
+One process by default; with more (``launch``) every training run goes under torchrun through the
+``launcher`` resource and rank 0 scores (``assets.launch``, ``lmcore.finetune.classify``).
+"""
 
 import base64
 from typing import Any
@@ -6,15 +10,29 @@ from typing import Any
 import dagster as dg
 
 from assets.artifacts import Checkpoint, LabeledData, Report, TokenizerFile
-from assets.config import config_from
+from assets.config import LaunchSettings, config_from
+from assets.launch import TrainingLauncher, run_training
 from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import result
+from assets.tasks import classify as classify_task
 from assets.versions import code_version_of
 from lmcore.eval.baselines import confusion_plot
-from lmcore.finetune.classify import ClassifyConfig, evaluate_all, steps
+from lmcore.finetune.classify import ClassifyConfig, steps
 
-ClassifierConfig = config_from(ClassifyConfig, name="ClassifierConfig")
+ClassifySettings = config_from(ClassifyConfig)
+
+
+class ClassifierConfig(ClassifySettings):
+    """Every ClassifyConfig field, and how many processes train."""
+
+    launch: LaunchSettings = LaunchSettings()
+    """Processes per node and nodes of each training run: one trains in the step's process; more run torchrun."""
+
+    def to_lmcore(self) -> ClassifyConfig:
+        """The ClassifyConfig of every field but ``launch`` (validated too)."""
+        self.launch.to_lmcore()
+        return ClassifySettings(**self.model_dump(exclude={"launch"})).to_lmcore()
 
 
 def _png(data: bytes, title: str) -> dg.MetadataValue:
@@ -44,10 +62,10 @@ def classifier_report(
     labeled_data: LabeledData,
     tokenizer: TokenizerFile,
     store: ArtifactStore,
+    launcher: TrainingLauncher,
 ) -> Report:
     """Accuracy, macro-F1 and confusion of the three classifiers on the same test split."""
     cfg = config.to_lmcore()
-    train, validation, test = (labeled_data.part(n) for n in LabeledData.PARTS)
     progress, total = reporter(context, "classifier_report"), steps(cfg)
 
     def on_event(event: dict[str, Any]) -> None:
@@ -56,11 +74,14 @@ def classifier_report(
         else:
             progress(f"{event['method']} {event['stage']}", event["done"], event["total"])
 
-    results = evaluate_all(
-        pretrained_model.path, tokenizer.tokenizer, train, validation, test, store.run_dir("classifier_report"), cfg,
-        callback=on_event,
-    )  # fmt: skip
+    spec = {
+        "init_checkpoint": str(pretrained_model.path), "config": cfg.to_dict(), "tokenizer": str(tokenizer.file),
+        "labeled": {n: str(labeled_data.path / f"{n}.jsonl") for n in LabeledData.PARTS},
+        "runs_dir": str(store.run_dir("classifier_report")),
+    }  # fmt: skip
+    launch = config.launch.to_lmcore()
+    results = run_training(context, launcher, launch, classify_task, spec, callback=on_event)
     report = Report.write(store, "classifier_report", results)
-    metadata = _metadata(results, cfg.methods, len(test[0]))
+    metadata = {**_metadata(results, cfg.methods, len(labeled_data.part("test")[0])), "world_size": launch.world_size}
     inputs = {"pretrained_model": pretrained_model, "labeled_data": labeled_data, "tokenizer": tokenizer}
     return result(context, report, metadata, config=config, inputs=inputs)

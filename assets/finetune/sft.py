@@ -1,14 +1,19 @@
-"""``sft_model``: the pretraining loop on ChatML examples, from ``pretrained_model``, optionally with LoRA."""
+"""``sft_model``: the pretraining loop on ChatML examples, from ``pretrained_model``, optionally with LoRA.
+
+One process by default; with more (``launch``) it runs under torchrun through the ``launcher``
+resource, each process on its share of the examples (``assets.launch``).
+"""
 
 import dagster as dg
 
 from assets.artifacts import Checkpoint, SftData, TokenizerFile
-from assets.config import LoraSettings, TrainSettings
+from assets.config import LaunchSettings, LoraSettings, TrainSettings
+from assets.launch import TrainingLauncher, run_training
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import result, training_metadata
+from assets.tasks import sft as sft_task
 from assets.versions import code_version_of
-from lmcore.finetune.sft import finetune
 from lmcore.train.config import TrainConfig
 
 
@@ -17,8 +22,11 @@ class SftModelConfig(dg.Config):
     """The fine-tuning run (usually a lower lr than pretraining: the model already knows the language)."""
     lora: LoraSettings | None = None
     """None: fine-tune every weight; set: LoRA adapters (merged into the final checkpoint)."""
+    launch: LaunchSettings = LaunchSettings()
+    """Processes per node and nodes: one fine-tunes in the step's process; more run torchrun."""
 
     def to_lmcore(self) -> TrainConfig:
+        self.launch.to_lmcore()
         if self.lora is not None:
             self.lora.to_lmcore()
         return self.train.to_lmcore()
@@ -32,17 +40,22 @@ def sft_model(
     sft_dataset: SftData,
     tokenizer: TokenizerFile,
     store: ArtifactStore,
+    launcher: TrainingLauncher,
 ) -> Checkpoint:
     """The pretrained model fine-tuned on ChatML examples (loss on assistant tokens only)."""
-    train, heldout, _ = sft_dataset.read()
-    train_cfg = config.train.to_lmcore()
-    summary = finetune(
-        pretrained_model.path, train_cfg, train, heldout[: max(1, len(heldout) // 2)], store.run_dir("sft_model"),
-        pad_id=tokenizer.tokenizer.pad_id, lora=config.lora.to_lmcore() if config.lora else None,
+    train_cfg = config.to_lmcore()
+    spec = {
+        "init_checkpoint": str(pretrained_model.path), "train": train_cfg.to_dict(),
+        "lora": config.lora.to_lmcore().to_dict() if config.lora else None, "sft_dataset": str(sft_dataset.path),
+        "tokenizer": str(tokenizer.file), "runs_dir": str(store.run_dir("sft_model")),
+        "meta_extra": {"tokenizer_path": str(tokenizer.file), "tokenizer_sha256": tokenizer.sha256},
+    }  # fmt: skip
+    summary = run_training(
+        context, launcher, config.launch.to_lmcore(), sft_task, spec,
         callback=training_reporter(context, "sft_model", "sft steps", train_cfg.max_steps),
-        meta_extra={"tokenizer_path": str(tokenizer.file), "tokenizer_sha256": tokenizer.sha256},
     )  # fmt: skip
     model = Checkpoint.of_run(summary)
-    metadata = {**training_metadata(summary, "SFT loss (assistant tokens)"), "run_dir": summary["run_dir"]}
+    metadata = {**training_metadata(summary, "SFT loss (assistant tokens)"), "world_size": summary["world_size"],
+                "run_dir": summary["run_dir"]}  # fmt: skip
     inputs = {"pretrained_model": pretrained_model, "sft_dataset": sft_dataset, "tokenizer": tokenizer}
     return result(context, model, metadata, config=config, inputs=inputs)

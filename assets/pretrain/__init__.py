@@ -1,1 +1,1 @@
-"""Group ``pretrain``: pretrained_model (and its torchrun worker) and perplexity_report."""
+"""Group ``pretrain``: pretrained_model and perplexity_report."""

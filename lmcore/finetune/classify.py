@@ -11,11 +11,14 @@ pretrained LM trained further on the task's own train texts with the plain next-
 objective, labels unused ("task-adaptive pretraining", Gururangan et al. 2020).
 
 :class:`ClassifyConfig` holds every setting, one :class:`~lmcore.train.config.TrainConfig`
-per trained method. This module knows nothing of Dagster; progress leaves through a callback.
+per trained method. Under torchrun every process trains each method (the loop's DDP), then
+rank 0 alone scores them: scoring calls no collective, so no rank waits on another there.
+This module knows nothing of Dagster; progress leaves through a callback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from lmcore.finetune.prompts import INSTRUCTION, Labeled
 from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
+from lmcore.train.distributed import dist_env
 from lmcore.train.job import Callback
 
 METHODS = ("label_lm", "head", "bow")
@@ -66,6 +70,21 @@ class ClassifyConfig:
             raise ValueError(f"methods is empty; choose some of {METHODS}")
         if self.score_batch_size < 1:
             raise ValueError(f"score_batch_size must be >= 1, got {self.score_batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifyConfig:
+        """The config of :meth:`to_dict` (e.g. read back from JSON); ValueError naming unknown fields."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ValueError(f"unknown ClassifyConfig fields {unknown}; valid fields are {sorted(known)}")
+        runs = ("label_lm", "head", "adapt")
+        nested = {name: TrainConfig.from_dict(d[name]) for name in runs if d.get(name) is not None}
+        if d.get("lora") is not None:
+            nested["lora"] = LoraConfig.from_dict(d["lora"])
+        return cls(**{**d, **nested})
 
 
 @dataclass(frozen=True)
@@ -104,7 +123,7 @@ def evaluate_all(
     config: ClassifyConfig,
     *,
     callback: Events | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train each method on ``train`` and score it on the same ``test``; returns ``{"labels", method: metrics}``.
 
     Metrics per method: accuracy, macro_f1, confusion (rows true, columns predicted, in
@@ -116,11 +135,13 @@ def evaluate_all(
     directory. With ``config.adapt``, both start from :func:`adapt_lm`, whose summary is
     returned under ``"adaptation"``. ``callback`` gets ``{"method", "stage": "train", ...loop
     record}`` (method ``adapt`` too) and ``{"method", "stage": "score" | "generate", "done", "total"}``.
+    Under torchrun every rank trains the LM methods, one after the other, then rank 0 scores every
+    method and returns the results; the other ranks return None. ``seconds`` is training plus scoring.
     """
     task = _Task(tokenizer, train, validation, test, sorted(set(train[1])), Path(runs_dir), config, callback)
     results: dict[str, Any] = {"labels": task.labels}
-    lm_methods = {"label_lm", "head"} & set(config.methods)
-    if config.adapt is not None and lm_methods:
+    methods = [m for m in METHODS if m in config.methods]
+    if config.adapt is not None and set(TRAIN) & set(methods):
         start = time.perf_counter()
         summary = adapt_lm(
             init_checkpoint, config.adapt, train[0], validation[0], tokenizer, task.runs_dir / "adapt",
@@ -128,15 +149,22 @@ def evaluate_all(
         )  # fmt: skip
         init_checkpoint = Path(summary["checkpoint"])
         results["adaptation"] = {**_brief(summary), "seconds": time.perf_counter() - start}
-    runners = {"bow": _bow, "label_lm": _label_lm, "head": _head}
-    for method in (m for m in METHODS if m in config.methods):
+    trained: dict[str, tuple[dict[str, Any], float]] = {}
+    for method in (m for m in methods if m in TRAIN):  # every rank: training is collective
         start = time.perf_counter()
-        metrics, brief = runners[method](task, Path(init_checkpoint))
-        results[method] = {**metrics, "seconds": time.perf_counter() - start, "train": brief}
+        trained[method] = TRAIN[method](task, Path(init_checkpoint)), time.perf_counter() - start
+    if not dist_env().is_main:
+        return None
+    for method in methods:
+        start = time.perf_counter()
+        summary, train_seconds = trained.get(method, (None, 0.0))
+        metrics, brief = SCORE[method](task, summary)
+        results[method] = {**metrics, "seconds": train_seconds + time.perf_counter() - start, "train": brief}
     return results
 
 
-def _bow(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _bow(task: _Task, _: None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit (C tuned on validation) and score the bag-of-words baseline: no torch, so no collective."""
     model, chosen = tune_bow_baseline(
         (list(task.train[0]), list(task.train[1])),
         (list(task.validation[0]), list(task.validation[1])),
@@ -146,12 +174,16 @@ def _bow(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[str, 
     return {**evaluate_classifier(task.test[1], predicted, task.labels), "predictions": predicted}, chosen
 
 
-def _label_lm(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _train_label_lm(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
     cfg = task.config
-    summary = train_label_lm(
+    return train_label_lm(
         init_checkpoint, cfg.label_lm, task.train, task.validation, task.tokenizer, task.runs_dir / "label_lm",
         lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("label_lm"),
     )  # fmt: skip
+
+
+def _score_label_lm(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    cfg = task.config
     lm, _ = load_trained_model(summary["checkpoint"])
     metrics = evaluate_label_lm(
         lm, task.tokenizer, task.test, task.labels, instruction=cfg.instruction, batch_size=cfg.score_batch_size,
@@ -160,12 +192,16 @@ def _label_lm(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[
     return metrics, _brief(summary)
 
 
-def _head(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _train_head(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
     cfg = task.config
-    summary = train_head(
+    return train_head(
         init_checkpoint, cfg.head, task.train, task.validation, task.tokenizer, task.labels, task.runs_dir / "head",
         lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("head"),
     )  # fmt: skip
+
+
+def _score_head(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    cfg = task.config
     classifier, _ = load_classifier(summary["checkpoint"])
     predicted = predict_head(
         classifier, task.tokenizer, task.test[0], task.labels, instruction=cfg.instruction,
@@ -175,6 +211,16 @@ def _head(task: _Task, init_checkpoint: Path) -> tuple[dict[str, Any], dict[str,
     return metrics, _brief(summary)
 
 
+TRAIN: dict[str, Callable[[_Task, Path], dict[str, Any]]] = {"label_lm": _train_label_lm, "head": _train_head}
+"""The LM methods' training runs (a training summary each); run by every rank."""
+SCORE: dict[str, Callable[[_Task, Any], tuple[dict[str, Any], dict[str, Any]]]] = {
+    "label_lm": _score_label_lm,
+    "head": _score_head,
+    "bow": _bow,
+}
+"""Each method's scoring on the test split from its training summary (bow: None): ``(metrics, brief)``; rank 0."""
+
+
 def steps(config: ClassifyConfig) -> dict[str, int]:
     """Optimizer steps of each training run the config asks for (for progress bars)."""
     runs = {"label_lm": config.label_lm, "head": config.head, "adapt": config.adapt}
@@ -182,5 +228,6 @@ def steps(config: ClassifyConfig) -> dict[str, int]:
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("step", "train_loss", "val_loss", "tokens_seen", "tokens_per_s", "params", "trainable_params", "checkpoint")
+    keys = ("step", "train_loss", "val_loss", "tokens_seen", "tokens_per_s", "params", "trainable_params", "checkpoint",
+            "world_size")  # fmt: skip
     return {k: summary.get(k) for k in keys}

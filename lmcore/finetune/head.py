@@ -26,6 +26,7 @@ from lmcore.finetune.sft import (
     init_model_config,
     rank_share,
     run_from_init,
+    share_size,
 )
 from lmcore.io import digest_of
 from lmcore.model.checkpoint import load_checkpoint, read_meta
@@ -84,17 +85,21 @@ def head_source(
     rank: int,
     world_size: int,
     pad_id: int,
+    fill: bool = False,
     **_: Any,
 ) -> EpochSource:
     """Batches ``(prompts right-padded (B, T), label indices (B,))`` in a new seeded order each epoch.
 
-    Within each window of 32 batches' worth of shuffled examples, a batch takes prompts of
-    similar length (less padding); the batches are then shuffled.
+    Each rank takes its share of the epoch (:func:`~lmcore.finetune.sft.rank_share`; ``fill`` for
+    validation). Within each window
+    of 32 batches' worth of shuffled examples, a batch takes prompts of similar length (less padding);
+    the batches are then shuffled.
     """
-    mine = rank_share(items, rank, world_size)
+    share = share_size(items, world_size, fill=fill)
 
     def epoch(e: int) -> Iterator[Batch]:
         rng = random.Random(epoch_seed(seed, e))
+        mine = rank_share(items, rank, world_size, epoch_seed(seed, e), fill=fill)
         order = list(range(len(mine)))
         rng.shuffle(order)
         batches = []
@@ -107,7 +112,7 @@ def head_source(
             yield pad_right([ids for ids, _ in rows], pad_id), torch.tensor([y for _, y in rows], dtype=torch.long)
 
     fingerprint = {"examples": len(items), "batch_size": batch_size, "seed": seed, "world_size": world_size}
-    return EpochSource(epoch, -(-len(mine) // batch_size), fingerprint)
+    return EpochSource(epoch, -(-share // batch_size), fingerprint)
 
 
 def train_head(
@@ -140,7 +145,7 @@ def train_head(
     ]
 
     def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
-        val = head_source(data[1], pad_id=pad_id, **kw) if validation else None
+        val = head_source(data[1], pad_id=pad_id, fill=True, **kw) if validation else None
         return head_source(data[0], pad_id=pad_id, **kw), val
 
     return run_from_init(

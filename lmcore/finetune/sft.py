@@ -78,9 +78,35 @@ class EpochSource:
         self.epoch, self.position, self._batches = int(state["epoch"]), int(state["position"]), None
 
 
-def rank_share(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
-    """Every ``world_size``-th item from ``rank``, cut so all ranks hold the same number."""
-    return list(items[rank::world_size][: len(items) // world_size])
+def share_size(items: Sequence[Any], world_size: int, *, fill: bool = False) -> int:
+    """How many of ``items`` each of ``world_size`` processes gets per epoch (``fill``: rounded up).
+
+    ValueError when, without ``fill``, there are fewer items than processes.
+    """
+    if fill:
+        return -(-len(items) // world_size)
+    if len(items) < world_size:
+        raise ValueError(
+            f"{len(items)} training examples cannot be shared by {world_size} processes (each needs at least "
+            "one); add examples or run fewer processes"
+        )
+    return len(items) // world_size
+
+
+def rank_share(items: Sequence[Any], rank: int, world_size: int, seed: int, *, fill: bool = False) -> list[Any]:
+    """This rank's :func:`share_size` items of an epoch whose shuffle is seeded by ``seed``.
+
+    The ranks' shares are equal in size, so every rank takes the same number of steps. Training
+    (``fill`` False) drops the ``len(items) % world_size`` items left over, which change from epoch
+    to epoch, so every item is trained on. Validation (``fill`` True) repeats items to fill the
+    last shares instead, as ``DistributedSampler`` does, so every item is scored even when there
+    are fewer than processes. One process gets every item, in order.
+    """
+    size = share_size(items, world_size, fill=fill)
+    if world_size == 1:
+        return list(items)
+    order = np.resize(np.random.default_rng([seed, world_size]).permutation(len(items)), size * world_size)
+    return [items[i] for i in order[rank::world_size]]
 
 
 def sft_source(
@@ -92,15 +118,19 @@ def sft_source(
     rank: int,
     world_size: int,
     pad_id: int,
+    fill: bool = False,
 ) -> EpochSource:
-    """Batches of ``sft_batches`` over this rank's share of ``examples``, in a new seeded order each epoch."""
-    mine = rank_share(examples, rank, world_size)
+    """Batches of ``sft_batches`` over this rank's share of ``examples`` (:func:`rank_share`; ``fill`` for
+    validation), in a new seeded order each epoch."""
+    share = share_size(examples, world_size, fill=fill)
     fingerprint = {"examples": len(examples), "batch_size": batch_size, "seed": seed, "world_size": world_size}
-    return EpochSource(
-        lambda epoch: sft_batches(mine, batch_size, context_length, epoch_seed(seed, epoch), pad_id),
-        math.ceil(len(mine) / batch_size),
-        fingerprint,
-    )
+
+    def epoch_batches(epoch: int) -> Iterator[Batch]:
+        order_seed = epoch_seed(seed, epoch)
+        mine = rank_share(examples, rank, world_size, order_seed, fill=fill)
+        return sft_batches(mine, batch_size, context_length, order_seed, pad_id)
+
+    return EpochSource(epoch_batches, math.ceil(share / batch_size), fingerprint)
 
 
 def examples_digest(*splits: Sequence[SFTExample]) -> str:
@@ -219,7 +249,7 @@ def finetune(
         raise ValueError("cannot fine-tune: " + "; ".join(problems))
 
     def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
-        val = sft_source(val_examples, pad_id=pad_id, **kw) if validation else None
+        val = sft_source(val_examples, pad_id=pad_id, fill=True, **kw) if validation else None
         return sft_source(train_examples, pad_id=pad_id, **kw), val
 
     return run_from_init(

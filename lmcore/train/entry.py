@@ -9,8 +9,10 @@ Dagster asset through Pipes. The JSON file holds::
      "meta_extra": {...}            optional, stored in every checkpoint's meta.json
      "window_log_dir": "path"}      optional test aid: per-rank logs of drawn windows
 
-Rank 0 prints one JSON object per line on stdout: ``{"event": "metrics", ...}`` per
-report and ``{"event": "summary", ...}`` at the end. Logs go to stderr.
+:func:`train_kwargs` turns such a spec into the arguments of ``train``, for this entry and
+for any other that runs pretraining specs. Rank 0 prints one JSON object per
+line on stdout: ``{"event": "metrics", ...}`` per report and ``{"event": "summary", ...}`` at
+the end. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -43,16 +45,27 @@ def model_config_from(spec: dict[str, Any]) -> ModelConfig:
     return PRESETS[preset](**spec)
 
 
-def load_run_spec(path: Path) -> dict[str, Any]:
-    spec = read_json(path)
+def train_kwargs(spec: dict[str, Any], *, where: str | Path = "run spec") -> dict[str, Any]:
+    """The keyword arguments of :func:`lmcore.train.loop.train` from a run spec (keys as in the module docstring).
+
+    Raises ValueError naming ``where`` and every unknown or missing key.
+    """
     problems = []
     if unknown := sorted(set(spec) - KEYS):
         problems.append(f"unknown keys {unknown}")
     if missing := sorted(REQUIRED - set(spec)):
         problems.append(f"missing keys {missing}")
     if problems:
-        raise ValueError(f"{path}: " + "; ".join(problems) + f"; valid keys are {sorted(KEYS)}")
-    return spec
+        raise ValueError(f"{where}: " + "; ".join(problems) + f"; valid keys are {sorted(KEYS)}")
+    window_log_dir = spec.get("window_log_dir")
+    return {
+        "model_config": model_config_from(spec["model"]),
+        "train_config": TrainConfig.from_dict(spec["train"]),
+        "shard_root": Path(spec["shard_root"]),
+        "runs_dir": Path(spec["runs_dir"]),
+        "meta_extra": spec.get("meta_extra"),
+        "window_log_dir": Path(window_log_dir) if window_log_dir else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,21 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="JSON file: model, train, shard_root, runs_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    spec = load_run_spec(args.config)
+    kwargs = train_kwargs(read_json(args.config), where=args.config)
 
     def report(record: dict[str, Any]) -> None:
         print(json.dumps({"event": "metrics", **record}), flush=True)
 
-    window_log_dir = spec.get("window_log_dir")
-    summary = train(
-        model_config_from(spec["model"]),
-        TrainConfig.from_dict(spec["train"]),
-        Path(spec["shard_root"]),
-        Path(spec["runs_dir"]),
-        callback=report,
-        meta_extra=spec.get("meta_extra"),
-        window_log_dir=Path(window_log_dir) if window_log_dir else None,
-    )
+    summary = train(**kwargs, callback=report)
     if dist_env().is_main:
         print(json.dumps({"event": "summary", **summary}), flush=True)
     return 0

@@ -51,7 +51,9 @@ def test_generate_without_a_model_says_what_to_run(home, capsys):
 
 
 def test_two_process_torchrun_through_pipes(home, tmp_path, corpus_dir):
-    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model={**TINY, "nproc_per_node": 2})
+    profile = write_profile(
+        tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model={**TINY, "launch": {"nproc_per_node": 2}}
+    )
     assert main(["run", "--config", str(profile), "--select", "group:data or key:pretrained_model"]) == 0
     mat = _materialization(home, "pretrained_model")
     assert mat.metadata["world_size"].value == 2
@@ -68,7 +70,8 @@ def test_two_process_torchrun_through_pipes(home, tmp_path, corpus_dir):
         ({"model": {"context_length": 32, "n_head": 3}}, "n_head"),
         ({"preset": "huge"}, "preset='huge'"),
         ({"train": {**TRAIN, "warmup_steps": 50}}, "warmup_steps"),
-        ({"nproc_per_node": 0}, "nproc_per_node"),
+        ({"launch": {"nproc_per_node": 0}}, "nproc_per_node"),
+        ({"launch": {"nnodes": 2}}, "rdzv_endpoint"),
         ({"train": {**TRAIN, "weight_decay": -1.0}}, "weight_decay"),
         ({"train": {**TRAIN, "betas": [0.9, 1.5]}}, "betas"),
     ],
