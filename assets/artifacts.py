@@ -23,7 +23,7 @@ from lmcore.data.splits import split_paths
 from lmcore.data.tokenizer import Tokenizer, load_tokenizer
 from lmcore.finetune.sft_data import SFTExample, read_sft_dataset
 from lmcore.io import iter_texts, read_json, write_json
-from lmcore.model.checkpoint import META_FILE, load_trained_model
+from lmcore.model.checkpoint import META_FILE, MODEL_FILE, load_trained_model
 from lmcore.model.gpt import GPT, ModelConfig
 
 MANIFEST = "manifest.json"
@@ -120,31 +120,27 @@ class TokenShards(Artifact):
 
 
 class Checkpoint(Artifact):
-    """A trained model's final checkpoint (``model.safetensors`` + ``meta.json``) in its run directory.
+    """A trained model's final checkpoint (``model.safetensors`` + ``meta.json``).
 
-    Training run directories stay on the machine that trained, so ``location`` is a local
-    path; opening it elsewhere fails naming it.
+    ``location`` is the checkpoint's URL in the store's run mirror when the store has one
+    (``ArtifactStore.run_mirror``), so any machine with the same store can open it; else the
+    local path in the run directory, and opening it on another machine fails naming it.
     """
 
     @classmethod
     def open(cls, store: ArtifactStore, ref: dict[str, str]) -> Checkpoint:
-        return cls._local(ref["location"], ref["data_version"])
+        path = store.fetch_checkpoint(ref["location"])
+        if read_json(path / META_FILE)["files"][MODEL_FILE] != ref["data_version"]:
+            raise ValueError(f"{ref['location']} holds other weights than the recorded version; re-materialize it")
+        return cls(location=ref["location"], data_version=ref["data_version"], path=path)
 
     @classmethod
     def of_run(cls, summary: dict[str, Any]) -> Checkpoint:
         """The final checkpoint of a training summary (``lmcore.train.loop.run_job``'s); the weights digest is its
         data version."""
-        return cls._local(summary["checkpoint"], summary["checkpoint_sha256"])
-
-    @classmethod
-    def _local(cls, location: str, data_version: str) -> Checkpoint:
-        path = Path(location)
-        if not (path / META_FILE).exists():
-            raise FileNotFoundError(
-                f"checkpoint {path} is not on this machine (training runs stay where they ran); "
-                "re-materialize the training asset here"
-            )
-        return cls(location=location, data_version=data_version, path=path)
+        path = Path(summary["checkpoint"])
+        location = summary.get("checkpoint_url") or summary["checkpoint"]
+        return cls(location=location, data_version=summary["checkpoint_sha256"], path=path)
 
     @functools.cached_property
     def manifest(self) -> dict[str, Any]:

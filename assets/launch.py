@@ -24,7 +24,10 @@ from typing import Any
 import dagster as dg
 
 from assets import worker
+from assets.resources import ArtifactStore
+from assets.tracking import TrackerResource
 from lmcore.io import write_json
+from lmcore.train.job import Outlets
 from lmcore.train.launch import LaunchConfig, torchrun_argv
 
 
@@ -53,6 +56,11 @@ class SubprocessLauncher(TrainingLauncher):
         argv = torchrun_argv(launch, program, job_id=context.run.run_id)
         context.log.info(f"starting {shlex.join(argv)}")
         return dg.PipesSubprocessClient().run(command=argv, context=context).get_custom_messages()
+
+
+def outlets(asset: str, store: ArtifactStore, tracker: TrackerResource) -> dict[str, Any]:
+    """The spec's ``outlets`` (``lmcore.train.job.Outlets``): ``asset``'s tracker and the store's run mirror."""
+    return Outlets(tracker=tracker.spec(asset), mirror=store.run_mirror(asset)).to_dict()
 
 
 def run_training(

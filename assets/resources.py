@@ -18,6 +18,8 @@ from pathlib import Path
 import dagster as dg
 
 from lmcore.io import disk_errors, publish_dir, staging_dir, write_json
+from lmcore.model.checkpoint import META_FILE, checkpoint_dir, verify_checkpoint
+from lmcore.train.mirror import CheckpointMirror
 
 REF_FILE = "latest.json"
 """Per asset, the reference to its latest version that the IO manager hands downstream."""
@@ -68,6 +70,21 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
     @abstractmethod
     def reports_dir(self) -> Path:
         """Where human-readable reports (JSON, Markdown) are written."""
+
+    def run_mirror(self, asset: str) -> str | None:
+        """Where ``asset``'s training runs publish their checkpoints (``lmcore.train.mirror``), or None when
+        they stay in :meth:`run_dir` only."""
+        return None
+
+    def fetch_checkpoint(self, location: str) -> Path:
+        """A local directory holding the checkpoint at ``location`` (a run-directory path, or a mirror URL)."""
+        path = Path(location)
+        if not (path / META_FILE).exists():
+            raise FileNotFoundError(
+                f"checkpoint {path} is not on this machine (training runs stay where they ran unless the store "
+                "mirrors them: set LMPIPE_ARTIFACTS_URL); re-materialize the training asset here"
+            )
+        return path
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -121,7 +138,9 @@ class FsspecArtifactStore(ArtifactStore):
 
     ``{url}/{asset}/{digest[:16]}/`` holds each version; the manifest is uploaded last, so a
     version without one is incomplete and is re-uploaded. Reads download into the local
-    cache once and check the manifest digest. Training run directories stay local.
+    cache once and check the manifest digest. Training runs live in a local directory and
+    publish every checkpoint to ``{url}/{asset}/runs/{run_key}/`` (meta.json last), so a run
+    killed on one machine resumes on another and downstream assets fetch the final checkpoint.
     """
 
     url: str
@@ -194,6 +213,21 @@ class FsspecArtifactStore(ArtifactStore):
 
     def run_dir(self, asset: str) -> Path:
         return self._local.run_dir(asset)
+
+    def run_mirror(self, asset: str) -> str:
+        return f"{self.url.rstrip('/')}/{asset}/runs"
+
+    def fetch_checkpoint(self, location: str) -> Path:
+        """The checkpoint at a mirror URL, pulled once into ``cache/checkpoints/<run_key>/`` and verified."""
+        if "://" not in location:
+            return super().fetch_checkpoint(location)
+        base, run_key, step_name = location.rstrip("/").rsplit("/", 2)
+        local = self.cache_dir() / "checkpoints" / run_key
+        step = int(step_name.removeprefix("step-"))
+        path = checkpoint_dir(local, step)
+        if not path.is_dir() or verify_checkpoint(path):
+            CheckpointMirror(base, run_key).pull(step, local)
+        return path
 
     def reports_dir(self) -> Path:
         return self._local.reports_dir()

@@ -20,6 +20,8 @@ import assets.pretrain
 from assets.io_manager import ArtifactIOManager
 from assets.launch import SubprocessLauncher
 from assets.resources import ArtifactStore, FsspecArtifactStore, LocalArtifactStore
+from assets.tracking import TrackerResource
+from lmcore.train.tracking import DEFAULT_EXPERIMENT
 from pipelines.automation import corpus_source_asset, retrain_triggers
 from pipelines.home import lmpipe_home
 from pipelines.profile import Profile, load_profile
@@ -58,10 +60,22 @@ def build_definitions(profile: Profile) -> dg.Definitions:
 
 
 def resources() -> dict[str, Any]:
-    """The artifact store, the IO manager that hands assets typed handles out of it, and the launcher that starts
-    torchrun for training assets with more than one process (this machine's subprocess; a cluster swaps it here)."""
+    """The artifact store, the IO manager that hands assets typed handles out of it, the launcher that starts
+    torchrun for training assets with more than one process (this machine's subprocess; a cluster swaps it here),
+    and the experiment tracker every training run logs to."""
     store = artifact_store()
-    return {"store": store, "io_manager": ArtifactIOManager(store=store), "launcher": SubprocessLauncher()}
+    return {"store": store, "io_manager": ArtifactIOManager(store=store), "launcher": SubprocessLauncher(),
+            "tracker": tracker()}  # fmt: skip
+
+
+def tracker() -> TrackerResource:
+    """TensorBoard event files in each run's directory by default; ``$LMPIPE_TRACKER`` = mlflow | none picks
+    another (MLflow at ``$MLFLOW_TRACKING_URI``, experiment ``$MLFLOW_EXPERIMENT_NAME``, default lmpipe)."""
+    return TrackerResource(
+        kind=os.environ.get("LMPIPE_TRACKER", "tensorboard"),
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
+        experiment=os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT),
+    )
 
 
 def artifact_store() -> ArtifactStore:

@@ -11,11 +11,12 @@ import dagster as dg
 
 from assets.artifacts import Checkpoint, LabeledData, Report, TokenizerFile
 from assets.config import LaunchSettings, config_from
-from assets.launch import TrainingLauncher, run_training
+from assets.launch import TrainingLauncher, outlets, run_training
 from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.tasks import classify as classify_task
+from assets.tracking import TrackerResource
 from assets.versions import code_version_of
 from lmcore.eval.baselines import confusion_plot
 from lmcore.finetune.classify import ClassifyConfig, steps
@@ -63,6 +64,7 @@ def classifier_report(
     tokenizer: TokenizerFile,
     store: ArtifactStore,
     launcher: TrainingLauncher,
+    tracker: TrackerResource,
 ) -> Report:
     """Accuracy, macro-F1 and confusion of the three classifiers on the same test split."""
     cfg = config.to_lmcore()
@@ -77,7 +79,7 @@ def classifier_report(
     spec = {
         "init_checkpoint": str(pretrained_model.path), "config": cfg.to_dict(), "tokenizer": str(tokenizer.file),
         "labeled": {n: str(labeled_data.path / f"{n}.jsonl") for n in LabeledData.PARTS},
-        "runs_dir": str(store.run_dir("classifier_report")),
+        "runs_dir": str(store.run_dir("classifier_report")), "outlets": outlets("classifier_report", store, tracker),
     }  # fmt: skip
     launch = config.launch.to_lmcore()
     results = run_training(context, launcher, launch, classify_task, spec, callback=on_event)

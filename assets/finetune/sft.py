@@ -8,11 +8,12 @@ import dagster as dg
 
 from assets.artifacts import Checkpoint, SftData, TokenizerFile
 from assets.config import LaunchSettings, LoraSettings, TrainSettings
-from assets.launch import TrainingLauncher, run_training
+from assets.launch import TrainingLauncher, outlets, run_training
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import result, training_metadata
 from assets.tasks import sft as sft_task
+from assets.tracking import TrackerResource
 from assets.versions import code_version_of
 from lmcore.train.config import TrainConfig
 
@@ -41,6 +42,7 @@ def sft_model(
     tokenizer: TokenizerFile,
     store: ArtifactStore,
     launcher: TrainingLauncher,
+    tracker: TrackerResource,
 ) -> Checkpoint:
     """The pretrained model fine-tuned on ChatML examples (loss on assistant tokens only)."""
     train_cfg = config.to_lmcore()
@@ -49,6 +51,7 @@ def sft_model(
         "lora": config.lora.to_lmcore().to_dict() if config.lora else None, "sft_dataset": str(sft_dataset.path),
         "tokenizer": str(tokenizer.file), "runs_dir": str(store.run_dir("sft_model")),
         "meta_extra": {"tokenizer_path": str(tokenizer.file), "tokenizer_sha256": tokenizer.sha256},
+        "outlets": outlets("sft_model", store, tracker),
     }  # fmt: skip
     summary = run_training(
         context, launcher, config.launch.to_lmcore(), sft_task, spec,

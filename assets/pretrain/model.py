@@ -10,11 +10,12 @@ import dagster as dg
 
 from assets.artifacts import Checkpoint, TokenizerFile, TokenShards
 from assets.config import LaunchSettings, ModelOverrides, TrainSettings
-from assets.launch import TrainingLauncher, run_training
+from assets.launch import TrainingLauncher, outlets, run_training
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import result, training_metadata
 from assets.tasks import pretrain as pretrain_task
+from assets.tracking import TrackerResource
 from assets.versions import code_version_of
 from lmcore.model.gpt import PRESETS, ModelConfig
 from lmcore.train.config import TrainConfig
@@ -50,6 +51,7 @@ def pretrained_model(
     tokenizer: TokenizerFile,
     store: ArtifactStore,
     launcher: TrainingLauncher,
+    tracker: TrackerResource,
 ) -> Checkpoint:
     """A decoder-only transformer trained on the train shards; resumes from its last checkpoint."""
     model_cfg, train_cfg = config.to_model_config(token_shards.vocab_size), config.train.to_lmcore()
@@ -61,7 +63,8 @@ def pretrained_model(
     }
     context.log.info(f"runs in {runs_dir}; {model_cfg}")
     spec = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "shard_root": str(token_shards.path),
-            "runs_dir": str(runs_dir), "meta_extra": meta_extra}  # fmt: skip
+            "runs_dir": str(runs_dir), "meta_extra": meta_extra,
+            "outlets": outlets("pretrained_model", store, tracker)}  # fmt: skip
     summary = run_training(
         context, launcher, config.launch.to_lmcore(), pretrain_task, spec,
         callback=training_reporter(context, "pretrained_model", "train steps", train_cfg.max_steps),

@@ -2,7 +2,8 @@
 
 Spec keys: ``init_checkpoint`` (directory), ``config`` (ClassifyConfig fields), ``labeled``
 (``{"train", "validation", "test"}``: the artifact's JSONL files of ``{"text", "label"}``),
-``tokenizer`` (``tokenizer.json``), ``runs_dir``. The result is None on ranks other than 0.
+``tokenizer`` (``tokenizer.json``), ``runs_dir``, and optionally ``outlets``
+(``lmcore.train.job.Outlets`` fields). The result is None on ranks other than 0.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lmcore.data.tokenizer import load_tokenizer
 from lmcore.finetune.classify import ClassifyConfig, evaluate_all
 from lmcore.finetune.prompts import Labeled
 from lmcore.train.config import TrainConfig
+from lmcore.train.job import Outlets
 
 KEYS = {"init_checkpoint", "config", "labeled", "tokenizer", "runs_dir"}
 PARTS = ("train", "validation", "test")
@@ -42,7 +44,7 @@ def run(
     where: str | Path = "classify spec",
 ) -> dict[str, Any] | None:
     """``evaluate_all``'s results (``callback`` gets its events; ``on_wait`` is unused)."""
-    check_keys(spec, KEYS, set(), where)
+    check_keys(spec, KEYS, {"outlets"}, where)
     if sorted(spec["labeled"]) != sorted(PARTS):
         raise ValueError(f"{where}: labeled must name the files {list(PARTS)}, got {sorted(spec['labeled'])}")
     return evaluate_all(
@@ -52,4 +54,5 @@ def run(
         Path(spec["runs_dir"]),
         ClassifyConfig.from_dict(spec["config"]),
         callback=callback,
+        outlets=Outlets.from_dict(spec.get("outlets")),
     )

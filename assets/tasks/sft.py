@@ -2,8 +2,8 @@
 
 Spec keys: ``init_checkpoint`` (directory), ``train`` (TrainConfig fields), ``lora`` (LoraConfig
 fields or None), ``sft_dataset`` (the artifact's directory), ``tokenizer`` (``tokenizer.json``),
-``runs_dir``, ``meta_extra``. The first half of the held-out examples validates; the rest is
-evaluation_report's ROUGE set.
+``runs_dir``, ``meta_extra``, optionally ``outlets`` (``lmcore.train.job.Outlets`` fields). The
+first half of the held-out examples validates; the rest is evaluation_report's ROUGE set.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from lmcore.finetune.sft import finetune
 from lmcore.finetune.sft_data import read_sft_dataset
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
+from lmcore.train.job import Outlets
 
 KEYS = {"init_checkpoint", "train", "lora", "sft_dataset", "tokenizer", "runs_dir", "meta_extra"}
 
@@ -34,7 +35,7 @@ def run(
     where: str | Path = "sft spec",
 ) -> dict[str, Any]:
     """``finetune``'s summary (``on_wait`` is unused: fine-tuning does not report waiting)."""
-    check_keys(spec, KEYS, set(), where)
+    check_keys(spec, KEYS, {"outlets"}, where)
     examples, heldout, _ = read_sft_dataset(spec["sft_dataset"])
     return finetune(
         Path(spec["init_checkpoint"]),
@@ -46,4 +47,5 @@ def run(
         lora=LoraConfig.from_dict(spec["lora"]) if spec["lora"] else None,
         callback=callback,
         meta_extra=spec["meta_extra"],
+        outlets=Outlets.from_dict(spec.get("outlets")),
     )

@@ -17,7 +17,7 @@ from lmcore.finetune.chat import encode_plain
 from lmcore.finetune.sft import finetune, init_model_config
 from lmcore.finetune.sft_data import SFTExample, pack_examples
 from lmcore.train.config import TrainConfig
-from lmcore.train.job import Callback
+from lmcore.train.job import NO_OUTLETS, Callback, Outlets
 
 
 def text_examples(texts: Sequence[str], tokenizer: Tokenizer, context_length: int) -> list[SFTExample]:
@@ -39,6 +39,7 @@ def adapt_lm(
     runs_dir: Path,
     *,
     callback: Callback | None = None,
+    outlets: Outlets = NO_OUTLETS,
 ) -> dict[str, Any]:
     """Continue next-token training on the task's texts (labels unused), packed; returns ``finetune``'s summary."""
     mc, _ = init_model_config(init_checkpoint)
@@ -46,4 +47,6 @@ def adapt_lm(
         pack_examples(text_examples(t, tokenizer, mc.context_length), mc.context_length)
         for t in (train_texts, validation_texts)
     ]
-    return finetune(init_checkpoint, train_config, *splits, runs_dir, pad_id=tokenizer.pad_id, callback=callback)
+    return finetune(
+        init_checkpoint, train_config, *splits, runs_dir, pad_id=tokenizer.pad_id, callback=callback, outlets=outlets
+    )

@@ -35,7 +35,7 @@ from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.distributed import dist_env
-from lmcore.train.job import Callback
+from lmcore.train.job import NO_OUTLETS, Callback, Outlets
 
 METHODS = ("label_lm", "head", "bow")
 Events = Callable[[dict[str, Any]], None]
@@ -99,6 +99,7 @@ class _Task:
     runs_dir: Path
     config: ClassifyConfig
     callback: Events | None
+    outlets: Outlets
 
     def on_train(self, method: str) -> Callback | None:
         cb = self.callback
@@ -123,6 +124,7 @@ def evaluate_all(
     config: ClassifyConfig,
     *,
     callback: Events | None = None,
+    outlets: Outlets = NO_OUTLETS,
 ) -> dict[str, Any] | None:
     """Train each method on ``train`` and score it on the same ``test``; returns ``{"labels", method: metrics}``.
 
@@ -135,17 +137,18 @@ def evaluate_all(
     directory. With ``config.adapt``, both start from :func:`adapt_lm`, whose summary is
     returned under ``"adaptation"``. ``callback`` gets ``{"method", "stage": "train", ...loop
     record}`` (method ``adapt`` too) and ``{"method", "stage": "score" | "generate", "done", "total"}``.
+    Every LM run also sends its records and checkpoints to ``outlets``.
     Under torchrun every rank trains the LM methods, one after the other, then rank 0 scores every
     method and returns the results; the other ranks return None. ``seconds`` is training plus scoring.
     """
-    task = _Task(tokenizer, train, validation, test, sorted(set(train[1])), Path(runs_dir), config, callback)
+    task = _Task(tokenizer, train, validation, test, sorted(set(train[1])), Path(runs_dir), config, callback, outlets)
     results: dict[str, Any] = {"labels": task.labels}
     methods = [m for m in METHODS if m in config.methods]
     if config.adapt is not None and set(TRAIN) & set(methods):
         start = time.perf_counter()
         summary = adapt_lm(
             init_checkpoint, config.adapt, train[0], validation[0], tokenizer, task.runs_dir / "adapt",
-            callback=task.on_train("adapt"),
+            callback=task.on_train("adapt"), outlets=outlets,
         )  # fmt: skip
         init_checkpoint = Path(summary["checkpoint"])
         results["adaptation"] = {**_brief(summary), "seconds": time.perf_counter() - start}
@@ -178,7 +181,7 @@ def _train_label_lm(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
     cfg = task.config
     return train_label_lm(
         init_checkpoint, cfg.label_lm, task.train, task.validation, task.tokenizer, task.runs_dir / "label_lm",
-        lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("label_lm"),
+        lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("label_lm"), outlets=task.outlets,
     )  # fmt: skip
 
 
@@ -196,7 +199,7 @@ def _train_head(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
     cfg = task.config
     return train_head(
         init_checkpoint, cfg.head, task.train, task.validation, task.tokenizer, task.labels, task.runs_dir / "head",
-        lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("head"),
+        lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("head"), outlets=task.outlets,
     )  # fmt: skip
 
 

@@ -33,7 +33,7 @@ from lmcore.model.checkpoint import load_checkpoint, read_meta
 from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
-from lmcore.train.job import Batch, BatchSource, Callback
+from lmcore.train.job import NO_OUTLETS, Batch, BatchSource, Callback, Outlets
 
 
 class SequenceClassifier(nn.Module):
@@ -128,6 +128,7 @@ def train_head(
     instruction: str = INSTRUCTION,
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
+    outlets: Outlets = NO_OUTLETS,
 ) -> dict[str, Any]:
     """Train a :class:`SequenceClassifier` from the init checkpoint (whole model, or head + LoRA); returns the summary.
 
@@ -159,6 +160,7 @@ def train_head(
         config={"head": {"labels": list(labels), "pad_id": pad_id}},
         callback=callback,
         meta_extra=meta_extra,
+        outlets=outlets,
     )
 
 

@@ -34,7 +34,7 @@ from lmcore.finetune.sft_data import SFTExample, pack_examples
 from lmcore.model.gpt import GPT
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
-from lmcore.train.job import Callback
+from lmcore.train.job import NO_OUTLETS, Callback, Outlets
 
 
 def label_examples(
@@ -68,6 +68,7 @@ def train_label_lm(
     instruction: str = INSTRUCTION,
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
+    outlets: Outlets = NO_OUTLETS,
 ) -> dict[str, Any]:
     """Fine-tune the init checkpoint to write each text's label (examples packed); returns ``finetune``'s summary."""
     mc, _ = init_model_config(init_checkpoint)
@@ -87,6 +88,7 @@ def train_label_lm(
         lora=lora,
         callback=callback,
         meta_extra=meta_extra,
+        outlets=outlets,
     )
 
 

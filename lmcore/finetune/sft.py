@@ -34,7 +34,7 @@ from lmcore.model.generate import generate
 from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.model.lora import LoraConfig, apply_lora, merged_copy
 from lmcore.train.config import TrainConfig
-from lmcore.train.job import Batch, BatchSource, Callback, Job
+from lmcore.train.job import NO_OUTLETS, Batch, BatchSource, Callback, Job, Outlets
 from lmcore.train.loop import run_job
 
 
@@ -180,6 +180,7 @@ def run_from_init(
     data: dict[str, Any] | None = None,
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
+    outlets: Outlets = NO_OUTLETS,
 ) -> dict[str, Any]:
     """Run the training loop on the init checkpoint's model; returns the summary plus ``trainable_params``.
 
@@ -212,7 +213,7 @@ def run_from_init(
         data={"init_checkpoint": str(init), "init_sha256": init_sha, "examples_sha256": data_version, **(data or {})},
         export=merged_copy if lora else None,
     )
-    summary = run_job(lambda: job, train_config, runs_dir, callback=callback, meta_extra=meta_extra)
+    summary = run_job(lambda: job, train_config, runs_dir, callback=callback, meta_extra=meta_extra, outlets=outlets)
     return {**summary, "trainable_params": counts["trainable"], "init_checkpoint": str(init)}
 
 
@@ -227,6 +228,7 @@ def finetune(
     lora: LoraConfig | None = None,
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
+    outlets: Outlets = NO_OUTLETS,
 ) -> dict[str, Any]:
     """Fine-tune (or resume fine-tuning) the model of ``init_checkpoint`` on chat examples; return a summary.
 
@@ -262,6 +264,7 @@ def finetune(
         data={"train_examples": len(train_examples), "val_examples": len(val_examples)},
         callback=callback,
         meta_extra=meta_extra,
+        outlets=outlets,
     )
 
 

@@ -7,6 +7,7 @@ Dagster asset through Pipes. The JSON file holds::
      "train": {TrainConfig fields},
      "shard_root": "path/to/token_shards", "runs_dir": "path/to/runs",
      "meta_extra": {...}            optional, stored in every checkpoint's meta.json
+     "outlets": {"tracker": {...}, "mirror": "s3://..."}   optional (lmcore.train.job.Outlets)
      "window_log_dir": "path"}      optional test aid: per-rank logs of drawn windows
 
 :func:`train_kwargs` turns such a spec into the arguments of ``train``, for this entry and
@@ -28,9 +29,10 @@ from lmcore.io import read_json
 from lmcore.model.gpt import PRESETS, ModelConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.distributed import dist_env
+from lmcore.train.job import Outlets
 from lmcore.train.loop import train
 
-KEYS = {"model", "train", "shard_root", "runs_dir", "meta_extra", "window_log_dir"}
+KEYS = {"model", "train", "shard_root", "runs_dir", "meta_extra", "window_log_dir", "outlets"}
 REQUIRED = {"model", "train", "shard_root", "runs_dir"}
 
 
@@ -65,6 +67,7 @@ def train_kwargs(spec: dict[str, Any], *, where: str | Path = "run spec") -> dic
         "runs_dir": Path(spec["runs_dir"]),
         "meta_extra": spec.get("meta_extra"),
         "window_log_dir": Path(window_log_dir) if window_log_dir else None,
+        "outlets": Outlets.from_dict(spec.get("outlets")),
     }
 
 

@@ -21,6 +21,34 @@ from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.train.config import TrainConfig
 
 Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outlets:
+    """Where rank 0 sends a run's records and checkpoints besides its run directory.
+
+    Plain values, so they travel in a torchrun spec (:meth:`to_dict` / :meth:`from_dict`).
+    """
+
+    tracker: dict[str, Any] | None = None
+    """A :mod:`lmcore.train.tracking` spec: every metrics record goes there too (None: metrics.jsonl only)."""
+    mirror: str | None = None
+    """An fsspec URL where every checkpoint is published and from which a run resumes when its local
+    directory has nothing newer (:mod:`lmcore.train.mirror`); None: checkpoints stay local."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tracker": self.tracker, "mirror": self.mirror}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Outlets:
+        d = dict(d or {})
+        if unknown := sorted(set(d) - {"tracker", "mirror"}):
+            raise ValueError(f"unknown outlets {unknown}; valid: tracker, mirror")
+        return cls(**d)
+
+
+NO_OUTLETS = Outlets()
+"""A run's records and checkpoints stay in its run directory."""
 Batch = tuple[torch.Tensor, ...]
 """``(x, y)`` or ``(x, y, segment_ids)``; ``segment_ids`` may be None (no packed row in the batch)."""
 

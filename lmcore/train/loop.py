@@ -53,7 +53,7 @@ from lmcore.model.gpt import ModelConfig
 from lmcore.train import distributed as D
 from lmcore.train import tracking
 from lmcore.train.config import TrainConfig, lr_at
-from lmcore.train.job import Batch, Callback, Job, shard_job
+from lmcore.train.job import NO_OUTLETS, Batch, Callback, Job, Outlets, shard_job
 from lmcore.train.mirror import CheckpointMirror
 from lmcore.train.runs import check_resumable, run_dir, run_identity, run_key
 from lmcore.train.sharding import Sharded, all_finite, local
@@ -74,8 +74,7 @@ def train(
     meta_extra: dict[str, Any] | None = None,
     window_log_dir: Path | None = None,
     on_wait: Callable[[Path], None] | None = None,
-    tracker: dict[str, Any] | None = None,
-    mirror: str | None = None,
+    outlets: Outlets = NO_OUTLETS,
 ) -> dict[str, Any]:
     """Train (or resume) to ``train_config.max_steps`` in ``runs_dir/<run key>``; return a summary of the run.
 
@@ -92,8 +91,7 @@ def train(
         callback=callback,
         meta_extra=meta_extra,
         on_wait=on_wait,
-        tracker=tracker,
-        mirror=mirror,
+        outlets=outlets,
     )
 
 
@@ -105,17 +103,15 @@ def run_job(
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
     on_wait: Callable[[Path], None] | None = None,
-    tracker: dict[str, Any] | None = None,
-    mirror: str | None = None,
+    outlets: Outlets = NO_OUTLETS,
 ) -> dict[str, Any]:
     """The loop of :func:`train` for any :class:`Job` (built by ``make_job`` once the process group is up).
 
     The run's directory is ``runs_dir/<run key>`` (:func:`lmcore.train.runs.run_dir`), named in the summary
     as ``run_dir``. Rank 0 holds a lock on it for the whole run; ``on_wait(run_dir)`` is called once if
     another process holds it (that run finishes first, and this one then resumes or reuses it).
-    ``tracker`` is a :mod:`lmcore.train.tracking` spec (rank 0 sends every metrics record there too);
-    ``mirror`` is an fsspec URL where every checkpoint is published and from which a run resumes when the
-    local directory has nothing newer (:mod:`lmcore.train.mirror`), so a run can continue on another machine.
+    ``outlets`` say where rank 0 also sends records (a tracker) and checkpoints (a mirror, from which a run
+    also resumes, so it can continue on another machine).
     """
     clash = sorted(_RESERVED_META & set(meta_extra or {}))
     if clash:
@@ -127,8 +123,8 @@ def run_job(
         run = _Run(make_job(), train_config.resolved(str(device)), Path(runs_dir), env, device)
         lock = exclusive_lock(f"{run.run_dir}.lock", on_wait=lambda: on_wait and on_wait(run.run_dir))
         with lock if env.is_main else contextlib.nullcontext():
-            run.setup(callback, meta_extra or {}, mirror)
-            return run.run(tracker)
+            run.setup(callback, meta_extra or {}, outlets.mirror)
+            return run.run(outlets.tracker)
     finally:
         if created:
             D.shutdown_distributed()

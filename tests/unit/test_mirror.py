@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lmcore.model.checkpoint import META_FILE, MODEL_FILE, list_checkpoints
+from lmcore.train.job import Outlets
 from lmcore.train.loop import METRICS_FILE, train
 from lmcore.train.mirror import CheckpointMirror
 from tests.unit.test_train import MODEL, Crash, config, only_run, write_synthetic_shards
@@ -38,15 +39,16 @@ def crash_at(step: int):
 def test_a_run_killed_on_one_machine_resumes_on_another_from_the_mirror(shards: Path, tmp_path: Path) -> None:
     reference = train(MODEL, config(), shards, tmp_path / "reference")
     bucket = f"file://{tmp_path / 'bucket'}"
+    mirror = Outlets(mirror=bucket)
     with pytest.raises(Crash):
-        train(MODEL, config(), shards, tmp_path / "machine-a", mirror=bucket, callback=crash_at(8))
+        train(MODEL, config(), shards, tmp_path / "machine-a", outlets=mirror, callback=crash_at(8))
     key = only_run(tmp_path / "machine-a").name
     remote = tmp_path / "bucket" / key
     assert sorted(p.name for p in remote.iterdir()) == [METRICS_FILE, "step-00000003", "step-00000006"]
     assert json.loads((remote / "step-00000006" / META_FILE).read_text())["step"] == 6
 
     # machine b: an empty runs directory and the same mirror
-    resumed = train(MODEL, config(), shards, tmp_path / "machine-b", mirror=bucket)
+    resumed = train(MODEL, config(), shards, tmp_path / "machine-b", outlets=mirror)
     assert resumed["resumed_from"] == 6 and resumed["step"] == 12
     assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"], "same weights as the uninterrupted run"
     assert resumed["loss_history"] == reference["loss_history"]
@@ -59,26 +61,27 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_mirror(shards: 
 
 def test_a_torn_or_corrupt_remote_checkpoint_is_passed_over(shards: Path, tmp_path: Path) -> None:
     bucket = f"file://{tmp_path / 'bucket'}"
+    mirror = Outlets(mirror=bucket)
     with pytest.raises(Crash):
-        train(MODEL, config(keep_checkpoints=3), shards, tmp_path / "a", mirror=bucket, callback=crash_at(11))
+        train(MODEL, config(keep_checkpoints=3), shards, tmp_path / "a", outlets=mirror, callback=crash_at(11))
     remote = tmp_path / "bucket" / only_run(tmp_path / "a").name
     (remote / "step-00000009" / MODEL_FILE).write_bytes(b"torn")  # corrupt: digest mismatch
     torn = remote / "step-00000012"
     torn.mkdir()
     (torn / MODEL_FILE).write_bytes(b"upload died before meta.json")
-    mirror = CheckpointMirror(bucket, remote.name)
-    assert mirror.steps() == [3, 6, 9], "a step without meta.json is not a checkpoint"
+    assert CheckpointMirror(bucket, remote.name).steps() == [3, 6, 9], "a step without meta.json is not a checkpoint"
 
-    resumed = train(MODEL, config(keep_checkpoints=3), shards, tmp_path / "b", mirror=bucket)
+    resumed = train(MODEL, config(keep_checkpoints=3), shards, tmp_path / "b", outlets=mirror)
     assert resumed["resumed_from"] == 6, "the corrupt step 9 is skipped for step 6"
     assert not list((tmp_path / "b").glob("*/.step-*")), "nothing half-downloaded is left behind"
 
 
 def test_a_newer_local_checkpoint_wins_over_the_mirror(shards: Path, tmp_path: Path) -> None:
     bucket = f"file://{tmp_path / 'bucket'}"
+    mirror = Outlets(mirror=bucket)
     with pytest.raises(Crash):
         train(MODEL, config(), shards, tmp_path / "a", callback=crash_at(8))  # no mirror: local steps 3 and 6
     with pytest.raises(Crash):
-        train(MODEL, config(), shards, tmp_path / "other", mirror=bucket, callback=crash_at(5))  # mirror has 3
-    resumed = train(MODEL, config(), shards, tmp_path / "a", mirror=bucket)
+        train(MODEL, config(), shards, tmp_path / "other", outlets=mirror, callback=crash_at(5))  # the mirror has 3
+    resumed = train(MODEL, config(), shards, tmp_path / "a", outlets=mirror)
     assert resumed["resumed_from"] == 6
