@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lmcore.io import read_json
 from pipelines.cli import main
@@ -25,6 +28,11 @@ def test_whole_graph_trains_and_reports_perplexity_against_the_ngram(home, tmp_p
     assert mat.metadata["steps"].value == 12 and mat.metadata["world_size"].value == 1
     assert mat.metadata["tokens_seen"].value == 12 * 4 * 32
     assert "image/png;base64" in mat.metadata["loss_curve"].value
+    # the default tracker: TensorBoard events in the run's directory, one loss point per logged step
+    run_dir = mat.metadata["run_dir"].value
+    accumulator = EventAccumulator(str(Path(run_dir) / "tensorboard")).Reload()
+    assert [e.step for e in accumulator.Scalars("train/loss")] == [10, 12]
+    assert {"train/lr", "train/grad_norm", "perf/tokens_per_s", "val/loss"} <= set(accumulator.Tags()["scalars"])
     report = read_json(home / "reports" / "perplexity.json")
     for split in ("val", "test"):
         model, ngram = report["splits"][split]["model"], report["splits"][split]["ngram"]
