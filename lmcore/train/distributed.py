@@ -141,19 +141,34 @@ def peak_flops(device: torch.device, dtype: str, override: float | None = None) 
 
 
 @functools.cache
-def measure_matmul_flops(device: str, dtype: str, n: int = 0) -> float:
-    """Sustained FLOP/s of a large square matmul (measured once per process; does not touch the RNG)."""
+def measure_matmul_flops(device: str, dtype: str, n: int = 0, budget_s: float = 0.5) -> float:
+    """Sustained FLOP/s of a large square matmul (measured once per process; does not touch the RNG).
+
+    Up to 6 timings (the first warms caches and kernels; the fastest counts), stopping once ``budget_s`` is
+    spent. A CPU without native bfloat16 runs a bf16 matmul a hundred times slower than float32, so on CPU a
+    256-wide probe first decides whether the default 1024 fits the budget.
+    """
     dev = torch.device(device)
-    n = n or (8192 if dev.type == "cuda" else 1024)
-    a = torch.full((n, n), 0.5, device=dev, dtype=getattr(torch, dtype))
-    b = torch.full((n, n), 0.25, device=dev, dtype=getattr(torch, dtype))
-    best = math.inf
-    for _ in range(6):  # the first run warms caches and kernels; keep the fastest
-        _sync(dev)
-        t0 = time.perf_counter()
-        (a @ b).sum().item()
-        best = min(best, time.perf_counter() - t0)
+    if not n:
+        n = 8192 if dev.type == "cuda" else 1024
+        if dev.type == "cpu" and _time_matmul(dev, dtype, 256) * (n / 256) ** 3 > budget_s / 4:
+            n = 256
+    best, spent = math.inf, 0.0
+    for i in range(6):
+        took = _time_matmul(dev, dtype, n)
+        best, spent = min(best, took), spent + took
+        if spent > budget_s and i >= 1:
+            break
     return 2.0 * n**3 / best
+
+
+def _time_matmul(device: torch.device, dtype: str, n: int) -> float:
+    a = torch.full((n, n), 0.5, device=device, dtype=getattr(torch, dtype))
+    b = torch.full((n, n), 0.25, device=device, dtype=getattr(torch, dtype))
+    _sync(device)
+    t0 = time.perf_counter()
+    (a @ b).sum().item()
+    return time.perf_counter() - t0
 
 
 def _sync(device: torch.device) -> None:

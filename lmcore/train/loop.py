@@ -172,6 +172,7 @@ class _Run:
         self.val_start = self.val_loader.state_dict() if self.val_loader else None
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         self.peak = D.peak_flops(device, cfg.dtype, cfg.peak_flops) if env.is_main else None
+        self.remeasured = False  # the CPU peak is measured again at most once (see mfu)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == torch.float32:
@@ -315,9 +316,11 @@ class _Run:
         if self.peak is None:
             return None
         mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
-        if mfu > 1.0 and self.device.type == "cpu" and self.cfg.peak_flops is None:
+        if mfu > 1.0 and self.device.type == "cpu" and self.cfg.peak_flops is None and not self.remeasured:
             # The CPU peak was measured while other processes held a core, so it is too low; measure
-            # again (up to ~0.4 s, only when the figure is impossible) and keep the best.
+            # again (once, within the measurement's time budget, only when the figure is impossible)
+            # and keep the best.
+            self.remeasured = True
             self.peak = max(self.peak, D.measure_matmul_flops.__wrapped__(str(self.device), self.cfg.dtype))
             mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
         return mfu
