@@ -37,20 +37,11 @@ def model_config(vocab_size: int):
 
 
 def config(compile: bool, **overrides) -> TrainConfig:
-    # peak_flops is given because otherwise the loop times a bf16 matmul to find the CPU's peak, which on a
-    # CPU without native bf16 takes ~30 s (0.5 GFLOP/s) and is timed again whenever MFU comes out above 1.
+    # peak_flops is given so that no run times a bf16 matmul to find the CPU's peak (this CPU has no native
+    # bf16: a 256-wide probe and a few timings, a fraction of a second, but nothing these tests need).
     base = dict(max_steps=30, batch_size=4, lr=3e-3, warmup_steps=2, eval_batches=0, log_every=1, checkpoint_every=10)
     return TrainConfig(**{**base, "dtype": "bfloat16", "compile": compile, "device": "cpu", "peak_flops": 1e12,
                           **overrides})  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the same math in every run, and no fight for the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

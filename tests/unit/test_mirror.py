@@ -6,21 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from lmcore.model.checkpoint import META_FILE, MODEL_FILE, list_checkpoints
 from lmcore.train.job import Outlets
 from lmcore.train.loop import METRICS_FILE, train
 from lmcore.train.mirror import CheckpointMirror
 from tests.unit.test_train import MODEL, Crash, config, only_run, write_synthetic_shards
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
