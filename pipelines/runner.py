@@ -1,7 +1,8 @@
 """Running asset selections in-process for the CLI: progress, summary table, staleness, reproduce.
 
 Runs execute in this process against the project's instance, so they appear in the UI
-afterwards exactly like runs launched there.
+afterwards exactly like runs launched there. While one runs, ``pipelines.display`` shows its
+stages: bars in a terminal, plain lines when the output goes to a file or a pipe.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import datetime
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from lmcore.io import atomic_path, digest_of, read_json
+from pipelines.display import display
 from pipelines.home import lmpipe_home
 from pipelines.profile import Profile, config_classes
 
@@ -28,16 +31,20 @@ PROCESS_TAG = "lmpipe/process"
 
 
 def execute(console: Any, defs: dg.Definitions, keys: set[dg.AssetKey], run_config: dict, tags: dict) -> Any:
-    """Materialize ``keys`` with a live progress bar; print the summary table; return the result."""
+    """Materialize ``keys`` showing each stage as it starts and ends (with progress); print the summary table;
+    return the result."""
     job = defs.resolve_implicit_global_asset_job_def()
     instance = dg.DagsterInstance.get()
     start = time.monotonic()
-    with _Progress(console):
+    run_id = str(uuid.uuid4())  # known before the run starts, to listen to its events
+    with display(console, keys) as shown:
+        instance.add_event_listener(run_id, shown.on_event)
         result = job.execute_in_process(
             run_config={**run_config, **_QUIET},
             instance=instance,
             asset_selection=sorted(keys),
             raise_on_error=False,
+            run_id=run_id,
             tags={**tags, PROCESS_TAG: _process_identity(os.getpid())},
         )
     summary(console, result, time.monotonic() - start, write_run_log(console, instance, result.run_id))
@@ -190,42 +197,6 @@ def data_versions(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
     return out
 
 
-class _Progress:
-    """A rich progress bar per asset, fed by assets.progress while the run executes in-process."""
-
-    def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.tasks: dict[tuple[str, str], Any] = {}
-
-    def update(self, asset: str, what: str, done: int, total: int | None) -> None:
-        key = (asset, what)
-        if key not in self.tasks:
-            self.tasks[key] = self.bar.add_task(f"{asset}: {what}", total=total)
-        self.bar.update(self.tasks[key], completed=done, total=total)
-
-    def __enter__(self) -> _Progress:
-        from assets.progress import set_sink
-
-        set_sink(self.update)
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        from assets.progress import set_sink
-
-        set_sink(None)
-        self.bar.__exit__(*exc)
-
-
 def summary(console: Any, result: Any, seconds: float, log: Path | None = None) -> None:
     """The table of what was materialized, then, set apart at the end, what failed and what to change."""
     from rich.table import Table
@@ -296,3 +267,8 @@ def _print_evaluation(console: Any, result: Any) -> None:
                 r["metric"], r["model"], f"{r['value']:.4f}", r["baseline"], f"{r['baseline_value']:.4f}", beats
             )
         console.print(table)
+        if "generation" in mat.metadata:
+            decoding = " ".join(f"{k}={v}" for k, v in mat.metadata["generation"].value["decoding"].items())
+            console.print(
+                f"answers decoded with {decoding}; the (greedy) rows decode greedily", highlight=False, soft_wrap=True
+            )

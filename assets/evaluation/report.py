@@ -4,6 +4,12 @@ One table: perplexity and bits per byte (model vs n-gram), ROUGE (fine-tuned vs 
 on held-out instructions) and accuracy (best LM classifier vs bag of words), with sample
 generations; also ``$LMPIPE_HOME/reports/evaluation.{json,md}``.
 
+The answers are decoded with ``evaluation_report.generation`` (an
+:class:`lmcore.model.generate.GenerationConfig`: by default deterministic, with a repetition
+penalty and no 3-gram said twice, so a small model does not loop); the rows ``... (greedy)``
+score plain greedy decoding of the same prompts, for comparison. Next to each: distinct-2 and
+the share of answers with a line said three times or more.
+
 Every evaluation set is checked for word 13-gram overlap with the training data that produced
 the model (``lmcore.eval.contamination``): the test split against the train token shards, the
 held-out SFT instructions against the SFT training rows and the train shards, the labeled test
@@ -20,6 +26,7 @@ import pydantic
 
 from assets.artifacts import Checkpoint, LabeledData, Report, SftData, TokenizerFile, TokenShards
 from assets.config import config_from
+from assets.evaluation.answers import DECODINGS, generation_markdown, rouge_section, score_answers
 from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import result
@@ -39,7 +46,7 @@ from lmcore.eval.contamination import (
 from lmcore.eval.perplexity import subset_figures
 from lmcore.eval.rouge import rouge_batch
 from lmcore.finetune.classify import METHODS
-from lmcore.finetune.sft import chat_generate
+from lmcore.model.generate import GenerationConfig
 
 _COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("model"), dg.TableColumn("value", "float"),
             dg.TableColumn("baseline"), dg.TableColumn("baseline_value", "float"),
@@ -47,17 +54,23 @@ _COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("model"), dg.TableColumn("v
 
 
 METRICS = {"perplexity (test)": False, "bits per byte (test)": False, "ROUGE-L F": True, "ROUGE-1 F": True,
-           "accuracy": True, "macro-F1": True}  # fmt: skip
-"""The table's metrics, each with whether higher is better: the names ``must_beat`` accepts."""
+           "ROUGE-L F (greedy)": True, "ROUGE-1 F (greedy)": True, "accuracy": True, "macro-F1": True}  # fmt: skip
+"""The table's metrics, each with whether higher is better: the names ``must_beat`` accepts. ``ROUGE-* F`` score
+the answers decoded with ``evaluation_report.generation``, ``ROUGE-* F (greedy)`` plain greedy answers."""
 
 
 ContaminationSettings = config_from(ContaminationConfig)
+GenerationSettings = config_from(GenerationConfig)
 
 
 class EvaluationConfig(dg.Config):
     rouge_examples: int = 48
     """Held-out instructions to generate answers for (base and fine-tuned model)."""
     max_new_tokens: int = 96
+    """Longest answer, in tokens, for both decodings."""
+    generation: GenerationSettings = GenerationSettings()
+    """How the answers are decoded (lmcore.model.generate.GenerationConfig; when sampling, answer i uses seed + i):
+    the ROUGE-1/L F rows, the samples. The rows "(greedy)" decode the same prompts greedily, for comparison."""
     contamination: ContaminationSettings = ContaminationSettings()
     """The 13-gram overlap check of every evaluation set; ``threshold`` is the blocking check's limit."""
     must_beat: list[str] | None = None
@@ -75,32 +88,18 @@ class EvaluationConfig(dg.Config):
             raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; valid: {', '.join(METRICS)}")
         return names
 
+    @pydantic.field_validator("generation", "contamination")
+    @classmethod
+    def _valid_lmcore(cls, settings: Any) -> Any:
+        settings.to_lmcore()  # the dataclass's __post_init__ names the bad field and what would be valid
+        return settings
+
     @pydantic.field_validator("regression_tolerance")
     @classmethod
     def _non_negative(cls, tolerance: float) -> float:
         if tolerance < 0:
             raise ValueError(f"must be >= 0 (a fraction of the previous figure, e.g. 0.02), got {tolerance}")
         return tolerance
-
-
-def _rouge(models: dict[str, Any], tok: Tokenizer, heldout: list, config: EvaluationConfig, progress) -> dict[str, Any]:
-    refs = [ex.reference for ex in heldout]
-    out: dict[str, Any] = {"examples": len(heldout), "samples": []}
-    generations = {}
-    for name, model in models.items():
-        preds = []
-        for i, ex in enumerate(heldout):
-            preds.append(chat_generate(model, tok, ex.prompt_messages, max_new_tokens=config.max_new_tokens,
-                                       temperature=0.0).replace("<|im_end|>", "").strip())  # fmt: skip
-            progress(f"generate ({name})", i + 1, len(heldout))
-        generations[name] = preds
-        out[name] = rouge_batch(preds, refs)
-    out["generations"] = generations
-    for i, ex in enumerate(heldout[:4]):
-        out["samples"].append(
-            {"prompt": ex.prompt, "reference": ex.reference, **{n: g[i] for n, g in generations.items()}}
-        )
-    return out
 
 
 def _row(metric: str, model: float, baseline: float, higher_is_better: bool, model_name: str, baseline_name: str):
@@ -120,7 +119,7 @@ def _report(ppl: dict[str, Any], rouge: dict[str, Any], cls: dict[str, Any]) -> 
     report = {
         "perplexity": {"model": ppl["model"]["perplexity"], "baseline": ppl["ngram"]["perplexity"], "split": "test"},
         "bits_per_byte": {"model": ppl["model"]["bits_per_byte"], "baseline": ppl["ngram"]["bits_per_byte"]},
-        "rouge": {"model": rouge["fine_tuned"], "baseline": rouge["base"], "examples": rouge["examples"]},
+        "rouge": rouge_section(rouge),
         "classification": {
             "model": {"method": best, **_scores(cls, best)} if best else None,
             "baseline": {"method": "bow", **_scores(cls, "bow")} if "bow" in cls else None,
@@ -128,15 +127,17 @@ def _report(ppl: dict[str, Any], rouge: dict[str, Any], cls: dict[str, Any]) -> 
         },
         "samples": rouge["samples"],
     }
-    tuned, base = rouge["fine_tuned"], rouge["base"]
     rows = [
         _row("perplexity (test)", report["perplexity"]["model"], report["perplexity"]["baseline"], False,
              "model", "n-gram"),
         _row("bits per byte (test)", report["bits_per_byte"]["model"], report["bits_per_byte"]["baseline"], False,
              "model", "n-gram"),
-        _row("ROUGE-L F", tuned["rougeL"]["fmeasure"], base["rougeL"]["fmeasure"], True, "fine-tuned", "base"),
-        _row("ROUGE-1 F", tuned["rouge1"]["fmeasure"], base["rouge1"]["fmeasure"], True, "fine-tuned", "base"),
     ]  # fmt: skip
+    for decoding, suffix in zip(DECODINGS, ("", " (greedy)"), strict=True):
+        tuned, base = rouge[decoding]["rouge"]["fine_tuned"], rouge[decoding]["rouge"]["base"]
+        for kind, name in (("rougeL", "ROUGE-L F"), ("rouge1", "ROUGE-1 F")):
+            rows.append(_row(name + suffix, tuned[kind]["fmeasure"], base[kind]["fmeasure"], True, "fine-tuned",
+                             "base"))  # fmt: skip
     if best and "bow" in cls:
         rows.append(_row("accuracy", cls[best]["accuracy"], cls["bow"]["accuracy"], True, best, "bag of words"))
         rows.append(_row("macro-F1", cls[best]["macro_f1"], cls["bow"]["macro_f1"], True, best, "bag of words"))
@@ -193,10 +194,15 @@ def _clean_classification(cls: dict[str, Any], best: str | None, truth: list[str
 def _clean_rouge(rouge: dict[str, Any], refs: list[str], keep: list[bool]) -> dict[str, Any]:
     """ROUGE of the fine-tuned and the base model on the clean ones of the generated held-out instructions."""
     kept = [i for i, k in enumerate(keep[: rouge["examples"]]) if k]
-    if not kept:
-        return {"examples": 0, "rouge": _pair(None, None)}
-    scores = {n: rouge_batch([g[i] for i in kept], [refs[i] for i in kept]) for n, g in rouge["generations"].items()}
-    return {"examples": len(kept), "rouge": _pair(scores["fine_tuned"], scores["base"])}
+    out: dict[str, Any] = {"examples": len(kept)}
+    for decoding, key in zip(DECODINGS, ("rouge", "greedy"), strict=True):
+        if not kept:
+            out[key] = _pair(None, None)
+            continue
+        gens = rouge[decoding]["generations"]
+        scores = {n: rouge_batch([g[i] for i in kept], [refs[i] for i in kept]) for n, g in gens.items()}
+        out[key] = _pair(scores["fine_tuned"], scores["base"])
+    return out
 
 
 def _contamination(
@@ -255,7 +261,8 @@ def evaluation_report(
     _, heldout, _ = sft_dataset.read()
     models = {"base": pretrained_model.load(), "fine_tuned": sft_model.load()}
     progress = reporter(context, "evaluation_report")
-    rouge = _rouge(models, tokenizer.tokenizer, heldout[: config.rouge_examples], config, progress)
+    rouge = score_answers(models, tokenizer.tokenizer, heldout[: config.rouge_examples], config.generation.to_lmcore(),
+                          config.max_new_tokens, progress)  # fmt: skip
     ppl, cls = perplexity_report.manifest["splits"]["test"], classifier_report.manifest
     report = _report(ppl, rouge, cls)
     cfg = config.contamination.to_lmcore()
@@ -263,14 +270,18 @@ def evaluation_report(
     best = report["classification"]["model"]["method"] if report["classification"]["model"] else None
     figures = {"perplexity": ppl, "rouge": rouge, "classification": cls, "best": best}
     report["contamination"] = _contamination(cfg, sets, figures, test_labels, [ex.reference for ex in heldout])
-    markdown = _markdown(report["table"], report["samples"]) + _contamination_markdown(report["contamination"])
+    markdown = _markdown(report, config.max_new_tokens) + _contamination_markdown(report["contamination"])
     published = Report.write(store, "evaluation_report", report, name="evaluation", markdown=markdown)
+    section = report["rouge"]
+    generation = {"decoding": section["decoding"], "repetition": section["repetition"],
+                  "greedy_repetition": section["greedy"]["repetition"]}  # fmt: skip
     metadata = {
         "report": dg.MetadataValue.table(
             [dg.TableRecord(r) for r in report["table"]], schema=dg.TableSchema(columns=_COLUMNS)
         ),
         "markdown": dg.MetadataValue.md(markdown),
         **{r["metric"]: r["value"] for r in report["table"]},
+        "generation": dg.MetadataValue.json(generation),
         **{f"contaminated_fraction ({n})": round(c["fraction"], 4) for n, c in report["contamination"]["sets"].items()},
         "contamination": dg.MetadataValue.json(report["contamination"]),
     }
@@ -279,16 +290,22 @@ def evaluation_report(
     return result(context, published, metadata, config=config, inputs=inputs)
 
 
-def _markdown(rows: list[dict[str, Any]], samples: list[dict[str, str]]) -> str:
+def _markdown(report: dict[str, Any], max_new_tokens: int) -> str:
     lines = ["# Evaluation", "", "| metric | model | value | baseline | baseline value | beats baseline |",
              "| --- | --- | ---: | --- | ---: | --- |"]  # fmt: skip
-    for r in rows:
+    for r in report["table"]:
         lines.append(f"| {r['metric']} | {r['model']} | {r['value']:.4f} | {r['baseline']} | "
                      f"{r['baseline_value']:.4f} | {'yes' if r['beats_baseline'] else 'no'} |")  # fmt: skip
+    lines += generation_markdown(report["rouge"], max_new_tokens)
     lines += ["", "## Sample generations (held-out instructions)", ""]
-    for s in samples:
-        lines += [f"**Prompt:** {s['prompt']}", "", f"- reference: {s['reference']}", f"- base: {s.get('base', '')}",
-                  f"- fine-tuned: {s.get('fine_tuned', '')}", ""]  # fmt: skip
+    for s in report["samples"]:
+        lines += [f"**Prompt:** {s['prompt']}", "", f"- reference: {s['reference']}"]
+        for key, label in (("base", "base"), ("fine_tuned", "fine-tuned")):
+            lines.append(f"- {label}: {s.get(key, '')}")
+        for key, label in (("base (greedy)", "base, greedy"), ("fine_tuned (greedy)", "fine-tuned, greedy")):
+            if s.get(key) not in (None, s.get(key.removesuffix(" (greedy)"))):
+                lines.append(f"- {label}: {s[key]}")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -2,13 +2,18 @@
 
 The prompt is run once (prefill), then one token per step. Sampling knobs follow the
 usual API semantics: temperature (0 = greedy), top-k, top-p (nucleus), OpenAI-style
-frequency/presence penalties over the generated tokens, stop ids and stop sequences.
+frequency/presence penalties over the generated tokens, transformers' (CTRL's)
+multiplicative repetition penalty and ``no_repeat_ngram_size`` over prompt and output,
+stop ids and stop sequences. :class:`GenerationConfig` holds those knobs as one validated
+value (what a profile sets); :func:`greedy` is plain argmax decoding.
 This module knows nothing of training, checkpoints or files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +25,97 @@ from lmcore.model.gpt import GPT, KVCache
 EOT = "<|endoftext|>"
 
 
+@dataclass(kw_only=True, frozen=True)
+class GenerationConfig:
+    """How each next token is chosen: the keywords of :func:`generate` besides the length and the stops.
+
+    ``generate(model, ids, max_new_tokens=n, **dataclasses.asdict(config))``. The defaults are the
+    evaluation's: deterministic (an evaluation should not move with a seed), with CTRL's repetition
+    penalty of 1.2 and no 3-gram said twice, so a small model does not loop; a temperature above 0
+    samples from the top 0.9 of the probability, seeded. :func:`greedy` is plain argmax.
+    ``generate``'s own keyword defaults are each control switched off.
+    """
+
+    temperature: float = 0.0
+    """Softmax temperature; 0 = greedy (argmax after the penalties and the n-gram ban; top_k, top_p, seed unused)."""
+    top_k: int | None = None
+    """Sample only among the k most likely tokens; None: no limit."""
+    top_p: float | None = 0.9
+    """Nucleus sampling: only the most likely tokens that together hold this much probability; None or 1: all."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was generated (OpenAI's; the prompt does not count)."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token generated at least once (OpenAI's; the prompt does not count)."""
+    repetition_penalty: float = 1.2
+    """transformers' (CTRL's): the logit of each token already in the prompt or the output is divided by this
+    when positive, multiplied when negative; 1 = off, > 1 discourages repeats."""
+    no_repeat_ngram_size: int = 3
+    """A token that would complete an n-gram of this many tokens already in the prompt or the output is never
+    chosen (transformers' semantics); 0 = off."""
+    seed: int | None = 0
+    """Seed of the sampling RNG (draws happen on the CPU, so the same on any device); None: torch's global RNG."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.temperature >= 0:
+            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p must be in (0, 1] or None, got {self.top_p}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                problems.append(f"{name} must be a finite number (0 = off), got {getattr(self, name)}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            problems.append(f"repetition_penalty must be > 0 (1 = off, e.g. 1.1), got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            problems.append(f"no_repeat_ngram_size must be >= 0 (0 = off, e.g. 3), got {self.no_repeat_ngram_size}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def is_greedy(self) -> bool:
+        """Whether this decodes exactly as :func:`greedy` does (at temperature 0, top_k, top_p and seed do nothing)."""
+        return (
+            self.temperature == 0
+            and self.frequency_penalty == self.presence_penalty == 0
+            and self.repetition_penalty == 1
+            and self.no_repeat_ngram_size == 0
+        )
+
+
+def greedy() -> GenerationConfig:
+    """Plain greedy decoding: the argmax at every step, no penalty, no ban."""
+    return GenerationConfig(temperature=0.0, top_p=None, repetition_penalty=1.0, no_repeat_ngram_size=0, seed=None)
+
+
+class NoRepeatNGram:
+    """The tokens that would complete an ``n``-gram already in a growing token list.
+
+    A table from each (n-1)-gram to the tokens seen right after it, extended by one entry per
+    appended token: O(n) per step, where rescanning the text for its n-grams (as transformers
+    does) is O(length) per step.
+    """
+
+    def __init__(self, n: int, ids: Sequence[int]) -> None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.n, self.ids = n, []
+        self.follow: dict[tuple[int, ...], set[int]] = {}
+        for token in ids:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        self.ids.append(token)
+        if len(self.ids) >= self.n:
+            self.follow.setdefault(tuple(self.ids[len(self.ids) - self.n : -1]), set()).add(token)
+
+    def banned(self) -> set[int]:
+        """Tokens that must not come next: those that followed the last n-1 tokens before."""
+        if len(self.ids) < self.n - 1:
+            return set()
+        return self.follow.get(tuple(self.ids[len(self.ids) - self.n + 1 :]), set())
+
+
 def next_token_probs(
     logits: Tensor,
     counts: Tensor,
@@ -29,14 +125,26 @@ def next_token_probs(
     top_p: float | None = None,
     frequency_penalty: float = 0.0,
     presence_penalty: float = 0.0,
+    repetition_penalty: float = 1.0,
+    seen: Tensor | None = None,
+    banned: Collection[int] = (),
 ) -> Tensor:
     """Sampling distribution (V,) from last-position ``logits`` (V,) and generated-token ``counts`` (V,).
 
-    Penalties subtract ``frequency_penalty * count + presence_penalty * (count > 0)`` from
-    the logits; then temperature scaling, top-k and top-p filtering. ``temperature == 0``
-    puts all mass on the (penalised) argmax.
+    ``repetition_penalty`` divides the positive logits of the tokens in ``seen`` (V,) bool (prompt and
+    output; default: the generated ones) and multiplies their negative ones; the other penalties subtract
+    ``frequency_penalty * count + presence_penalty * (count > 0)``; ``banned`` tokens get -inf. Then
+    temperature scaling, top-k and top-p filtering. ``temperature == 0`` puts all mass on the (penalised)
+    argmax. At least one token must stay unbanned.
     """
-    logits = logits.float() - frequency_penalty * counts - presence_penalty * (counts > 0).float()
+    logits = logits.float()
+    if repetition_penalty != 1.0:
+        mask = seen if seen is not None else counts > 0
+        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(mask, penalised, logits)
+    logits = logits - frequency_penalty * counts - presence_penalty * (counts > 0).float()
+    if banned:
+        logits[torch.tensor(sorted(banned), device=logits.device)] = float("-inf")
     if temperature == 0:
         probs = torch.zeros_like(logits)
         probs[logits.argmax()] = 1.0
@@ -54,20 +162,6 @@ def next_token_probs(
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         probs = probs / probs.sum()
     return probs
-
-
-def _check_args(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    problems = []
-    if max_new_tokens < 0:
-        problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        problems.append(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        problems.append(f"top_k must be >= 1 or None, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        problems.append(f"top_p must be in (0, 1] or None, got {top_p}")
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 def _step(model: GPT, ids: list[int], cache: KVCache) -> Tensor:
@@ -103,17 +197,25 @@ def generate(
     top_p: float | None = None,
     frequency_penalty: float = 0.0,
     presence_penalty: float = 0.0,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     stop_ids: Sequence[int] = (),
     stop_sequences: Sequence[Sequence[int]] = (),
     seed: int | None = None,
 ) -> list[int]:
     """Continue ``prompt_ids``; return only the new tokens, without a stop id or stop sequence that ended it.
 
-    The prompt is cropped to its last ``context_length`` tokens. ``seed`` makes sampling
+    The prompt is cropped to its last ``context_length`` tokens; the repetition penalty and the
+    n-gram ban look at that prompt and the output, and never touch a stop id (ending is not
+    repeating); generation also ends when the ban leaves no token. ``seed`` makes sampling
     reproducible (sampling draws on the CPU, so the same seed gives the same tokens on any
-    device); ``None`` uses torch's global RNG.
+    device); ``None`` uses torch's global RNG. :class:`GenerationConfig` validates the knobs.
     """
-    _check_args(max_new_tokens, temperature, top_k, top_p)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    GenerationConfig(temperature=temperature, top_k=top_k, top_p=top_p, frequency_penalty=frequency_penalty,
+                     presence_penalty=presence_penalty, repetition_penalty=repetition_penalty,
+                     no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)  # fmt: skip
     if not prompt_ids:
         raise ValueError("prompt_ids is empty; start from at least one token (e.g. the <|endoftext|> id)")
     was_training = model.training
@@ -122,10 +224,18 @@ def generate(
     ids = list(prompt_ids[-model.config.context_length :])
     out: list[int] = []
     cache = model.new_kv_cache(1)
-    counts = torch.zeros(model.config.vocab_size, device=cache.k.device)
+    vocab = model.config.vocab_size
+    counts = torch.zeros(vocab, device=cache.k.device)
+    seen = torch.zeros(vocab, dtype=torch.bool, device=cache.k.device)
+    seen[torch.tensor(ids, device=seen.device)] = True
     stops = set(stop_ids)
+    seen[torch.tensor(sorted(stops), dtype=torch.long, device=seen.device)] = False  # ending is not repeating
+    ngrams = NoRepeatNGram(no_repeat_ngram_size, ids) if no_repeat_ngram_size else None
     try:
         for _ in range(max_new_tokens):
+            banned = ngrams.banned() - stops if ngrams is not None else set()
+            if len(banned) >= vocab:
+                break  # every token would repeat an n-gram
             probs = next_token_probs(
                 _step(model, ids, cache),
                 counts,
@@ -134,6 +244,9 @@ def generate(
                 top_p=top_p,
                 frequency_penalty=frequency_penalty,
                 presence_penalty=presence_penalty,
+                repetition_penalty=repetition_penalty,
+                seen=seen,
+                banned=banned,
             )
             if temperature == 0:
                 token = int(probs.argmax())
@@ -144,6 +257,9 @@ def generate(
             ids.append(token)
             out.append(token)
             counts[token] += 1
+            seen[token] = True
+            if ngrams is not None:
+                ngrams.append(token)
             if n := _ends_with_stop(out, stop_sequences):
                 del out[-n:]
                 break

@@ -3,11 +3,13 @@ labeled test set, which the blocking check catches); and bad label/SFT files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import dagster as dg
 
 from lmcore.io import read_json
+from lmcore.model.generate import GenerationConfig
 from pipelines.cli import main
 from tests.integration.conftest import write_profile
 
@@ -88,7 +90,8 @@ def test_raw_corpus_to_evaluation_report(home, tmp_path, corpus_dir, capsys):
     assert "labeled_test" in check.description and "threshold 0.05" in check.description
 
     # a high threshold passes; must_beat=[]: the tiny model loses to its baselines, which the promotion gate checks
-    sets = ["--set", "evaluation_report.contamination.threshold=1.0", "--set", "evaluation_report.must_beat=[]"]
+    sets = ["--set", "evaluation_report.contamination.threshold=1.0", "--set", "evaluation_report.must_beat=[]",
+            "--set", "evaluation_report.generation.top_k=5"]  # fmt: skip
     assert main(["run", "--config", str(profile), "--select", "evaluation_report", *sets]) == 0
     assert _check(home, "evaluation_uncontaminated").passed
     out = capsys.readouterr().out
@@ -97,7 +100,17 @@ def test_raw_corpus_to_evaluation_report(home, tmp_path, corpus_dir, capsys):
     for key in ("perplexity", "bits_per_byte", "rouge", "classification"):
         assert "model" in report[key] and "baseline" in report[key]
     assert set(report["classification"]["all"]) == {"label_lm", "head", "bow"}
-    assert (home / "reports" / "evaluation.md").read_text().startswith("# Evaluation")
+    markdown = (home / "reports" / "evaluation.md").read_text()
+    assert markdown.startswith("# Evaluation")
+
+    # answers decoded as the profile says, and greedily beside them, each with its repetition figures
+    rouge = report["rouge"]
+    assert rouge["decoding"] == dataclasses.asdict(GenerationConfig(top_k=5)), "the defaults, with the --set"
+    assert set(rouge["greedy"]) == {"model", "baseline", "repetition"} and "rougeL" in rouge["greedy"]["model"]
+    assert set(rouge["repetition"]["baseline"]) >= {"distinct_2", "repeated_line_share"}
+    assert {"ROUGE-L F", "ROUGE-L F (greedy)", "ROUGE-1 F (greedy)"} <= {r["metric"] for r in report["table"]}
+    assert "## Generation" in markdown and "top_k 5" in markdown and "| greedy | base |" in markdown
+    assert "base (greedy)" in report["samples"][0] and "answers decoded with temperature=0.0 " in out
 
 
 def test_bad_label_file_names_the_file_and_line(home, tmp_path, corpus_dir, capsys):

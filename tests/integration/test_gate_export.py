@@ -39,6 +39,8 @@ def test_must_beat_names_the_metrics_it_requires():
         EvaluationConfig(must_beat=["ROUGE-L"])
     with pytest.raises(ValueError, match="must be >= 0"):
         EvaluationConfig(regression_tolerance=-0.1)
+    with pytest.raises(ValueError, match=r"generation\n.*top_p must be in \(0, 1\]"):
+        EvaluationConfig(generation={"top_p": 0.0})
 
 
 def test_a_regression_is_measured_in_the_direction_of_each_metric():
@@ -51,9 +53,11 @@ def test_a_regression_is_measured_in_the_direction_of_each_metric():
 
 def test_every_table_metric_has_a_direction_that_matches_beats_baseline():
     ppl = {"model": {"perplexity": 9.0, "bits_per_byte": 1.1}, "ngram": {"perplexity": 10.0, "bits_per_byte": 1.2}}
-    rouge = {k: {"rougeL": {"fmeasure": v}, "rouge1": {"fmeasure": v}} for k, v in (("fine_tuned", 0.3), ("base", 0.2))}
+    f = {k: {"rougeL": {"fmeasure": v}, "rouge1": {"fmeasure": v}} for k, v in (("fine_tuned", 0.3), ("base", 0.2))}
+    decoded = {"rouge": f, "repetition": {"fine_tuned": {}, "base": {}}}
+    rouge = {"generation": decoded, "greedy": decoded, "examples": 1, "decoding": {}, "samples": []}
     cls = {"head": {"accuracy": 0.9, "macro_f1": 0.8}, "bow": {"accuracy": 0.7, "macro_f1": 0.6}}
-    rows = _report(ppl, {**rouge, "examples": 1, "samples": []}, cls)["table"]
+    rows = _report(ppl, rouge, cls)["table"]
     assert [r["metric"] for r in rows] == list(METRICS)
     assert all(r["beats_baseline"] for r in rows), "every model figure here is better, in its metric's direction"
 
