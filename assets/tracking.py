@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from lmcore.train.tracking import DEFAULT_EXPERIMENT, check_spec
+from lmcore.train.tracking import DEFAULT_EXPERIMENT, KINDS, check_spec
 
 
 class TrackerResource(dg.ConfigurableResource):
@@ -25,7 +25,7 @@ class TrackerResource(dg.ConfigurableResource):
     servers such as Databricks require to be a workspace path.
     """
 
-    kind: Literal["tensorboard", "mlflow", "none"] = "tensorboard"
+    kind: Literal[KINDS] = "tensorboard"  # the choices are lmcore's (a dropdown in the UI)
     """tensorboard: event files in each run's ``tensorboard/`` folder (``tensorboard --logdir $LMPIPE_HOME/artifacts``);
     mlflow: runs in ``experiment`` at ``tracking_uri``; none: metrics.jsonl only."""
     tracking_uri: str | None = None

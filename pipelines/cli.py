@@ -3,7 +3,7 @@
 lmpipe run [--profile NAME | --config FILE] [--select SELECTION] [--stale] [--set ASSET.FIELD=VALUE ...]
 lmpipe reproduce RUN_ID
 lmpipe ui [--port PORT] [--profile NAME]
-lmpipe generate --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+lmpipe generate --prompt TEXT [--max-new-tokens N] [--temperature T] [--no-repeat-ngram-size N] ...
 lmpipe export OUT_DIR
 """
 
@@ -40,18 +40,33 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 against $LMPIPE_HOME")
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--profile", default=None, help="profile whose config the jobs, sensor and schedule use")
-    gen = sub.add_parser("generate", help="sample from the latest pretrained_model")
+    gen = sub.add_parser("generate", help="continue a prompt with the latest pretrained_model")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=100)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--frequency-penalty", type=float, default=0.0)
-    gen.add_argument("--presence-penalty", type=float, default=0.0)
-    gen.add_argument("--seed", type=int, default=None)
+    _generation_flags(gen)
     exp = sub.add_parser("export", help="write the latest pretrained_model in Hugging Face format")
     exp.add_argument("out_dir")
     return p
+
+
+def _generation_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``GenerationConfig`` field (``--top-k``, ``--no-repeat-ngram-size``, ...), with its default and
+    docstring: the same decoding as the evaluation's unless a flag says otherwise; ``none`` for an optional one."""
+    import dataclasses
+    import typing
+
+    from assets.config import field_docs
+    from lmcore.model.generate import GenerationConfig
+
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in dataclasses.fields(GenerationConfig):
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+
+        def parse(text: str, kind: type = kind) -> object:
+            return None if text.lower() == "none" else kind(text)
+
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=parse, default=f.default,
+                            help=f"{field_docs(GenerationConfig).get(f.name, '')} (default: {f.default})")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,20 +114,19 @@ def _use_model(args: argparse.Namespace) -> int:
 
         print(export_hf(model, tokenizer_path, Path(args.out_dir)))
         return 0
-    from lmcore.model.generate import generate_text
+    import dataclasses
 
+    from lmcore.model.generate import GenerationConfig, generate_text
+
+    try:
+        decoding = GenerationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig)})
+    except ValueError as e:
+        print(f"lmpipe generate: {e}", file=sys.stderr)
+        return 2
     text = generate_text(
-        model,
-        load_tokenizer(tokenizer_path),
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        frequency_penalty=args.frequency_penalty,
-        presence_penalty=args.presence_penalty,
-        seed=args.seed,
-    )
+        model, load_tokenizer(tokenizer_path), args.prompt, max_new_tokens=args.max_new_tokens,
+        **dataclasses.asdict(decoding),
+    )  # fmt: skip
     print(args.prompt + text)
     return 0
 

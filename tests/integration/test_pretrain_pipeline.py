@@ -43,6 +43,10 @@ def test_whole_graph_trains_and_reports_perplexity_against_the_ngram(home, tmp_p
     # The CLI samples from and exports the latest model.
     assert main(["generate", "--prompt", "The ", "--max-new-tokens", "8", "--seed", "1", "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("The ")
+    assert main(["generate", "--prompt", "The ", "--no-repeat-ngram-size", "2", "--top-k", "none"]) == 0
+    assert capsys.readouterr().out.startswith("The ")
+    assert main(["generate", "--prompt", "The ", "--temperature", "1", "--top-p", "0"]) == 2  # named, nothing runs
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "config.json").exists() and (tmp_path / "hf" / "model.safetensors").exists()
 
