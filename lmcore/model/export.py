@@ -9,8 +9,9 @@ are split). ``arch="gpt2"`` becomes ``GPT2LMHeadModel`` (HF's Conv1D stores weig
 :mod:`lmcore.finetune.chat` renders) and ``special_tokens_map.json``, and replaces
 ``out_dir`` atomically. ``end_token`` is where generation stops: ``<|endoftext|>`` for a
 base model, ``<|im_end|>`` for a chat (SFT) model, which then also is the tokenizer's
-``eos_token``, as in Qwen's instruct releases. This module writes files only; it does not
-import ``transformers``.
+``eos_token``, as in Qwen's instruct releases. Options these two formats cannot express (QK-norm, logit
+soft-capping, and ReLU² in the gated Llama MLP) are refused, naming the ModelConfig field; ReLU² in a
+GPT-2 is HF's ``relu2`` activation. This module writes files only; it does not import ``transformers``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from lmcore.io import atomic_dir
-from lmcore.model.gpt import GPT
+from lmcore.model.gpt import GPT, ModelConfig
 
 EOT, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 CHATML_TEMPLATE = (
@@ -78,6 +79,19 @@ def _gpt2_tensors(model: GPT) -> dict[str, Tensor]:
     return out
 
 
+def unexportable(config: ModelConfig) -> list[str]:
+    """What in ``config`` the HF Llama / GPT-2 formats cannot express, one line per option (empty: exportable)."""
+    target = "LlamaForCausalLM" if config.arch == "modern" else "GPT2LMHeadModel"
+    problems = []
+    if config.qk_norm:
+        problems.append(f"qk_norm=True (HF {target} has no query/key norm)")
+    if config.logit_softcap > 0:
+        problems.append(f"logit_softcap={config.logit_softcap} (HF {target} does not cap logits)")
+    if config.activation == "relu2" and config.arch == "modern":
+        problems.append("activation='relu2' with arch='modern' (HF LlamaForCausalLM's MLP is gated SwiGLU)")
+    return problems
+
+
 def _special_ids(tokenizer_path: Path, end_token: str) -> dict[str, int | None]:
     from tokenizers import Tokenizer
 
@@ -121,7 +135,7 @@ def _gpt2_config(model: GPT) -> dict[str, Any]:
         "n_layer": c.n_layer,
         "n_head": c.n_head,
         "n_inner": c.hidden_dim,
-        "activation_function": "gelu_new",  # the tanh approximation our MLP uses
+        "activation_function": "relu2" if c.activation == "relu2" else "gelu_new",  # gelu_new: tanh approximation
         "layer_norm_epsilon": c.norm_eps,
         "resid_pdrop": c.dropout,
         "embd_pdrop": c.dropout,
@@ -150,6 +164,11 @@ def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path, *, end_token: str
     of ``generation_config.json``, so ``generate`` stops where lmcore's generation stops.
     """
     tokenizer_path, out_dir = Path(tokenizer_path), Path(out_dir)
+    if problems := unexportable(model.config):
+        raise ValueError(
+            "cannot export to Hugging Face transformers: " + "; ".join(problems) + ". Train with those ModelConfig "
+            "options off to export, or use the lmcore checkpoint (lmcore.model.checkpoint.load_trained_model)"
+        )
     if end_token not in (EOT, IM_END):
         raise ValueError(f"end_token must be {EOT!r} (base model) or {IM_END!r} (chat model), got {end_token!r}")
     if not tokenizer_path.exists():

@@ -4,6 +4,8 @@
 convention, SwiGLU MLP, optional grouped-query attention, no biases); ``arch="gpt2"`` is
 GPT-2 (learned absolute positions, LayerNorm, tanh-GELU MLP, biases). Both use the same
 parameter names, so checkpoints, the optimizer and the HF export treat them alike.
+Speedrun options from modded-nanogpt / nanochat (QK-norm, ReLU², logit soft-capping, zero-initialized
+output projections; ``SPEEDRUN`` is the measured set) are off by default.
 This module knows nothing of data loading, training loops or files.
 
 References: nanoGPT's model.py (layout, init), the Llama paper (modern block),
@@ -23,6 +25,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 ARCHES = ("modern", "gpt2")
+ACTIVATIONS = ("auto", "relu2")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -42,6 +45,11 @@ class ModelConfig:
     tie_embeddings: bool = True  # output head shares the token-embedding matrix
     rope_theta: float = 10000.0  # RoPE base frequency (modern only)
     norm_eps: float = 1e-5  # epsilon of RMSNorm / LayerNorm
+    # speedrun options (modded-nanogpt, nanochat); the defaults are the plain gpt2/modern blocks
+    qk_norm: bool = False  # RMS-normalize each head's queries and keys (no weight) before RoPE and attention
+    activation: str = "auto"  # "auto": SwiGLU (modern) / tanh-GELU (gpt2); "relu2": relu(x)^2, ungated, 4*d wide
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2); 0 = off
+    zero_init_proj: bool = False  # start the residual-writing projections (attn and MLP c_proj) at zero
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,6 +71,10 @@ class ModelConfig:
             problems.append("n_kv_head: the gpt2 arch has no grouped-query attention; leave it None")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not self.logit_softcap >= 0:
+            problems.append(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             problems.append(f"rope_theta and norm_eps must be positive, got {self.rope_theta}, {self.norm_eps}")
         if problems:
@@ -78,11 +90,16 @@ class ModelConfig:
         return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     @property
+    def gated(self) -> bool:
+        """Whether the MLP is SwiGLU (two input matrices fused into one)."""
+        return self.arch == "modern" and self.activation == "auto"
+
+    @property
     def hidden_dim(self) -> int:
         """Resolved MLP hidden width."""
         if self.mlp_hidden is not None:
             return self.mlp_hidden
-        if self.arch == "gpt2":
+        if not self.gated:
             return 4 * self.d_model
         return -(-8 * self.d_model // (3 * 64)) * 64  # SwiGLU keeps ~8d^2 MLP params with 3 matrices
 
@@ -119,6 +136,10 @@ def gpt2_124m(vocab_size: int = 50304, **overrides: Any) -> ModelConfig:
 
 
 PRESETS = {"tiny": tiny, "demo": demo, "gpt2_124m": gpt2_124m}
+
+SPEEDRUN: dict[str, Any] = dict(qk_norm=True, activation="relu2", zero_init_proj=True)
+"""ModelConfig overrides of the speedrun recipe (with ``lmcore.train.config.SPEEDRUN``); a profile sets them
+under ``pretrained_model.model``. Measured in benchmarks/recipe.py."""
 
 
 class KVCache:
@@ -185,6 +206,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.arch == "gpt2")
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: KVCache | None, layer: int
@@ -195,6 +217,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.qk_norm:  # unit-RMS q and k bound the attention logits (modded-nanogpt, OLMo 2)
+            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
         if rope is not None:
             cos, sin = (t.to(q.dtype) for t in rope)  # (T, hs)
             q = q * cos + rotate_half(q) * sin
@@ -217,7 +241,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.swiglu = config.arch == "modern"
+        self.swiglu, self.relu2 = config.gated, config.activation == "relu2"
         hidden, bias = config.hidden_dim, config.arch == "gpt2"
         # SwiGLU fuses the gate and up projections: first half gate, second half up
         self.c_fc = nn.Linear(config.d_model, 2 * hidden if self.swiglu else hidden, bias=bias)
@@ -229,6 +253,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up  # (B, T, hidden)
+        elif self.relu2:
+            h = F.relu(h).square()  # (B, T, hidden); sparse and cheap (Primer, modded-nanogpt)
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
         return self.dropout(self.c_proj(h))
@@ -296,7 +322,10 @@ class GPT(nn.Module):
         # scaled init of the projections that write into the residual stream (GPT-2 paper)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:  # each block starts as the identity (modded-nanogpt)
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -341,6 +370,9 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
+        if self.config.logit_softcap > 0:  # smooth clamp to (-cap, cap)
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(-1), ignore_index=-100)

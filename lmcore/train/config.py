@@ -16,6 +16,8 @@ import torch
 
 DTYPES = ("auto", "float32", "bfloat16")
 DATA_PARALLEL = ("ddp", "fsdp")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 RESUMABLE_CHANGES = (
@@ -30,6 +32,12 @@ RESUMABLE_CHANGES = (
 )
 """Fields a resumed run may change: they alter reporting, speed or placement, not the loss curve."""
 
+SPEEDRUN: dict[str, Any] = dict(
+    optimizer="muon", muon_lr=0.02, lr=3e-3, schedule="wsd", decay_fraction=0.4, min_lr_ratio=0.0
+)
+"""TrainConfig overrides of the speedrun recipe (with ``lmcore.model.gpt.SPEEDRUN``); a profile sets them
+under ``pretrained_model.train``. Measured in benchmarks/recipe.py."""
+
 
 @dataclass(kw_only=True, frozen=True)
 class TrainConfig:
@@ -42,15 +50,27 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Micro-batches summed into one optimizer step; tokens per step = batch*accum*T*world_size."""
     lr: float = 6e-4
-    """Peak learning rate, reached at the end of warmup."""
+    """Peak learning rate, reached at the end of warmup (with optimizer="muon": of the AdamW parameters)."""
     min_lr_ratio: float = 0.1
-    """The cosine decay ends at lr * min_lr_ratio on the last step."""
+    """The decay (cosine, or the linear cooldown of "wsd") ends at lr * min_lr_ratio on the last step."""
+    schedule: str = "cosine"
+    """After warmup: "cosine" (decay over all remaining steps) or "wsd" (warmup-stable-decay: hold lr, then
+    decay linearly over the last ``decay_fraction`` of the steps after warmup)."""
+    decay_fraction: float = 0.2
+    """The "wsd" schedule's cooldown, as a fraction of the steps after warmup (1.0: a linear decay throughout)."""
     warmup_steps: int = 0
     """Steps of linear warmup from lr/warmup_steps to lr; 0 starts at lr."""
     weight_decay: float = 0.1
-    """AdamW decoupled weight decay, applied to matrices and embeddings only."""
+    """Decoupled weight decay (AdamW, and Muon's matrices), applied to matrices and embeddings only."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW (beta1, beta2)."""
+    optimizer: str = "adamw"
+    """"adamw" for every parameter, or "muon": Muon (orthogonalized momentum, modded-nanogpt) for the 2-D
+    weights inside the transformer blocks, AdamW at ``lr`` for embeddings, the head, norms and biases."""
+    muon_lr: float = 0.02
+    """Peak learning rate of the Muon matrices (scheduled like ``lr``); used with optimizer="muon" only."""
+    muon_momentum: float = 0.95
+    """Nesterov momentum of Muon; used with optimizer="muon" only."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
     eval_every: int = 0
@@ -95,6 +115,16 @@ class TrainConfig:
             problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.muon_lr > 0:
+            problems.append(f"muon_lr must be > 0, got {self.muon_lr}")
+        if not 0 <= self.muon_momentum < 1:
+            problems.append(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 < self.decay_fraction <= 1:
+            problems.append(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not _DEVICE.match(self.device):
@@ -134,10 +164,15 @@ class TrainConfig:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_lr``."""
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_lr``, or for
+    ``schedule="wsd"`` constant and then a linear cooldown reaching ``min_lr`` on the last step."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     decay_steps = cfg.max_steps - cfg.warmup_steps
+    if cfg.schedule == "wsd":
+        cooldown = max(1, round(cfg.decay_fraction * decay_steps))
+        into = step - (cfg.max_steps - cooldown) + 1  # 1 on the first cooldown step, cooldown on the last
+        return cfg.lr if into <= 0 else cfg.lr + min(into / cooldown, 1.0) * (cfg.min_lr - cfg.lr)
     if decay_steps <= 1:
         return cfg.lr
     progress = min((step - cfg.warmup_steps) / (decay_steps - 1), 1.0)  # 0 at the first, 1 at the last step

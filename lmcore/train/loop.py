@@ -1,5 +1,6 @@
-"""Pretraining loop: AdamW with warmup + cosine, grad accumulation and clipping, autocast,
-periodic validation, atomic checkpoints, exact resume, and the same code under torchrun.
+"""Pretraining loop: AdamW (or Muon, :mod:`lmcore.train.optim`) with warmup + cosine (or WSD), grad
+accumulation and clipping, autocast, periodic validation, atomic checkpoints, exact resume, and the same
+code under torchrun.
 
 ``train()`` is the entry for pretraining on token shards. Every run lives in
 ``runs_dir/<run key>`` (:mod:`lmcore.train.runs`: the key digests the run's identity, so the
@@ -55,6 +56,7 @@ from lmcore.train import tracking
 from lmcore.train.config import TrainConfig, lr_at
 from lmcore.train.job import NO_OUTLETS, Batch, Callback, Job, Outlets, shard_job
 from lmcore.train.mirror import CheckpointMirror
+from lmcore.train.optim import build_optimizer
 from lmcore.train.runs import check_resumable, run_dir, run_identity, run_key
 from lmcore.train.sharding import Sharded, all_finite, local
 
@@ -160,7 +162,7 @@ class _Run:
         self.flops_per_token = self.raw.flops_per_token()
         fsdp = env.distributed and cfg.data_parallel == "fsdp"
         self.sharded = Sharded(self.raw, device, env.is_main) if fsdp else None
-        self.opt = self.raw.configure_optimizer(cfg.lr, cfg.weight_decay, cfg.betas)
+        self.opt = build_optimizer(self.raw, cfg)
         self.eval_model = torch.compile(self.raw) if cfg.compile else self.raw
         self.model: torch.nn.Module = self.eval_model
         if env.distributed and self.sharded is None:
@@ -241,7 +243,7 @@ class _Run:
         cfg = self.cfg
         lr = lr_at(self.step, cfg)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices follow the schedule at their own scale
         total = torch.zeros((), device=self.device)
         self.step_tokens = 0
         for micro in range(cfg.grad_accum_steps):

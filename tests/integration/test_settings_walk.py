@@ -23,7 +23,8 @@ WALK = {
     "max_steps": 7, "batch_size": 3, "grad_accum_steps": 2, "lr": 0.0123, "min_lr_ratio": 0.2, "warmup_steps": 2,
     "weight_decay": 0.05, "betas": [0.8, 0.9], "grad_clip": 0.5, "eval_every": 3, "eval_batches": 2,
     "checkpoint_every": 4, "keep_checkpoints": 3, "seed": 5, "dtype": "float32", "compile": True, "device": "cpu",
-    "log_every": 2, "peak_flops": 1e12, "data_parallel": "fsdp",
+    "log_every": 2, "peak_flops": 1e12, "data_parallel": "fsdp", "schedule": "wsd", "decay_fraction": 0.5,
+    "optimizer": "muon", "muon_lr": 0.01, "muon_momentum": 0.9,
 }  # fmt: skip
 
 
