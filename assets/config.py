@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import dagster as dg
 import pydantic
 
+from lmcore.eval.rnn import RnnConfig
 from lmcore.model.gpt import ModelConfig
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
@@ -133,5 +134,7 @@ TrainSettings = config_from(TrainConfig)
 LoraSettings = config_from(LoraConfig)
 ModelOverrides = config_from(ModelConfig, name="ModelOverrides", exclude=("vocab_size",), all_optional=True)
 """Fields of :class:`lmcore.model.gpt.ModelConfig` that replace the preset's (None: the preset's value)."""
+RnnSettings = config_from(RnnConfig)
+"""Every field of :class:`lmcore.eval.rnn.RnnConfig`: the RNN baseline of ``perplexity_report``."""
 LaunchSettings = config_from(LaunchConfig)
 """Every field of :class:`lmcore.train.launch.LaunchConfig`: a training asset's processes and machines."""

@@ -1,4 +1,4 @@
-"""``perplexity_report``: the model and an interpolated Kneser-Ney n-gram scored on val and test.
+"""``perplexity_report``: the model, an interpolated Kneser-Ney n-gram and an RNN scored on val and test.
 
 The test figures are also kept per document (``splits.test.documents``), so that
 ``evaluation_report`` can score the test documents that share no 13-gram with the training data.
@@ -10,6 +10,7 @@ import dagster as dg
 import torch
 
 from assets.artifacts import Checkpoint, Report, TokenizerFile, TokenShards
+from assets.config import RnnSettings
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
@@ -25,6 +26,8 @@ class PerplexityConfig(dg.Config):
     max_eval_tokens: int | None = None
     """Score at most this many tokens per split (None: all)."""
     batch_size: int = 8
+    rnn: RnnSettings = RnnSettings()
+    """The RNN baseline fitted on the train split (``cell: none`` leaves it out)."""
 
 
 def _previous_test_bpb(context: dg.AssetExecutionContext) -> dict[str, Any] | None:
@@ -61,7 +64,7 @@ def perplexity_report(
     figures = perplexity_comparison(
         pretrained_model.load(device), tokenizer.tokenizer, {s: token_shards.split(s).arrays for s in ("val", "test")},
         token_shards.split("train").arrays, ngram_order=config.ngram_order, max_tokens=config.max_eval_tokens,
-        batch_size=config.batch_size, device=device, per_document=("test",),
+        batch_size=config.batch_size, device=device, per_document=("test",), rnn=config.rnn.to_lmcore(),
     )  # fmt: skip
     report = {"checkpoint": pretrained_model.location, "token_shards": token_shards.data_version,
               "ngram_order": config.ngram_order, "splits": figures, "previous": previous}  # fmt: skip
@@ -69,14 +72,15 @@ def perplexity_report(
     rows = [
         dg.TableRecord({"split": s, "model": who, "perplexity": round(f["perplexity"], 3),
                         "bits_per_byte": round(f["bits_per_byte"], 4), "tokens": f["tokens"]})
-        for s, by in figures.items() for who, f in by.items() if who in ("model", "ngram")
-    ]  # fmt: skip
-    test_bpb = {who: figures["test"][who]["bits_per_byte"] for who in ("model", "ngram")}
+        for s, by in figures.items() for who in ("ngram", "rnn", "model") if (f := by.get(who)) is not None
+    ]  # the baselines first, then the model  # fmt: skip
+    test_bpb = {who: f["bits_per_byte"] for who, f in figures["test"].items() if who in ("model", "ngram", "rnn")}
     before = previous["test_bits_per_byte_model"] if previous else None
     metadata = {
         "report": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=_COLUMNS)),
         "test_bits_per_byte_model": round(test_bpb["model"], 4),
         "test_bits_per_byte_ngram": round(test_bpb["ngram"], 4),
+        "test_bits_per_byte_rnn": round(test_bpb["rnn"], 4) if "rnn" in test_bpb else None,
         "model_beats_ngram_on_test": test_bpb["model"] < test_bpb["ngram"],
         "test_documents": len(figures["test"]["documents"]["tokens"]),
         "previous_test_bits_per_byte_model": before,

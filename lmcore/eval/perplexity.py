@@ -1,4 +1,4 @@
-"""Held-out loss, perplexity and bits per byte, for the neural model and the n-gram baseline alike.
+"""Held-out loss, perplexity and bits per byte, for the neural model and the n-gram (and RNN) baselines alike.
 
 Both evaluators score the same target tokens: every token of each array except its
 first, in order, up to ``max_tokens`` in all (:func:`eval_slices`). The model reads them
@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from lmcore.data.tokenizer import Tokenizer
 from lmcore.eval.ngram import NGramLM
+from lmcore.eval.rnn import RnnConfig, fit_rnn, rnn_nats
 from lmcore.model.gpt import GPT
 
 
@@ -238,7 +239,7 @@ def evaluate_ngram(
 
 
 def subset_figures(documents: dict[str, list], keep: Sequence[bool]) -> dict[str, Any]:
-    """``{"documents", "model", "ngram"}`` figures over the documents where ``keep`` is true.
+    """``{"documents", "model", "ngram"}`` (and ``"rnn"`` if scored) figures over the documents where ``keep`` is true.
 
     ``documents`` is a split's per-document entry of :func:`perplexity_comparison`. The figures
     are sums over the same target tokens as the whole split's, restricted to those documents;
@@ -249,7 +250,9 @@ def subset_figures(documents: dict[str, list], keep: Sequence[bool]) -> dict[str
     mask = np.asarray(keep, dtype=bool)
     tokens, n_bytes = int(np.asarray(documents["tokens"])[mask].sum()), int(np.asarray(documents["bytes"])[mask].sum())
     out: dict[str, Any] = {"documents": int(mask.sum())}
-    for who in ("model", "ngram"):
+    for who in ("model", "ngram", "rnn"):
+        if f"{who}_nats" not in documents:
+            continue
         nats = float(np.asarray(documents[f"{who}_nats"], dtype=np.float64)[mask].sum())
         out[who] = _summary(nats, tokens, n_bytes, None) if tokens and n_bytes else None
     return out
@@ -266,6 +269,7 @@ def perplexity_comparison(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     per_document: Collection[str] = (),
+    rnn: RnnConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{split: {"model": figures, "ngram": figures}}``: the model against an n-gram fitted on ``train_arrays``.
 
@@ -274,9 +278,14 @@ def perplexity_comparison(
     separated by the tokenizer's ``<|endoftext|>``), ``"documents"`` also holds, per document in
     order, ``tokens``, ``bytes``, ``model_nats`` and ``ngram_nats``, whose sums are the split's
     figures, so that :func:`subset_figures` scores any subset of documents without a new pass.
+    ``rnn`` (unless None or ``cell="none"``) also fits an RNN on ``train_arrays`` and scores it on the
+    same targets: ``"rnn"`` figures and ``rnn_nats`` per document.
     """
     token_bytes = token_byte_lengths(tokenizer)
     ngram = NGramLM.fit(list(train_arrays), model.config.vocab_size, order=ngram_order)
+    if rnn is not None and rnn.cell == "none":
+        rnn = None
+    recurrent = None if rnn is None else fit_rnn(train_arrays, model.config.vocab_size, rnn)
     out: dict[str, dict[str, Any]] = {}
     for split, arrays in split_arrays.items():
         groups = document_of_tokens(arrays, tokenizer.eot_id) if split in per_document else None
@@ -297,4 +306,11 @@ def perplexity_comparison(
                 "model_nats": model_nats.tolist(),
                 "ngram_nats": baseline_nats.tolist(),
             }
+        if recurrent is not None and rnn is not None:
+            slices = eval_slices(arrays, max_tokens)
+            rnn_total, rnn_tokens = rnn_nats(recurrent, slices, *_group_slices(slices, groups), rnn.eval_streams)
+            assert (rnn_tokens == tokens).all()  # the same targets as the model's
+            out[split]["rnn"] = _summary(float(rnn_total.sum()), int(rnn_tokens.sum()), total, None)
+            if groups is not None:
+                out[split]["documents"]["rnn_nats"] = rnn_total.tolist()
     return out

@@ -10,7 +10,7 @@ are split). ``arch="gpt2"`` becomes ``GPT2LMHeadModel`` (HF's Conv1D stores weig
 ``out_dir`` atomically. ``end_token`` is where generation stops: ``<|endoftext|>`` for a
 base model, ``<|im_end|>`` for a chat (SFT) model, which then also is the tokenizer's
 ``eos_token``, as in Qwen's instruct releases. Options these two formats cannot express (QK-norm, logit
-soft-capping, and ReLU² in the gated Llama MLP) are refused, naming the ModelConfig field; ReLU² in a
+soft-capping, ALiBi positions, and ReLU² in the gated Llama MLP) are refused, naming the ModelConfig field; ReLU² in a
 GPT-2 is HF's ``relu2`` activation. This module writes files only; it does not import ``transformers``.
 """
 
@@ -87,6 +87,8 @@ def unexportable(config: ModelConfig) -> list[str]:
         problems.append(f"qk_norm=True (HF {target} has no query/key norm)")
     if config.logit_softcap > 0:
         problems.append(f"logit_softcap={config.logit_softcap} (HF {target} does not cap logits)")
+    if config.position == "alibi":
+        problems.append(f"position='alibi' (HF {target} has no ALiBi attention bias; its positions are fixed)")
     if config.activation == "relu2" and config.arch == "modern":
         problems.append("activation='relu2' with arch='modern' (HF LlamaForCausalLM's MLP is gated SwiGLU)")
     return problems

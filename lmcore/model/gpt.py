@@ -4,6 +4,7 @@
 convention, SwiGLU MLP, optional grouped-query attention, no biases); ``arch="gpt2"`` is
 GPT-2 (learned absolute positions, LayerNorm, tanh-GELU MLP, biases). Both use the same
 parameter names, so checkpoints, the optimizer and the HF export treat them alike.
+``position="alibi"`` replaces either's positions with ALiBi's per-head linear attention bias.
 Speedrun options from modded-nanogpt / nanochat (QK-norm, ReLU², logit soft-capping, zero-initialized
 output projections; ``SPEEDRUN`` is the measured set) are off by default.
 This module knows nothing of data loading, training loops or files.
@@ -26,6 +27,7 @@ from torch.nn import functional as F
 
 ARCHES = ("modern", "gpt2")
 ACTIVATIONS = ("auto", "relu2")
+POSITIONS = ("auto", "alibi")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -44,6 +46,9 @@ class ModelConfig:
     qkv_bias: bool = False  # bias on the q/k/v projection (gpt2 keeps biases on its other linears regardless)
     tie_embeddings: bool = True  # output head shares the token-embedding matrix
     rope_theta: float = 10000.0  # RoPE base frequency (modern only)
+    # "alibi": no position embedding but a per-head linear distance penalty on the attention logits (Press et al.
+    # 2022); with no table to outgrow, forward accepts sequences longer than context_length (the training length)
+    position: str = "auto"  # "auto": the arch's own (RoPE for modern, learned table for gpt2); or "alibi"
     norm_eps: float = 1e-5  # epsilon of RMSNorm / LayerNorm
     # speedrun options (modded-nanogpt, nanochat); the defaults are the plain gpt2/modern blocks
     qk_norm: bool = False  # RMS-normalize each head's queries and keys (no weight) before RoPE and attention
@@ -63,7 +68,7 @@ class ModelConfig:
                 problems.append(f"{name} must be positive or None, got {getattr(self, name)}")
         if self.n_head > 0 and self.d_model % self.n_head:
             problems.append(f"n_head={self.n_head} must divide d_model={self.d_model}")
-        elif self.n_head > 0 and self.arch == "modern" and self.head_dim % 2:
+        elif self.n_head > 0 and self.rope and self.head_dim % 2:
             problems.append(f"d_model/n_head must be even for RoPE, got head size {self.head_dim}; change n_head")
         if self.n_kv_head is not None and self.n_kv_head > 0 and self.n_head % self.n_kv_head:
             problems.append(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
@@ -71,6 +76,8 @@ class ModelConfig:
             problems.append("n_kv_head: the gpt2 arch has no grouped-query attention; leave it None")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.position not in POSITIONS:
+            problems.append(f"position must be one of {POSITIONS}, got {self.position!r}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not self.logit_softcap >= 0:
@@ -83,6 +90,16 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def rope(self) -> bool:
+        """Whether queries and keys are rotated (RoPE): the modern arch's own positions."""
+        return self.arch == "modern" and self.position == "auto"
+
+    @property
+    def learned_positions(self) -> bool:
+        """Whether a learned absolute position table (wpe) is added to the embeddings: gpt2's own positions."""
+        return self.arch == "gpt2" and self.position == "auto"
 
     @property
     def kv_heads(self) -> int:
@@ -196,6 +213,32 @@ def rope_tables(head_dim: int, length: int, theta: float) -> tuple[Tensor, Tenso
     return emb.cos(), emb.sin()
 
 
+def alibi_slopes(n_head: int) -> Tensor:
+    """ALiBi head slopes (n_head,): 2^(-8i/n) for i = 1..n (Press et al. 2022).
+
+    When n is not a power of two: the slopes of the power of two below it, then every other slope
+    of the next power of two (the paper's reference code).
+    """
+    if n_head & (n_head - 1) == 0:
+        return torch.tensor([2.0 ** (-8.0 * i / n_head) for i in range(1, n_head + 1)])
+    low = 1 << (n_head.bit_length() - 1)
+    return torch.cat((alibi_slopes(low), alibi_slopes(2 * low)[0::2][: n_head - low]))
+
+
+def alibi_bias(slopes: Tensor, T: int, past: int, mask: Tensor | None) -> Tensor:
+    """Additive float mask: -slope * distance where ``mask`` (from :func:`attention_mask`) allows, -inf elsewhere.
+
+    Query i sits at position past + i; keys at 0..past + T - 1. Returns (nh, T, S), or (B, nh, T, S) with a
+    per-example mask; distances cross segment boundaries only where the mask already forbids attention.
+    """
+    device = slopes.device
+    q = torch.arange(past, past + T, device=device)
+    k = torch.arange(past + T, device=device)
+    bias = slopes[:, None, None] * (k[None, :] - q[:, None]).float()  # (nh, T, S), <= 0 where attended
+    allowed = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past) if mask is None else mask
+    return torch.where(allowed, bias, float("-inf"))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -231,6 +274,8 @@ class CausalSelfAttention(nn.Module):
         # without an explicit mask, queries and keys cover the same positions (or T == 1, which sees everything)
         assert mask is not None or T == 1 or k.size(2) == T
         is_causal = mask is None and T > 1
+        if mask is not None and mask.is_floating_point():  # ALiBi's additive bias (causal masking included)
+            mask = mask.to(q.dtype)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
         )  # (B, nh, T, hs)
@@ -308,16 +353,18 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=_norm(config),
         )
-        if config.arch == "gpt2":
+        if config.learned_positions:
             modules["wpe"] = nn.Embedding(config.context_length, config.d_model)
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # one matrix, read in and written out
-        if config.arch == "modern":  # derived from the config, so not saved in checkpoints
+        if config.rope:  # derived from the config, so not saved in checkpoints
             cos, sin = rope_tables(config.head_dim, config.context_length, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)  # (context_length, hs)
             self.register_buffer("rope_sin", sin, persistent=False)
+        if config.position == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)  # (nh,)
         self.apply(self._init_weights)
         # scaled init of the projections that write into the residual stream (GPT-2 paper)
         for name, p in self.named_parameters():
@@ -348,22 +395,25 @@ class GPT(nn.Module):
 
         ``targets`` equal to -100 are ignored. ``kv_cache`` continues from the cached
         positions and advances the cache. ``segment_ids`` (B, T) keeps attention inside
-        each packed example; positions are not reset at segment starts.
+        each packed example; positions are not reset at segment starts. With ``position="alibi"`` there is
+        no position table, so sequences longer than ``context_length`` (the training length) are accepted.
         """
         B, T = idx.size()
         past = 0 if kv_cache is None else kv_cache.pos
-        if past + T > self.config.context_length:
+        if past + T > self.config.context_length and self.config.position != "alibi":
             raise ValueError(f"sequence of {past + T} tokens exceeds context_length={self.config.context_length}")
         if segment_ids is not None and (kv_cache is not None or segment_ids.shape != idx.shape):
             raise ValueError(f"segment_ids must have idx's shape {tuple(idx.shape)} and no kv_cache may be given")
         x = self.transformer.wte(idx)  # (B, T, d)
         rope = None
-        if self.config.arch == "gpt2":
+        if self.config.learned_positions:
             x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device))  # (T, d) broadcast
-        else:
+        elif self.config.rope:
             rope = (self.rope_cos[past : past + T], self.rope_sin[past : past + T])  # (T, hs) each
         x = self.transformer.drop(x)
         mask = attention_mask(T, past, segment_ids, idx.device)
+        if self.config.position == "alibi":
+            mask = alibi_bias(self.alibi_slopes, T, past, mask)  # (nh, T, S) or (B, nh, T, S)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, mask, kv_cache, layer)
         if kv_cache is not None:
@@ -393,7 +443,7 @@ class GPT(nn.Module):
         """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            if self.config.arch == "gpt2":
+            if self.config.learned_positions:
                 n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_embeddings:
                 n -= self.transformer.wte.weight.numel()

@@ -38,6 +38,8 @@ def test_whole_graph_trains_and_reports_perplexity_against_the_ngram(home, tmp_p
         model, ngram = report["splits"][split]["model"], report["splits"][split]["ngram"]
         assert model["tokens"] == ngram["tokens"] > 0  # same targets, so comparable
         assert model["bits_per_byte"] > 0 and ngram["bits_per_byte"] > 0
+        rnn = report["splits"][split]["rnn"]  # the RNN baseline, on by default, on the same targets
+        assert rnn["tokens"] == model["tokens"] and rnn["bits_per_byte"] > 0
     assert "perplexity_report" in capsys.readouterr().out
 
     # The CLI samples from and exports the latest model.
