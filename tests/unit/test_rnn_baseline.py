@@ -17,14 +17,6 @@ from lmcore.model.gpt import GPT, tiny
 FAST = dict(d_model=64, steps=120, batch_size=8, bptt=32, lr=1e-2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory):
     """A tokenizer and train/val/test token arrays of sentences drawn from a small grammar."""

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lmcore.data.shards import TokenShardWriter, write_manifest
 from lmcore.model import gpt as model_module
@@ -43,15 +42,6 @@ def write_synthetic_shards(root: Path, *, train_tokens: int = 6000, val_tokens: 
         splits[split] = {"shards": w.shards, "tokens": w.tokens}
     write_manifest(root, splits, vocab_size=64)
     return root
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: robust timing on a busy 2-core box, and the same math in subprocesses."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
