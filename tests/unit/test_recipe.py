@@ -16,7 +16,7 @@ from lmcore.train.config import SPEEDRUN, TrainConfig, lr_at
 from lmcore.train.loop import train
 from lmcore.train.optim import MuonAdamW, build_optimizer, newton_schulz
 from tests.unit.test_ddp import TORCHRUN, torchrun
-from tests.unit.test_train import Crash, config, losses, one_thread, write_synthetic_shards  # noqa: F401
+from tests.unit.test_train import Crash, config, losses, write_synthetic_shards
 
 RECIPE_MODEL = tiny(vocab_size=64, context_length=32, **model_module.SPEEDRUN)
 

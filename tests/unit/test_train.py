@@ -137,7 +137,7 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(shards: Path, tmp_path: 
     spec.update(shard_root=str(shards), runs_dir=str(tmp_path / "run"))
     (tmp_path / "run.json").write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "lmcore.train.entry", "--config", str(tmp_path / "run.json")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same math as in-process (see one_thread)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same math as in-process (tests/conftest.py sets one thread)
     kill_after = random.Random().randint(5, 20)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
