@@ -91,6 +91,16 @@ def unexportable(config: ModelConfig) -> list[str]:
         problems.append(f"position='alibi' (HF {target} has no ALiBi attention bias; its positions are fixed)")
     if config.activation == "relu2" and config.arch == "modern":
         problems.append("activation='relu2' with arch='modern' (HF LlamaForCausalLM's MLP is gated SwiGLU)")
+    if config.attention == "prefix":
+        problems.append(f"attention='prefix' (HF {target} attends causally everywhere; a two-way prefix is lost)")
+    if config.attention == "bidirectional":
+        problems.append(
+            "attention='bidirectional' (a masked-LM encoder: transformers' BERT/RoBERTa are post-LayerNorm "
+            "with a dense+GELU+LayerNorm prediction head, ModernBERT adds an embedding norm and the same head; "
+            "none is this pre-norm encoder with a plain linear head, so no masked-LM class gives equal logits)"
+        )
+    if config.n_experts:
+        problems.append(f"n_experts={config.n_experts} (HF {target} has a dense MLP in every block)")
     return problems
 
 

@@ -164,17 +164,25 @@ def next_token_probs(
     return probs
 
 
-def _step(model: GPT, ids: list[int], cache: KVCache) -> Tensor:
-    """Feed the newest token (or, when the cache is empty or full, the last context window); return logits (V,)."""
+def _step(model: GPT, ids: list[int], cache: KVCache, n_prompt: int) -> Tensor:
+    """Feed the newest token (or, when the cache is empty or full, the last context window); return logits (V,).
+
+    A prefix LM (``attention="prefix"``) reads the prompt's tokens in the window as its two-way prefix, as in
+    training; the first ``n_prompt`` of ``ids`` are the prompt.
+    """
     device = cache.k.device
     ctx = model.config.context_length
+    kw = {}
     if cache.pos == 0 or cache.pos >= ctx:
         # past the context the window slides: recompute it, exactly as a cache-less loop would
         cache.reset()
         window = ids[-ctx:]
+        if model.config.attention == "prefix":
+            in_window = max(0, n_prompt - (len(ids) - len(window)))
+            kw["prefix"] = (torch.arange(len(window), device=device) < in_window)[None, :]
     else:
         window = ids[-1:]
-    logits, _ = model(torch.tensor([window], dtype=torch.long, device=device), kv_cache=cache)
+    logits, _ = model(torch.tensor([window], dtype=torch.long, device=device), kv_cache=cache, **kw)
     return logits[0, -1]  # (V,)
 
 
@@ -218,10 +226,14 @@ def generate(
                      no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)  # fmt: skip
     if not prompt_ids:
         raise ValueError("prompt_ids is empty; start from at least one token (e.g. the <|endoftext|> id)")
+    if not model.config.causal:
+        raise ValueError("this model is an encoder (attention='bidirectional', a masked LM): it fills in "
+                         "<|mask|> tokens but does not generate; generate with a causal or prefix model")  # fmt: skip
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     ids = list(prompt_ids[-model.config.context_length :])
+    n_prompt = len(ids)
     out: list[int] = []
     cache = model.new_kv_cache(1)
     vocab = model.config.vocab_size
@@ -237,7 +249,7 @@ def generate(
             if len(banned) >= vocab:
                 break  # every token would repeat an n-gram
             probs = next_token_probs(
-                _step(model, ids, cache),
+                _step(model, ids, cache, n_prompt),
                 counts,
                 temperature=temperature,
                 top_k=top_k,

@@ -28,6 +28,8 @@ from torch.nn import functional as F
 ARCHES = ("modern", "gpt2")
 ACTIVATIONS = ("auto", "relu2")
 POSITIONS = ("auto", "alibi")
+ATTENTIONS = ("causal", "prefix", "bidirectional")
+ROUTINGS = ("token", "expert")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -55,6 +57,15 @@ class ModelConfig:
     activation: str = "auto"  # "auto": SwiGLU (modern) / tanh-GELU (gpt2); "relu2": relu(x)^2, ungated, 4*d wide
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2); 0 = off
     zero_init_proj: bool = False  # start the residual-writing projections (attn and MLP c_proj) at zero
+    # "causal": a decoder; "prefix": a decoder whose prefix (the prompt; ``forward(prefix=)``) attends both ways
+    # (prefix LM, T5's span corruption on a decoder); "bidirectional": an encoder (masked LM), which cannot generate
+    attention: str = "causal"
+    # mixture of experts (lmcore.model.moe): each block's MLP becomes n_experts MLPs of mlp_hidden width and a router
+    n_experts: int = 0  # 0: a dense MLP
+    expert_top_k: int = 2  # experts per token (token-choice), or the mean experts per token (expert-choice capacity)
+    routing: str = "token"  # "token": each token picks its top-k experts; "expert": each expert picks its tokens
+    capacity_factor: float = 1.25  # token-choice: an expert takes at most factor*k*tokens/n_experts; 0 = unlimited
+    aux_loss_coef: float = 0.01  # token-choice: weight of the Switch load-balancing loss added to the training loss
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,6 +93,16 @@ class ModelConfig:
             problems.append(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not self.logit_softcap >= 0:
             problems.append(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
+        if self.attention not in ATTENTIONS:
+            problems.append(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.expert_top_k <= self.n_experts):
+            problems.append(f"n_experts must be >= 0 and expert_top_k in [1, n_experts], got {self.n_experts}, "
+                            f"{self.expert_top_k}")  # fmt: skip
+        if self.routing not in ROUTINGS:
+            problems.append(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.capacity_factor < 0 or self.aux_loss_coef < 0:
+            problems.append(f"capacity_factor and aux_loss_coef must be >= 0, got {self.capacity_factor}, "
+                            f"{self.aux_loss_coef}")  # fmt: skip
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             problems.append(f"rope_theta and norm_eps must be positive, got {self.rope_theta}, {self.norm_eps}")
         if problems:
@@ -119,6 +140,11 @@ class ModelConfig:
         if not self.gated:
             return 4 * self.d_model
         return -(-8 * self.d_model // (3 * 64)) * 64  # SwiGLU keeps ~8d^2 MLP params with 3 matrices
+
+    @property
+    def causal(self) -> bool:
+        """Whether a token attends only to earlier ones (outside a prefix): false for an encoder."""
+        return self.attention != "bidirectional"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,18 +251,22 @@ def alibi_slopes(n_head: int) -> Tensor:
     return torch.cat((alibi_slopes(low), alibi_slopes(2 * low)[0::2][: n_head - low]))
 
 
-def alibi_bias(slopes: Tensor, T: int, past: int, mask: Tensor | None) -> Tensor:
-    """Additive float mask: -slope * distance where ``mask`` (from :func:`attention_mask`) allows, -inf elsewhere.
+def alibi_bias(slopes: Tensor, T: int, past: int, mask: Tensor | None, causal: bool = True) -> Tensor:
+    """Additive float mask: -slope * |distance| where ``mask`` (from :func:`attention_mask`) allows, -inf elsewhere.
 
-    Query i sits at position past + i; keys at 0..past + T - 1. Returns (nh, T, S), or (B, nh, T, S) with a
-    per-example mask; distances cross segment boundaries only where the mask already forbids attention.
+    Query i sits at position past + i; keys at 0..past + T - 1. Without a mask, ``causal`` says whether later
+    keys are hidden. Returns (nh, T, S), or (B, nh, T, S) with a per-example mask; distances cross segment
+    boundaries only where the mask already forbids attention. The bias is symmetric, so an encoder or a
+    prefix penalizes later keys as it does earlier ones.
     """
     device = slopes.device
     q = torch.arange(past, past + T, device=device)
     k = torch.arange(past + T, device=device)
-    bias = slopes[:, None, None] * (k[None, :] - q[:, None]).float()  # (nh, T, S), <= 0 where attended
-    allowed = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past) if mask is None else mask
-    return torch.where(allowed, bias, float("-inf"))
+    bias = -slopes[:, None, None] * (k[None, :] - q[:, None]).abs().float()  # (nh, T, S), <= 0
+    if mask is None:
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=device)
+        mask = mask.tril(diagonal=past) if causal else mask
+    return torch.where(mask, bias, float("-inf"))
 
 
 class CausalSelfAttention(nn.Module):
@@ -250,6 +280,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
         self.qk_norm = config.qk_norm
+        self.causal = config.causal
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: KVCache | None, layer: int
@@ -272,8 +303,8 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(nh // nkv, dim=1)
         # without an explicit mask, queries and keys cover the same positions (or T == 1, which sees everything)
-        assert mask is not None or T == 1 or k.size(2) == T
-        is_causal = mask is None and T > 1
+        assert mask is not None or T == 1 or k.size(2) == T or not self.causal
+        is_causal = mask is None and T > 1 and self.causal
         if mask is not None and mask.is_floating_point():  # ALiBi's additive bias (causal masking included)
             mask = mask.to(q.dtype)
         y = F.scaled_dot_product_attention(
@@ -317,7 +348,12 @@ class Block(nn.Module):
         self.ln_1 = _norm(config)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = _norm(config)
-        self.mlp = MLP(config)
+        if config.n_experts:
+            from lmcore.model.moe import MoE  # imports this module's MLP
+
+            self.mlp: nn.Module = MoE(config)
+        else:
+            self.mlp = MLP(config)
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: KVCache | None, layer: int
@@ -327,20 +363,36 @@ class Block(nn.Module):
         return x
 
 
-def attention_mask(T: int, past: int, segment_ids: Tensor | None, device: torch.device) -> Tensor | None:
-    """Boolean mask (True = may attend) when plain ``is_causal`` is not enough, else None.
+def attention_mask(
+    T: int,
+    past: int,
+    segment_ids: Tensor | None,
+    device: torch.device,
+    *,
+    prefix: Tensor | None = None,
+    causal: bool = True,
+) -> Tensor | None:
+    """Boolean mask (True = may attend) when plain ``is_causal`` (or, for an encoder, no mask) is not enough,
+    else None.
 
-    With ``segment_ids`` (B, T), a token sees earlier tokens of its own segment only
-    (block-diagonal causal, for packed examples). With ``past`` cached positions and
-    several new queries, query i sits at position past + i and sees keys 0..past + i.
+    A token sees earlier tokens (``causal``; every token when not), and with ``prefix`` (B, T) bool also
+    every token of the prefix when it is itself in the prefix: the prefix attends both ways, the rest
+    causally (prefix LM). With ``segment_ids`` (B, T), all of this stays inside a token's own segment
+    (block-diagonal, for packed examples). With ``past`` cached positions and several new queries, query i
+    sits at position past + i and sees keys 0..past + i.
     """
+    if segment_ids is None and prefix is None:
+        if past > 0 and T > 1 and causal:
+            return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)  # (T, past + T)
+        return None
+    allowed = torch.ones(1, T, T, dtype=torch.bool, device=device)
+    if causal:
+        allowed = allowed.tril()
+        if prefix is not None:
+            allowed = allowed | (prefix[:, :, None] & prefix[:, None, :])  # (B, T, T)
     if segment_ids is not None:
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        return (same & causal).unsqueeze(1)  # (B, 1, T, T), broadcast over heads
-    if past > 0 and T > 1:
-        return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)  # (T, past + T)
-    return None
+        allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    return allowed.unsqueeze(1)  # (B, 1, T, T), broadcast over heads
 
 
 class GPT(nn.Module):
@@ -390,13 +442,16 @@ class GPT(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         segment_ids: Tensor | None = None,
+        prefix: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, V) for token ids ``idx`` (B, T), and the mean cross-entropy if ``targets`` is given.
 
         ``targets`` equal to -100 are ignored. ``kv_cache`` continues from the cached
         positions and advances the cache. ``segment_ids`` (B, T) keeps attention inside
-        each packed example; positions are not reset at segment starts. With ``position="alibi"`` there is
-        no position table, so sequences longer than ``context_length`` (the training length) are accepted.
+        each packed example; positions are not reset at segment starts. ``prefix`` (B, T) bool marks the
+        tokens that attend both ways (``attention="prefix"`` only; given with an empty cache). With
+        ``position="alibi"`` there is no position table, so sequences longer than ``context_length`` (the
+        training length) are accepted. A mixture-of-experts model adds its load-balancing loss to the loss.
         """
         B, T = idx.size()
         past = 0 if kv_cache is None else kv_cache.pos
@@ -404,6 +459,13 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens exceeds context_length={self.config.context_length}")
         if segment_ids is not None and (kv_cache is not None or segment_ids.shape != idx.shape):
             raise ValueError(f"segment_ids must have idx's shape {tuple(idx.shape)} and no kv_cache may be given")
+        if prefix is not None and (self.config.attention != "prefix" or past or prefix.shape != idx.shape):
+            raise ValueError(
+                f"prefix must have idx's shape {tuple(idx.shape)}, an empty kv_cache and a model with "
+                f"attention='prefix' (this one: {self.config.attention!r})"
+            )
+        if kv_cache is not None and not self.config.causal:
+            raise ValueError("an encoder (attention='bidirectional') has no KV cache: it sees the whole sequence")
         x = self.transformer.wte(idx)  # (B, T, d)
         rope = None
         if self.config.learned_positions:
@@ -411,9 +473,9 @@ class GPT(nn.Module):
         elif self.config.rope:
             rope = (self.rope_cos[past : past + T], self.rope_sin[past : past + T])  # (T, hs) each
         x = self.transformer.drop(x)
-        mask = attention_mask(T, past, segment_ids, idx.device)
+        mask = attention_mask(T, past, segment_ids, idx.device, prefix=prefix, causal=self.config.causal)
         if self.config.position == "alibi":
-            mask = alibi_bias(self.alibi_slopes, T, past, mask)  # (nh, T, S) or (B, nh, T, S)
+            mask = alibi_bias(self.alibi_slopes, T, past, mask, self.config.causal)  # (nh, T, S) or (B, nh, T, S)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, mask, kv_cache, layer)
         if kv_cache is not None:
@@ -426,6 +488,8 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(-1), ignore_index=-100)
+            if self.config.n_experts and self.config.aux_loss_coef and self.training:
+                loss = loss + self.config.aux_loss_coef * sum(b.mlp.aux_loss for b in self.transformer.h)
         return logits, loss
 
     def new_kv_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
@@ -435,13 +499,17 @@ class GPT(nn.Module):
         length = c.context_length if max_len is None else max_len
         return KVCache(c.n_layer, batch_size, c.kv_heads, length, c.head_dim, device=p.device, dtype=p.dtype)
 
-    def num_params(self, non_embedding: bool = False) -> int:
+    def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
         """Parameter count, a tied matrix counted once.
 
         ``non_embedding`` drops the lookup tables that cost no matmul FLOPs: the position
-        table, and the token table when it is not also the output head (as nanoGPT).
+        table, and the token table when it is not also the output head (as nanoGPT). ``active`` counts, of a
+        mixture of experts, only the expert_top_k experts a token passes through.
         """
         n = sum(p.numel() for p in self.parameters())
+        if active and self.config.n_experts:
+            idle = self.config.n_experts - self.config.expert_top_k
+            n -= sum(idle * b.mlp.expert_params() for b in self.transformer.h)
         if non_embedding:
             if self.config.learned_positions:
                 n -= self.transformer.wpe.weight.numel()
@@ -450,9 +518,10 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token at full context: 6N + 12*L*d*T (PaLM appendix B), for MFU."""
+        """Training FLOPs per token at full context: 6N + 12*L*d*T (PaLM appendix B), for MFU; N counts the
+        active parameters of a mixture of experts."""
         c = self.config
-        return 6.0 * self.num_params(non_embedding=True) + 12.0 * c.n_layer * c.n_head * c.head_dim * c.context_length
+        return 6.0 * self.num_params(non_embedding=True, active=True) + 12.0 * c.n_layer * c.n_head * c.head_dim * c.context_length
 
     def configure_optimizer(
         self, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)

@@ -18,6 +18,7 @@ DTYPES = ("auto", "float32", "bfloat16")
 DATA_PARALLEL = ("ddp", "fsdp")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
+OBJECTIVES = ("causal", "prefix", "span", "masked")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 RESUMABLE_CHANGES = (
@@ -98,6 +99,17 @@ class TrainConfig:
     """How several processes share the model: "ddp" (a replica per process, gradients all-reduced) or "fsdp"
     (FSDP2: parameters, gradients and optimizer state sharded over the processes, for models that do not
     fit one device with DDP). Ignored by a single process."""
+    objective: str = "causal"
+    """What the model learns to predict (:mod:`lmcore.train.objectives`): "causal" (the next token), "prefix"
+    (prefix LM: the rest of a row after a random bidirectional prefix), "span" (T5 span corruption: dropped
+    spans after sentinels) or "masked" (BERT masked LM, an encoder). The model's ``attention`` must match:
+    causal, prefix, prefix, bidirectional."""
+    mask_rate: float = 0.15
+    """objective="masked": fraction of positions chosen for the loss (80% masked, 10% random, 10% kept)."""
+    corruption_rate: float = 0.15
+    """objective="span": fraction of each row's tokens dropped in spans."""
+    mean_span_length: float = 3.0
+    """objective="span": mean length of a dropped span."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -131,6 +143,13 @@ class TrainConfig:
             problems.append(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
         if self.data_parallel not in DATA_PARALLEL:
             problems.append(f"data_parallel must be one of {DATA_PARALLEL}, got {self.data_parallel!r}")
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name in ("mask_rate", "corruption_rate"):
+            if not 0 < getattr(self, name) < 1:
+                problems.append(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if not self.mean_span_length >= 1:
+            problems.append(f"mean_span_length must be >= 1, got {self.mean_span_length}")
         if self.peak_flops is not None and not self.peak_flops > 0:
             problems.append(f"peak_flops must be > 0 or None, got {self.peak_flops}")
         if problems:

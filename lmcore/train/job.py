@@ -19,6 +19,7 @@ from lmcore.data.shards import MANIFEST, load_manifest
 from lmcore.io import sha256_file
 from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.train.config import TrainConfig
+from lmcore.train.objectives import Objective, ObjectiveSource, check_model
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -50,7 +51,8 @@ class Outlets:
 NO_OUTLETS = Outlets()
 """A run's records and checkpoints stay in its run directory."""
 Batch = tuple[torch.Tensor, ...]
-"""``(x, y)`` or ``(x, y, segment_ids)``; ``segment_ids`` may be None (no packed row in the batch)."""
+"""``(x, y)``, ``(x, y, segment_ids)`` or ``(x, y, segment_ids, prefix)``; ``segment_ids`` may be None (no
+packed row in the batch), ``prefix`` (B, T) bool None (no bidirectional prefix)."""
 
 
 class BatchSource(Protocol):
@@ -94,11 +96,15 @@ class Job:
 
 
 def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_dir: Path | None) -> Job:
-    """Pretraining: a fresh GPT on the token shards' "train" windows, validated on "val"."""
+    """Pretraining: a fresh GPT on the token shards' "train" windows, validated on "val", with
+    ``cfg.objective`` applied to every batch."""
     manifest = load_manifest(shard_root)
     vocab = manifest.get("vocab_size")
     if vocab is not None and vocab > mc.vocab_size:
         raise ValueError(f"{shard_root}: tokens come from a vocabulary of {vocab}; model vocab_size={mc.vocab_size}")
+    base_vocab = mc.vocab_size if vocab is None else vocab
+    check_model(cfg, mc.attention, mc.vocab_size, base_vocab, mc.context_length)
+    objective = Objective(cfg, base_vocab, mc.context_length) if cfg.objective != "causal" else None
     if cfg.eval_batches and "val" not in manifest["splits"]:
         raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
     version = sha256_file(shard_root / MANIFEST)
@@ -108,13 +114,17 @@ def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_di
         if window_log_dir is not None:
             Path(window_log_dir).mkdir(parents=True, exist_ok=True)
             window_log = Path(window_log_dir) / f"rank-{kw['rank']}.txt"
-        train_loader = TokenLoader.from_split(shard_root, "train", window_log=window_log, **kw)
-        return train_loader, TokenLoader.from_split(shard_root, "val", **kw) if validation else None
+        train: BatchSource = TokenLoader.from_split(shard_root, "train", window_log=window_log, **kw)
+        val: BatchSource | None = TokenLoader.from_split(shard_root, "val", **kw) if validation else None
+        if objective is not None:
+            train = ObjectiveSource(train, objective, kw["seed"], kw["rank"])
+            val = ObjectiveSource(val, objective, kw["seed"], kw["rank"]) if val is not None else None
+        return train, val
 
     return Job(
         model_config=mc,
         build_model=lambda: GPT(mc),
         sources=sources,
         config={"data_version": version},
-        data={"shard_root": str(shard_root), "manifest_sha256": version},
+        data={"shard_root": str(shard_root), "manifest_sha256": version, "base_vocab": base_vocab},
     )

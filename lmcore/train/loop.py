@@ -269,9 +269,9 @@ class _Run:
     @staticmethod
     def forward_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         x, y, *rest = batch
-        if rest and rest[0] is not None:  # packed rows: attention stays inside each segment
-            return model(x, y, segment_ids=rest[0])[1]
-        return model(x, y)[1]
+        names = ("segment_ids", "prefix")  # packed rows: attention stays inside each segment; a two-way prefix
+        kw = {name: t for name, t in zip(names, rest, strict=False) if t is not None}
+        return model(x, y, **kw)[1]
 
     def to_device(self, batch: Batch) -> Batch:
         if self.device.type != "cuda":

@@ -67,7 +67,7 @@ class _Bigram(torch.nn.Module):
     def __init__(self, table: torch.Tensor) -> None:
         super().__init__()
         self.table = table
-        self.config = SimpleNamespace(context_length=64, vocab_size=table.shape[0])
+        self.config = SimpleNamespace(context_length=64, vocab_size=table.shape[0], attention="causal", causal=True)
 
     def new_kv_cache(self, batch: int) -> SimpleNamespace:
         cache = SimpleNamespace(k=torch.zeros(1), pos=0)
