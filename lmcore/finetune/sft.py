@@ -36,6 +36,7 @@ from lmcore.model.lora import LoraConfig, apply_lora, merged_copy
 from lmcore.train.config import TrainConfig
 from lmcore.train.job import NO_OUTLETS, Batch, BatchSource, Callback, Job, Outlets
 from lmcore.train.loop import run_job
+from lmcore.train.objectives import PromptPrefixSource
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -247,12 +248,21 @@ def finetune(
         problems.append("train_examples is empty")
     if train_config.eval_batches and not val_examples:
         problems.append("val_examples is empty; pass some or set eval_batches=0")
+
+    if train_config.objective != "causal":
+        problems.append(f"train.objective={train_config.objective!r}: fine-tuning learns the replies; the "
+                        "objective is pretraining's (a prefix LM's prompt is its prefix by itself); leave it causal")  # fmt: skip
+    if mc.attention == "bidirectional":
+        problems.append(f"{init_checkpoint} is an encoder (a masked LM); chat fine-tuning needs a decoder")
     if problems:
         raise ValueError("cannot fine-tune: " + "; ".join(problems))
 
     def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
         val = sft_source(val_examples, pad_id=pad_id, fill=True, **kw) if validation else None
-        return sft_source(train_examples, pad_id=pad_id, **kw), val
+        train = sft_source(train_examples, pad_id=pad_id, **kw)
+        if mc.attention == "prefix":  # the prompt is the prefix LM's two-way prefix, as in its pretraining
+            return PromptPrefixSource(train), PromptPrefixSource(val) if val is not None else None
+        return train, val
 
     return run_from_init(
         init_checkpoint,

@@ -181,11 +181,11 @@ def fill_spans(source: Sequence[int], target: Sequence[int], sentinels: Sequence
     return out
 
 
-class ObjectiveSource:
-    """A :class:`lmcore.train.job.BatchSource` that applies an :class:`Objective` to another's batches."""
+class _Wrapped:
+    """A :class:`lmcore.train.job.BatchSource` that changes another's batches; position and state are its."""
 
-    def __init__(self, source: Any, objective: Objective, seed: int, rank: int) -> None:
-        self.source, self.objective, self.seed, self.rank = source, objective, seed, rank
+    def __init__(self, source: Any) -> None:
+        self.source = source
 
     @property
     def epoch(self) -> int:
@@ -195,16 +195,49 @@ class ObjectiveSource:
     def position(self) -> int:
         return self.source.position
 
-    def next_batch(self) -> tuple[Tensor | None, ...]:
-        key = [self.seed, self.rank, self.source.epoch, self.source.position]
-        x, y = self.source.next_batch()[:2]
-        return self.objective.apply(x, y, np.random.default_rng(key))
-
     def state_dict(self) -> dict[str, Any]:
         return self.source.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state)
+
+
+class ObjectiveSource(_Wrapped):
+    """Applies an :class:`Objective` to another source's batches, drawing on the batch's place in the data."""
+
+    def __init__(self, source: Any, objective: Objective, seed: int, rank: int) -> None:
+        super().__init__(source)
+        self.objective, self.seed, self.rank = objective, seed, rank
+
+    def next_batch(self) -> tuple[Tensor | None, ...]:
+        key = [self.seed, self.rank, self.source.epoch, self.source.position]
+        x, y = self.source.next_batch()[:2]
+        return self.objective.apply(x, y, np.random.default_rng(key))
+
+
+def prompt_prefix(targets: Tensor, segment_ids: Tensor | None) -> Tensor:
+    """(B, T) bool: in each segment, the positions up to its first scored one (the prompt, and the token that
+    predicts the reply's first). Fine-tuning a prefix LM reads the prompt as its two-way prefix; later turns
+    stay causal, so no reply sees a later turn. A segment with no scored token (padding) is all prefix."""
+    B, T = targets.shape
+    segments = torch.zeros(B, T, dtype=torch.long) if segment_ids is None else segment_ids.cpu()
+    scored, pos = (targets != IGNORE).cpu(), torch.arange(T)
+    prefix = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        for s in segments[b].unique():
+            inside = segments[b] == s
+            hits = (scored[b] & inside).nonzero()
+            prefix[b] |= inside & (pos <= hits.min()) if len(hits) else inside
+    return prefix.to(targets.device)
+
+
+class PromptPrefixSource(_Wrapped):
+    """Adds :func:`prompt_prefix` to another source's (x, y, segment_ids) batches."""
+
+    def next_batch(self) -> tuple[Tensor | None, ...]:
+        x, y, *rest = self.source.next_batch()
+        segments = rest[0] if rest else None
+        return x, y, segments, prompt_prefix(y, segments)
 
 
 def masked_accuracy(logits: Tensor, targets: Tensor) -> tuple[int, int]:

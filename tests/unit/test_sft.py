@@ -143,3 +143,44 @@ def test_bad_examples_are_named(tok, init: Path, tmp_path: Path) -> None:
         finetune(init, config(), [long, silent], [], tmp_path / "run", pad_id=PAD)
     with pytest.raises(ValueError, match="val_examples is empty"):
         finetune(init, config(), examples(tok), [], tmp_path / "run", pad_id=PAD)
+
+
+def test_prompt_prefix_is_each_segments_prompt_only() -> None:
+    from lmcore.train.objectives import prompt_prefix
+
+    I = -100  # noqa: E741
+    # segment 0: prompt of 3, reply of 2, a second prompt turn, a reply; segment 1: prompt 2, reply 1; padding
+    targets = torch.tensor([[I, I, 7, 8, I, I, 9, I, 5, 6, I, I]])
+    segments = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2]])
+    got = prompt_prefix(targets, segments)[0].tolist()
+    assert got == [True, True, True, False, False, False, False, True, True, False, True, True]
+
+
+def test_a_prefix_lm_fine_tunes_with_its_prompt_as_prefix_and_resumes(tok, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    mc = tiny(vocab_size=300, context_length=64, attention="prefix")
+    init = save_checkpoint(tmp_path / "init", 0, GPT(mc), {}, {"config": {"model": mc.to_dict()}})
+    train, val = pack_examples(examples(tok) * 3, 64), examples(tok)[:2]
+    reference = finetune(init, config(), train, val, tmp_path / "ref", pad_id=PAD)
+    assert reference["loss_history"][-1][1] < reference["loss_history"][0][1]
+
+    def crash_at_8(record: dict) -> None:
+        if record["step"] == 8:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        finetune(init, config(), train, val, tmp_path / "run", pad_id=PAD, callback=crash_at_8)
+    resumed = finetune(init, config(), train, val, tmp_path / "run", pad_id=PAD)
+    assert resumed["resumed_from"] == 6 and resumed["loss_history"] == reference["loss_history"]
+    model, _ = load_trained_model(Path(reference["checkpoint"]), "cpu")
+    assert model.config.attention == "prefix" and chat_generate(model, tok, [{"role": "user", "content": "hi"}],
+                                                                  max_new_tokens=4, temperature=0) is not None
+
+
+def test_fine_tuning_refuses_an_objective_or_an_encoder(tok, init: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="leave it causal"):
+        finetune(init, config(objective="prefix"), examples(tok), examples(tok), tmp_path / "a", pad_id=PAD)
+    mc = tiny(vocab_size=301, context_length=64, attention="bidirectional")
+    encoder = save_checkpoint(tmp_path / "enc", 0, GPT(mc), {}, {"config": {"model": mc.to_dict()}})
+    with pytest.raises(ValueError, match="encoder"):
+        finetune(encoder, config(), examples(tok), examples(tok), tmp_path / "b", pad_id=PAD)
