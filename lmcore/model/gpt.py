@@ -63,7 +63,10 @@ class ModelConfig:
     # mixture of experts (lmcore.model.moe): each block's MLP becomes n_experts MLPs of mlp_hidden width and a router
     n_experts: int = 0  # 0: a dense MLP
     expert_top_k: int = 2  # experts per token (token-choice), or the mean experts per token (expert-choice capacity)
-    routing: str = "token"  # "token": each token picks its top-k experts; "expert": each expert picks its tokens
+    # "token": each token picks its top-k experts; "expert": each expert picks its tokens from the whole batch (Zhou
+    # et al. 2022), so in a decoder a token's route depends on later tokens of the batch: a small look-ahead that
+    # makes its scores slightly optimistic, and decoding token by token routes differently (the paper's caveat)
+    routing: str = "token"
     capacity_factor: float = 1.25  # token-choice: an expert takes at most factor*k*tokens/n_experts; 0 = unlimited
     aux_loss_coef: float = 0.01  # token-choice: weight of the Switch load-balancing loss added to the training loss
 

@@ -87,7 +87,7 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape  # (B, T, d)
         flat = x.reshape(-1, shape[-1])  # (N, d)
-        N, E = flat.size(0), self.n_experts
+        N = flat.size(0)
         with torch.autocast(device_type=flat.device.type, enabled=False):  # route in float32 under autocast too
             logits = F.linear(flat.float(), self.router.weight.float())  # (N, E)
         probs = logits.softmax(dim=-1)  # (N, E)
@@ -181,7 +181,7 @@ def expert_report(model: GPT, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[
     """
     config = model.config
     if not config.n_experts:
-        raise ValueError("expert_report needs a mixture-of-experts model (ModelConfig.n_experts > 0); this one is dense")
+        raise ValueError("expert_report needs a mixture-of-experts model (ModelConfig.n_experts > 0), not a dense one")
     layers = [m for m in model.modules() if isinstance(m, MoE)]
     was_training = model.training
     device = next(model.parameters()).device

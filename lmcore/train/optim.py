@@ -106,6 +106,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "adamw":
         return model.configure_optimizer(cfg.lr, cfg.weight_decay, cfg.betas)  # type: ignore[operator]
     in_blocks = {id(p) for m in model.modules() if isinstance(m, Block) for p in m.parameters()}
+    routers = {id(p) for name, p in model.named_parameters() if name.endswith("mlp.router.weight")}
+    in_blocks -= routers  # a mixture's router is a classifier over experts: AdamW, as its usual recipe
     params = [p for p in model.parameters() if p.requires_grad]
     hidden = [p for p in params if p.dim() == 2 and id(p) in in_blocks]
     taken = {id(p) for p in hidden}
