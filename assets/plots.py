@@ -53,3 +53,27 @@ def bar_chart(title: str, values: dict[str, float], *, xlabel: str = "", ylabel:
     ax.set_xlabel(ylabel)
     ax.set_ylabel(xlabel)
     return _png_markdown(fig, title)
+
+
+def utilization_chart(title: str, routing: dict[str, list[list[float]]]) -> dg.MetadataValue:
+    """Share of the routed tokens each expert took, one panel per routing, one group of bars per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(routing), figsize=(3.5 * len(routing), 3), dpi=100, squeeze=False)
+    for ax, (name, layers) in zip(axes[0], routing.items(), strict=True):
+        n = len(layers[0]) if layers else 0
+        width = 0.8 / max(len(layers), 1)
+        for i, shares in enumerate(layers):
+            ax.bar([e + i * width for e in range(n)], shares, width, label=f"layer {i}")
+        if n:
+            ax.axhline(1 / n, color="grey", linestyle="--", linewidth=1)  # uniform routing
+        ax.set_title(name)
+        ax.set_xlabel("expert")
+        ax.set_ylabel("share of tokens")
+        ax.set_xticks([e + 0.4 - width / 2 for e in range(n)], [str(e) for e in range(n)])
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(title)
+    return _png_markdown(fig, title)

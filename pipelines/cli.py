@@ -153,7 +153,7 @@ def _run(args: argparse.Namespace, home: Any) -> int:
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     from assets.stage import SET_TAG
-    from pipelines.definitions import ALL_ASSETS, build_definitions
+    from pipelines.definitions import ALL_ASSETS, build_definitions, left_out
     from pipelines.profile import apply_overrides, load_profile, validate_profile
     from pipelines.runner import stale_keys
 
@@ -164,6 +164,8 @@ def _run(args: argparse.Namespace, home: Any) -> int:
         defs = build_definitions(profile)
         graph = defs.resolve_asset_graph()
         keys = {k for k in dg.AssetSelection.from_string(args.select).resolve(graph) if graph.get(k).is_materializable}
+        if args.select == "*":  # the default: every asset but the optional ones this profile does not configure
+            keys -= {dg.AssetKey(name) for name in left_out(profile)}
     except (ValueError, FileNotFoundError, dg.DagsterError) as exc:
         # escaped: values such as [a, b] are not markup; unwrapped, so each path stays on one line
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)

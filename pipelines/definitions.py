@@ -35,14 +35,22 @@ ALL_ASSETS = [a for p in _PACKAGES for a in dg.load_assets_from_package_module(p
 ALL_CHECKS = [c for p in _PACKAGES for c in dg.load_asset_checks_from_package_module(p)]
 
 
+def left_out(profile: Profile) -> list[str]:
+    """Optional assets (tag ``lmpipe/optional``: they train several extra models) that ``profile`` does not
+    configure: the jobs and a plain ``lmpipe run`` leave them out; ``--select`` still reaches them."""
+    optional = (a.key.to_user_string() for a in ALL_ASSETS if a.tags_by_key[a.key].get("lmpipe/optional") == "true")
+    return sorted(name for name in optional if name not in profile.assets)
+
+
 def build_definitions(profile: Profile) -> dg.Definitions:
     config = profile.run_config()
-    everything = dg.AssetSelection.all() - dg.AssetSelection.assets("corpus_source")
+    skipped = dg.AssetSelection.assets(*left_out(profile))
+    everything = dg.AssetSelection.all() - dg.AssetSelection.assets("corpus_source") - skipped
     jobs = [
         dg.define_asset_job("full_pipeline", selection=everything, config=config),
         dg.define_asset_job("data_prep", selection=dg.AssetSelection.groups("data") - dg.AssetSelection.assets(
             "corpus_source"), config=profile.run_config(_names("data"))),
-        dg.define_asset_job("pretrain", selection=dg.AssetSelection.groups("pretrain"),
+        dg.define_asset_job("pretrain", selection=dg.AssetSelection.groups("pretrain") - skipped,
                             config=profile.run_config(_names("pretrain"))),
         dg.define_asset_job("finetune_and_evaluate", selection=dg.AssetSelection.groups("finetune", "evaluation"),
                             config=profile.run_config(_names("finetune") | _names("evaluation"))),

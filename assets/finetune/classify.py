@@ -1,4 +1,6 @@
-"""``classifier_report``: three classifiers (label_lm, head, bag of words) scored on the same test split.
+"""``classifier_report``: four classifiers (label_lm, head, encoder, bag of words) scored on the same test split.
+
+``encoder`` (not in the default methods) pretrains a masked-LM encoder on ``token_shards`` first.
 
 One process by default; with more (``launch``) every training run goes under torchrun through the
 ``launcher`` resource and rank 0 scores (``assets.launch``, ``lmcore.finetune.classify``).
@@ -9,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets.artifacts import Checkpoint, LabeledData, Report, TokenizerFile
+from assets.artifacts import Checkpoint, LabeledData, Report, TokenizerFile, TokenShards
 from assets.config import LaunchSettings, config_from
 from assets.launch import TrainingLauncher, outlets, run_training
 from assets.progress import reporter
@@ -52,6 +54,10 @@ def _metadata(results: dict[str, Any], methods: tuple[str, ...], test_examples: 
         metadata[f"{method}_confusion"] = _png(plot, f"{method} confusion")
     if "label_lm" in results:
         metadata["label_lm_generation_exact_match"] = round(results["label_lm"]["generation_exact_match"], 4)
+    if "encoder" in results:
+        metadata["encoder_masked_accuracy"] = round(results["encoder"]["masked_accuracy"], 4)
+        if (ppl := results["encoder"]["pseudo_perplexity"]) is not None:
+            metadata["encoder_pseudo_perplexity"] = round(ppl, 4)
     return metadata
 
 
@@ -62,11 +68,13 @@ def classifier_report(
     pretrained_model: Checkpoint,
     labeled_data: LabeledData,
     tokenizer: TokenizerFile,
+    token_shards: TokenShards,
     store: ArtifactStore,
     launcher: TrainingLauncher,
     tracker: TrackerResource,
 ) -> Report:
-    """Accuracy, macro-F1 and confusion of the three classifiers on the same test split."""
+    """Accuracy, macro-F1 and confusion of the classifiers (label_lm, head, encoder, bow: ``methods``) on the same
+    test split; the encoder's masked-token accuracy and pseudo-perplexity on the shards' test split too."""
     cfg = config.to_lmcore()
     progress, total = reporter(context, "classifier_report"), steps(cfg)
 
@@ -80,10 +88,12 @@ def classifier_report(
         "init_checkpoint": str(pretrained_model.path), "config": cfg.to_dict(), "tokenizer": str(tokenizer.file),
         "labeled": {n: str(labeled_data.path / f"{n}.jsonl") for n in LabeledData.PARTS},
         "runs_dir": str(store.run_dir("classifier_report")), "outlets": outlets("classifier_report", store, tracker),
+        "shard_root": str(token_shards.path),
     }  # fmt: skip
     launch = config.launch.to_lmcore()
     results = run_training(context, launcher, launch, classify_task, spec, callback=on_event)
     report = Report.write(store, "classifier_report", results)
     metadata = {**_metadata(results, cfg.methods, len(labeled_data.part("test")[0])), "world_size": launch.world_size}
-    inputs = {"pretrained_model": pretrained_model, "labeled_data": labeled_data, "tokenizer": tokenizer}
+    inputs = {"pretrained_model": pretrained_model, "labeled_data": labeled_data, "tokenizer": tokenizer,
+              "token_shards": token_shards}  # fmt: skip
     return result(context, report, metadata, config=config, inputs=inputs)

@@ -1,1 +1,1 @@
-"""Group ``pretrain``: pretrained_model and perplexity_report."""
+"""Group ``pretrain``: pretrained_model, perplexity_report and (optional) variants_report."""

@@ -3,7 +3,8 @@
 Spec keys: ``init_checkpoint`` (directory), ``config`` (ClassifyConfig fields), ``labeled``
 (``{"train", "validation", "test"}``: the artifact's JSONL files of ``{"text", "label"}``),
 ``tokenizer`` (``tokenizer.json``), ``runs_dir``, and optionally ``outlets``
-(``lmcore.train.job.Outlets`` fields). The result is None on ranks other than 0.
+(``lmcore.train.job.Outlets`` fields) and ``shard_root`` (the token_shards directory: the
+``encoder`` method pretrains on it). The result is None on ranks other than 0.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ PARTS = ("train", "validation", "test")
 def train_configs(spec: dict[str, Any]) -> dict[str, TrainConfig]:
     cfg = ClassifyConfig.from_dict(spec["config"])
     runs = {"label_lm": cfg.label_lm, "head": cfg.head, "adapt": cfg.adapt}
+    if "encoder" in cfg.methods:
+        runs |= {"encoder_pretrain": cfg.encoder_pretrain, "encoder": cfg.encoder}
     return {name: run for name, run in runs.items() if run is not None}
 
 
@@ -44,7 +47,7 @@ def run(
     where: str | Path = "classify spec",
 ) -> dict[str, Any] | None:
     """``evaluate_all``'s results (``callback`` gets its events; ``on_wait`` is unused)."""
-    check_keys(spec, KEYS, {"outlets"}, where)
+    check_keys(spec, KEYS, {"outlets", "shard_root"}, where)
     if sorted(spec["labeled"]) != sorted(PARTS):
         raise ValueError(f"{where}: labeled must name the files {list(PARTS)}, got {sorted(spec['labeled'])}")
     return evaluate_all(
@@ -55,4 +58,5 @@ def run(
         ClassifyConfig.from_dict(spec["config"]),
         callback=callback,
         outlets=Outlets.from_dict(spec.get("outlets")),
+        shard_root=Path(spec["shard_root"]) if spec.get("shard_root") else None,
     )

@@ -153,6 +153,11 @@ def lm_nats(
     The model reads non-overlapping windows of ``context_length`` (default: the model's), so
     a group's figures depend on the groups around it only through the context it is given.
     """
+    if not model.config.causal:
+        raise ValueError(
+            "an encoder (attention='bidirectional') sees the tokens it would predict, so it has no perplexity; "
+            "score it by masked-token accuracy and pseudo-perplexity (lmcore.finetune.encoder.evaluate_encoder)"
+        )
     T = model.config.context_length if context_length is None else context_length
     if not 1 <= T <= model.config.context_length or batch_size < 1:
         raise ValueError(f"need 1 <= context_length <= {model.config.context_length} and batch_size >= 1")

@@ -1,14 +1,19 @@
-"""Text classification with the LM, three ways, scored on the same test split.
+"""Text classification with the LM, four ways, scored on the same test split.
 
 * ``label_lm`` (:mod:`lmcore.finetune.label_lm`): the LM fine-tuned to answer a ChatML
   prompt with the label, predicted by each label's likelihood.
 * ``head`` (:mod:`lmcore.finetune.head`): the LM with a linear head on the prompt's last
   non-pad token.
+* ``encoder`` (:mod:`lmcore.finetune.encoder`): a masked-LM encoder of the LM's shape,
+  pretrained from scratch on the token shards, then fine-tuned with the ``head`` code path,
+  the head on the prompt's first position ([CLS]). Not in the default ``methods``: it needs
+  the shards (``evaluate_all(shard_root=)``) and a second pretraining run.
 * ``bow``: the bag-of-words baseline of ``lmcore.eval.baselines`` (C tuned on validation).
 
-Optionally, both LM methods start from a task-adapted LM (``lmcore.finetune.adapt``): the
-pretrained LM trained further on the task's own train texts with the plain next-token
-objective, labels unused ("task-adaptive pretraining", Gururangan et al. 2020).
+Optionally, the two decoder methods (label_lm, head) start from a task-adapted LM
+(``lmcore.finetune.adapt``): the pretrained LM trained further on the task's own train texts
+with the plain next-token objective, labels unused ("task-adaptive pretraining", Gururangan
+et al. 2020).
 
 :class:`ClassifyConfig` holds every setting, one :class:`~lmcore.train.config.TrainConfig`
 per trained method. Under torchrun every process trains each method (the loop's DDP), then
@@ -28,16 +33,23 @@ from typing import Any
 from lmcore.data.tokenizer import Tokenizer
 from lmcore.eval.baselines import evaluate_classifier, tune_bow_baseline
 from lmcore.finetune.adapt import adapt_lm
+from lmcore.finetune.encoder import encoder_train_config, evaluate_encoder, pretrain_encoder, shard_vocab
 from lmcore.finetune.head import load_classifier, predict_head, train_head
 from lmcore.finetune.label_lm import evaluate_label_lm, train_label_lm
 from lmcore.finetune.prompts import INSTRUCTION, Labeled
+from lmcore.finetune.sft import init_model_config
 from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.distributed import dist_env
 from lmcore.train.job import NO_OUTLETS, Callback, Outlets
 
-METHODS = ("label_lm", "head", "bow")
+METHODS = ("label_lm", "head", "encoder", "bow")
+"""Every method, in the order they run and are reported."""
+DEFAULT_METHODS = ("label_lm", "head", "bow")
+"""The methods a config runs unless it names others (``encoder`` is asked for by name)."""
+ADAPTED = ("label_lm", "head")
+"""The methods that start from the task-adapted LM when ``adapt`` is set."""
 Events = Callable[[dict[str, Any]], None]
 
 
@@ -45,16 +57,27 @@ Events = Callable[[dict[str, Any]], None]
 class ClassifyConfig:
     """Which classifiers to train and score, and each one's training run."""
 
-    methods: tuple[str, ...] = METHODS
-    """Any of label_lm, head and bow; they are always run (and reported) in that order."""
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    """Any of label_lm, head, encoder and bow; they are always run (and reported) in that order."""
     label_lm: TrainConfig = field(default_factory=TrainConfig)
     """The label_lm run: rows of packed label examples (context_length tokens each) per batch."""
     head: TrainConfig = field(default_factory=TrainConfig)
     """The head run: one example per row, so it usually wants more steps than label_lm."""
+    encoder_pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(objective="masked"))
+    """The encoder method's masked-LM pretraining run on the token shards ("train" windows, "val" to
+    validate): a fresh encoder of the pretrained LM's shape (its ModelConfig, bidirectional, one more
+    token id for <|mask|>). objective is always "masked" (left out or "causal" means that; others raise)."""
+    encoder: TrainConfig = field(default_factory=TrainConfig)
+    """The encoder method's head run from the pretrained encoder: one example per row, like head."""
+    encoder_eval_windows: int = 256
+    """Test-split windows (of the model's context) the encoder's masked-token accuracy is measured on."""
+    encoder_pll_rows: int = 4
+    """Test-split windows the encoder's pseudo-perplexity is measured on: context_length forwards each; 0: none."""
     adapt: TrainConfig | None = None
-    """Task-adaptive pretraining on the train texts (packed rows) before both LM methods; None: none."""
+    """Task-adaptive pretraining on the train texts (packed rows) before label_lm and head; None: none."""
     lora: LoraConfig | None = None
-    """LoRA adapters for both LM methods (the LM frozen); None: fine-tune every weight."""
+    """LoRA adapters for the fine-tuning runs (label_lm, head, encoder's head run; the LM or encoder frozen);
+    None: fine-tune every weight."""
     instruction: str = INSTRUCTION
     """First line of the user message; the text follows on the next line."""
     bow_seed: int = 0
@@ -70,6 +93,12 @@ class ClassifyConfig:
             raise ValueError(f"methods is empty; choose some of {METHODS}")
         if self.score_batch_size < 1:
             raise ValueError(f"score_batch_size must be >= 1, got {self.score_batch_size}")
+        if self.encoder_eval_windows < 1 or self.encoder_pll_rows < 0:
+            raise ValueError(
+                f"encoder_eval_windows must be >= 1 and encoder_pll_rows >= 0, got {self.encoder_eval_windows}, "
+                f"{self.encoder_pll_rows}"
+            )
+        object.__setattr__(self, "encoder_pretrain", encoder_train_config(self.encoder_pretrain))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,7 +109,7 @@ class ClassifyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(d) - known):
             raise ValueError(f"unknown ClassifyConfig fields {unknown}; valid fields are {sorted(known)}")
-        runs = ("label_lm", "head", "adapt")
+        runs = ("label_lm", "head", "encoder_pretrain", "encoder", "adapt")
         nested = {name: TrainConfig.from_dict(d[name]) for name in runs if d.get(name) is not None}
         if d.get("lora") is not None:
             nested["lora"] = LoraConfig.from_dict(d["lora"])
@@ -100,6 +129,7 @@ class _Task:
     config: ClassifyConfig
     callback: Events | None
     outlets: Outlets
+    shard_root: Path | None = None
 
     def on_train(self, method: str) -> Callback | None:
         cb = self.callback
@@ -125,6 +155,7 @@ def evaluate_all(
     *,
     callback: Events | None = None,
     outlets: Outlets = NO_OUTLETS,
+    shard_root: Path | None = None,
 ) -> dict[str, Any] | None:
     """Train each method on ``train`` and score it on the same ``test``; returns ``{"labels", method: metrics}``.
 
@@ -132,19 +163,34 @@ def evaluate_all(
     ``labels`` order), labels, ``predictions`` (one label per test text, in order, to score any
     subset again with ``lmcore.eval.baselines.evaluate_classifier``), seconds, and ``train``
     (the training summary, trimmed; for bow the chosen C). label_lm adds generation_exact_match
-    and generation_valid. Each LM run lives in ``runs_dir/<method>/<run key>`` (``lmcore.train.runs``), so changing one
+    and generation_valid. encoder adds masked_accuracy and pseudo_perplexity (of the pretrained
+    encoder on the shards' "test" split, :func:`~lmcore.finetune.encoder.evaluate_encoder`),
+    encoder_val_loss (its pretraining run's), and ``train["pretrain"]`` (that run, trimmed); it
+    needs ``shard_root`` (the token shards the LM was pretrained on), else ValueError.
+    Each LM run lives in ``runs_dir/<method>/<run key>`` (``lmcore.train.runs``; the encoder's
+    pretraining in ``runs_dir/encoder_pretrain``), so changing one
     method's config retrains that method only, and a run on other data gets its own
-    directory. With ``config.adapt``, both start from :func:`adapt_lm`, whose summary is
+    directory. With ``config.adapt``, label_lm and head start from :func:`adapt_lm`, whose summary is
     returned under ``"adaptation"``. ``callback`` gets ``{"method", "stage": "train", ...loop
-    record}`` (method ``adapt`` too) and ``{"method", "stage": "score" | "generate", "done", "total"}``.
+    record}`` (method ``adapt`` and ``encoder_pretrain`` too) and ``{"method", "stage": "score" |
+    "generate", "done", "total"}``.
     Every LM run also sends its records and checkpoints to ``outlets``.
     Under torchrun every rank trains the LM methods, one after the other, then rank 0 scores every
     method and returns the results; the other ranks return None. ``seconds`` is training plus scoring.
     """
-    task = _Task(tokenizer, train, validation, test, sorted(set(train[1])), Path(runs_dir), config, callback, outlets)
+    if "encoder" in config.methods and shard_root is None:
+        raise ValueError(
+            "method 'encoder' pretrains a masked-LM encoder on the token shards: pass shard_root (the token_shards "
+            "directory; in a classify spec the key shard_root), or drop 'encoder' from methods"
+        )
+    root = None if shard_root is None else Path(shard_root)
+    task = _Task(
+        tokenizer, train, validation, test, sorted(set(train[1])), Path(runs_dir), config, callback, outlets, root
+    )
     results: dict[str, Any] = {"labels": task.labels}
     methods = [m for m in METHODS if m in config.methods]
-    if config.adapt is not None and set(TRAIN) & set(methods):
+    pretrained = Path(init_checkpoint)  # the encoder takes its shape from it, adapted or not
+    if config.adapt is not None and set(ADAPTED) & set(methods):
         start = time.perf_counter()
         summary = adapt_lm(
             init_checkpoint, config.adapt, train[0], validation[0], tokenizer, task.runs_dir / "adapt",
@@ -155,7 +201,8 @@ def evaluate_all(
     trained: dict[str, tuple[dict[str, Any], float]] = {}
     for method in (m for m in methods if m in TRAIN):  # every rank: training is collective
         start = time.perf_counter()
-        trained[method] = TRAIN[method](task, Path(init_checkpoint)), time.perf_counter() - start
+        init = pretrained if method not in ADAPTED else Path(init_checkpoint)
+        trained[method] = TRAIN[method](task, init), time.perf_counter() - start
     if not dist_env().is_main:
         return None
     for method in methods:
@@ -214,11 +261,56 @@ def _score_head(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any], d
     return metrics, _brief(summary)
 
 
-TRAIN: dict[str, Callable[[_Task, Path], dict[str, Any]]] = {"label_lm": _train_label_lm, "head": _train_head}
+def _train_encoder(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
+    """Pretrain the encoder (shaped like the LM at ``init_checkpoint``) on the shards, then its head run."""
+    cfg, root = task.config, task.shard_root
+    assert root is not None  # evaluate_all checked
+    if (base := shard_vocab(root)) < task.tokenizer.vocab_size:
+        raise ValueError(
+            f"{root}: the shards' vocabulary ({base}) is smaller than the tokenizer's ({task.tokenizer.vocab_size}); "
+            "pass the token shards written with this tokenizer"
+        )
+    lm_config, _ = init_model_config(init_checkpoint)
+    pretrain = pretrain_encoder(
+        lm_config, cfg.encoder_pretrain, root, task.runs_dir / "encoder_pretrain",
+        callback=task.on_train("encoder_pretrain"), outlets=task.outlets,
+    )  # fmt: skip
+    head = train_head(
+        Path(pretrain["checkpoint"]), cfg.encoder, task.train, task.validation, task.tokenizer, task.labels,
+        task.runs_dir / "encoder", lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("encoder"),
+        outlets=task.outlets,
+    )  # fmt: skip
+    return {**head, "pretrain": pretrain}
+
+
+def _score_encoder(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    cfg, pretrain = task.config, summary["pretrain"]
+    encoder, _ = load_trained_model(pretrain["checkpoint"])
+    assert task.shard_root is not None
+    measured = evaluate_encoder(
+        encoder, (task.shard_root, "test"), pretrain["mask_id"], mask_rate=cfg.encoder_pretrain.mask_rate,
+        max_windows=cfg.encoder_eval_windows, pll_rows=cfg.encoder_pll_rows, batch_size=cfg.score_batch_size,
+    )  # fmt: skip
+    metrics, brief = _score_head(task, summary)
+    encoder_metrics = {
+        "masked_accuracy": measured["masked_accuracy"],
+        "pseudo_perplexity": measured["pseudo_perplexity"],
+        "encoder_val_loss": pretrain.get("val_loss"),
+        "encoder_eval": measured,
+    }
+    return {**metrics, **encoder_metrics}, {**brief, "pretrain": {**_brief(pretrain), "mask_id": pretrain["mask_id"]}}
+
+
+TRAIN: dict[str, Callable[[_Task, Path], dict[str, Any]]] = {
+    "label_lm": _train_label_lm,
+    "head": _train_head,
+    "encoder": _train_encoder,
+}
 """The LM methods' training runs (a training summary each); run by every rank."""
 SCORE: dict[str, Callable[[_Task, Any], tuple[dict[str, Any], dict[str, Any]]]] = {
     "label_lm": _score_label_lm,
     "head": _score_head,
+    "encoder": _score_encoder,
     "bow": _bow,
 }
 """Each method's scoring on the test split from its training summary (bow: None): ``(metrics, brief)``; rank 0."""
@@ -226,7 +318,13 @@ SCORE: dict[str, Callable[[_Task, Any], tuple[dict[str, Any], dict[str, Any]]]] 
 
 def steps(config: ClassifyConfig) -> dict[str, int]:
     """Optimizer steps of each training run the config asks for (for progress bars)."""
-    runs = {"label_lm": config.label_lm, "head": config.head, "adapt": config.adapt}
+    runs = {
+        "label_lm": config.label_lm,
+        "head": config.head,
+        "encoder_pretrain": config.encoder_pretrain,
+        "encoder": config.encoder,
+        "adapt": config.adapt,
+    }
     return {name: run.max_steps for name, run in runs.items() if run is not None}
 
 

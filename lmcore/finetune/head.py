@@ -3,7 +3,9 @@
 The head reads the final hidden state (after the last norm) of the same ChatML prompt
 ``label_lm`` uses, and trains with cross-entropy through the pretraining loop, the whole
 model or head + LoRA. The LM's output head is replaced by ``Identity``, so ``GPT.forward``
-hands back hidden states and the model code stays as it is. This module knows nothing of Dagster.
+hands back hidden states and the model code stays as it is. On an encoder
+(``attention="bidirectional"``, :mod:`lmcore.finetune.encoder`) the same head reads the first
+position instead, BERT's [CLS]. This module knows nothing of Dagster.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ class SequenceClassifier(nn.Module):
     The LM's output head is replaced by ``Identity`` (the classifier does not need it).
     Rows are right-padded with ``pad_id``, which must not occur inside a prompt (the
     ``<|pad|>`` id never does: chat rendering encodes special-token text as plain bytes).
+
+    On an encoder (``not lm.config.causal``) the head reads the FIRST position instead: every
+    prompt starts with the same template token (``<|im_start|>``), which plays BERT's [CLS] and
+    attends to the whole row (a prompt cut to the context keeps its last tokens, so its first is
+    then a text token; it still sees the whole row). The encoder gets ``segment_ids = (idx ==
+    pad_id)``: real tokens are segment 0 and padding segment 1, and attention stays inside a
+    segment, so no real token attends to the padding and a row's logits do not depend on how
+    much padding its batch gives it. A decoder needs neither: its last real token sees no padding.
     """
 
     def __init__(self, lm: GPT, num_labels: int, pad_id: int) -> None:
@@ -58,10 +68,14 @@ class SequenceClassifier(nn.Module):
         """Class logits (B, C) for prompts ``idx`` (B, T), and the mean cross-entropy against ``targets`` (B,)."""
         if segment_ids is not None:
             raise ValueError("the classifier takes one prompt per row, not packed rows")
-        hidden, _ = self.lm(idx)  # (B, T, d)
-        T = idx.size(1)
-        last = T - 1 - (idx != self.pad_id).flip(1).int().argmax(1)  # (B,) index of the last non-pad token
-        logits = self.head(hidden[torch.arange(idx.size(0), device=idx.device), last])  # (B, C)
+        if self.config.causal:
+            hidden, _ = self.lm(idx)  # (B, T, d)
+            T = idx.size(1)
+            pooled = T - 1 - (idx != self.pad_id).flip(1).int().argmax(1)  # (B,) index of the last non-pad token
+        else:  # an encoder: [CLS] pooling on position 0; padding in a segment of its own
+            hidden, _ = self.lm(idx, segment_ids=(idx == self.pad_id).long())
+            pooled = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device)
+        logits = self.head(hidden[torch.arange(idx.size(0), device=idx.device), pooled])  # (B, C)
         loss = None if targets is None else F.cross_entropy(logits.float(), targets)
         return logits, loss
 

@@ -250,8 +250,10 @@ def finetune(
         problems.append("val_examples is empty; pass some or set eval_batches=0")
 
     if train_config.objective != "causal":
-        problems.append(f"train.objective={train_config.objective!r}: fine-tuning learns the replies; the "
-                        "objective is pretraining's (a prefix LM's prompt is its prefix by itself); leave it causal")  # fmt: skip
+        problems.append(
+            f"train.objective={train_config.objective!r}: fine-tuning learns the replies; the objective is "
+            "pretraining's (a prefix LM's prompt is its prefix by itself); leave it causal"
+        )
     if mc.attention == "bidirectional":
         problems.append(f"{init_checkpoint} is an encoder (a masked LM); chat fine-tuning needs a decoder")
     if problems:

@@ -524,7 +524,8 @@ class GPT(nn.Module):
         """Training FLOPs per token at full context: 6N + 12*L*d*T (PaLM appendix B), for MFU; N counts the
         active parameters of a mixture of experts."""
         c = self.config
-        return 6.0 * self.num_params(non_embedding=True, active=True) + 12.0 * c.n_layer * c.n_head * c.head_dim * c.context_length
+        attention = 12.0 * c.n_layer * c.n_head * c.head_dim * c.context_length
+        return 6.0 * self.num_params(non_embedding=True, active=True) + attention
 
     def configure_optimizer(
         self, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)

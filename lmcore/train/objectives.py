@@ -127,7 +127,8 @@ class Objective:
         p = torch.from_numpy(rng.integers(1, T, size=B))[:, None]  # (B, 1) prefix lengths
         pos = torch.arange(T)[None, :]
         prefix = pos < p  # (B, T)
-        targets = torch.where(pos >= p - 1, y, torch.full_like(y, IGNORE))  # position p-1 predicts the first suffix token
+        # position p-1 (the prefix's last) predicts the first suffix token
+        targets = torch.where(pos >= p - 1, y, torch.full_like(y, IGNORE))
         return x, targets, None, prefix
 
     def corrupt(self, window: Tensor, rng: np.random.Generator) -> tuple[Tensor, ...]:

@@ -48,9 +48,7 @@ def model_for(objective: str, context_length: int = 32, **overrides):
 
 def test_masking_follows_80_10_10_and_scores_only_the_chosen():
     x = torch.randint(0, BASE, (64, 512))
-    inputs, targets, _, prefix = Objective(TrainConfig(objective="masked"), BASE, 512).mask(
-        x, np.random.default_rng(0)
-    )
+    inputs, targets, _, prefix = Objective(TrainConfig(objective="masked"), BASE, 512).mask(x, np.random.default_rng(0))
     chosen = targets != -100
     assert prefix is None and chosen.float().mean().item() == pytest.approx(0.15, abs=0.005)
     assert torch.equal(targets[chosen], x[chosen])

@@ -173,8 +173,10 @@ def test_a_prefix_lm_fine_tunes_with_its_prompt_as_prefix_and_resumes(tok, tmp_p
     resumed = finetune(init, config(), train, val, tmp_path / "run", pad_id=PAD)
     assert resumed["resumed_from"] == 6 and resumed["loss_history"] == reference["loss_history"]
     model, _ = load_trained_model(Path(reference["checkpoint"]), "cpu")
-    assert model.config.attention == "prefix" and chat_generate(model, tok, [{"role": "user", "content": "hi"}],
-                                                                  max_new_tokens=4, temperature=0) is not None
+    assert (
+        model.config.attention == "prefix"
+        and chat_generate(model, tok, [{"role": "user", "content": "hi"}], max_new_tokens=4, temperature=0) is not None
+    )
 
 
 def test_fine_tuning_refuses_an_objective_or_an_encoder(tok, init: Path, tmp_path: Path) -> None:
