@@ -47,8 +47,10 @@ class VariantsConfig(dg.Config):
 def _reference_rows(ppl: dict) -> list[dg.TableRecord]:
     test = ppl["splits"]["test"]
     names = {"ngram": f"{ppl['ngram_order']}-gram", "rnn": "rnn", "model": "pretrained_model"}
+    empty = dict.fromkeys(c.name for c in _COLUMNS)  # a table's records share their fields
     return [
-        dg.TableRecord({"model": names[who], "objective": "causal", "test_bits_per_byte": round(f["bits_per_byte"], 4)})
+        dg.TableRecord({**empty, "model": names[who], "objective": "causal",
+                        "test_bits_per_byte": round(f["bits_per_byte"], 4)})
         for who in ("ngram", "rnn", "model") if (f := test.get(who)) is not None
     ]  # fmt: skip
 
