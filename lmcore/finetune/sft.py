@@ -293,6 +293,9 @@ def chat_generate(
     ``gen_kwargs`` go to :func:`lmcore.model.generate.generate` (temperature, top_p, seed, ...).
     """
     gen_kwargs.setdefault("stop_ids", (tokenizer.im_end_id,))
+    if model.config.attention == "prefix":  # as in fine-tuning (prompt_prefix): the turns before the first reply
+        first_reply = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+        gen_kwargs.setdefault("prefix_length", len(prompt_ids(messages[:first_reply], tokenizer)))
     out = generate(model, prompt_ids(messages, tokenizer), max_new_tokens=max_new_tokens, **gen_kwargs)
     return tokenizer.decode(out, skip_special_tokens=False)
 

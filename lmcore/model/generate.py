@@ -210,6 +210,7 @@ def generate(
     stop_ids: Sequence[int] = (),
     stop_sequences: Sequence[Sequence[int]] = (),
     seed: int | None = None,
+    prefix_length: int | None = None,
 ) -> list[int]:
     """Continue ``prompt_ids``; return only the new tokens, without a stop id or stop sequence that ended it.
 
@@ -218,6 +219,7 @@ def generate(
     repeating); generation also ends when the ban leaves no token. ``seed`` makes sampling
     reproducible (sampling draws on the CPU, so the same seed gives the same tokens on any
     device); ``None`` uses torch's global RNG. :class:`GenerationConfig` validates the knobs.
+    A prefix LM reads the first ``prefix_length`` prompt tokens (default: all) as its two-way prefix.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -233,7 +235,8 @@ def generate(
     model.eval()
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     ids = list(prompt_ids[-model.config.context_length :])
-    n_prompt = len(ids)
+    cropped = len(prompt_ids) - len(ids)
+    n_prompt = len(ids) if prefix_length is None else max(0, min(prefix_length - cropped, len(ids)))
     out: list[int] = []
     cache = model.new_kv_cache(1)
     vocab = model.config.vocab_size

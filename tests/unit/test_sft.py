@@ -186,3 +186,27 @@ def test_fine_tuning_refuses_an_objective_or_an_encoder(tok, init: Path, tmp_pat
     encoder = save_checkpoint(tmp_path / "enc", 0, GPT(mc), {}, {"config": {"model": mc.to_dict()}})
     with pytest.raises(ValueError, match="encoder"):
         finetune(encoder, config(), examples(tok), examples(tok), tmp_path / "b", pad_id=PAD)
+
+
+def test_a_prefix_lms_multi_turn_prompt_is_two_way_up_to_the_first_reply_only(tok, monkeypatch) -> None:
+    import lmcore.finetune.sft as sft_module
+    from lmcore.finetune.chat import prompt_ids
+    from lmcore.model.generate import generate
+
+    torch.manual_seed(0)
+    model = GPT(tiny(vocab_size=300, context_length=64, attention="prefix")).eval()
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"},
+            {"role": "user", "content": "more"}]  # fmt: skip
+    ids = prompt_ids(chat, tok)
+    first = len(prompt_ids(chat[:1], tok))
+    for length in (first, len(ids)):
+        prefix = (torch.arange(len(ids)) < length)[None]
+        logits = model(torch.tensor([ids]), prefix=prefix)[0][0, -1]
+        out = generate(model, ids, max_new_tokens=1, temperature=0, prefix_length=length)
+        assert out == [logits.argmax().item()], length
+    seen = {}
+    monkeypatch.setattr(sft_module, "generate", lambda m, p, **kw: seen.update(kw) or [])
+    chat_generate(model, tok, chat, max_new_tokens=1)
+    assert seen["prefix_length"] == first  # what fine-tuning's prompt_prefix makes two-way
+    chat_generate(model, tok, chat[:1], max_new_tokens=1)
+    assert seen["prefix_length"] == first  # the whole single-turn prompt
