@@ -20,8 +20,10 @@ Figures (final JSON line):
 import os
 import sys
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path, and put the
+# repository root on it for benchmarks.books.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -31,21 +33,17 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.books import VOCAB, build_shards, say  # noqa: E402
 from lmcore.data.loader import TokenLoader  # noqa: E402
-from lmcore.data.shards import TokenShardWriter, encode_documents, load_manifest, write_manifest  # noqa: E402
-from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+from lmcore.data.shards import load_manifest  # noqa: E402
 from lmcore.model.checkpoint import load_trained_model  # noqa: E402
 from lmcore.model.gpt import GPT, ModelConfig  # noqa: E402
 from lmcore.model.moe import expert_report  # noqa: E402
 from lmcore.train.config import TrainConfig  # noqa: E402
 from lmcore.train.loop import train  # noqa: E402
 
-BOOKS = Path("/work/shared/data/corpus/gutenberg")
-VAL_BOOKS = ("43-0.txt", "219-0.txt")  # as benchmarks/recipe.py: whole books kept out of training
-VOCAB = 4096
 MODEL = dict(vocab_size=VOCAB, context_length=128, n_layer=4, n_head=4, d_model=128)
 MOE = dict(n_experts=4, expert_top_k=1, aux_loss_coef=0.01)  # experts of the dense MLP's width (mlp_hidden None)
 ARMS: dict[str, dict[str, Any]] = {
@@ -53,34 +51,6 @@ ARMS: dict[str, dict[str, Any]] = {
     "moe_token": {**MOE, "routing": "token", "capacity_factor": 1.25},
     "moe_expert": {**MOE, "routing": "expert"},
 }
-
-
-def say(*args: Any) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def _pieces(path: Path, chars: int = 20_000) -> list[str]:
-    text = path.read_text(encoding="utf-8")
-    return [text[i : i + chars] for i in range(0, len(text), chars)]
-
-
-def build_shards(cache: Path) -> Path:
-    """Tokenizer and shards of the books in ``cache``, exactly as benchmarks/recipe.py builds them (once)."""
-    if (cache / "manifest.json").exists():
-        return cache
-    say(f"building tokenizer (vocab {VOCAB}) and shards in {cache}")
-    files = sorted(BOOKS.glob("*-0.txt"))
-    docs = {"train": [p for p in files if p.name not in VAL_BOOKS], "val": [BOOKS / n for n in VAL_BOOKS]}
-    train_texts = [t for p in docs["train"] for t in _pieces(p)]
-    tok = train_tokenizer(TokenizerConfig(vocab_size=VOCAB), train_texts, cache / "tokenizer.json")
-    splits = {}
-    for split, paths in docs.items():
-        with TokenShardWriter(cache / split, np.uint16, shard_tokens=1 << 22) as w:
-            for ids, _ in encode_documents(tok, [t for p in paths for t in _pieces(p)]):
-                w.add(ids)
-        splits[split] = {"shards": w.shards, "tokens": w.tokens, "documents": len(paths)}
-    write_manifest(cache, splits, dtype="uint16", vocab_size=VOCAB, eot_id=tok.eot_id)
-    return cache
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

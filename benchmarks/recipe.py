@@ -23,8 +23,10 @@ Figures (final JSON line, measured in this one process run, one arm after the ot
 import os
 import sys
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path, and put the
+# repository root on it for benchmarks.books.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -36,49 +38,18 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lmcore.data.shards import TokenShardWriter, encode_documents, load_manifest, write_manifest  # noqa: E402
-from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+from benchmarks.books import VOCAB, build_shards, say  # noqa: E402
+from lmcore.data.shards import load_manifest  # noqa: E402
 from lmcore.model.gpt import SPEEDRUN as RECIPE_MODEL  # noqa: E402
 from lmcore.model.gpt import ModelConfig  # noqa: E402
 from lmcore.train.config import SPEEDRUN as RECIPE_TRAIN  # noqa: E402
 from lmcore.train.config import TrainConfig  # noqa: E402
 from lmcore.train.loop import train  # noqa: E402
 
-BOOKS = Path("/work/shared/data/corpus/gutenberg")
-VAL_BOOKS = ("43-0.txt", "219-0.txt")  # Jekyll and Hyde, Heart of Darkness: whole books kept out of training
-VOCAB = 4096
 MODEL = dict(vocab_size=VOCAB, context_length=128, n_layer=4, n_head=4, d_model=128)
 CURRENT = dict(lr=1e-3, warmup_fraction=0.1)  # the demo profile's pretraining recipe (lr 1e-3, 10% warmup)
 TIMING_STEPS, TIMING_WARMUP = 30, 5
 ABLATION_MODEL = dict(logit_softcap=15.0, tie_embeddings=False)  # tried, not in the recipe (see --ablations)
-
-
-def say(*args: Any) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def _pieces(path: Path, chars: int = 20_000) -> list[str]:
-    text = path.read_text(encoding="utf-8")
-    return [text[i : i + chars] for i in range(0, len(text), chars)]
-
-
-def build_shards(cache: Path) -> Path:
-    """Tokenizer and shards of the books in ``cache`` (built once; reused when the manifest is there)."""
-    if (cache / "manifest.json").exists():
-        return cache
-    say(f"building tokenizer (vocab {VOCAB}) and shards in {cache}")
-    files = sorted(BOOKS.glob("*-0.txt"))
-    docs = {"train": [p for p in files if p.name not in VAL_BOOKS], "val": [BOOKS / n for n in VAL_BOOKS]}
-    train_texts = [t for p in docs["train"] for t in _pieces(p)]
-    tok = train_tokenizer(TokenizerConfig(vocab_size=VOCAB), train_texts, cache / "tokenizer.json")
-    splits = {}
-    for split, paths in docs.items():
-        with TokenShardWriter(cache / split, np.uint16, shard_tokens=1 << 22) as w:
-            for ids, _ in encode_documents(tok, [t for p in paths for t in _pieces(p)]):
-                w.add(ids)
-        splits[split] = {"shards": w.shards, "tokens": w.tokens, "documents": len(paths)}
-    write_manifest(cache, splits, dtype="uint16", vocab_size=VOCAB, eot_id=tok.eot_id)
-    return cache
 
 
 def configs(steps: int, model: dict, train_over: dict, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:

@@ -6,41 +6,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from lmcore.data.loader import TokenLoader
-from lmcore.data.shards import TokenShardWriter, write_manifest
 from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.gpt import GPT, tiny
 from lmcore.model.moe import MoE, expert_report
 from lmcore.train.config import TrainConfig
 from lmcore.train.loop import train
 from tests.unit.test_ddp import TORCHRUN, torchrun
+from tests.unit.test_train import Crash, write_synthetic_shards
 
 D = 64  # tiny's d_model
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def write_synthetic_shards(root: Path, *, train_tokens: int = 6000, val_tokens: int = 1500) -> Path:
-    """Documents that follow noisy arithmetic progressions (as tests/unit/test_train.py)."""
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, n in (("train", train_tokens), ("val", val_tokens)):
-        with TokenShardWriter(root / split, np.uint16, shard_tokens=2500) as w:
-            while w.tokens + w._fill < n:
-                length = int(rng.integers(20, 200))
-                seq = (rng.integers(1, 60) + np.arange(length) * rng.integers(1, 4)) % 63 + 1
-                noise = rng.random(length) < 0.1
-                seq[noise] = rng.integers(1, 64, int(noise.sum()))
-                w.add(np.append(seq, 0))  # 0 plays <|endoftext|>
-        splits[split] = {"shards": w.shards, "tokens": w.tokens}
-    write_manifest(root, splits, vocab_size=64)
-    return root
 
 
 @pytest.fixture(scope="module")
