@@ -25,6 +25,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
 
+from lmcore.model.moe import MoE
+
 ARCHES = ("modern", "gpt2")
 ACTIVATIONS = ("auto", "relu2")
 POSITIONS = ("auto", "alibi")
@@ -351,12 +353,7 @@ class Block(nn.Module):
         self.ln_1 = _norm(config)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = _norm(config)
-        if config.n_experts:
-            from lmcore.model.moe import MoE  # imports this module's MLP
-
-            self.mlp: nn.Module = MoE(config)
-        else:
-            self.mlp = MLP(config)
+        self.mlp: nn.Module = MoE(config, lambda: MLP(config)) if config.n_experts else MLP(config)
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: KVCache | None, layer: int

@@ -38,16 +38,23 @@ Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing"; Shazeer et al
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from lmcore.model.gpt import GPT, ModelConfig
+
+class RoutingConfig(Protocol):
+    """What an :class:`MoE` reads of its config (``lmcore.model.gpt.ModelConfig`` has these fields)."""
+
+    d_model: int
+    n_experts: int
+    expert_top_k: int
+    routing: str
+    capacity_factor: float
 
 
 class MoE(nn.Module):
@@ -58,16 +65,15 @@ class MoE(nn.Module):
     expert-choice).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: RoutingConfig, make_expert: Callable[[], nn.Module]) -> None:
+        """``make_expert()`` builds one expert (the block's dense MLP), so this module needs none of gpt's code."""
         super().__init__()
-        from lmcore.model.gpt import MLP  # gpt imports this module lazily, so no cycle at import time
-
         if config.n_experts < 1:
             raise ValueError(f"n_experts must be >= 1 for an MoE layer, got {config.n_experts}")
         self.n_experts, self.top_k = config.n_experts, config.expert_top_k
         self.routing, self.capacity_factor = config.routing, config.capacity_factor
         self.router = nn.Linear(config.d_model, config.n_experts, bias=False)
-        self.experts = nn.ModuleList([MLP(config) for _ in range(config.n_experts)])
+        self.experts = nn.ModuleList([make_expert() for _ in range(config.n_experts)])
         self.aux_loss: Tensor = torch.zeros(())
         self.track = False  # count routing statistics (see stats); off in training
         self.reset_stats()
@@ -173,8 +179,9 @@ class MoE(nn.Module):
         }
 
 
-def expert_report(model: GPT, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Any]:
-    """Routing statistics of a mixture-of-experts GPT over ``batches`` of ``(x, y)`` token ids.
+def expert_report(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Any]:
+    """Routing statistics of a mixture-of-experts GPT (``lmcore.model.gpt.GPT``) over ``batches`` of ``(x, y)``
+    token ids.
 
     Runs the model in eval mode without gradients, with tracking on in every :class:`MoE` (counters reset
     first), then restores the model's training mode and turns tracking off again.

@@ -11,7 +11,7 @@ import torch
 
 from lmcore.data.loader import TokenLoader
 from lmcore.model.checkpoint import load_trained_model
-from lmcore.model.gpt import GPT, tiny
+from lmcore.model.gpt import GPT, MLP, tiny
 from lmcore.model.moe import MoE, expert_report
 from lmcore.train.config import TrainConfig
 from lmcore.train.loop import train
@@ -33,7 +33,8 @@ def config(**overrides) -> TrainConfig:
 
 def moe_layer(**overrides) -> MoE:
     torch.manual_seed(0)
-    return MoE(tiny(**{"n_experts": 4, "expert_top_k": 1, **overrides}))
+    config = tiny(**{"n_experts": 4, "expert_top_k": 1, **overrides})
+    return MoE(config, lambda: MLP(config))
 
 
 def tokens(n: int = 64, shift: float = 0.0) -> torch.Tensor:
