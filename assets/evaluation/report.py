@@ -114,7 +114,7 @@ def _scores(cls: dict[str, Any], method: str) -> dict[str, Any]:
 
 def _report(ppl: dict[str, Any], rouge: dict[str, Any], cls: dict[str, Any]) -> dict[str, Any]:
     """The figures of ``evaluation.json`` and the table rows, each metric next to its baseline."""
-    lm_methods = [m for m in ("label_lm", "head") if m in cls]
+    lm_methods = [m for m in METHODS if m != "bow" and m in cls]  # label_lm, head, encoder
     best = max(lm_methods, key=lambda m: cls[m]["accuracy"]) if lm_methods else None
     report = {
         "perplexity": {"model": ppl["model"]["perplexity"], "baseline": ppl["ngram"]["perplexity"], "split": "test"},
