@@ -74,6 +74,8 @@ def utilization_chart(title: str, routing: dict[str, list[list[float]]]) -> dg.M
         ax.set_xlabel("expert")
         ax.set_ylabel("share of tokens")
         ax.set_xticks([e + 0.4 - width / 2 for e in range(n)], [str(e) for e in range(n)])
-    axes[0][0].legend(fontsize="small")
+    for ax in axes[0]:
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    axes[0][0].legend(fontsize="x-small", loc="upper center", ncol=4)
     fig.suptitle(title)
     return _png_markdown(fig, title)
