@@ -13,6 +13,9 @@ Arms (one after the other, in this one process):
                   lmcore.train.config.SPEEDRUN)
   small_speedrun  a 4 x 128 model at context 128 with the recipe, 16 rows per step, --small-steps steps (several
                   epochs of the 0.5M train tokens in about the same wall time)
+  small_exportable, small_exportable_gpt2
+                  the same without the model options hf_export cannot write (QK-norm; ReLU^2 on the modern arch):
+                  the modern arch with SwiGLU, or the gpt2 arch with ReLU^2; Muon, WSD and zero-init kept
 
 Figures (final JSON line): per arm wall seconds, tokens, validation loss, test perplexity and bits per byte;
 the trigram's; and bpb_gap = model - trigram (negative: the model wins).
@@ -49,11 +52,15 @@ from lmcore.train.loop import train  # noqa: E402
 
 def arms(small_steps: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     current = dict(max_steps=300, batch_size=8, lr=1e-3, warmup_steps=30)
-    small = dict(RECIPE_MODEL, n_layer=4, n_head=4, d_model=128, context_length=128)
+    shape = dict(n_layer=4, n_head=4, d_model=128, context_length=128)
+    long = dict(max_steps=small_steps, batch_size=16, warmup_steps=30, **RECIPE_TRAIN)
     return {
         "current": ({}, current),
         "speedrun": (dict(RECIPE_MODEL), {**current, **RECIPE_TRAIN}),
-        "small_speedrun": (small, dict(max_steps=small_steps, batch_size=16, warmup_steps=30, **RECIPE_TRAIN)),
+        "small_speedrun": ({**RECIPE_MODEL, **shape}, long),
+        # what HF Llama / GPT-2 can express (hf_export): no QK-norm; ReLU^2 only on the gpt2 arch
+        "small_exportable": ({**shape, "zero_init_proj": True}, long),
+        "small_exportable_gpt2": ({**shape, "arch": "gpt2", "activation": "relu2", "zero_init_proj": True}, long),
     }
 
 
