@@ -91,3 +91,21 @@ def test_export_refuses_alibi(arch, target):
     (problem,) = unexportable(tiny(arch=arch, position="alibi"))
     assert "position='alibi'" in problem and target in problem
     assert unexportable(tiny(arch=arch)) == []
+
+
+def test_an_alibi_run_resumes_exactly_after_a_crash(tmp_path: Path):
+    from tests.unit.test_train import Crash, losses
+
+    shards = write_synthetic_shards(tmp_path / "shards")
+    mc = tiny(vocab_size=64, context_length=32, position="alibi")
+    reference = train(mc, config(), shards, tmp_path / "ref")
+
+    def crash_at_8(record: dict) -> None:
+        if record["step"] == 8:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(mc, config(), shards, tmp_path / "run", callback=crash_at_8)
+    resumed = train(mc, config(), shards, tmp_path / "run")
+    assert resumed["resumed_from"] == 6 and losses(resumed) == losses(reference)
+    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
