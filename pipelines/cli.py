@@ -164,8 +164,8 @@ def _run(args: argparse.Namespace, home: Any) -> int:
         defs = build_definitions(profile)
         graph = defs.resolve_asset_graph()
         keys = {k for k in dg.AssetSelection.from_string(args.select).resolve(graph) if graph.get(k).is_materializable}
-        if args.select == "*":  # the default: every asset but the optional ones this profile does not configure
-            keys -= {dg.AssetKey(name) for name in left_out(profile)}
+        # optional assets the profile does not configure run only when the selection names them
+        keys -= {dg.AssetKey(name) for name in left_out(profile) if name not in args.select}
     except (ValueError, FileNotFoundError, dg.DagsterError) as exc:
         # escaped: values such as [a, b] are not markup; unwrapped, so each path stays on one line
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)

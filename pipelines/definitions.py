@@ -37,7 +37,7 @@ ALL_CHECKS = [c for p in _PACKAGES for c in dg.load_asset_checks_from_package_mo
 
 def left_out(profile: Profile) -> list[str]:
     """Optional assets (tag ``lmpipe/optional``: they train several extra models) that ``profile`` does not
-    configure: the jobs and a plain ``lmpipe run`` leave them out; ``--select`` still reaches them."""
+    configure: the jobs leave them out, and ``lmpipe run`` unless its ``--select`` names them."""
     optional = (a.key.to_user_string() for a in ALL_ASSETS if a.tags_by_key[a.key].get("lmpipe/optional") == "true")
     return sorted(name for name in optional if name not in profile.assets)
 

@@ -3,8 +3,8 @@ transformer of ``perplexity_report`` (``lmcore.finetune.variants``): mixtures of
 at equal active parameters and tokens, a prefix LM, span corruption and a masked-LM encoder.
 
 Every variant trains in the step's process, one after the other, for the same steps on the same shards;
-each resumes from its own run directory. Optional: ``lmpipe run`` materializes it only for a profile that
-configures it (the ``seeds`` profile), since it trains six models.
+each resumes from its own run directory. Optional, since it trains six models: the jobs and ``lmpipe run``
+materialize it only for a profile that configures it (the ``seeds`` profile) or a ``--select`` that names it.
 """
 
 import dagster as dg
