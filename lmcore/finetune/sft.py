@@ -189,6 +189,12 @@ def run_from_init(
     the GPT itself); ``lora`` then adapts the GPT inside it and freezes the rest of the GPT.
     ``config`` and ``data`` add fields to the run's identity and to ``meta["data"]``.
     """
+    if train_config.objective != "causal":
+        raise ValueError(
+            f"train.objective={train_config.objective!r}: fine-tuning learns the task's own targets (replies, "
+            "labels); the objective is pretraining's (a prefix LM reads its prompt as its prefix by itself); "
+            "leave it causal"
+        )
     init = Path(init_checkpoint)
     mc, init_sha = init_model_config(init)
     counts: dict[str, int] = {}
@@ -249,11 +255,6 @@ def finetune(
     if train_config.eval_batches and not val_examples:
         problems.append("val_examples is empty; pass some or set eval_batches=0")
 
-    if train_config.objective != "causal":
-        problems.append(
-            f"train.objective={train_config.objective!r}: fine-tuning learns the replies; the objective is "
-            "pretraining's (a prefix LM's prompt is its prefix by itself); leave it causal"
-        )
     if mc.attention == "bidirectional":
         problems.append(f"{init_checkpoint} is an encoder (a masked LM); chat fine-tuning needs a decoder")
     if problems:

@@ -210,3 +210,10 @@ def test_a_prefix_lms_multi_turn_prompt_is_two_way_up_to_the_first_reply_only(to
     assert seen["prefix_length"] == first  # what fine-tuning's prompt_prefix makes two-way
     chat_generate(model, tok, chat[:1], max_new_tokens=1)
     assert seen["prefix_length"] == first  # the whole single-turn prompt
+
+
+def test_every_fine_tuning_run_refuses_a_pretraining_objective(tok, init: Path, tmp_path: Path) -> None:
+    from lmcore.finetune.head import train_head
+
+    with pytest.raises(ValueError, match="leave it causal"):
+        train_head(init, config(objective="masked"), (["x"], ["a"]), (["y"], ["a"]), tok, ["a"], tmp_path / "head")
