@@ -13,7 +13,7 @@ from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.export import unexportable
 from lmcore.model.gpt import GPT, alibi_slopes, tiny
 from lmcore.train.loop import train
-from tests.unit.test_train import config, write_synthetic_shards
+from tests.unit.test_train import assert_resumed_exactly, config, crash_and_resume, write_synthetic_shards
 
 ARCHES = [dict(arch="modern"), dict(arch="gpt2"), dict(arch="modern", n_kv_head=2)]
 
@@ -94,18 +94,7 @@ def test_export_refuses_alibi(arch, target):
 
 
 def test_an_alibi_run_resumes_exactly_after_a_crash(tmp_path: Path):
-    from tests.unit.test_train import Crash, losses
-
     shards = write_synthetic_shards(tmp_path / "shards")
     mc = tiny(vocab_size=64, context_length=32, position="alibi")
-    reference = train(mc, config(), shards, tmp_path / "ref")
-
-    def crash_at_8(record: dict) -> None:
-        if record["step"] == 8:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(mc, config(), shards, tmp_path / "run", callback=crash_at_8)
-    resumed = train(mc, config(), shards, tmp_path / "run")
-    assert resumed["resumed_from"] == 6 and losses(resumed) == losses(reference)
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    reference, resumed = crash_and_resume(lambda d, **kw: train(mc, config(), shards, d, **kw), tmp_path, 8)
+    assert_resumed_exactly(reference, resumed, 6)

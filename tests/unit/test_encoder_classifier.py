@@ -19,8 +19,9 @@ from lmcore.finetune.prompts import pad_right, prompts
 from lmcore.model.checkpoint import load_trained_model, read_meta
 from lmcore.model.gpt import GPT, tiny
 from lmcore.train.config import TrainConfig
-from tests.unit.test_classify import KEYS, PAD, Crash, config, make
+from tests.unit.test_classify import KEYS, PAD, config, make
 from tests.unit.test_sft import write_init
+from tests.unit.test_train import assert_resumed_exactly, crash_and_resume
 
 
 @pytest.fixture(scope="module")
@@ -124,22 +125,14 @@ def test_asking_for_the_encoder_without_shards_names_the_fix(tok, init: Path, tm
 
 
 def test_pretraining_builds_an_encoder_and_resumes_exactly(shards: Path, tmp_path: Path) -> None:
-    reference = pretrain_encoder(lm_config(), pretrain_config(), shards, tmp_path / "ref")
+    reference, resumed = crash_and_resume(
+        lambda d, **kw: pretrain_encoder(lm_config(), pretrain_config(), shards, d, **kw), tmp_path, 8
+    )
     meta = read_meta(reference["checkpoint"])
     model = meta["config"]["model"]
     assert model["attention"] == "bidirectional" and model["vocab_size"] == reference["mask_id"] + 1
     assert meta["config"]["train"]["objective"] == "masked"
-
-    def crash_at_8(record: dict) -> None:
-        if record["step"] == 8:
-            raise Crash
-
-    with pytest.raises(Crash):
-        pretrain_encoder(lm_config(), pretrain_config(), shards, tmp_path / "run", callback=crash_at_8)
-    resumed = pretrain_encoder(lm_config(), pretrain_config(), shards, tmp_path / "run")
-    assert resumed["resumed_from"] == 6 and resumed["loss_history"] == reference["loss_history"]
-    assert resumed["val_history"] == reference["val_history"]
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    assert_resumed_exactly(reference, resumed, 6)
 
 
 def test_the_encoder_head_run_resumes_exactly_after_a_crash(tok, shards: Path, tmp_path: Path) -> None:
@@ -148,17 +141,10 @@ def test_the_encoder_head_run_resumes_exactly_after_a_crash(tok, shards: Path, t
     train, validation = make(64, 0), make(16, 1)
     labels = sorted(set(KEYS.values()))
     cfg = config(max_steps=8, checkpoint_every=3, log_every=1)
-    reference = train_head(init, cfg, train, validation, tok, labels, tmp_path / "ref")
-
-    def crash_at_5(record: dict) -> None:
-        if record["step"] == 5:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train_head(init, cfg, train, validation, tok, labels, tmp_path / "run", callback=crash_at_5)
-    resumed = train_head(init, cfg, train, validation, tok, labels, tmp_path / "run")
-    assert resumed["resumed_from"] == 3 and resumed["loss_history"] == reference["loss_history"]
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    reference, resumed = crash_and_resume(
+        lambda d, **kw: train_head(init, cfg, train, validation, tok, labels, d, **kw), tmp_path, 5
+    )
+    assert_resumed_exactly(reference, resumed, 3)
     classifier, _ = load_classifier(resumed["checkpoint"])
     assert not classifier.config.causal, "the classifier keeps the encoder's attention"
 

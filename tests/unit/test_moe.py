@@ -13,10 +13,9 @@ from lmcore.data.loader import TokenLoader
 from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.gpt import GPT, MLP, tiny
 from lmcore.model.moe import MoE, expert_report
-from lmcore.train.config import TrainConfig
 from lmcore.train.loop import train
 from tests.unit.test_ddp import TORCHRUN, torchrun
-from tests.unit.test_train import Crash, write_synthetic_shards
+from tests.unit.test_train import assert_resumed_exactly, config, crash_and_resume, write_synthetic_shards
 
 D = 64  # tiny's d_model
 
@@ -24,11 +23,6 @@ D = 64  # tiny's d_model
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_shards(tmp_path_factory.mktemp("shards"))
-
-
-def config(**overrides) -> TrainConfig:
-    base = dict(max_steps=12, batch_size=4, lr=3e-3, warmup_steps=2, eval_batches=2, eval_every=6, log_every=1)
-    return TrainConfig(**{**base, "checkpoint_every": 3, "device": "cpu", **overrides})
 
 
 def moe_layer(**overrides) -> MoE:
@@ -152,20 +146,8 @@ def test_active_params_count_only_top_k_experts():
 @pytest.mark.parametrize("routing", ["token", "expert"])
 def test_moe_training_resumes_exactly_after_a_crash(routing, shards: Path, tmp_path: Path):
     model = tiny(vocab_size=64, context_length=32, n_experts=4, expert_top_k=2, routing=routing)
-    cfg = config()
-    reference = train(model, cfg, shards, tmp_path / "ref")
-
-    def crash_at_8(record: dict) -> None:
-        if record["step"] == 8:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(model, cfg, shards, tmp_path / "run", callback=crash_at_8)
-    resumed = train(model, cfg, shards, tmp_path / "run")
-    assert resumed["resumed_from"] == 6
-    assert resumed["loss_history"] == reference["loss_history"]
-    assert resumed["val_history"] == reference["val_history"]
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    reference, resumed = crash_and_resume(lambda d, **kw: train(model, config(), shards, d, **kw), tmp_path, 8)
+    assert_resumed_exactly(reference, resumed, 6)
 
 
 def test_moe_learns_and_reports_its_experts(shards: Path, tmp_path: Path):

@@ -28,7 +28,7 @@ from lmcore.train.objectives import (
     span_layout,
 )
 from tests.unit.test_ddp import TORCHRUN, torchrun
-from tests.unit.test_train import Crash, config, losses, write_synthetic_shards
+from tests.unit.test_train import assert_resumed_exactly, config, crash_and_resume, write_synthetic_shards
 
 BASE = 64  # the synthetic shards' vocabulary
 
@@ -194,20 +194,9 @@ def test_bad_objective_fields_are_named(field, value):
 
 @pytest.mark.parametrize("objective", ["masked", "prefix", "span"])
 def test_each_objective_learns_and_resumes_exactly_after_a_crash(shards: Path, tmp_path: Path, objective: str):
-    mc = model_for(objective)
-    cfg = config(objective=objective, max_steps=12)
-    reference = train(mc, cfg, shards, tmp_path / "ref")
-
-    def crash_at_8(record: dict) -> None:
-        if record["step"] == 8:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(mc, cfg, shards, tmp_path / "run", callback=crash_at_8)
-    resumed = train(mc, cfg, shards, tmp_path / "run")
-    assert resumed["resumed_from"] == 6
-    assert losses(resumed) == losses(reference) and resumed["val_history"] == reference["val_history"]
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    mc, cfg = model_for(objective), config(objective=objective, max_steps=12)
+    reference, resumed = crash_and_resume(lambda d, **kw: train(mc, cfg, shards, d, **kw), tmp_path, 8)
+    assert_resumed_exactly(reference, resumed, 6)
 
 
 @pytest.mark.parametrize("objective", ["masked", "prefix", "span"])

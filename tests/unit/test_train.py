@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,6 +108,26 @@ def test_grad_accumulation_matches_a_bigger_batch(shards: Path, tmp_path: Path) 
 
 class Crash(RuntimeError):
     pass
+
+
+def crash_and_resume(run: Callable[..., dict], root: Path, crash_at: int) -> tuple[dict, dict]:
+    """``run(runs_dir, callback=None)`` straight through in ``root/ref``, and in ``root/run`` crashed at step
+    ``crash_at`` then run again: (the reference summary, the resumed one)."""
+    reference = run(root / "ref")
+
+    def crash(record: dict) -> None:
+        if record["step"] == crash_at:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run(root / "run", callback=crash)
+    return reference, run(root / "run")
+
+
+def assert_resumed_exactly(reference: dict, resumed: dict, resumed_from: int) -> None:
+    assert resumed["resumed_from"] == resumed_from
+    assert resumed["loss_history"] == reference["loss_history"] and resumed["val_history"] == reference["val_history"]
+    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
 
 
 def test_resume_after_a_crash_continues_the_same_curve(shards: Path, tmp_path: Path) -> None:
