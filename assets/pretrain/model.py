@@ -21,7 +21,7 @@ from assets.tracking import TrackerResource
 from assets.versions import code_version_of
 from lmcore.model.gpt import PRESETS, ModelConfig
 from lmcore.train.config import TrainConfig
-from lmcore.train.objectives import extra_tokens
+from lmcore.train.objectives import extra_token_ids
 
 
 class PretrainConfig(dg.Config):
@@ -58,13 +58,13 @@ def pretrained_model(
 ) -> Checkpoint:
     """A decoder-only transformer trained on the train shards; resumes from its last checkpoint."""
     model_cfg, train_cfg = config.to_model_config(token_shards.vocab_size), config.train.to_lmcore()
-    extras = extra_tokens(train_cfg, model_cfg.context_length)  # <|mask|> or sentinels, after the tokenizer's ids
+    extras = extra_token_ids(train_cfg, token_shards.vocab_size, model_cfg.context_length)  # <|mask|> or sentinels
     model_cfg = dataclasses.replace(model_cfg, vocab_size=token_shards.vocab_size + len(extras))
     runs_dir = store.run_dir("pretrained_model")
     meta_extra = {
         "tokenizer_path": str(tokenizer.file),
         "tokenizer_sha256": tokenizer.sha256,
-        "extra_tokens": {tok: token_shards.vocab_size + i for i, tok in enumerate(extras)},
+        "extra_tokens": extras,
         "data_versions": {"token_shards": token_shards.data_version, "tokenizer": tokenizer.data_version},
     }
     context.log.info(f"runs in {runs_dir}; {model_cfg}")

@@ -33,8 +33,10 @@ from lmcore.model.gpt import ModelConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.job import NO_OUTLETS, Callback, Outlets
 from lmcore.train.loop import train
-from lmcore.train.objectives import Objective, masked_accuracy, pseudo_perplexity
+from lmcore.train.objectives import MASK, Objective, extra_token_ids, masked_accuracy, pseudo_perplexity
 
+MASKED = TrainConfig(objective="masked")
+"""A run of the encoder's objective (what it adds to the vocabulary depends on nothing else)."""
 EVAL_SEED = 0
 """Seed of the evaluation's masks: every evaluation of the same split masks the same positions."""
 
@@ -62,8 +64,10 @@ def shard_vocab(shard_root: Path) -> int:
 
 
 def encoder_config(lm_config: ModelConfig, base_vocab: int) -> ModelConfig:
-    """The decoder's shape as an encoder: bidirectional attention, ``base_vocab + 1`` ids (the last is ``<|mask|>``)."""
-    return dataclasses.replace(lm_config, attention="bidirectional", vocab_size=base_vocab + 1)
+    """The decoder's shape as an encoder: bidirectional attention, and the masked objective's ``<|mask|>`` after the
+    ``base_vocab`` ids."""
+    extras = extra_token_ids(MASKED, base_vocab, lm_config.context_length)
+    return dataclasses.replace(lm_config, attention="bidirectional", vocab_size=base_vocab + len(extras))
 
 
 def pretrain_encoder(
@@ -90,7 +94,7 @@ def pretrain_encoder(
         encoder_config(lm_config, base), cfg, shard_root, Path(runs_dir),
         callback=callback, meta_extra=meta_extra, outlets=outlets,
     )  # fmt: skip
-    return {**summary, "mask_id": base}
+    return {**summary, "mask_id": extra_token_ids(cfg, base, lm_config.context_length)[MASK]}
 
 
 def _windows(arrays: Sequence[np.ndarray], T: int, max_windows: int | None) -> torch.Tensor:

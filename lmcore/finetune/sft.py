@@ -254,7 +254,6 @@ def finetune(
         problems.append("train_examples is empty")
     if train_config.eval_batches and not val_examples:
         problems.append("val_examples is empty; pass some or set eval_batches=0")
-
     if mc.attention == "bidirectional":
         problems.append(f"{init_checkpoint} is an encoder (a masked LM); chat fine-tuning needs a decoder")
     if problems:

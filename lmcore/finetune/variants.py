@@ -26,7 +26,7 @@ from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.gpt import ModelConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.loop import train
-from lmcore.train.objectives import extra_tokens
+from lmcore.train.objectives import extra_token_ids
 
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "dense": {},
@@ -51,7 +51,7 @@ def variant_configs(
     tc = dataclasses.replace(base_train, **overrides.get("train", {}))
     model = {"mlp_hidden": base_model.hidden_dim, **overrides.get("model", {})}
     mc = dataclasses.replace(base_model, **model)
-    return dataclasses.replace(mc, vocab_size=base_vocab + len(extra_tokens(tc, mc.context_length))), tc
+    return dataclasses.replace(mc, vocab_size=base_vocab + len(extra_token_ids(tc, base_vocab, mc.context_length))), tc
 
 
 def compare_variants(

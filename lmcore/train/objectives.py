@@ -65,6 +65,12 @@ def extra_tokens(cfg: TrainConfig, context_length: int) -> list[str]:
     return []
 
 
+def extra_token_ids(cfg: TrainConfig, base_vocab: int, context_length: int) -> dict[str, int]:
+    """Each special token ``cfg.objective`` adds, with its id: right after the tokenizer's ``base_vocab`` ids, so
+    the existing ids never change; the model's vocabulary is ``base_vocab + len(...)``."""
+    return {tok: base_vocab + i for i, tok in enumerate(extra_tokens(cfg, context_length))}
+
+
 def check_model(cfg: TrainConfig, attention: str, vocab_size: int, base_vocab: int, context_length: int) -> None:
     """Raise ValueError naming the fix when the model cannot train ``cfg.objective``."""
     want = ATTENTION[cfg.objective]
@@ -73,7 +79,7 @@ def check_model(cfg: TrainConfig, attention: str, vocab_size: int, base_vocab: i
             f"train.objective={cfg.objective!r} trains model.attention={want!r}; the model has {attention!r}: "
             f"set model.attention: {want}"
         )
-    need = base_vocab + len(extra_tokens(cfg, context_length))
+    need = base_vocab + len(extra_token_ids(cfg, base_vocab, context_length))
     if vocab_size < need:
         raise ValueError(
             f"train.objective={cfg.objective!r} appends {need - base_vocab} special token(s) after the "
@@ -92,8 +98,7 @@ class Objective:
 
     def __init__(self, cfg: TrainConfig, base_vocab: int, context_length: int) -> None:
         self.cfg, self.kind, self.base_vocab, self.T = cfg, cfg.objective, base_vocab, context_length
-        extras = extra_tokens(cfg, context_length)
-        self.extra_ids = {tok: base_vocab + i for i, tok in enumerate(extras)}
+        self.extra_ids = extra_token_ids(cfg, base_vocab, context_length)
         if self.kind == "span":
             self.n, self.noise, self.spans = span_layout(context_length, cfg.corruption_rate, cfg.mean_span_length)
 
