@@ -25,6 +25,12 @@ def small_tokenizer(tmp_path_factory, small_texts):
     return train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=2), small_texts, path), path
 
 
+@pytest.fixture(scope="session")
+def tok(small_tokenizer):
+    """The small tokenizer itself (``small_tokenizer`` is it and its file)."""
+    return small_tokenizer[0]
+
+
 def pytest_configure(config):
     # Tests use tiny tensors; on 2 busy cores, intra-op threads cost more than they give.
     import torch

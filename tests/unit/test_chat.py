@@ -25,11 +25,6 @@ CONVERSATION = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok(small_tokenizer):
-    return small_tokenizer[0]
-
-
 def _spans(ids: list[int], mask: list[int]) -> list[list[int]]:
     """Runs of masked ids."""
     runs, current = [], []

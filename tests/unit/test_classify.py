@@ -41,11 +41,6 @@ def make(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 @pytest.fixture(scope="module")
-def tok(small_tokenizer):
-    return small_tokenizer[0]
-
-
-@pytest.fixture(scope="module")
 def init(tmp_path_factory) -> Path:
     return write_init(tmp_path_factory.mktemp("init"))
 

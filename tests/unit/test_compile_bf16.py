@@ -45,11 +45,6 @@ def config(compile: bool, **overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def tok(small_tokenizer):
-    return small_tokenizer[0]
-
-
-@pytest.fixture(scope="module")
 def text_shards(tmp_path_factory, small_texts, tok) -> Path:
     """The small corpus through the throwaway tokenizer, as one "train" split."""
     root = tmp_path_factory.mktemp("shards")

@@ -25,11 +25,6 @@ from tests.unit.test_train import assert_resumed_exactly, crash_and_resume
 
 
 @pytest.fixture(scope="module")
-def tok(small_tokenizer):
-    return small_tokenizer[0]
-
-
-@pytest.fixture(scope="module")
 def init(tmp_path_factory) -> Path:
     return write_init(tmp_path_factory.mktemp("init"))
 

@@ -27,11 +27,6 @@ PAIRS = [
 PAD = 1
 
 
-@pytest.fixture(scope="module")
-def tok(small_tokenizer):
-    return small_tokenizer[0]
-
-
 def write_init(root: Path, seed: int = 0) -> Path:
     """A freshly initialised tiny GPT saved as a checkpoint (stands in for a pretrained model)."""
     torch.manual_seed(seed)

@@ -26,11 +26,6 @@ RECORDS = FIXTURES / "sft" / "records.jsonl"
 PAD = 1
 
 
-@pytest.fixture(scope="module")
-def tok(small_tokenizer):
-    return small_tokenizer[0]
-
-
 def _build(tok, paths=RECORDS, **kw):
     args = dict(context_length=64, holdout_fraction=0.0, seed=0, pack=False) | kw
     return build_sft_dataset(paths, tok, **args)
