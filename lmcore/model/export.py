@@ -10,8 +10,9 @@ are split). ``arch="gpt2"`` becomes ``GPT2LMHeadModel`` (HF's Conv1D stores weig
 ``out_dir`` atomically. ``end_token`` is where generation stops: ``<|endoftext|>`` for a
 base model, ``<|im_end|>`` for a chat (SFT) model, which then also is the tokenizer's
 ``eos_token``, as in Qwen's instruct releases. Options these two formats cannot express (QK-norm, logit
-soft-capping, ALiBi positions, and ReLU² in the gated Llama MLP) are refused, naming the ModelConfig field; ReLU² in a
-GPT-2 is HF's ``relu2`` activation. This module writes files only; it does not import ``transformers``.
+soft-capping, ALiBi positions, ReLU² in the gated Llama MLP, a two-way prefix, an encoder, experts) are refused,
+naming the ModelConfig field; ReLU² in a GPT-2 is HF's ``relu2`` activation. This module writes files only; it
+does not import ``transformers``.
 """
 
 from __future__ import annotations
