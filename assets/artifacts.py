@@ -19,10 +19,10 @@ from typing import Any, ClassVar, TypeVar
 
 from assets.resources import ArtifactStore
 from lmcore.data.shards import SplitTokens, open_split
-from lmcore.data.splits import split_paths
+from lmcore.data.splits import split_index, split_rows
 from lmcore.data.tokenizer import Tokenizer, load_tokenizer
 from lmcore.finetune.sft_data import SFTExample, read_sft_dataset
-from lmcore.io import iter_texts, read_json, write_json
+from lmcore.io import read_json, write_json
 from lmcore.model.checkpoint import META_FILE, MODEL_FILE, load_trained_model
 from lmcore.model.gpt import GPT, ModelConfig
 
@@ -38,6 +38,8 @@ class Artifact:
     location: str
     data_version: str
     path: Path
+    memo: str = ""
+    """For a partition's artifact: the digest of what it was built from, so an unchanged partition is reused."""
     kinds: ClassVar[dict[str, type[Artifact]]] = {}
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -50,12 +52,14 @@ class Artifact:
 
     def ref(self) -> dict[str, str]:
         """What the IO manager stores: enough to open the handle again on any machine."""
-        return {"kind": type(self).__name__, "location": self.location, "data_version": self.data_version}
+        ref = {"kind": type(self).__name__, "location": self.location, "data_version": self.data_version}
+        return ref | ({"memo": self.memo} if self.memo else {})
 
     @classmethod
     def open(cls: type[A], store: ArtifactStore, ref: dict[str, str]) -> A:
         """The handle of a stored reference, with a local copy of the artifact (fetched if remote)."""
-        return cls(location=ref["location"], data_version=ref["data_version"], path=store.local_path(ref["location"]))
+        path = store.local_path(ref["location"])
+        return cls(location=ref["location"], data_version=ref["data_version"], path=path, memo=ref.get("memo", ""))
 
     @classmethod
     def publish(cls: type[A], store: ArtifactStore, asset: str, build: Callable[[Path], Any]) -> A:
@@ -83,13 +87,19 @@ class Documents(Artifact):
 
 
 class Splits(Artifact):
-    """splits: the cleaned documents as train/val/test Parquet shards."""
+    """splits: the deduplicated documents of every partition with their train/val/test split (an index over the
+    cleaned shards, which it links)."""
 
-    def paths(self, split: str) -> list[Path]:
-        return split_paths(self.path, split, self.manifest)
+    def rows(self, split: str, ids: set[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every column of the cleaned rows of ``split`` (with ``ids``: only those documents)."""
+        return split_rows(self.path, self.manifest, split, ids=ids)
 
-    def texts(self, split: str) -> Iterator[str]:
-        return iter_texts(self.paths(split))
+    def texts(self, split: str, ids: set[str] | None = None) -> Iterator[str]:
+        return (row["text"] for row in split_rows(self.path, self.manifest, split, ["text"], ids=ids))
+
+    def index(self, partition: str | None = None) -> Any:
+        """The Arrow index (partition, doc_id, spec, bytes, split, reason), or one partition's rows."""
+        return split_index(self.path, partition)
 
 
 class TokenizerFile(Artifact):

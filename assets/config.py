@@ -23,7 +23,7 @@ import pydantic
 from lmcore.eval.rnn import RnnConfig
 from lmcore.model.gpt import ModelConfig
 from lmcore.model.lora import LoraConfig
-from lmcore.train.config import TrainConfig
+from lmcore.train.config import TrainConfig, WarmStartConfig
 from lmcore.train.launch import LaunchConfig
 
 
@@ -136,5 +136,7 @@ ModelOverrides = config_from(ModelConfig, name="ModelOverrides", exclude=("vocab
 """Fields of :class:`lmcore.model.gpt.ModelConfig` that replace the preset's (None: the preset's value)."""
 RnnSettings = config_from(RnnConfig)
 """Every field of :class:`lmcore.eval.rnn.RnnConfig`: the RNN baseline of ``perplexity_report``."""
+WarmStartSettings = config_from(WarmStartConfig)
+"""Every field of :class:`lmcore.train.config.WarmStartConfig`: start pretraining from scratch or the last model."""
 LaunchSettings = config_from(LaunchConfig)
 """Every field of :class:`lmcore.train.launch.LaunchConfig`: a training asset's processes and machines."""

@@ -258,6 +258,7 @@ DOCUMENT_SCHEMA = pa.schema(
     [
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
+        pa.field("spec", pa.string(), nullable=False),
         pa.field("text", pa.large_string(), nullable=False),
     ]
 )
@@ -359,3 +360,14 @@ def iter_texts(paths: list[Path], batch_rows: int = 256) -> Iterator[str]:
     for path in paths:
         for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=batch_rows):
             yield from batch.column(0).to_pylist()
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` a hard link of ``src`` (no bytes copied), or a copy where links are impossible (another
+    filesystem). Published artifacts are never modified, so sharing their files is safe."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

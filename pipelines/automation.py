@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from lmcore.data.corpus import CorpusConfig, source_version
-from lmcore.io import digest_of
+from assets.data.partitions import ALL_PARTITIONS
+from lmcore.data.corpus import CorpusConfig, corpus_version
 from pipelines.profile import Profile
 
 SOURCE_KEY = "corpus_source"
-
-
-def corpus_version(sources: list[str]) -> tuple[str, dict[str, str]]:
-    """Combined version of all sources and the version of each."""
-    cfg = CorpusConfig(sources=tuple(sources))
-    versions = {spec: source_version(spec, cfg) for spec in sources}
-    return digest_of(versions)[:16], versions
 
 
 def corpus_source_asset(profile: Profile) -> dg.SourceAsset:
@@ -29,7 +22,7 @@ def corpus_source_asset(profile: Profile) -> dg.SourceAsset:
         key=SOURCE_KEY, group_name="data", description=f"The corpus sources of profile {profile.name!r}."
     )
     def corpus_source() -> dg.ObserveResult:
-        version, per_source = corpus_version(profile.sources)
+        version, per_source = corpus_version(CorpusConfig(sources=tuple(profile.sources)))
         return dg.ObserveResult(data_version=dg.DataVersion(version), metadata={"sources": per_source})
 
     return corpus_source
@@ -38,7 +31,7 @@ def corpus_source_asset(profile: Profile) -> dg.SourceAsset:
 def retrain_triggers(profile: Profile, job: dg.UnresolvedAssetJobDefinition) -> tuple[dg.SensorDefinition, ...]:
     """The change sensor and the schedule for ``job`` with the profile's run config."""
     run_config = profile.run_config()
-    tags = {"lmpipe/profile": profile.name, "lmpipe/trigger": ""}
+    tags = {"lmpipe/profile": profile.name, "lmpipe/trigger": "", **ALL_PARTITIONS}
 
     @dg.sensor(
         name="corpus_changed",
@@ -48,7 +41,7 @@ def retrain_triggers(profile: Profile, job: dg.UnresolvedAssetJobDefinition) -> 
         description="Retrains when the corpus source's version changes (not on the first look).",
     )
     def corpus_changed(context: dg.SensorEvaluationContext):
-        version, _ = corpus_version(profile.sources)
+        version, _ = corpus_version(CorpusConfig(sources=tuple(profile.sources)))
         previous = context.cursor
         context.update_cursor(version)
         if previous is None:
@@ -59,15 +52,16 @@ def retrain_triggers(profile: Profile, job: dg.UnresolvedAssetJobDefinition) -> 
             run_key=f"corpus-{version}", run_config=run_config, tags={**tags, "lmpipe/trigger": f"corpus {version}"}
         )
 
-    schedule = dg.ScheduleDefinition(
+    @dg.schedule(
         name="scheduled_retrain",
         cron_schedule=profile.automation.cron,
         job=job,
-        run_config=run_config,
-        tags={**tags, "lmpipe/trigger": "schedule"},
         default_status=dg.DefaultScheduleStatus.RUNNING
         if profile.automation.schedule
         else dg.DefaultScheduleStatus.STOPPED,
         description=f"Retrains on '{profile.automation.cron}'.",
     )
+    def schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return dg.RunRequest(run_config=run_config, tags={**tags, "lmpipe/trigger": "schedule"})
+
     return corpus_changed, schedule

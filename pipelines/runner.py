@@ -17,7 +17,8 @@ from typing import Any
 
 import dagster as dg
 
-from lmcore.io import atomic_path, digest_of, read_json
+from assets.data.partitions import ALL_PARTITIONS, RUN_FIGURES
+from lmcore.io import atomic_path, digest_of
 from pipelines.display import display
 from pipelines.home import lmpipe_home
 from pipelines.profile import Profile, config_classes
@@ -35,6 +36,9 @@ def execute(console: Any, defs: dg.Definitions, keys: set[dg.AssetKey], run_conf
     return the result."""
     job = defs.resolve_implicit_global_asset_job_def()
     instance = dg.DagsterInstance.get()
+    graph = defs.resolve_asset_graph()
+    if any(graph.get(key).partitions_def is not None for key in keys):
+        tags = {**ALL_PARTITIONS, **tags}
     start = time.monotonic()
     run_id = str(uuid.uuid4())  # known before the run starts, to listen to its events
     with display(console, keys) as shown:
@@ -138,7 +142,7 @@ def stale_keys(
 
     Downstream of anything that will run is included too, since its input is about to change.
     """
-    from pipelines.automation import corpus_version  # hashes the sources; only needed here
+    from lmcore.data.corpus import CorpusConfig, corpus_version  # hashes the sources; only needed here
 
     graph = defs.resolve_asset_graph()
     classes = config_classes(list(defs.assets or []))
@@ -156,7 +160,10 @@ def stale_keys(
             reasons[key] = "code changed"
         elif name in classes and _config_hash(classes[name], profile, name) != _meta(mat, "config_sha256"):
             reasons[key] = "config changed"
-        elif name == "raw_corpus" and _source_version(mat) != corpus_version(profile.sources)[0]:
+        elif (
+            name == "raw_corpus"
+            and _source_version(mat) != corpus_version(CorpusConfig(sources=tuple(profile.sources)))[0]
+        ):
             reasons[key] = "corpus source changed"
         elif rerun := [p for p in node.parent_keys if p in reasons]:
             reasons[key] = f"upstream {rerun[0].to_user_string()} will re-run"
@@ -175,9 +182,7 @@ def _config_hash(cls: type[dg.Config], profile: Profile, name: str) -> str:
 
 
 def _source_version(mat: dg.AssetMaterialization) -> str | None:
-    path = _meta(mat, "artifact_path")
-    sources = read_json(f"{path}/manifest.json")["sources"]
-    return digest_of({s["spec"]: s["version"] for s in sources})[:16]
+    return _meta(mat, "corpus_version")
 
 
 def _upstream_changed(instance: dg.DagsterInstance, mat: dg.AssetMaterialization, parent: dg.AssetKey) -> bool:
@@ -213,14 +218,19 @@ def summary(console: Any, result: Any, seconds: float, log: Path | None = None) 
     table.add_column("asset", no_wrap=True)
     table.add_column("figures")
     table.add_column("checks")
-    warnings = []
+    warnings, shown = [], set()
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
         name = mat.asset_key.to_user_string()
+        if name in shown:
+            continue  # a partitioned asset: one row, with the run's figures over its partitions
+        shown.add(name)
         figures = ", ".join(
             f"{k}={v.value:,}" if isinstance(v.value, int) else f"{k}={v.value:.4g}"
             for k, v in mat.metadata.items()
-            if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
+            if isinstance(v.value, (int, float))
+            and not isinstance(v.value, bool)
+            and (mat.partition is None or k in RUN_FIGURES or k.endswith("_in_run"))
         )
         table.add_row(name, figures, "\n".join(checks.get(name, [])))
         if "warning" in mat.metadata:

@@ -1,43 +1,50 @@
-"""``raw_corpus``: configured sources → Parquet document shards with a stable ``doc_id``."""
+"""``raw_corpus``: each partition's source units → Parquet document shards with a stable ``doc_id``."""
+
+import functools
 
 import dagster as dg
 
 from assets.artifacts import Documents
 from assets.config import config_from
-from assets.progress import reporter
+from assets.data.partitions import BACKFILL, DATA_PARTITIONS, PartitionWork, build_partitions, partition_result
 from assets.resources import ArtifactStore
-from assets.stage import result
 from assets.versions import code_version_of
-from lmcore.data.corpus import CorpusConfig, build_raw_corpus
+from lmcore.data.corpus import CorpusConfig, build_raw_corpus, corpus_version, partition_units
 
 RawCorpusConfig = config_from(CorpusConfig, name="RawCorpusConfig")
+CODE_VERSION = code_version_of(__name__)
 
 
-@dg.asset(group_name="data", kinds={"parquet"}, deps=["corpus_source"], code_version=code_version_of(__name__))
-def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, store: ArtifactStore) -> Documents:
-    """Every configured source read into zstd Parquet shards (doc_id, source, text)."""
-    cfg, progress = config.to_lmcore(), reporter(context, "raw_corpus")
-    docs = Documents.publish(
-        store, "raw_corpus", lambda out: build_raw_corpus(cfg, out, store.cache_dir(), progress=progress)
-    )
+def _per_partition(docs: Documents) -> dict:
     manifest = docs.manifest
-    sources = [
-        dg.TableRecord({"spec": s["spec"], "documents": s["documents"], "version": s["version"]})
-        for s in manifest["sources"]
-    ]
-    columns = [dg.TableColumn("spec"), dg.TableColumn("documents", "int"), dg.TableColumn("version")]
-    metadata = {
+    units = [dg.TableRecord({"spec": u["spec"], "unit": u["key"], "version": u["version"]}) for u in manifest["units"]]
+    columns = [dg.TableColumn("spec"), dg.TableColumn("unit"), dg.TableColumn("version")]
+    return {
         "documents": manifest["documents"],
         "bytes": manifest["bytes"],
         "skipped": dg.MetadataValue.json(manifest.get("skipped", {})),
-        "sources": dg.MetadataValue.table(sources, schema=dg.TableSchema(columns=columns)),
+        "units": dg.MetadataValue.table(units, schema=dg.TableSchema(columns=columns)),
     }
-    if "python_version" in manifest:
-        metadata["python_version"] = manifest["python_version"]
-    return result(context, docs, metadata, config=config)
 
 
-@dg.asset_check(asset=raw_corpus, blocking=True, description="The corpus has at least one document.")
-def raw_corpus_not_empty(raw_corpus: Documents) -> dg.AssetCheckResult:
-    n = raw_corpus.manifest["documents"]
-    return dg.AssetCheckResult(passed=n > 0, metadata={"documents": n})
+@dg.asset(group_name="data", kinds={"parquet"}, deps=["corpus_source"], code_version=CODE_VERSION,
+          partitions_def=DATA_PARTITIONS, backfill_policy=BACKFILL)  # fmt: skip
+def raw_corpus(
+    context: dg.AssetExecutionContext, config: RawCorpusConfig, store: ArtifactStore
+) -> dg.MaterializeResult:
+    """The source files (units) of each hash bucket read into zstd Parquet shards (doc_id, source, spec, text);
+    an unchanged bucket (same files, same versions, same config) is not read again."""
+    cfg = config.to_lmcore()
+    work = {
+        key: PartitionWork(
+            build=functools.partial(build_raw_corpus, cfg, cache_dir=store.cache_dir(), partition=key),
+            inputs={"config": config.model_dump(), "units": partition_units(cfg, key)},
+        )
+        for key in context.partition_keys
+    }
+    handles, built = build_partitions(context, store, "raw_corpus", Documents, work, CODE_VERSION)
+    total = sum(h.manifest["documents"] for h in handles.values())
+    version = corpus_version(cfg)[0]
+    return partition_result(
+        context, handles, built, _per_partition, {"documents_in_run": total, "corpus_version": version}
+    )

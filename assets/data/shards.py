@@ -1,45 +1,81 @@
-"""``token_shards``: every split tokenized into memory-mappable Arrow IPC shards."""
+"""``tokenized`` (per partition) and ``token_shards`` (all of them): memory-mappable Arrow IPC token shards."""
+
+import functools
 
 import dagster as dg
 
-from assets.artifacts import Splits, TokenizerFile, TokenShards
+from assets.artifacts import Documents, Splits, TokenizerFile, TokenShards
+from assets.data.partitions import BACKFILL, DATA_PARTITIONS, PartitionWork, build_partitions, partition_result
 from assets.plots import bar_chart
-from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
-from lmcore.data.shards import tokenize_splits, verify_shards
+from lmcore.data.shards import assemble_shards, tokenize_partition, verify_shards
 from lmcore.data.splits import SPLITS
+
+CODE_VERSION = code_version_of(__name__)
 
 
 class TokenShardsConfig(dg.Config):
     shard_tokens: int = 1 << 24
-    """Token ids per shard; also the writer's whole buffer, so it bounds memory."""
+    """Token ids per shard; also the writer's whole buffer (per split and source), so it bounds memory."""
+
+
+def _per_partition(part: TokenShards) -> dict:
+    by_split = part.manifest["splits"]
+    return {f"{s}_tokens": by_split[s]["tokens"] for s in SPLITS} | {
+        "documents": sum(by_split[s]["documents"] for s in SPLITS)
+    }
+
+
+@dg.asset(group_name="data", kinds={"arrow"}, code_version=CODE_VERSION, partitions_def=DATA_PARTITIONS,
+          backfill_policy=BACKFILL)  # fmt: skip
+def tokenized(
+    context: dg.AssetExecutionContext,
+    config: TokenShardsConfig,
+    clean_corpus: dict[str, Documents],
+    splits: Splits,
+    tokenizer: TokenizerFile,
+    store: ArtifactStore,
+) -> dg.MaterializeResult:
+    """Each partition's kept documents tokenized per split and source; a partition whose documents, splits and
+    tokenizer are unchanged keeps its shards."""
+    work = {}
+    for key, docs in clean_corpus.items():
+        index = splits.index(key).filter(_kept_rows(splits.index(key)))
+        splits_of = dict(zip(index.column("doc_id").to_pylist(), index.column("split").to_pylist(), strict=True))
+        inputs = {"config": config.model_dump(), "clean_corpus": docs.data_version, "tokenizer": tokenizer.sha256,
+                  "index": splits.manifest["partitions"][key]["index_sha256"]}  # fmt: skip
+        build = functools.partial(tokenize_partition, tokenizer.file, docs.shard_paths, splits_of,
+                                  shard_tokens=config.shard_tokens, tokenizer_sha256=tokenizer.sha256)  # fmt: skip
+        work[key] = PartitionWork(build=build, inputs=inputs)
+    handles, built = build_partitions(context, store, "tokenized", TokenShards, work, CODE_VERSION)
+    retokenized = sum(_per_partition(h)["documents"] for k, h in handles.items() if k in built)
+    return partition_result(context, handles, built, _per_partition, {"documents_tokenized_in_run": retokenized})
+
+
+def _kept_rows(index):
+    import pyarrow.compute as pc
+
+    return pc.is_valid(index.column("split"))
 
 
 @dg.asset(group_name="data", kinds={"arrow"}, code_version=code_version_of(__name__))
 def token_shards(
     context: dg.AssetExecutionContext,
-    config: TokenShardsConfig,
+    tokenized: dict[str, TokenShards],
     splits: Splits,
     tokenizer: TokenizerFile,
     store: ArtifactStore,
 ) -> TokenShards:
-    """uint16/uint32 token ids per split, <|endoftext|> after each document, manifest last."""
-    tok, progress = tokenizer.tokenizer, reporter(context, "token_shards")
+    """Every partition's shards gathered (linked, not copied) into one shard root with one manifest:
+    uint16/uint32 token ids per split, <|endoftext|> after each document, tokens per source."""
+    weights = splits.manifest.get("weights")
     shards = TokenShards.publish(
-        store,
-        "token_shards",
-        lambda out: tokenize_splits(
-            tok,
-            {s: splits.paths(s) for s in SPLITS},
-            out,
-            shard_tokens=config.shard_tokens,
-            progress=progress,
-            tokenizer_sha256=tokenizer.sha256,
-            split_bytes={s: splits.manifest["splits"][s]["bytes"] for s in SPLITS},
-        ),  # fmt: skip
-    )
+        store, "token_shards",
+        lambda out: assemble_shards({k: t.path for k, t in tokenized.items()}, out, tokenizer_sha256=tokenizer.sha256,
+                                    weights=weights, partitions={k: t.data_version for k, t in tokenized.items()}),
+    )  # fmt: skip
     by_split = shards.manifest["splits"]
     tokens = {s: by_split[s]["tokens"] for s in SPLITS}
     metadata = {f"{s}_tokens": n for s, n in tokens.items()}
@@ -47,8 +83,14 @@ def token_shards(
         "dtype": shards.manifest["dtype"],
         "shards": sum(len(by_split[s]["shards"]) for s in SPLITS),
         "tokens_per_split": bar_chart("Tokens per split", tokens),
+        "train_tokens_per_source": dg.MetadataValue.json(
+            {spec: n["train"] for spec, n in shards.manifest["sources"].items()}
+        ),
     }
-    return result(context, shards, metadata, config=config, inputs={"splits": splits, "tokenizer": tokenizer})
+    if weights:
+        metadata["mixing_weights"] = dg.MetadataValue.json(weights)
+    inputs = {"splits": splits, "tokenizer": tokenizer} | {f"tokenized[{k}]": t for k, t in tokenized.items()}
+    return result(context, shards, metadata, inputs=inputs)
 
 
 @dg.asset_check(asset=token_shards, blocking=True, description="Shards match the manifest's sha256 digests.")

@@ -1,14 +1,16 @@
-"""``tokenizer``: byte-level BPE trained on the train split only."""
+"""``tokenizer``: byte-level BPE trained on a deterministic sample of the train split (or kept, see the policy)."""
 
+import dataclasses
 import itertools
 
 import dagster as dg
 
-from assets.artifacts import TOKENIZER_FILE, Splits, TokenizerFile
+from assets.artifacts import TOKENIZER_FILE, Splits, TokenizerFile, open_ref
 from assets.config import config_from
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
+from lmcore.data.splits import tokenizer_sample
 from lmcore.data.tokenizer import TokenizerConfig, roundtrip_failures, tokenizer_stats, train_tokenizer
 from lmcore.io import write_json
 
@@ -20,19 +22,43 @@ def _val_sample(splits: Splits) -> list[str]:
     return list(itertools.islice(splits.texts("val"), _SAMPLE_DOCS))
 
 
+def _trained_with(cfg: TokenizerConfig) -> dict:
+    """The settings that decide what a tokenizer learns (not the policy about keeping it)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "when_corpus_grows"}
+
+
+def _kept(store: ArtifactStore, cfg: TokenizerConfig) -> TokenizerFile | None:
+    """The tokenizer materialized before with the same training settings, when the policy keeps it."""
+    if cfg.when_corpus_grows != "keep":
+        return None
+    try:
+        previous = open_ref(store, store.read_ref("tokenizer"))
+        same = isinstance(previous, TokenizerFile) and previous.manifest.get("trained_with") == _trained_with(cfg)
+    except (FileNotFoundError, ValueError, OSError, KeyError):
+        return None
+    return previous if same else None
+
+
 @dg.asset(group_name="data", kinds={"huggingface"}, code_version=code_version_of(__name__))
 def tokenizer(
     context: dg.AssetExecutionContext, config: TokenizerAssetConfig, splits: Splits, store: ArtifactStore
 ) -> TokenizerFile:
-    """HF tokenizer.json; the same train split and config give a byte-identical file."""
+    """HF tokenizer.json; the same sample and config give a byte-identical file. With ``when_corpus_grows: keep``
+    a tokenizer trained before with the same settings is kept, so unchanged partitions keep their shards."""
     cfg, sample = config.to_lmcore(), _val_sample(splits)
+    tok = _kept(store, cfg)
+    if tok is None:
+        chosen = tokenizer_sample(splits.path, cfg.sample_bytes)
 
-    def build(out):
-        tok = train_tokenizer(cfg, splits.texts("train"), out / TOKENIZER_FILE)
-        stats = tokenizer_stats(tok, out / TOKENIZER_FILE, sample)
-        write_json(out / "manifest.json", {"file": TOKENIZER_FILE, "config": cfg.__dict__, **stats})
+        def build(out):
+            trained = train_tokenizer(cfg, splits.texts("train", ids=chosen), out / TOKENIZER_FILE)
+            stats = tokenizer_stats(trained, out / TOKENIZER_FILE, sample)
+            sampled = {"documents": len(chosen), "splits_version": splits.data_version}
+            manifest = {"file": TOKENIZER_FILE, "config": cfg.__dict__, "trained_with": _trained_with(cfg),
+                        "sample": sampled, **stats}  # fmt: skip
+            write_json(out / "manifest.json", manifest)
 
-    tok = TokenizerFile.publish(store, "tokenizer", build)
+        tok = TokenizerFile.publish(store, "tokenizer", build)
     manifest = tok.manifest
     metadata = {
         "vocab_size": manifest["vocab_size"],
@@ -42,6 +68,8 @@ def tokenizer(
             f"**tokens**\n\n`{' | '.join(manifest['sample_tokens'])}`"
         ),
         "sha256": manifest["sha256"],
+        "trained_on_documents": manifest.get("sample", {}).get("documents"),
+        "kept": manifest.get("sample", {}).get("splits_version") != splits.data_version,
     }
     if manifest["vocab_size"] < cfg.vocab_size:  # BPE ran out of pairs seen min_frequency times
         metadata["warning"] = (

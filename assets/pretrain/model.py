@@ -11,8 +11,9 @@ import dataclasses
 import dagster as dg
 
 from assets.artifacts import Checkpoint, TokenizerFile, TokenShards
-from assets.config import LaunchSettings, ModelOverrides, TrainSettings
+from assets.config import LaunchSettings, ModelOverrides, TrainSettings, WarmStartSettings
 from assets.launch import TrainingLauncher, outlets, run_training
+from assets.plots import bar_chart
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import result, training_metadata
@@ -20,7 +21,8 @@ from assets.tasks import pretrain as pretrain_task
 from assets.tracking import TrackerResource
 from assets.versions import code_version_of
 from lmcore.model.gpt import PRESETS, ModelConfig
-from lmcore.train.config import TrainConfig
+from lmcore.train.config import TrainConfig, WarmStartConfig
+from lmcore.train.job import WarmStart
 from lmcore.train.objectives import extra_token_ids
 
 
@@ -33,6 +35,9 @@ class PretrainConfig(dg.Config):
     """The training run: every TrainConfig field."""
     launch: LaunchSettings = LaunchSettings()
     """Processes per node and nodes: one trains in the step's process; more run torchrun (gloo on CPU, NCCL on GPU)."""
+    warm_start: WarmStartSettings = WarmStartSettings()
+    """From scratch, or continuing the last pretrained model on new plus replayed tokens (what ``retrain`` does when
+    the profile says ``init: previous``)."""
 
     def to_model_config(self, vocab_size: int) -> ModelConfig:
         if self.preset not in PRESETS:
@@ -42,6 +47,7 @@ class PretrainConfig(dg.Config):
     def to_lmcore(self) -> TrainConfig:
         """Validation before any run (the vocabulary comes from the tokenizer; shape errors do not depend on it)."""
         self.launch.to_lmcore()
+        self.warm_start.to_lmcore()
         self.to_model_config(vocab_size=512)
         return self.train.to_lmcore()
 
@@ -68,8 +74,9 @@ def pretrained_model(
         "data_versions": {"token_shards": token_shards.data_version, "tokenizer": tokenizer.data_version},
     }
     context.log.info(f"runs in {runs_dir}; {model_cfg}")
+    init, started_from = _warm_start(context, config.warm_start.to_lmcore(), store)
     spec = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "shard_root": str(token_shards.path),
-            "runs_dir": str(runs_dir), "meta_extra": meta_extra,
+            "runs_dir": str(runs_dir), "meta_extra": meta_extra, "init": init.to_dict() if init else None,
             "outlets": outlets("pretrained_model", store, tracker)}  # fmt: skip
     summary = run_training(
         context, launcher, config.launch.to_lmcore(), pretrain_task, spec,
@@ -85,7 +92,37 @@ def pretrained_model(
         "world_size": summary["world_size"],
         "resumed_from": str(summary["resumed_from"]),
         "run_dir": dg.MetadataValue.path(summary["run_dir"]),
+        "init": config.warm_start.init,
+        "started_from": started_from,
     }
+    if init is not None:
+        metadata["replay_fraction"] = init.replay_fraction
+    if summary.get("realized_mixture"):
+        mixture = summary["realized_mixture"]
+        metadata["realized_mixture_tokens"] = dg.MetadataValue.json(mixture)
+        metadata["realized_mixture"] = bar_chart("Training tokens drawn per group (rank 0)", mixture)
     return result(
         context, checkpoint, metadata, config=config, inputs={"token_shards": token_shards, "tokenizer": tokenizer}
     )
+
+
+def _warm_start(
+    context: dg.AssetExecutionContext, cfg: WarmStartConfig, store: ArtifactStore
+) -> tuple[WarmStart | None, str]:
+    """The previous model to continue from (None: from scratch) and what the lineage says about the start."""
+    if cfg.init == "scratch":
+        return None, "scratch"
+    try:
+        previous = Checkpoint.open(store, store.read_ref("pretrained_model"))
+    except FileNotFoundError:
+        context.log.warning("warm_start.init is previous but there is no previous pretrained_model; from scratch")
+        return None, "scratch (no previous model)"
+    trained = previous.manifest.get("data", {}).get("train_shards")
+    if trained is None:
+        context.log.warning(
+            f"{previous.location} does not list the shards it was trained on; every shard counts as new"
+        )
+    init = WarmStart(
+        checkpoint=previous.path, replay_fraction=cfg.replay_fraction, trained_shards=tuple(trained or ())
+    )
+    return init, f"{previous.location} (weights sha256 {previous.data_version[:16]})"

@@ -3,12 +3,16 @@
 Per document, in order: normalize (NFC, no BOM, no control characters, LF line endings,
 no trailing blanks), strip Project Gutenberg boilerplate, drop placeholder lines, re-flow
 hard-wrapped prose, collapse blank-line runs, split long documents at paragraph
-boundaries, then filter. Each output row keeps the raw document's id in ``source_doc_id``
+boundaries, then filter. Duplicates are not removed here: each kept document's signature goes
+to ``signatures.parquet`` (:func:`signature_schema`), and the splits stage removes duplicates
+across every partition at once (``lmcore.data.dedup.resolve_duplicates``). Each output row
+keeps the raw document's id in ``source_doc_id``
 (:data:`CLEAN_SCHEMA`), so all chunks of one document can be kept together downstream;
 ``doc_id`` stays unique per chunk. A filter returns ``(keep, reason)`` as in datatrove; every
 dropped document is written with its reason and the reasons are counted in the manifest.
 Vectorized steps run in polars; per-document logic is plain Python. Input is read batch
-by batch, so memory is one batch plus the dedup state. Output order follows input order,
+by batch, so memory is one batch plus the signatures (16 bytes per document, plus
+``num_perm`` x 4 with near dedup). Output order follows input order,
 so the same input and config give the same Parquet contents. This module knows nothing
 of Dagster or of the stages before and after it.
 """
@@ -29,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmcore.data.dedup import ExactDeduper, NearDeduper
+from lmcore.data.dedup import NearDeduper, content_digest
 from lmcore.io import DOCUMENT_SCHEMA, ParquetShardWriter, ProgressFn, atomic_dir, write_json
 
 MANIFEST = "manifest.json"
@@ -39,7 +43,8 @@ CLEAN_SCHEMA = DOCUMENT_SCHEMA.append(pa.field(SOURCE_DOC_ID, pa.string(), nulla
 """Cleaned documents: ``doc_id`` (unique per chunk), ``source``, ``text``, and ``source_doc_id``, the raw
 document's ``doc_id`` that every chunk of it shares."""
 DROPPED_SCHEMA = CLEAN_SCHEMA.append(pa.field("reason", pa.string(), nullable=False))
-COLUMNS = ["doc_id", "source", "text"]
+SIGNATURES = "signatures.parquet"
+COLUMNS = ["doc_id", "source", "spec", "text"]
 PARAGRAPH_SEP = "\n\n"
 _READ_BATCH = 64  # documents per input batch; whole books are MBs each
 
@@ -66,10 +71,11 @@ class CleanConfig:
     max_repetition: float = 0.3
     """Drop documents whose :func:`repetition_fraction` exceeds this (reason ``repetition``)."""
     dedup_exact: bool = True
-    """Drop later copies of an exactly identical cleaned text (reason ``exact_duplicate``)."""
+    """Keep one copy of an exactly identical cleaned text, the one with the smallest ``doc_id``, across the whole
+    corpus (the others: reason ``exact_duplicate``, decided in the splits stage)."""
     dedup_near: bool = False
-    """Drop documents whose MinHash-estimated word 5-gram Jaccard similarity to a kept one is at
-    least ``near_threshold`` (reason ``near_duplicate``)."""
+    """Drop documents whose MinHash-estimated word 5-gram Jaccard similarity to a kept one with a smaller
+    ``doc_id`` is at least ``near_threshold`` (reason ``near_duplicate``)."""
     near_threshold: float = 0.8
     """Jaccard similarity at which two documents count as near duplicates, in (0, 1)."""
     num_perm: int = 128
@@ -328,13 +334,27 @@ def filter_repetition(text: str, max_fraction: float) -> tuple[bool, str | None]
 
 
 def build_filters(config: CleanConfig) -> list[Filter]:
-    """The per-document filters after the length filters, in order; dedupers are stateful."""
-    filters: list[Filter] = [partial(filter_repetition, max_fraction=config.max_repetition)]
-    if config.dedup_exact:
-        filters.append(ExactDeduper())
+    """The per-document filters after the length filters, in order (duplicates are judged later, over all
+    partitions)."""
+    return [partial(filter_repetition, max_fraction=config.max_repetition)]
+
+
+def near_deduper(config: CleanConfig) -> NearDeduper | None:
+    """The near-duplicate filter ``config`` asks for (it signs documents and judges signatures), or None."""
+    if not config.dedup_near:
+        return None
+    return NearDeduper(threshold=config.near_threshold, num_perm=config.num_perm, seed=config.seed)
+
+
+def signature_schema(config: CleanConfig) -> pa.Schema:
+    """``signatures.parquet``: per kept document its ids, spec, UTF-8 bytes, content digest and, with near
+    dedup, its MinHash values."""
+    fields = [pa.field("doc_id", pa.string(), nullable=False), pa.field(SOURCE_DOC_ID, pa.string(), nullable=False),
+              pa.field("spec", pa.string(), nullable=False), pa.field("bytes", pa.int64(), nullable=False),
+              pa.field("digest", pa.binary(16), nullable=False)]  # fmt: skip
     if config.dedup_near:
-        filters.append(NearDeduper(threshold=config.near_threshold, num_perm=config.num_perm, seed=config.seed))
-    return filters
+        fields.append(pa.field("minhash", pa.list_(pa.uint32(), config.num_perm), nullable=False))
+    return pa.schema(fields)
 
 
 # ---------------------------------------------------------------- the stage
@@ -355,6 +375,16 @@ def clean_frame(df: pl.DataFrame, config: CleanConfig) -> pl.DataFrame:
         doc_id=pl.Series(ids, dtype=pl.List(pl.String)), text=pl.Series(chunks, dtype=pl.List(pl.String))
     ).explode(["doc_id", "text"])  # source_doc_id repeats on every chunk
     return df.with_columns(length_reason_expr(config.min_doc_chars))
+
+
+def _sign(out: dict[str, list[Any]], row: dict[str, Any], size: int, near: NearDeduper | None) -> None:
+    """Append a kept document's signature (see :func:`signature_schema`) to the columns in ``out``."""
+    for name in ("doc_id", SOURCE_DOC_ID, "spec"):
+        out[name].append(row[name])
+    out["bytes"].append(size)
+    out["digest"].append(content_digest(row["text"]))
+    if near is not None:
+        out["minhash"].append(near.signature(row["text"]).hashvalues.astype("uint32"))
 
 
 def _first_reason(filters: list[Filter], text: str) -> str | None:
@@ -384,17 +414,24 @@ def _check_inputs(paths: list[Path]) -> int:
 
 
 def clean_corpus(
-    config: CleanConfig, in_paths: list[Path], out_dir: Path, *, progress: ProgressFn | None = None
+    config: CleanConfig,
+    in_paths: list[Path],
+    out_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+    **manifest_extra: Any,
 ) -> dict[str, Any]:
     """Clean raw document shards into ``out_dir`` and return its manifest.
 
     Writes ``part-*.parquet`` (CLEAN_SCHEMA) for kept documents, ``dropped/part-*.parquet``
-    (plus ``reason``) for dropped ones, then ``manifest.json``. ``out_dir`` is replaced
-    atomically: a failed run leaves the previous output as it was.
+    (plus ``reason``) for dropped ones, ``signatures.parquet`` for the kept ones (duplicates
+    are judged over all partitions from these), then ``manifest.json``. ``out_dir`` is
+    replaced atomically: a failed run leaves the previous output as it was.
     """
     paths = [Path(p) for p in in_paths]
     total = _check_inputs(paths)
-    filters = build_filters(config)
+    filters, near = build_filters(config), near_deduper(config)
+    signatures: dict[str, list[Any]] = {name: [] for name in signature_schema(config).names}
     dropped: Counter[str] = Counter()
     seen = in_bytes = out_bytes = 0
     with atomic_dir(out_dir) as staging:
@@ -406,18 +443,21 @@ def clean_corpus(
                     df = pl.from_arrow(batch)
                     assert isinstance(df, pl.DataFrame)
                     in_bytes += int(df["text"].str.len_bytes().sum() or 0)
-                    for doc_id, source, text, source_doc_id, length_reason in clean_frame(df, config).iter_rows():
+                    for row in clean_frame(df, config).iter_rows(named=True):
+                        text, length_reason = row["text"], row.pop("reason")
                         reason = length_reason or _first_reason(filters, text)
-                        row = {"doc_id": doc_id, "source": source, "text": text, SOURCE_DOC_ID: source_doc_id}
                         if reason is None:
                             kept_w.write(row)
-                            out_bytes += len(text.encode("utf-8"))
+                            size = len(text.encode("utf-8"))
+                            out_bytes += size
+                            _sign(signatures, row, size, near)
                         else:
                             drop_w.write({**row, "reason": reason})
                             dropped[reason] += 1
                     seen += df.height
                     if progress is not None:
                         progress("documents", seen, total)
+        pq.write_table(pa.table(signatures, schema=signature_schema(config)), staging / SIGNATURES)
         manifest = {
             "documents": kept_w.rows,
             "bytes": out_bytes,
@@ -426,7 +466,9 @@ def clean_corpus(
             "dropped_shards": [{**s, "path": f"{DROPPED_DIR}/{s['path']}"} for s in drop_w.shards],
             "input_documents": seen,
             "input_bytes": in_bytes,
+            "signatures": SIGNATURES,
             "config": dataclasses.asdict(config),
+            **manifest_extra,
         }
         write_json(staging / MANIFEST, manifest)
     return manifest

@@ -3,9 +3,11 @@
 ``build_raw_corpus`` resolves all sources first (local listings, remote downloads into the
 cache), so missing files and unreachable URLs are reported together before any reading.
 It then streams records into ``part-NNNNN.parquet`` shards (``DOCUMENT_SCHEMA``: doc_id,
-source, text) and writes ``manifest.json`` last, only if every source read cleanly. On
+source, spec, text) and writes ``manifest.json`` last, only if every source read cleanly. On
 failure the shards it wrote are removed and no manifest exists, so nothing in ``out_dir``
-looks complete. ``doc_id`` is the first 16 hex digits of sha256 of the record's stable key
+looks complete. With ``partition``, only the units (files; a non-file source is one unit) of
+that hash bucket are read (lmcore.data.partitions). ``doc_id`` is the first 16 hex digits of
+sha256 of the record's stable key
 (see lmcore.data.sources). What each bad input does: lmcore.data.sources.policy and .formats.
 This module knows nothing of Dagster, cleaning or tokenization.
 """
@@ -20,11 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmcore.data.sources import ReadContext, open_sources, parse_spec, source_version
+from lmcore.data.partitions import partition_of
+from lmcore.data.sources import ReadContext, Source, open_sources, parse_spec, source_version
 from lmcore.data.sources.fetch import Fetcher
-from lmcore.io import ParquetShardWriter, ProgressFn, write_json
+from lmcore.io import ParquetShardWriter, ProgressFn, digest_of, write_json
 
-__all__ = ["CorpusConfig", "build_raw_corpus", "doc_id", "source_version"]
+__all__ = ["CorpusConfig", "build_raw_corpus", "check_sources", "doc_id", "partition_units", "source_version"]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,13 @@ _BAD_RECORD_CHOICES = ("error", "skip")
 
 @dataclass(kw_only=True, frozen=True)
 class CorpusConfig:
-    sources: tuple[str, ...] = ("builtin:python-docs",)
-    """Source specs, read in this order: ``builtin:python-docs``, paths, globs, URLs, ``hf:NAME[:CONFIG]``."""
+    sources: tuple[Any, ...] = ("builtin:python-docs",)
+    """Source specs, read in this order: ``builtin:python-docs``, paths, globs, URLs, ``hf:NAME[:CONFIG]``; an
+    entry may be ``{spec: SPEC, weight: W}``: pretraining then draws that source's share of windows in
+    proportion to W (weights of all sources, default 1.0; the mixture applies when any weight is given)."""
+    hf_streaming: bool = False
+    """Read Hugging Face datasets with ``streaming=True``: rows are read batch by batch and the dataset is
+    never converted to Arrow files in the cache first."""
     text_field: str = "text"
     """Field holding the text in .jsonl/.json/.csv/.parquet files and Hugging Face datasets."""
     hf_split: str = "train"
@@ -59,14 +67,10 @@ class CorpusConfig:
     def __post_init__(self) -> None:
         if isinstance(self.sources, str):
             raise ValueError(f"sources must be a tuple of specs, not a string; write ({self.sources!r},)")
-        object.__setattr__(self, "sources", tuple(self.sources))  # lists from YAML/Dagster config become tuples
+        entries = tuple(_entry(e, i) for i, e in enumerate(self.sources))  # lists from YAML/Dagster become tuples
+        object.__setattr__(self, "sources", tuple(e if w is None else {"spec": e, "weight": w} for e, w in entries))
         if not self.sources:
             raise ValueError("sources is empty; name at least one source, e.g. ('builtin:python-docs',)")
-        for spec in self.sources:
-            try:
-                parse_spec(spec)
-            except ValueError as e:
-                raise ValueError(f"sources: {e}") from None
         if not isinstance(self.text_field, str) or not self.text_field:
             raise ValueError(f"text_field must be a non-empty field name, got {self.text_field!r}")
         if not isinstance(self.hf_split, str) or not self.hf_split:
@@ -86,35 +90,105 @@ class CorpusConfig:
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}")
 
+    @property
+    def specs(self) -> tuple[str, ...]:
+        """The source spec strings, in order."""
+        return tuple(e if isinstance(e, str) else e["spec"] for e in self.sources)
+
+    @property
+    def weights(self) -> dict[str, float] | None:
+        """Mixing weight per spec (1.0 where an entry gives none), or None when no entry gives one."""
+        if all(isinstance(e, str) for e in self.sources):
+            return None
+        return {e: 1.0 for e in self.sources if isinstance(e, str)} | {
+            e["spec"]: e["weight"] for e in self.sources if isinstance(e, dict)
+        }
+
+
+def _entry(entry: Any, i: int) -> tuple[str, float | None]:
+    """``(spec, weight or None)`` of one ``sources`` entry, checked."""
+    where = f"sources[{i}]"
+    if isinstance(entry, dict):
+        if set(entry) - {"spec", "weight"} or "spec" not in entry:
+            raise ValueError(f"{where} = {entry!r}: an entry is a spec string or {{spec: SPEC, weight: W}}")
+        spec, weight = entry["spec"], entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+            raise ValueError(f"{where}.weight = {weight!r}: must be a number >= 0 (its share of training windows)")
+        weight = float(weight)
+    else:
+        spec, weight = entry, None
+    try:
+        parse_spec(spec)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return spec, weight
+
 
 def doc_id(key: str) -> str:
     """The stable document id of a record key: 16 hex digits of its sha256."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
-def build_raw_corpus(
-    config: CorpusConfig, out_dir: Path, cache_dir: Path, *, progress: ProgressFn | None = None
-) -> dict[str, Any]:
-    """Read every source of ``config`` into Parquet shards in ``out_dir`` (empty or new) and
-    write its manifest last; returns the manifest.
-
-    Manifest keys: ``documents``, ``bytes`` (UTF-8 bytes of text), ``shards`` (path, rows,
-    sha256 each), ``skipped`` and ``repaired`` (reason → count), ``sources`` (spec, version,
-    documents, skipped per source), ``config``, and ``python_version`` when the builtin
-    source is read. Raises ValueError/FileNotFoundError/ConnectionError listing the problems.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"out_dir {out_dir} is not empty; pass a new or empty staging directory (see io.atomic_dir)")
-    ctx = ReadContext(
+def read_context(config: CorpusConfig) -> ReadContext:
+    return ReadContext(
         text_field=config.text_field,
         invalid_utf8=config.invalid_utf8,
         on_bad_record=config.on_bad_record,
         max_document_bytes=config.max_document_bytes,
     )
-    fetch = Fetcher(Path(cache_dir), retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s)
+
+
+def partition_sources(
+    config: CorpusConfig, cache_dir: Path | None, partition: str | None, ctx: ReadContext, *, download: bool = True
+) -> list[Source]:
+    """The sources of ``config`` narrowed to the units of ``partition`` (all of them when None); sources with
+    no unit there are left out. ``download=False`` fetches no remote body (versions only)."""
+    fetch = Fetcher(
+        Path(cache_dir) if download else None, retries=config.retries, backoff_s=config.backoff_s,
+        timeout_s=config.timeout_s,
+    )  # fmt: skip
     with fetch as fetcher:
-        sources = open_sources(config.sources, ctx, fetcher, hf_split=config.hf_split, cache_dir=Path(cache_dir))
+        sources = open_sources(
+            config.specs, ctx, fetcher, hf_split=config.hf_split, cache_dir=Path(cache_dir) if cache_dir else None,
+            download=download, hf_streaming=config.hf_streaming,
+        )  # fmt: skip
+    if partition is None:
+        return sources
+    narrowed = (s.only({k for k in s.claims if partition_of(k) == partition}) for s in sources)
+    return [s for s in narrowed if s is not None]
+
+
+def partition_units(config: CorpusConfig, partition: str) -> list[dict[str, str]]:
+    """``{spec, key, version}`` of every unit in ``partition``: what its raw corpus is built from. Local files
+    are digested; remote ones give their validators; nothing is downloaded."""
+    sources = partition_sources(config, None, partition, read_context(config), download=False)
+    return [{"spec": s.spec.raw, "key": key, "version": v} for s in sources for key, v in s.units()]
+
+
+def build_raw_corpus(
+    config: CorpusConfig,
+    out_dir: Path,
+    cache_dir: Path,
+    *,
+    partition: str | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Read every source of ``config`` (with ``partition``: its units in that hash bucket) into Parquet
+    shards in ``out_dir`` (empty or new) and write its manifest last; returns the manifest.
+
+    Manifest keys: ``documents``, ``bytes`` (UTF-8 bytes of text), ``shards`` (path, rows,
+    sha256 each), ``skipped`` and ``repaired`` (reason → count), ``sources`` (spec, version,
+    documents, skipped per source), ``units`` (spec, key, version), ``partition``, ``config``,
+    and ``python_version`` when the builtin source is read. Raises
+    ValueError/FileNotFoundError/ConnectionError listing the problems. A source that gives no
+    documents is an error here only for the whole corpus; per partition, :func:`check_sources`
+    judges the sources over all partitions.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"out_dir {out_dir} is not empty; pass a new or empty staging directory (see io.atomic_dir)")
+    ctx = read_context(config)
+    sources = partition_sources(config, cache_dir, partition, ctx)
     summaries: list[dict[str, Any]] = []
     documents = nbytes = 0
     # a buffered batch never spans much more than a shard, so small shard_bytes still rotate
@@ -124,21 +198,22 @@ def build_raw_corpus(
     try:
         with writer:
             for i, source in enumerate(sources):
-                before, count = Counter(ctx.skipped), 0
+                before, count, spec = Counter(ctx.skipped), 0, source.spec.raw
                 for record in source.records(ctx):
-                    writer.write({"doc_id": doc_id(record.key), "source": record.source, "text": record.text})
+                    row = {"doc_id": doc_id(record.key), "source": record.source, "spec": spec, "text": record.text}
+                    writer.write(row)
                     count += 1
                     nbytes += len(record.text) if record.text.isascii() else len(record.text.encode("utf-8"))
                     if progress is not None and (documents + count) % 1000 == 0:
                         progress("documents", documents + count, None)
                 documents += count
                 skipped = dict(ctx.skipped - before)
-                if count == 0:
+                if count == 0 and partition is None:
                     ctx.problems.add(
                         f"source {source.spec.raw!r} produced no documents (skipped: {skipped or 'nothing'}); "
                         "check the path, its file types and text_field"
                     )
-                summaries.append({"spec": source.spec.raw, "version": source.version(), "documents": count})
+                summaries.append({"spec": spec, "version": source.version(), "documents": count})
                 summaries[-1]["skipped"] = skipped
                 log.info("source %s: %d documents, skipped %s", source.spec.raw, count, skipped)
                 if progress is not None:
@@ -156,9 +231,37 @@ def build_raw_corpus(
         "skipped": dict(sorted(ctx.skipped.items())),
         "repaired": dict(sorted(ctx.repaired.items())),
         "sources": summaries,
+        "units": [{"spec": s.spec.raw, "key": key, "version": v} for s in sources for key, v in s.units()],
+        "partition": partition,
         "config": {**asdict(config), "sources": list(config.sources)},
     }
     if any(source.spec.kind == "builtin" for source in sources):
         manifest["python_version"] = platform.python_version()
     write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def corpus_version(config: CorpusConfig) -> tuple[str, dict[str, str]]:
+    """Combined version of all sources (16 hex digits) and the version of each, without downloading."""
+    versions = {spec: source_version(spec, config) for spec in config.specs}
+    return digest_of(versions)[:16], versions
+
+
+def check_sources(sources: list[Any], manifests: list[dict[str, Any]]) -> None:
+    """Raise naming every entry of ``sources`` (a CorpusConfig's) that gave no documents in any of the
+    partitions' manifests."""
+    specs = CorpusConfig(sources=tuple(sources)).specs
+    counts: Counter[str] = Counter()
+    skipped: dict[str, Counter[str]] = {spec: Counter() for spec in specs}
+    for manifest in manifests:
+        for summary in manifest["sources"]:
+            counts[summary["spec"]] += summary["documents"]
+            skipped.setdefault(summary["spec"], Counter()).update(summary.get("skipped", {}))
+    empty = [
+        f"source {spec!r} produced no documents (skipped: {dict(skipped[spec]) or 'nothing'}); "
+        "check the path, its file types and text_field"
+        for spec in specs
+        if counts[spec] == 0
+    ]
+    if empty:
+        raise ValueError("; ".join(empty))

@@ -1,11 +1,17 @@
 """Document deduplication: exact (content digest) and near-duplicate (MinHash LSH).
 
-Each deduper is a stateful filter: call it on documents in corpus order and it returns
+Each deduper is a stateful filter: call it on documents in order and it returns
 ``(keep, reason)`` like the other filters in :mod:`lmcore.data.clean`, remembering every
-document it keeps, so the first copy survives and later copies are dropped. State is
-the only memory that grows with the corpus: 16 bytes per kept document for exact
-dedup; for near dedup one signature (``num_perm`` x 4 bytes) plus the LSH band keys.
-This module knows nothing of files, shards or pipeline stages.
+document it keeps, so the first copy survives and later copies are dropped.
+
+Across partitions, cleaning writes each kept document's *signature* (:func:`signature_row`:
+content digest, and the MinHash when near dedup is on) and :func:`resolve_duplicates`
+decides over all signatures at once, feeding them to the dedupers in ``doc_id`` order:
+the copy with the smallest ``doc_id`` survives, whatever the partitioning, the order the
+partitions ran in or the number of workers. Only signatures are read again when the corpus
+grows, never the texts. State is the only memory that grows with the corpus: 16 bytes per
+kept document for exact dedup; for near dedup one signature (``num_perm`` x 4 bytes) plus
+the LSH band keys. This module knows nothing of files, shards or pipeline stages.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import hashlib
 import re
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 EXACT_REASON = "exact_duplicate"
 NEAR_REASON = "near_duplicate"
@@ -37,11 +43,19 @@ class ExactDeduper:
         return len(self._seen)
 
     def __call__(self, text: str) -> tuple[bool, str | None]:
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        return self.check(content_digest(text))
+
+    def check(self, digest: bytes) -> tuple[bool, str | None]:
+        """The filter on a precomputed :func:`content_digest`."""
         if digest in self._seen:
             return False, EXACT_REASON
         self._seen.add(digest)
         return True, None
+
+
+def content_digest(text: str) -> bytes:
+    """blake2b-128 of the UTF-8 text: what exact dedup compares."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
 def shingles(text: str, n: int) -> list[bytes]:
@@ -95,7 +109,11 @@ class NearDeduper:
         return m
 
     def __call__(self, text: str) -> tuple[bool, str | None]:
-        m = self.signature(text)
+        return self.check(self.signature(text).hashvalues)
+
+    def check(self, hashvalues: np.ndarray) -> tuple[bool, str | None]:
+        """The filter on a precomputed signature (``signature(text).hashvalues``)."""
+        m = LeanMinHash(seed=self._template.seed, hashvalues=np.asarray(hashvalues), scheme=self._template.scheme)
         for key in self._lsh.query(m):
             if float(np.mean(self._signatures[key] == m.hashvalues)) >= self.threshold:
                 return False, NEAR_REASON
@@ -103,3 +121,33 @@ class NearDeduper:
         self._signatures.append(m.hashvalues.copy())
         self._lsh.insert(key, m, check_duplication=False)
         return True, None
+
+
+def resolve_duplicates(
+    doc_ids: list[str],
+    digests: list[bytes],
+    signatures: list[np.ndarray] | None,
+    *,
+    exact: bool,
+    near: NearDeduper | None,
+) -> dict[str, str]:
+    """``doc_id -> reason`` for every duplicate among the given documents; the rest are kept.
+
+    Documents are judged in ``doc_id`` order (each against the kept ones before it), so the
+    answer depends on the set of documents only. ``signatures`` are the MinHash hash values,
+    needed when ``near`` is given.
+    """
+    exact_dedup = ExactDeduper() if exact else None
+    dropped: dict[str, str] = {}
+    for i in sorted(range(len(doc_ids)), key=doc_ids.__getitem__):
+        if exact_dedup is not None:
+            keep, reason = exact_dedup.check(digests[i])
+            if not keep:
+                dropped[doc_ids[i]] = reason  # type: ignore[assignment]
+                continue
+        if near is not None:
+            assert signatures is not None, "near dedup needs the documents' signatures"
+            keep, reason = near.check(signatures[i])
+            if not keep:
+                dropped[doc_ids[i]] = reason  # type: ignore[assignment]
+    return dropped

@@ -14,6 +14,7 @@ This module knows nothing of models or training loops.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from lmcore.data.tokenizer import Tokenizer
-from lmcore.io import ProgressFn, atomic_path, iter_texts, read_json, sha256_file, write_json
+from lmcore.io import ProgressFn, atomic_path, iter_texts, link_or_copy, read_json, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -39,12 +40,15 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class TokenShardWriter:
     """Append token ids; rotate to a new Arrow IPC shard every ``shard_tokens`` ids."""
 
-    def __init__(self, out_dir: str | Path, dtype: np.dtype, *, shard_tokens: int = 1 << 24) -> None:
+    def __init__(
+        self, out_dir: str | Path, dtype: np.dtype, *, shard_tokens: int = 1 << 24, prefix: str = "shard"
+    ) -> None:
         if shard_tokens < 1:
             raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
         self.out_dir = Path(out_dir)
         self.dtype = np.dtype(dtype)
         self.shard_tokens = shard_tokens
+        self.prefix = prefix
         self.shards: list[dict[str, Any]] = []
         self.tokens = 0
         self._buf = np.empty(shard_tokens, dtype=self.dtype)
@@ -71,7 +75,7 @@ class TokenShardWriter:
     def _write_shard(self) -> None:
         if self._fill == 0:
             return
-        name = f"shard-{len(self.shards):05d}.arrow"
+        name = f"{self.prefix}-{len(self.shards):05d}.arrow"
         arr = pa.array(self._buf[: self._fill])
         batch = pa.record_batch([arr], names=["tokens"])
         with atomic_path(self.out_dir / name) as tmp:
@@ -207,3 +211,116 @@ def tokenize_splits(
     return write_manifest(
         out_dir, splits, dtype=dtype.name, vocab_size=vocab_size, eot_id=tokenizer.eot_id, **manifest_extra
     )
+
+
+def _group_name(spec: str) -> str:
+    """A file-name-safe name of a source spec's shards."""
+    return hashlib.sha256(spec.encode("utf-8")).hexdigest()[:8]
+
+
+def tokenize_partition(
+    tokenizer: Tokenizer | str | Path,
+    doc_paths: list[Path],
+    splits_of: dict[str, str],
+    out_dir: str | Path,
+    *,
+    shard_tokens: int = 1 << 24,
+    batch_size: int = 512,
+    progress: ProgressFn | None = None,
+    **manifest_extra: Any,
+) -> dict[str, Any]:
+    """Tokenize one partition's cleaned documents (``doc_paths``) into ``out_dir/{split}/`` shards, one run of
+    shards per source spec (so batches can be mixed by source); manifest last.
+
+    ``tokenizer`` may be the path of a ``tokenizer.json``. ``splits_of`` maps each ``doc_id`` to keep to its
+    split; other documents (duplicates) are passed over. Each shard entry carries its ``spec``; per split the
+    manifest also counts ``bytes`` (UTF-8 of the kept texts).
+    """
+    import pyarrow.parquet as pq
+
+    from lmcore.data.tokenizer import load_tokenizer
+
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = load_tokenizer(tokenizer)
+    out_dir = Path(out_dir)
+    dtype = token_dtype(tokenizer.get_vocab_size())
+    writers: dict[tuple[str, str], TokenShardWriter] = {}
+    stats = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in ("train", "val", "test")}
+    done = 0
+    pending: dict[tuple[str, str], list[str]] = {}
+
+    def flush(key: tuple[str, str]) -> None:
+        texts = pending.pop(key, [])
+        if not texts:
+            return
+        if key not in writers:
+            split, spec = key
+            writers[key] = TokenShardWriter(out_dir / split, dtype, shard_tokens=shard_tokens,
+                                            prefix=f"shard-{_group_name(spec)}").__enter__()  # fmt: skip
+        for ids, _ in encode_documents(tokenizer, texts, batch_size=batch_size):
+            writers[key].add(ids)
+
+    for path in doc_paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["doc_id", "spec", "text"]):
+            for doc, spec, text in zip(*(batch.column(c).to_pylist() for c in ("doc_id", "spec", "text")), strict=True):
+                split = splits_of.get(doc)
+                if split is None:
+                    continue
+                stats[split]["documents"] += 1
+                stats[split]["bytes"] += len(text.encode("utf-8"))
+                key = (split, spec)
+                pending.setdefault(key, []).append(text)
+                if len(pending[key]) >= batch_size:
+                    flush(key)
+                done += 1
+            if progress:
+                progress("tokenize documents", done, len(splits_of))
+    for key in list(pending):
+        flush(key)
+    splits: dict[str, dict[str, Any]] = {}
+    for split, info in stats.items():
+        shards = []
+        for (s, spec), writer in sorted(writers.items()):
+            if s == split:
+                writer.__exit__(None, None, None)
+                shards += [{**shard, "spec": spec} for shard in writer.shards]
+                info["tokens"] += writer.tokens
+        splits[split] = {**info, "shards": shards}
+    return write_manifest(out_dir, splits, dtype=dtype.name, vocab_size=tokenizer.get_vocab_size(),
+                          eot_id=tokenizer.eot_id, **manifest_extra)  # fmt: skip
+
+
+def assemble_shards(parts: dict[str, Path], out_dir: str | Path, **manifest_extra: Any) -> dict[str, Any]:
+    """Gather the partitions' shards (``tokenize_partition`` outputs) into one shard root, in partition order,
+    linked rather than copied; the manifest keeps each shard's digest, spec and partition, and counts tokens
+    per source spec (``sources``)."""
+    out_dir = Path(out_dir)
+    manifests = {p: load_manifest(parts[p]) for p in sorted(parts)}
+    kinds = {(m["dtype"], m["vocab_size"], m["eot_id"]) for m in manifests.values()}
+    if len(kinds) > 1:
+        raise ValueError(f"the partitions were tokenized with different tokenizers ({sorted(kinds)}); "
+                         "re-materialize every partition of the tokenized asset")  # fmt: skip
+    splits: dict[str, dict[str, Any]] = {}
+    sources: dict[str, dict[str, int]] = {}
+    for split in ("train", "val", "test"):
+        shards, docs, nbytes = [], 0, 0
+        for p, manifest in manifests.items():
+            info = manifest["splits"][split]
+            docs += info["documents"]
+            nbytes += info["bytes"]
+            for shard in info["shards"]:
+                name = f"shard-{len(shards):05d}.arrow"
+                link_or_copy(Path(parts[p]) / split / shard["path"], out_dir / split / name)
+                shards.append({**shard, "path": name, "partition": p})
+                per = sources.setdefault(shard["spec"], {"train": 0, "val": 0, "test": 0})
+                per[split] += shard["tokens"]
+        splits[split] = {"documents": docs, "tokens": sum(s["tokens"] for s in shards), "bytes": nbytes,
+                         "shards": shards}  # fmt: skip
+    dtype, vocab, eot = next(iter(kinds)) if kinds else ("uint16", 0, 0)
+    return write_manifest(out_dir, splits, dtype=dtype, vocab_size=vocab, eot_id=eot, sources=sources,
+                          **manifest_extra)  # fmt: skip
+
+
+def split_groups(root: str | Path, split: str) -> list[str]:
+    """The source spec of each shard of ``split`` (in shard order), for mixing batches by source."""
+    return [shard.get("spec", "") for shard in load_manifest(root)["splits"][split]["shards"]]

@@ -13,14 +13,21 @@ document. This module knows nothing of tokenizers or models.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lmcore.data.clean import CLEAN_SCHEMA, SOURCE_DOC_ID
-from lmcore.io import ParquetShardWriter, ProgressFn, read_parquet_rows, write_json
+from lmcore.data.clean import SIGNATURES, SOURCE_DOC_ID, CleanConfig, near_deduper
+from lmcore.data.dedup import resolve_duplicates
+from lmcore.io import ProgressFn, digest_of, link_or_copy, read_json, write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -33,8 +40,6 @@ class SplitConfig:
     """Fraction of documents in the test split, in [0, 1)."""
     seed: int = 0
     """Salt of the hash; a different seed gives a different, equally stable assignment."""
-    shard_bytes: int = 64 << 20
-    """Rotate output Parquet shards at about this many bytes of text."""
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -46,8 +51,6 @@ class SplitConfig:
                 f"SplitConfig: val_fraction + test_fraction = {self.val_fraction + self.test_fraction}"
                 " leaves no training data; keep their sum below 1"
             )
-        if self.shard_bytes <= 0:
-            raise ValueError(f"SplitConfig.shard_bytes={self.shard_bytes}: must be positive")
 
 
 def assign_split(doc_id: str, config: SplitConfig) -> str:
@@ -65,50 +68,163 @@ def assign_split(doc_id: str, config: SplitConfig) -> str:
     return "train"
 
 
-def split_corpus(
-    config: SplitConfig, in_paths: list[Path], out_dir: Path, *, progress: ProgressFn | None = None
-) -> dict[str, Any]:
-    """Copy the cleaned documents into ``out_dir/{train,val,test}/part-*.parquet``; manifest last.
+INDEX = "index.parquet"
+DOCS_DIR = "docs"
+DEDUP_FIELDS = ("dedup_exact", "dedup_near", "near_threshold", "num_perm", "seed")
 
-    Each row goes to the split of its ``source_doc_id`` (:func:`assign_split`) and keeps every
-    column of :data:`~lmcore.data.clean.CLEAN_SCHEMA`.
+
+def split_corpus(
+    config: SplitConfig,
+    partitions: Mapping[str, Path],
+    out_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+    **manifest_extra: Any,
+) -> dict[str, Any]:
+    """Remove duplicates across all cleaned partitions and assign every kept document its split.
+
+    ``partitions`` maps each partition key to a cleaned directory (``lmcore.data.clean``'s output).
+    Only the signatures are read. Writes ``index.parquet`` (partition, doc_id, spec, bytes, split,
+    and the duplicate reason or null), links each partition's cleaned shards under
+    ``docs/<partition>/`` (no copy on a local disk), then ``manifest.json``. Each row's split is
+    that of its ``source_doc_id`` (:func:`assign_split`); the duplicate kept is the one with the
+    smallest ``doc_id`` (:func:`~lmcore.data.dedup.resolve_duplicates`), so the result depends on
+    the set of documents only, not on how they were partitioned or in which order the
+    partitions ran.
     """
     out_dir = Path(out_dir)
-    _check_inputs([Path(p) for p in in_paths])
-    writers = {s: ParquetShardWriter(out_dir / s, CLEAN_SCHEMA, max_bytes=config.shard_bytes) for s in SPLITS}
-    stats = {s: {"documents": 0, "bytes": 0} for s in SPLITS}
-    for w in writers.values():
-        w.__enter__()
-    try:
-        for n, row in enumerate(read_parquet_rows(in_paths), start=1):
-            split = assign_split(row[SOURCE_DOC_ID], config)
-            writers[split].write(row)
-            stats[split]["documents"] += 1
-            stats[split]["bytes"] += len(row["text"].encode("utf-8"))
-            if progress and n % 1000 == 0:
-                progress("split documents", n, None)
-    except BaseException as exc:
-        for w in writers.values():
-            w.__exit__(type(exc), exc, None)
-        raise
-    for split, w in writers.items():
-        w.__exit__(None, None, None)
-        stats[split]["shards"] = w.shards
-    manifest = {"splits": stats, "config": asdict(config)}
+    keys = sorted(partitions)
+    manifests = {p: read_json(Path(partitions[p]) / "manifest.json") for p in keys}
+    dedup = _dedup_config(manifests)
+    _check_inputs({p: Path(partitions[p]) for p in keys}, manifests)
+    tables = []
+    for p in keys:
+        table = pq.read_table(Path(partitions[p]) / manifests[p].get("signatures", SIGNATURES))
+        tables.append(table.append_column("partition", pa.array([p] * table.num_rows, pa.string())))
+    signatures = pa.concat_tables(tables) if tables else None
+    doc_ids = signatures.column("doc_id").to_pylist() if signatures is not None else []
+    near = near_deduper(CleanConfig(**{**CleanConfig().__dict__, **dedup})) if dedup.get("dedup_near") else None
+    dropped = resolve_duplicates(
+        doc_ids,
+        signatures.column("digest").to_pylist() if signatures is not None else [],
+        signatures.column("minhash").to_numpy(zero_copy_only=False) if near is not None and doc_ids else None,
+        exact=bool(dedup.get("dedup_exact")),
+        near=near,
+    )
+    if progress:
+        progress("judged documents", len(doc_ids), len(doc_ids))
+    source_ids = signatures.column(SOURCE_DOC_ID).to_pylist() if signatures is not None else []
+    split_of = [None if d in dropped else assign_split(src, config) for d, src in zip(doc_ids, source_ids, strict=True)]
+    index = pa.table(
+        {
+            "partition": signatures.column("partition") if signatures is not None else pa.array([], pa.string()),
+            "doc_id": pa.array(doc_ids, pa.string()),
+            "spec": signatures.column("spec") if signatures is not None else pa.array([], pa.string()),
+            "bytes": signatures.column("bytes") if signatures is not None else pa.array([], pa.int64()),
+            "split": pa.array(split_of, pa.string()),
+            "reason": pa.array([dropped.get(d) for d in doc_ids], pa.string()),
+        }
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(index, out_dir / INDEX)
+    per_partition = {}
+    for p in keys:
+        shards = []
+        for shard in manifests[p]["shards"]:
+            link_or_copy(Path(partitions[p]) / shard["path"], out_dir / DOCS_DIR / p / shard["path"])
+            shards.append({**shard, "path": f"{p}/{shard['path']}"})
+        mine = [(d, sp) for d, sp, part in zip(doc_ids, split_of, index.column("partition").to_pylist(), strict=True)
+                if part == p]  # fmt: skip
+        per_partition[p] = {"shards": shards, "index_sha256": digest_of(sorted(mine, key=lambda r: r[0]))}
+    frame = pl.from_arrow(index)
+    assert isinstance(frame, pl.DataFrame)
+    stats = {}
+    for split in SPLITS:
+        rows = frame.filter(pl.col("split") == split)
+        stats[split] = {"documents": rows.height, "bytes": int(rows["bytes"].sum() or 0)}
+    manifest = {
+        "splits": stats,
+        "dropped": dict(sorted(Counter(dropped.values()).items())),
+        "documents": len(doc_ids) - len(dropped),
+        "partitions": per_partition,
+        "dedup": dedup,
+        "config": asdict(config),
+        **manifest_extra,
+    }
     write_json(out_dir / "manifest.json", manifest)
     return manifest
 
 
-def _check_inputs(paths: list[Path]) -> None:
-    """Raise naming every input shard that lacks ``source_doc_id`` (written by an older clean_corpus)."""
-    old = [str(p) for p in paths if SOURCE_DOC_ID not in pq.read_schema(p).names]
-    if old:
+def _dedup_config(manifests: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The dedup settings every partition was cleaned with; ValueError naming the partitions when they differ."""
+    seen: dict[str, list[str]] = {}
+    for p, manifest in manifests.items():
+        settings = {k: manifest["config"][k] for k in DEDUP_FIELDS}
+        seen.setdefault(json.dumps(settings, sort_keys=True), []).append(p)
+    if len(seen) > 1:
+        groups = "; ".join(f"partitions {', '.join(ps)}: {s}" for s, ps in seen.items())
+        raise ValueError(f"the cleaned partitions were deduplicated with different settings ({groups}); "
+                         "re-materialize every partition of clean_corpus with one config")  # fmt: skip
+    return json.loads(next(iter(seen))) if seen else {}
+
+
+def _check_inputs(dirs: Mapping[str, Path], manifests: Mapping[str, dict[str, Any]]) -> None:
+    """Raise naming every partition written by an older clean_corpus: shards lacking ``source_doc_id`` or ``spec``,
+    or no signatures to judge duplicates by."""
+    problems = []
+    for p, root in dirs.items():
+        if not (root / manifests[p].get("signatures", SIGNATURES)).is_file():
+            problems.append(f"partition {p}: {root} has no {SIGNATURES}, so its duplicates cannot be judged")
+        for shard in manifests[p]["shards"]:
+            names = pq.read_schema(root / shard["path"]).names
+            if absent := [c for c in (SOURCE_DOC_ID, "spec") if c not in names]:
+                problems.append(f"{root / shard['path']}: no {', '.join(map(repr, absent))} column")
+    if problems:
         raise ValueError(
-            f"{', '.join(old)}: no {SOURCE_DOC_ID!r} column, so chunks cannot be kept with their source document; "
-            "re-materialize clean_corpus (it writes the column) and then splits"
+            f"{'; '.join(problems)}: chunks need {SOURCE_DOC_ID!r} to stay with their source document, tokenizing "
+            "needs 'spec'; re-materialize clean_corpus (every partition; it writes both and the signatures) and then "
+            "splits"
         )
 
 
-def split_paths(split_root: Path, split: str, manifest: dict[str, Any]) -> list[Path]:
-    """Parquet files of one split, from the splits manifest."""
-    return [Path(split_root) / split / s["path"] for s in manifest["splits"][split]["shards"]]
+def split_rows(root: Path, manifest: dict[str, Any], split: str, columns: list[str] | None = None,
+               ids: set[str] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """The rows (every CLEAN_SCHEMA column, or ``columns``) of one split, partition by partition in cleaning
+    order; with ``ids``, only those documents."""
+    if split not in SPLITS:
+        raise ValueError(f"no split {split!r}; the splits are {', '.join(SPLITS)}")
+    root = Path(root)
+    index = pq.read_table(root / INDEX, columns=["partition", "doc_id", "split"], filters=[("split", "=", split)])
+    by_partition: dict[str, set[str]] = {}
+    for p, d in zip(index.column("partition").to_pylist(), index.column("doc_id").to_pylist(), strict=True):
+        if ids is None or d in ids:
+            by_partition.setdefault(p, set()).add(d)
+    wanted = None if columns is None else list(dict.fromkeys(["doc_id", *columns]))
+    for p in sorted(by_partition):
+        keep = pa.array(sorted(by_partition[p]), pa.string())
+        for shard in manifest["partitions"][p]["shards"]:
+            for batch in pq.ParquetFile(root / DOCS_DIR / shard["path"]).iter_batches(batch_size=256, columns=wanted):
+                chosen = batch.filter(pc.is_in(batch.column("doc_id"), value_set=keep))
+                for row in chosen.to_pylist():
+                    yield row if columns is None or "doc_id" in columns else {c: row[c] for c in columns}
+
+
+def split_index(root: Path, partition: str | None = None) -> pa.Table:
+    """The index (partition, doc_id, spec, bytes, split, reason), or one partition's rows of it."""
+    filters = [("partition", "=", partition)] if partition is not None else None
+    return pq.read_table(Path(root) / INDEX, filters=filters)
+
+
+def tokenizer_sample(root: Path, sample_bytes: int) -> set[str]:
+    """The train documents a tokenizer learns from: in order of sha256 of their ``doc_id`` (so the choice does not
+    depend on partitions or run order), as many as fit in ``sample_bytes`` (at least one)."""
+    index = pq.read_table(Path(root) / INDEX, columns=["doc_id", "bytes", "split"], filters=[("split", "=", "train")])
+    rows = sorted(zip(index.column("doc_id").to_pylist(), index.column("bytes").to_pylist(), strict=True),
+                  key=lambda r: hashlib.sha256(r[0].encode()).digest())  # fmt: skip
+    chosen, total = set(), 0
+    for doc, size in rows:
+        if chosen and total + size > sample_bytes:
+            break
+        chosen.add(doc)
+        total += size
+    return chosen

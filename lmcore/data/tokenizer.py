@@ -1,7 +1,7 @@
 """Byte-level BPE tokenizer training with HF ``tokenizers``, deterministic by construction.
 
-The tokenizer is trained on the train split only. Special tokens take the first ids in
-a fixed order, so ``<|endoftext|>`` is always 0 and ``<|pad|>`` 1. Same corpus and config
+The tokenizer is trained on a bounded, deterministic sample of the train split only. Special
+tokens take the first ids in a fixed order, so ``<|endoftext|>`` is always 0 and ``<|pad|>`` 1. Same corpus and config
 give a byte-identical ``tokenizer.json``. :class:`Tokenizer` is what the rest of lmcore
 takes: the HF tokenizer with its special ids looked up once. This module knows nothing of
 shards or models.
@@ -25,6 +25,7 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (EOT, PAD, IM_START, IM_END)
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+GROWTH_POLICIES = ("keep", "retrain")
 MAX_VOCAB = 1 << 20
 """1,048,576: four times the largest vocabularies in use (~256k). Ids must fit the uint32 shards and
 the trainer's u32 ids (at 2**32 it aborts the process in a Rust allocation), and long before that the
@@ -42,6 +43,13 @@ class TokenizerConfig:
 
     Pre-tokenization splits on whitespace anyway, so this changes nothing in the counts
     except at piece borders; it keeps a single enormous document from being one string."""
+    sample_bytes: int = 256 << 20
+    """Train on at most this many bytes of the train split: documents in order of a hash of their id, so the
+    sample does not depend on partitions or run order, and memory stays bounded however large the corpus."""
+    when_corpus_grows: str = "keep"
+    """``keep``: reuse the tokenizer trained earlier with this same config, so the token shards of unchanged
+    partitions stay valid and a model can continue training; ``retrain``: train again on the current sample
+    (every partition is then tokenized again)."""
 
     def __post_init__(self) -> None:
         if self.vocab_size < _MIN_VOCAB:
@@ -57,6 +65,13 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig.min_frequency={self.min_frequency}: must be >= 1")
         if self.max_piece_chars < 0:
             raise ValueError(f"TokenizerConfig.max_piece_chars={self.max_piece_chars}: must be >= 0")
+        if not isinstance(self.sample_bytes, int) or self.sample_bytes < 1:
+            raise ValueError(f"TokenizerConfig.sample_bytes={self.sample_bytes}: must be a positive number of bytes")
+        if self.when_corpus_grows not in GROWTH_POLICIES:
+            raise ValueError(
+                f"TokenizerConfig.when_corpus_grows={self.when_corpus_grows!r}: "
+                f"choose one of {', '.join(GROWTH_POLICIES)}"
+            )
 
 
 class Tokenizer:

@@ -196,3 +196,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = min((step - cfg.warmup_steps) / (decay_steps - 1), 1.0)  # 0 at the first, 1 at the last step
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+INITS = ("scratch", "previous")
+
+
+@dataclass(kw_only=True, frozen=True)
+class WarmStartConfig:
+    """Where pretraining starts when the corpus has grown: from new weights, or from the previous model."""
+
+    init: str = "scratch"
+    """``scratch``: new weights; ``previous``: the last pretrained model's weights (same shape and tokenizer),
+    trained on the new tokens plus ``replay_fraction`` of old ones, with the schedule restarted from step 0 (its
+    warmup re-warms the learning rate) and a fresh optimizer."""
+    replay_fraction: float = 0.25
+    """With ``init: previous``: the share of training windows drawn from shards the previous model was trained
+    on (the rest from shards it has not seen), in [0, 1)."""
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r}: choose one of {', '.join(INITS)}")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ValueError(f"replay_fraction={self.replay_fraction}: must be in [0, 1) (the share of old windows)")

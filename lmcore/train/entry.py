@@ -29,10 +29,10 @@ from lmcore.io import read_json
 from lmcore.model.gpt import PRESETS, ModelConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.distributed import dist_env
-from lmcore.train.job import Outlets
+from lmcore.train.job import Outlets, WarmStart
 from lmcore.train.loop import train
 
-KEYS = {"model", "train", "shard_root", "runs_dir", "meta_extra", "window_log_dir", "outlets"}
+KEYS = {"model", "train", "shard_root", "runs_dir", "meta_extra", "window_log_dir", "outlets", "init"}
 REQUIRED = {"model", "train", "shard_root", "runs_dir"}
 
 
@@ -68,6 +68,7 @@ def train_kwargs(spec: dict[str, Any], *, where: str | Path = "run spec") -> dic
         "meta_extra": spec.get("meta_extra"),
         "window_log_dir": Path(window_log_dir) if window_log_dir else None,
         "outlets": Outlets.from_dict(spec.get("outlets")),
+        "init": WarmStart.from_dict(spec["init"]) if spec.get("init") else None,
     }
 
 

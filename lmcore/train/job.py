@@ -95,9 +95,60 @@ class Job:
     so frozen parameters must come out of ``build_model`` the same every time."""
 
 
-def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_dir: Path | None) -> Job:
-    """Pretraining: a fresh GPT on the token shards' "train" windows, validated on "val", with
-    ``cfg.objective`` applied to every batch."""
+@dataclass(frozen=True, kw_only=True)
+class WarmStart:
+    """Pretraining that continues from a previous model: its checkpoint, and the share of windows to replay from
+    the train shards it was trained on (``trained_shards``: their sha256, from its meta's ``data``)."""
+
+    checkpoint: Path
+    replay_fraction: float
+    trained_shards: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.checkpoint), "replay_fraction": self.replay_fraction,
+                "trained_shards": list(self.trained_shards)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WarmStart:
+        return cls(checkpoint=Path(d["checkpoint"]), replay_fraction=float(d["replay_fraction"]),
+                   trained_shards=tuple(d["trained_shards"]))  # fmt: skip
+
+
+def train_mixture(manifest: dict[str, Any], init: WarmStart | None) -> tuple[list[str] | None, dict[str, float] | None]:
+    """The group of each train shard and the groups' weights, or ``(None, None)`` for plain shuffling.
+
+    Groups are the shard's source spec when the corpus gives mixing weights (``manifest["weights"]``), and
+    ``new`` or ``replay`` (whether the previous model was trained on the shard) with ``init``; with both, a
+    group is ``spec|new`` with the product of the weights. A share with no shards is left out.
+    """
+    shards = manifest["splits"]["train"]["shards"]
+    by_spec: dict[str, float] | None = manifest.get("weights")
+    if by_spec is None and init is None:
+        return None, None
+    groups, weights = [], {}
+    seen = set(init.trained_shards) if init is not None else set()
+    for shard in shards:
+        parts, weight = [], 1.0
+        if by_spec is not None:
+            spec = shard.get("spec", "")
+            parts.append(spec)
+            weight *= by_spec.get(spec, 1.0)
+        if init is not None:
+            old = shard["sha256"] in seen
+            parts.append("replay" if old else "new")
+            weight *= init.replay_fraction if old else 1.0 - init.replay_fraction
+        groups.append("|".join(parts))
+        weights[groups[-1]] = weight
+    if init is not None and len({g.rsplit("|", 1)[-1] for g in groups}) == 1:
+        weights = {g: (by_spec or {}).get(g.rsplit("|", 1)[0], 1.0) for g in weights}  # only new, or only old
+    return groups, weights
+
+
+def shard_job(
+    mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_dir: Path | None, *, init: WarmStart | None = None
+) -> Job:
+    """Pretraining: a GPT (new, or ``init``'s weights) on the token shards' "train" windows, validated on "val",
+    with ``cfg.objective`` applied to every batch and the sources mixed as the manifest and ``init`` say."""
     manifest = load_manifest(shard_root)
     vocab = manifest.get("vocab_size")
     if vocab is not None and vocab > mc.vocab_size:
@@ -108,23 +159,58 @@ def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_di
     if cfg.eval_batches and "val" not in manifest["splits"]:
         raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
     version = sha256_file(shard_root / MANIFEST)
+    groups, weights = train_mixture(manifest, init)
+    start = _warm_start(mc, init) if init is not None else None
 
     def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
         window_log = None
         if window_log_dir is not None:
             Path(window_log_dir).mkdir(parents=True, exist_ok=True)
             window_log = Path(window_log_dir) / f"rank-{kw['rank']}.txt"
-        train: BatchSource = TokenLoader.from_split(shard_root, "train", window_log=window_log, **kw)
+        train: BatchSource = TokenLoader.from_split(
+            shard_root, "train", window_log=window_log, groups=groups, weights=weights, **kw
+        )
         val: BatchSource | None = TokenLoader.from_split(shard_root, "val", **kw) if validation else None
         if objective is not None:
             train = ObjectiveSource(train, objective, kw["seed"], kw["rank"])
             val = ObjectiveSource(val, objective, kw["seed"], kw["rank"]) if val is not None else None
         return train, val
 
+    trained = [s["sha256"] for s in manifest["splits"]["train"]["shards"]]
+    data = {"shard_root": str(shard_root), "manifest_sha256": version, "base_vocab": base_vocab,
+            "train_shards": trained, "mixture_weights": weights}  # fmt: skip
+    config: dict[str, Any] = {"data_version": version}
+    if start is not None:
+        assert init is not None
+        config["init_checkpoint"] = start[1]
+        data |= {"init_checkpoint": str(init.checkpoint), "init_sha256": start[1],
+                 "replay_fraction": init.replay_fraction}  # fmt: skip
     return Job(
         model_config=mc,
-        build_model=lambda: GPT(mc),
+        build_model=start[0] if start is not None else (lambda: GPT(mc)),
         sources=sources,
-        config={"data_version": version},
-        data={"shard_root": str(shard_root), "manifest_sha256": version, "base_vocab": base_vocab},
+        config=config,
+        data=data,
     )
+
+
+def _warm_start(mc: ModelConfig, init: WarmStart) -> tuple[Callable[[], torch.nn.Module], str]:
+    """The model builder loading ``init``'s weights and their digest; ValueError naming what differs when the
+    previous model has another shape or vocabulary."""
+    from lmcore.model.checkpoint import load_trained_model, read_meta, verify_checkpoint
+
+    if problems := verify_checkpoint(init.checkpoint):
+        raise ValueError(f"init checkpoint {init.checkpoint} is not usable: " + "; ".join(problems))
+    meta = read_meta(init.checkpoint)
+    previous = ModelConfig.from_dict(meta["config"]["model"])
+    if previous != mc:
+        differ = {k: (v, getattr(mc, k)) for k, v in previous.to_dict().items() if getattr(mc, k, None) != v}
+        raise ValueError(
+            f"the previous model ({init.checkpoint}) has another shape or vocabulary than this one "
+            f"(field: previous, now): {differ}; continue with the same model and tokenizer, or set init: scratch"
+        )
+
+    def build() -> torch.nn.Module:
+        return load_trained_model(init.checkpoint, "cpu")[0].train()
+
+    return build, meta["files"]["model.safetensors"]

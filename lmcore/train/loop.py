@@ -54,7 +54,7 @@ from lmcore.model.gpt import ModelConfig
 from lmcore.train import distributed as D
 from lmcore.train import tracking
 from lmcore.train.config import TrainConfig, lr_at
-from lmcore.train.job import NO_OUTLETS, Batch, Callback, Job, Outlets, shard_job
+from lmcore.train.job import NO_OUTLETS, Batch, Callback, Job, Outlets, WarmStart, shard_job
 from lmcore.train.mirror import CheckpointMirror
 from lmcore.train.optim import build_optimizer
 from lmcore.train.runs import check_resumable, run_dir, run_identity, run_key
@@ -77,8 +77,12 @@ def train(
     window_log_dir: Path | None = None,
     on_wait: Callable[[Path], None] | None = None,
     outlets: Outlets = NO_OUTLETS,
+    init: WarmStart | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) to ``train_config.max_steps`` in ``runs_dir/<run key>``; return a summary of the run.
+
+    With ``init`` the model starts from a previous checkpoint and draws new and replayed shards in the
+    given proportion (``lmcore.train.job.WarmStart``).
 
     ``meta_extra`` (tokenizer digest, upstream data versions, ...) is stored in every
     checkpoint's meta.json. ``window_log_dir`` (a test aid) makes each rank log the
@@ -87,7 +91,7 @@ def train(
     """
     shard_root = Path(shard_root)
     return run_job(
-        lambda: shard_job(model_config, train_config, shard_root, window_log_dir),
+        lambda: shard_job(model_config, train_config, shard_root, window_log_dir, init=init),
         train_config,
         runs_dir,
         callback=callback,
@@ -507,7 +511,18 @@ class _Run:
             "world_size": self.env.world_size,
             "loss_history": losses,
             "val_history": vals,
+            "realized_mixture": _mixture(self.train_loader),
+            "data": self.job.data,
         }
+
+
+def _mixture(source: Any) -> dict[str, int] | None:
+    """Tokens drawn per group by this rank (``TokenLoader.realized_mixture``) when the source mixes groups."""
+    while source is not None and not hasattr(source, "realized_mixture"):
+        source = getattr(source, "source", None)
+    if source is None or getattr(source, "weights", None) is None:
+        return None
+    return source.realized_mixture()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -30,7 +30,7 @@ def write_profile(path: Path, sources: list[str], **overrides) -> Path:
         "clean_corpus": {"min_doc_chars": 20, "max_doc_chars": 2000},
         "splits": {"val_fraction": 0.2, "test_fraction": 0.2},
         "tokenizer": {"vocab_size": 300},
-        "token_shards": {"shard_tokens": 4096},
+        "tokenized": {"shard_tokens": 4096},
     }
     for asset, fields in overrides.items():
         assets.setdefault(asset, {}).update(fields)

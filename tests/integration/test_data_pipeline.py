@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -13,8 +14,15 @@ from tests.integration.conftest import write_profile
 
 
 def _artifact(home, asset):
-    versions = [p for p in (home / "artifacts" / asset).iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return versions
+    """The published versions of ``asset`` (``partitions/`` holds a partitioned asset's references)."""
+    root = home / "artifacts" / asset
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "partitions"]
+
+
+def _partition_versions(home, asset):
+    """The published version each partition's reference names."""
+    refs = sorted((home / "artifacts" / asset / "partitions").glob("*/latest.json"))
+    return {ref.parent.name: read_json(ref)["location"] for ref in refs}
 
 
 def _latest_ref(home, asset):
@@ -126,8 +134,12 @@ def test_two_concurrent_runs_of_the_same_assets_do_not_corrupt_them(home, tmp_pa
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    for asset in ("raw_corpus", "clean_corpus", "splits", "tokenizer", "token_shards"):
+    for asset in ("splits", "tokenizer", "token_shards"):
         assert len(_artifact(home, asset)) == 1  # same content, one published version
+        assert not list((home / "artifacts" / asset).glob(".staging-*"))
+    for asset in ("raw_corpus", "clean_corpus", "tokenized"):  # one version per distinct partition content
+        versions = _partition_versions(home, asset)
+        assert len(versions) == 16 and set(map(Path, versions.values())) == set(_artifact(home, asset))
         assert not list((home / "artifacts" / asset).glob(".staging-*"))
     (shards,) = _artifact(home, "token_shards")
     assert verify_shards(shards) == []

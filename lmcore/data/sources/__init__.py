@@ -5,6 +5,7 @@ Spec grammar (one string per entry of ``CorpusConfig.sources``)::
     builtin:python-docs      the running Python's documentation (see lmcore.data.sources.builtin)
     hf:NAME  hf:NAME:CONFIG  a Hugging Face dataset via datasets.load_dataset (split hf_split)
     hf:/path/to/saved        a dataset saved with Dataset.save_to_disk (datasets.load_from_disk)
+    hf:/path/to/repo         a local directory laid out like a Hub dataset repository (data/*.parquet ...)
     PATH  DIR  GLOB          local file, directory (recursive) or glob; file://PATH works too
     URL                      any fsspec URL; http(s):// is one file, s3:// gs:// memory:// ...
                              may also name a directory or a glob
@@ -21,10 +22,11 @@ where the data lives on this machine: ``{label}\\0{relative path}[!member]\\0{in
 the label is the root's base name (local) or host and path (URL), so naming a directory
 or one of its files gives the same ids, and files added to a directory leave the ids of
 the others alone. Builtin keys are ``python-docs\\0{topic|module}\\0{name}``, Hugging Face
-keys ``hf:{label}\\0{split}\\0{row}``. Two sources that would claim the same label and path
-are an error; ``LABEL=SPEC`` separates them. A source's *version* is ``sha256:`` of a file's
-bytes, for many files the sha256 over sorted ``(relative path, file version)``, a remote
-file's validator (see fetch), ``hf-revision:`` of a Hub dataset, or builtin.version().
+keys ``hf:{label}\\0{split}\\0{row}`` (the same when streamed, ``hf_streaming``). Two sources that
+would claim the same label and path are an error; ``LABEL=SPEC`` separates them. A source's
+*version* is ``sha256:`` of a file's bytes, for many files the sha256 over sorted ``(relative
+path, file version)``, a remote file's validator (see fetch), ``hf-revision:`` of a Hub
+dataset, or builtin.version().
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from lmcore.data.sources.policy import ReadContext
 from lmcore.io import sha256_file
 
 if TYPE_CHECKING:
+    import datasets
+
     from lmcore.data.corpus import CorpusConfig
 
 __all__ = ["Record", "ReadContext", "Source", "Spec", "open_sources", "parse_spec", "source_version"]
@@ -129,6 +133,15 @@ class Source:
     def records(self, ctx: ReadContext) -> Iterator[Record]:
         raise NotImplementedError
 
+    def units(self) -> list[tuple[str, str]]:
+        """``(key, version)`` of each unit the source reads as a whole: a file of a file source, else the
+        source itself. A unit's key is its claim, so it does not depend on where the data lives."""
+        return [(self.claims[0], self.version())]
+
+    def only(self, keys: set[str]) -> Source | None:
+        """This source reading only the units named in ``keys`` (None when it has none of them)."""
+        return self if self.claims[0] in keys else None
+
 
 class _BuiltinSource(Source):
     def version(self) -> str:
@@ -142,10 +155,11 @@ class _BuiltinSource(Source):
 
 
 class _HFSource(Source):
-    def __init__(self, spec: Spec, label: str, split: str, cache_dir: Path | None) -> None:
+    def __init__(self, spec: Spec, label: str, split: str, cache_dir: Path | None, streaming: bool) -> None:
         super().__init__(spec, label)
         self.split = split
         self.cache_dir = cache_dir
+        self.streaming = streaming
 
     @property
     def claims(self) -> list[str]:
@@ -155,7 +169,7 @@ class _HFSource(Source):
         return _hf_version(self.spec)
 
     def records(self, ctx: ReadContext) -> Iterator[Record]:
-        for index, text in _hf_texts(self.spec, self.split, self.cache_dir, ctx):
+        for index, text in _hf_texts(self.spec, self.split, self.cache_dir, ctx, self.streaming):
             if (kept := ctx.finish(text)) is not None:
                 yield Record(f"hf:{self.label}\x00{self.split}\x00{index}", f"hf:{self.label}", kept)
 
@@ -191,6 +205,13 @@ class _FileSource(Source):
                 rel = f"{f.rel}!{member}" if member else f.rel
                 yield Record(f"{self.label}\x00{rel}\x00{index}", f"{self.label}/{rel}", text)
 
+    def units(self) -> list[tuple[str, str]]:
+        return [(f"{self.label}/{f.rel}", self._file_version(f)) for f in self.files]
+
+    def only(self, keys: set[str]) -> Source | None:
+        files = [f for f in self.files if f"{self.label}/{f.rel}" in keys]
+        return _FileSource(self.spec, self.label, files, self.single) if files else None
+
     @staticmethod
     def _file_version(f: _File) -> str:
         if f.version is None:
@@ -207,9 +228,11 @@ def open_sources(
     hf_split: str = "train",
     cache_dir: Path | None = None,
     download: bool = True,
+    hf_streaming: bool = False,
 ) -> list[Source]:
     """Resolve every spec: list files and fetch remote ones (``download=False``: only their
-    versions). Problems of all specs are collected and raised together."""
+    versions). Problems of all specs are collected and raised together. ``hf_streaming`` reads
+    Hugging Face datasets batch by batch instead of converting them to Arrow in the cache first."""
     sources = []
     for raw in specs:
         spec = parse_spec(raw)
@@ -220,7 +243,7 @@ def open_sources(
             label = spec.label or (local.resolve().name if local else spec.target)
             if spec.hf_config and not spec.label:
                 label += f":{spec.hf_config}"
-            sources.append(_HFSource(spec, label, hf_split, cache_dir))
+            sources.append(_HFSource(spec, label, hf_split, cache_dir, hf_streaming))
         else:
             resolve = _resolve_local if spec.kind == "local" else _resolve_remote
             try:
@@ -327,8 +350,14 @@ def _keep(spec: Spec, name: str, where: str, named: bool, ctx: ReadContext) -> b
 
 
 def _hf_local(spec: Spec) -> Path | None:
+    """The local directory (a saved dataset or a repository) an hf: spec names, or None for a Hub name."""
     path = Path(spec.target).expanduser()
     return path if path.exists() else None
+
+
+def _hf_saved(path: Path) -> bool:
+    """Whether a local directory was written by ``save_to_disk`` (else it is laid out like a Hub repository)."""
+    return any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
 def _hf_version(spec: Spec) -> str:
@@ -345,23 +374,42 @@ def _hf_version(spec: Spec) -> str:
     return f"hf-revision:{info.sha}"
 
 
-def _hf_texts(spec: Spec, split: str, cache_dir: Path | None, ctx: ReadContext) -> Iterator[tuple[int, str]]:
+def _hf_load(
+    spec: Spec, cache_dir: Path | None, streaming: bool
+) -> datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict:
+    """All splits of the dataset, lazily when streaming (nothing is written to the cache then).
+
+    A saved dataset is memory-mapped, so it is read in batches as it is, streaming or not. The
+    split is picked by the caller, so a missing one gives the same error in every case."""
     import datasets
 
-    if (path := _hf_local(spec)) is not None:
-        ds = datasets.load_from_disk(str(path))
-    else:
-        revision = _hf_version(spec).removeprefix("hf-revision:")
-        hf_cache = str(cache_dir / "hf") if cache_dir is not None else None
-        ds = datasets.load_dataset(spec.target, spec.hf_config, split=split, revision=revision, cache_dir=hf_cache)
-    if isinstance(ds, datasets.DatasetDict):
+    path = _hf_local(spec)
+    if path is not None and _hf_saved(path):
+        return datasets.load_from_disk(str(path))
+    target, revision = (str(path), None) if path else (spec.target, _hf_version(spec).removeprefix("hf-revision:"))
+    hf_cache = str(cache_dir / "hf") if cache_dir is not None else None
+    return datasets.load_dataset(target, spec.hf_config, revision=revision, streaming=streaming, cache_dir=hf_cache)
+
+
+def _hf_texts(
+    spec: Spec, split: str, cache_dir: Path | None, ctx: ReadContext, streaming: bool
+) -> Iterator[tuple[int, str]]:
+    import datasets
+
+    ds = _hf_load(spec, cache_dir, streaming)
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in ds:
             ctx.problems.add(f"source {spec.raw!r} has no split {split!r} (splits: {', '.join(ds)}); set hf_split")
             return
         ds = ds[split]
-    if ctx.text_field not in ds.column_names:
-        columns = ", ".join(repr(c) for c in ds.column_names[:20])
-        ctx.problems.add(f"source {spec.raw!r} has no column {ctx.text_field!r} (columns: {columns}); set text_field")
+    columns = ds.column_names
+    if columns is None:  # a stream whose features show only in its rows
+        if (first := next(iter(ds), None)) is None:
+            return
+        columns = list(first)
+    if ctx.text_field not in columns:
+        shown = ", ".join(repr(c) for c in columns[:20])
+        ctx.problems.add(f"source {spec.raw!r} has no column {ctx.text_field!r} (columns: {shown}); set text_field")
         return
     index = 0
     for batch in ds.select_columns([ctx.text_field]).iter(batch_size=1000):

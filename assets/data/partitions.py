@@ -1,0 +1,144 @@
+"""The data stages' partitions: hash buckets of the corpus (``lmcore.data.partitions``), run in worker processes.
+
+Why hash buckets of source files, not dynamic partitions per file: the number of partitions
+stays fixed (16) however many files a corpus has, so the UI, the run's step count and each
+stage's number of small files stay bounded, and no sensor has to register partitions before
+a run; a unit never changes bucket, so a new file still touches one partition only.
+
+A run over several partitions (``dagster/asset_partition_range_start/end``: the whole range by
+default, see ``pipelines.runner``) executes each stage's partitions in parallel worker
+processes on this machine (``$LMPIPE_DATA_WORKERS``, default every core). A partition whose
+inputs (code version, config, upstream data versions) are those of its stored version is not
+built again: its handle carries the digest of its inputs (``memo``). On a cluster, a backfill
+with one run per partition (or per few) puts the partitions on different machines through
+Dagster's run launcher (Kubernetes) or executor (Celery); the definitions stay the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import dagster as dg
+
+from assets.artifacts import Artifact, open_ref
+from assets.io_manager import partition_ref
+from assets.progress import reporter
+from assets.resources import ArtifactStore
+from lmcore.data.partitions import PARTITIONS
+from lmcore.io import digest_of
+from lmcore.workers import call, default_workers, run_parallel
+
+DATA_PARTITIONS = dg.StaticPartitionsDefinition(list(PARTITIONS))
+BACKFILL = dg.BackfillPolicy.single_run()
+"""One run covers every requested partition; its stages spread them over worker processes."""
+WORKERS_ENV = "LMPIPE_DATA_WORKERS"
+ALL_PARTITIONS = {
+    "dagster/asset_partition_range_start": PARTITIONS[0],
+    "dagster/asset_partition_range_end": PARTITIONS[-1],
+}
+"""Run tags that make one run cover every partition of the data stages."""
+RUN_FIGURES = ("partitions", "partitions_rebuilt")
+"""Metadata of a partitioned stage about the whole run (the same on each partition), with the ``*_in_run`` sums."""
+A = TypeVar("A", bound=Artifact)
+
+
+def data_workers() -> int:
+    """Worker processes per data stage: ``$LMPIPE_DATA_WORKERS``, else the cores this process may use."""
+    raw = os.environ.get(WORKERS_ENV, "")
+    if not raw:
+        return default_workers()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"${WORKERS_ENV}={raw!r}: must be a whole number of worker processes >= 1")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class PartitionWork:
+    """How to build one partition: ``build(staging_dir)`` (picklable: a module-level function or a partial of
+    one), and what it is built from (``inputs``, digested into the handle's memo)."""
+
+    build: Callable[[Any], Any]
+    inputs: dict[str, Any]
+
+
+def build_partitions(
+    context: dg.AssetExecutionContext,
+    store: ArtifactStore,
+    asset: str,
+    kind: type[A],
+    work: dict[str, PartitionWork],
+    code_version: str,
+) -> tuple[dict[str, A], set[str]]:
+    """Each partition's handle, and the keys built in this run (the others were reused as they were).
+
+    Partitions whose memo matches their stored handle are reused; the rest are built in worker
+    processes and published one by one. When some fail, the others are still published (and
+    recorded, so a re-run builds only the failed ones) and the error names each failed partition.
+    """
+    handles: dict[str, A] = {}
+    todo: list[tuple[str, str]] = []
+    for key, job in work.items():
+        memo = digest_of({"code_version": code_version, **job.inputs})
+        previous = _stored(store, asset, key, kind)
+        if previous is not None and previous.memo == memo:
+            handles[key] = previous
+        else:
+            todo.append((key, memo))
+    progress = reporter(context, asset)
+    built: set[str] = set()
+    failures: list[str] = []
+    with contextlib.ExitStack() as stack:
+        staging = {key: stack.enter_context(store.stage(asset)) for key, _ in todo}
+        jobs = [(work[key].build, staging[key]) for key, _ in todo]
+        done = [0]
+
+        def finished(_: int) -> None:
+            done[0] += 1
+            progress("partitions", done[0] + len(handles), len(work))
+
+        workers = min(data_workers(), max(1, len(todo)))
+        context.log.info(f"{asset}: {len(todo)} of {len(work)} partitions to build, {workers} worker(s)")
+        results = run_parallel(call, jobs, workers, on_done=finished)
+        for (key, memo), (_, error) in zip(todo, results, strict=True):
+            if error is not None:
+                failures.append(f"partition {key}: {error}")
+                continue
+            location, version = store.publish(staging[key], asset)
+            handle = kind(location=location, data_version=version, path=store.local_path(location), memo=memo)
+            store.write_ref(partition_ref(asset, key), handle.ref())
+            handles[key], _ = handle, built.add(key)
+    if failures:
+        raise ValueError(f"{asset}: {len(failures)} of {len(work)} partitions failed (the others are published "
+                         f"and will not be built again): " + "; ".join(failures))  # fmt: skip
+    return {key: handles[key] for key in work}, built
+
+
+def _stored(store: ArtifactStore, asset: str, key: str, kind: type[A]) -> A | None:
+    """The partition's recorded handle, or None when there is none or it cannot be opened any more."""
+    try:
+        handle = open_ref(store, store.read_ref(partition_ref(asset, key)))
+        handle.manifest  # noqa: B018 - the artifact is still there and readable
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return handle if isinstance(handle, kind) else None
+
+
+def partition_result(
+    context: dg.AssetExecutionContext,
+    handles: dict[str, Artifact],
+    built: set[str],
+    per_partition: Callable[[Artifact], dict[str, Any]],
+    metadata: dict[str, Any],
+) -> dg.MaterializeResult:
+    """The partitions' handles with each one's metadata (its own figures, ``rebuilt``, its data version) and the
+    run's shared ``metadata``."""
+    for key, handle in handles.items():
+        own = {**per_partition(handle), "rebuilt": key in built, "data_version": handle.data_version,
+               "artifact_path": dg.MetadataValue.path(handle.location)}  # fmt: skip
+        context.add_asset_metadata(own, partition_key=key)
+    shared = {**metadata, "partitions_rebuilt": len(built), "partitions": len(handles)}
+    return dg.MaterializeResult(value=handles, metadata=shared)

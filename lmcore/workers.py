@@ -1,0 +1,85 @@
+"""Running independent pieces of work (a stage's partitions) in worker processes on one machine.
+
+``run_parallel`` calls ``fn(*args)`` for each entry in worker processes forked from a clean
+``forkserver`` (no state inherited from a parent that holds threads or open files; the
+modules ``fn`` needs are imported once, in the server, so later stages start fast), at most
+``workers`` at once, and returns the results in the order given. With one worker or one job it runs in this process,
+so small runs pay no start-up. Each worker runs with one math thread per library, so two
+workers on two cores do not oversubscribe them. A failure of one job does not stop the
+others; all results and errors come back, and the caller decides what to keep.
+This module knows nothing of Dagster or of what the jobs do.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+_ONE_THREAD = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS", "POLARS_MAX_THREADS")
+
+
+def _init_worker() -> None:
+    for name in _ONE_THREAD:
+        os.environ[name] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def run_parallel(
+    fn: Callable[..., Any],
+    jobs: Sequence[tuple[Any, ...]],
+    workers: int,
+    *,
+    on_done: Callable[[int], None] | None = None,
+) -> list[tuple[Any, BaseException | None]]:
+    """``(result, None)`` or ``(None, error)`` for each ``fn(*job)``, in the order of ``jobs``.
+
+    ``fn`` must be importable (a module-level function) and its arguments picklable. ``on_done(i)``
+    is called in this process as job ``i`` finishes.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out: list[tuple[Any, BaseException | None]] = [(None, None)] * len(jobs)
+    if workers == 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            try:
+                out[i] = (fn(*job), None)
+            except Exception as e:  # noqa: BLE001 - returned to the caller with its job
+                out[i] = (None, e)
+            if on_done is not None:
+                on_done(i)
+        return out
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(sorted({"lmcore.workers", *map(_module, [fn, *(a for job in jobs for a in job)])}))
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
+        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            error = future.exception()
+            out[i] = (None, error) if error is not None else (future.result(), None)
+            if on_done is not None:
+                on_done(i)
+    return out
+
+
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``: lets each job of one :func:`run_parallel` call run a function of its own."""
+    return fn(*args)
+
+
+def _module(obj: Any) -> str:
+    """The module a job's function (or a ``functools.partial`` of one) lives in, to import it once in the server;
+    ``lmcore.workers`` for other arguments."""
+    func = getattr(obj, "func", obj)
+    module = getattr(func, "__module__", None) if callable(func) else None
+    return module if isinstance(module, str) and module.startswith("lmcore.") else "lmcore.workers"
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
