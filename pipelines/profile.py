@@ -82,7 +82,9 @@ def _resolve_source(spec: str, base: Path) -> str:
 def _resolve_paths(value: Any, base: Path) -> Any:
     """A path field's value (one spec or a list of them) with relative local paths made absolute."""
     if isinstance(value, list):
-        return [_resolve_source(v, base) if isinstance(v, str) else v for v in value]
+        return [_resolve_paths(v, base) for v in value]
+    if isinstance(value, dict) and isinstance(value.get("spec"), str):  # a source with a mixing weight
+        return {**value, "spec": _resolve_source(value["spec"], base)}
     if isinstance(value, str) and value:
         return _resolve_source(value, base)
     return value

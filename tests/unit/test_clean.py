@@ -1,5 +1,5 @@
 """Tests of the cleaning stage: normalization, Gutenberg stripping, placeholders, reflow,
-splitting, filters, and clean_corpus end to end (manifest, dropped shards, determinism)."""
+splitting, filters, and clean_corpus end to end (manifest, dropped shards, signatures, determinism)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from lmcore.data.clean import (
     CLEAN_SCHEMA,
     PARAGRAPH_SEP,
+    SIGNATURES,
     CleanConfig,
     clean_corpus,
     clean_frame,
@@ -24,9 +25,11 @@ from lmcore.data.clean import (
     normalize_expr,
     reflow,
     repetition_fraction,
+    signature_schema,
     split_document,
     strip_gutenberg,
 )
+from lmcore.data.dedup import NearDeduper, content_digest, resolve_duplicates
 from lmcore.io import DOCUMENT_SCHEMA, read_json, read_parquet_rows, sha256_file
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "clean"
@@ -40,7 +43,7 @@ def normalize(texts: list[str]) -> list[str]:
 
 
 def clean_one(text: str, **kw) -> list[str]:
-    df = pl.DataFrame({"doc_id": ["d"], "source": ["s"], "text": [text]})
+    df = pl.DataFrame({"doc_id": ["d"], "source": ["s"], "spec": ["s"], "text": [text]})
     return clean_frame(df, CleanConfig(**kw))["text"].to_list()
 
 
@@ -49,8 +52,8 @@ def write_docs(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def doc(doc_id: str, text: str) -> dict:
-    return {"doc_id": doc_id, "source": "test", "text": text}
+def doc(doc_id: str, text: str, spec: str = "test-spec") -> dict:
+    return {"doc_id": doc_id, "source": "test", "spec": spec, "text": text}
 
 
 def read_rows(out: Path, key: str) -> list[dict]:
@@ -278,7 +281,9 @@ def corpus(tmp_path: Path) -> list[Path]:
     only_boilerplate = (
         "*** START OF THE PROJECT GUTENBERG EBOOK X ***\n[Illustration]\n*** END OF THE PROJECT GUTENBERG EBOOK X ***"
     )
-    shard3 = write_docs(tmp_path / "raw-2.parquet", [doc("essay-copy", prose), doc("hollow", only_boilerplate)])
+    shard3 = write_docs(
+        tmp_path / "raw-2.parquet", [doc("essay-copy", prose, spec="other-spec"), doc("hollow", only_boilerplate)]
+    )
     return [shard1, empty, shard3]
 
 
@@ -290,22 +295,46 @@ def test_clean_corpus_outputs_and_manifest(corpus, tmp_path):
     assert manifest == read_json(out / "manifest.json")
     assert set(manifest) >= {"documents", "bytes", "shards", "dropped", "dropped_shards", "input_documents", "config"}
     assert manifest["config"]["max_doc_chars"] == 1500 and manifest["input_documents"] == 6
+    assert manifest["signatures"] == SIGNATURES
     assert calls[-1] == ("documents", 6, 6)
 
     kept, dropped = read_rows(out, "shards"), read_rows(out, "dropped_shards")
     assert manifest["documents"] == len(kept) and manifest["bytes"] == sum(len(r["text"].encode()) for r in kept)
     assert manifest["dropped"] == dict(Counter(r["reason"] for r in dropped))
-    assert manifest["dropped"] == {"empty": 1, "too_short": 1, "repetition": 1, "exact_duplicate": 2}
-    assert {r["doc_id"] for r in dropped} == {"tiny", "spam", "hollow", "essay-copy-0000", "essay-copy-0001"}
-    assert [r["doc_id"] for r in kept] == ["book-0000", "book-0001", "essay-0000", "essay-0001"]
+    # duplicates are judged later, over every partition: the copy of the essay is still here
+    assert manifest["dropped"] == {"empty": 1, "too_short": 1, "repetition": 1}
+    assert {r["doc_id"] for r in dropped} == {"tiny", "spam", "hollow"}
+    assert [r["doc_id"] for r in kept] == [
+        "book-0000", "book-0001", "essay-0000", "essay-0001", "essay-copy-0000", "essay-copy-0001"
+    ]  # fmt: skip
     assert all(r["source"] == "test" and "\r" not in r["text"] for r in kept)
+    assert [r["spec"] for r in kept] == ["test-spec"] * 4 + ["other-spec"] * 2  # each row keeps its source spec
     for s in manifest["shards"] + manifest["dropped_shards"]:
         assert sha256_file(out / s["path"]) == s["sha256"]
     assert pq.read_schema(out / manifest["shards"][0]["path"]).equals(CLEAN_SCHEMA)
     assert pq.read_schema(out / manifest["dropped_shards"][0]["path"]).names == [
-        "doc_id", "source", "text", "source_doc_id", "reason"
+        "doc_id", "source", "spec", "text", "source_doc_id", "reason"
     ]  # fmt: skip
-    assert [r["source_doc_id"] for r in kept] == ["book", "book", "essay", "essay"]
+    assert [r["source_doc_id"] for r in kept] == ["book", "book", "essay", "essay", "essay-copy", "essay-copy"]
+
+
+def test_clean_corpus_signs_every_kept_document(corpus, tmp_path):
+    config = CleanConfig(max_doc_chars=1500, min_doc_chars=100)
+    clean_corpus(config, corpus, tmp_path / "clean")
+    kept = read_rows(tmp_path / "clean", "shards")
+    table = pq.read_table(tmp_path / "clean" / SIGNATURES)
+    assert table.schema.equals(signature_schema(config)) and "minhash" not in table.schema.names
+    signatures = table.to_pylist()
+    assert [(s["doc_id"], s["source_doc_id"], s["spec"]) for s in signatures] == [
+        (r["doc_id"], r["source_doc_id"], r["spec"]) for r in kept
+    ]
+    assert [s["bytes"] for s in signatures] == [len(r["text"].encode("utf-8")) for r in kept]
+    assert [s["digest"] for s in signatures] == [content_digest(r["text"]) for r in kept]
+    # what the old in-clean dedup did, now decided from the signatures: the copy's chunks go, the essay stays
+    dropped = resolve_duplicates(
+        table.column("doc_id").to_pylist(), table.column("digest").to_pylist(), None, exact=True, near=None
+    )
+    assert dropped == {"essay-copy-0000": "exact_duplicate", "essay-copy-0001": "exact_duplicate"}
 
 
 def test_clean_corpus_is_deterministic_and_replaces_output(corpus, tmp_path):
@@ -318,6 +347,14 @@ def test_clean_corpus_is_deterministic_and_replaces_output(corpus, tmp_path):
     assert sorted(p.name for p in b.rglob("*")) == sorted(p.name for p in a.rglob("*"))
     for s in ma["shards"] + ma["dropped_shards"]:
         assert pq.read_table(a / s["path"]).equals(pq.read_table(b / s["path"]))
+    signatures = pq.read_table(a / SIGNATURES)
+    assert signatures.equals(pq.read_table(b / SIGNATURES))
+    # with near dedup each signature carries the document's MinHash, the same one NearDeduper computes
+    near = NearDeduper(threshold=config.near_threshold, num_perm=config.num_perm, seed=config.seed)
+    texts = [r["text"] for r in read_rows(a, "shards")]
+    minhashes = signatures.column("minhash").to_pylist()
+    assert len(minhashes) == len(texts) == ma["documents"] and all(len(m) == config.num_perm for m in minhashes)
+    assert minhashes == [near.signature(t).hashvalues.tolist() for t in texts]
 
 
 def test_clean_corpus_with_only_empty_input(tmp_path):
@@ -333,4 +370,17 @@ def test_clean_corpus_rejects_bad_inputs(tmp_path):
     pq.write_table(pa.table({"doc_id": ["a"], "body": ["b"]}), bad)
     with pytest.raises(ValueError, match=r"bad\.parquet.*source.*text"):
         clean_corpus(CleanConfig(), [bad], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_clean_corpus_names_a_shard_without_the_spec_column(tmp_path):
+    """A raw shard written before the ``spec`` column existed: the error names the file, the column and the fix."""
+    old = tmp_path / "old-raw.parquet"
+    pq.write_table(pa.table({"doc_id": ["a"], "source": ["s"], "text": ["x" * 300]}), old)
+    good = write_docs(tmp_path / "new-raw.parquet", [doc("b", "y" * 300)])
+    with pytest.raises(ValueError) as err:
+        clean_corpus(CleanConfig(), [good, old], tmp_path / "out")
+    msg = str(err.value)
+    assert str(old) in msg and "['spec']" in msg and "['doc_id', 'source', 'spec', 'text']" in msg
+    assert str(good) not in msg
     assert not (tmp_path / "out").exists()

@@ -29,9 +29,8 @@ def books(tmp_path) -> Path:
 
 
 def test_fixture_sources_read_back_with_manifest(tmp_path):
-    manifest, rows = _build(
-        tmp_path, str(FIXTURES / "gutenberg"), str(FIXTURES / "chat.jsonl"), str(FIXTURES / "quotes.csv")
-    )
+    specs = (str(FIXTURES / "gutenberg"), str(FIXTURES / "chat.jsonl"), str(FIXTURES / "quotes.csv"))
+    manifest, rows = _build(tmp_path, *specs)
     assert [r["source"] for r in rows] == [
         "gutenberg/11-0.txt",
         "gutenberg/1342-0.txt",
@@ -42,6 +41,7 @@ def test_fixture_sources_read_back_with_manifest(tmp_path):
         "sources/quotes.csv",
         "sources/quotes.csv",
     ]
+    assert [r["spec"] for r in rows] == [specs[0]] * 3 + [specs[1]] * 3 + [specs[2]] * 2  # the spec each came from
     assert rows[0]["text"] == (FIXTURES / "gutenberg" / "11-0.txt").read_text(encoding="utf-8")
     assert rows[5]["text"] == "Sphinx of black quartz, judge my vow — déjà vu."
     assert rows[0]["doc_id"] == doc_id("gutenberg\x0011-0.txt\x000") and len(rows[0]["doc_id"]) == 16
@@ -50,7 +50,16 @@ def test_fixture_sources_read_back_with_manifest(tmp_path):
     assert manifest["skipped"] == {"unsupported_format": 1}  # gutenberg/README
     assert [s["documents"] for s in manifest["sources"]] == [3, 3, 2]
     assert manifest["sources"][1]["version"] == f"sha256:{sha256_file(FIXTURES / 'chat.jsonl')}"
-    assert "python_version" not in manifest
+    assert "python_version" not in manifest and manifest["partition"] is None
+    assert [u["key"] for u in manifest["units"]] == [
+        "gutenberg/11-0.txt", "gutenberg/1342-0.txt", "gutenberg/more/84-0.txt", "sources/chat.jsonl",
+        "sources/quotes.csv",
+    ]  # fmt: skip
+    assert manifest["units"][3] == {
+        "spec": specs[1],
+        "key": "sources/chat.jsonl",
+        "version": manifest["sources"][1]["version"],
+    }
     assert read_json(tmp_path / "out" / MANIFEST) == json.loads(json.dumps(manifest))
     for shard in manifest["shards"]:
         assert sha256_file(tmp_path / "out" / shard["path"]) == shard["sha256"]
@@ -85,9 +94,10 @@ def test_glob_with_compressed_files_and_shard_rotation(tmp_path, books):
     assert rows[-1] == {
         "doc_id": doc_id("gutenberg\x00more/zipped.txt.gz\x000"),
         "source": "gutenberg/more/zipped.txt.gz",
+        "spec": f"{books}/**/*.txt*",
         "text": "compressed book",
     }
-    assert len(rows) == 4 and len(manifest["shards"]) == 3 and sum(s["rows"] for s in manifest["shards"]) == 4
+    assert len(rows) == 4 and len(manifest["shards"]) > 1 and sum(s["rows"] for s in manifest["shards"]) == 4
     assert [p.name for p in sorted((tmp_path / "out").iterdir())] == [MANIFEST] + [
         s["path"] for s in manifest["shards"]
     ]
@@ -139,6 +149,32 @@ def test_config_rejects_bad_values_naming_the_field(kw, field):
 
 def test_config_accepts_a_list_of_sources():
     assert CorpusConfig(sources=["a", "b"]).sources == ("a", "b")
+
+
+def test_config_entries_may_carry_a_mixing_weight():
+    plain = CorpusConfig(sources=["a", "b"])
+    assert plain.specs == ("a", "b") and plain.weights is None
+    mixed = CorpusConfig(sources=[{"spec": "a", "weight": 3}, "b", {"spec": "c"}])
+    assert mixed.specs == ("a", "b", "c")
+    assert mixed.weights == {"a": 3.0, "b": 1.0, "c": 1.0}
+    assert mixed.sources == ({"spec": "a", "weight": 3.0}, "b", {"spec": "c", "weight": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ({"spec": "a", "weight": -1}, r"sources\[1\]\.weight = -1"),
+        ({"spec": "a", "weight": "heavy"}, r"sources\[1\]\.weight"),
+        ({"spec": "a", "weight": True}, r"sources\[1\]\.weight"),
+        ({"spec": "a", "weight": float("inf")}, r"sources\[1\]\.weight"),
+        ({"weight": 2}, r"sources\[1\] = .*\{spec: SPEC, weight: W\}"),
+        ({"spec": "a", "wieght": 2}, r"sources\[1\] = .*\{spec: SPEC, weight: W\}"),
+        ({"spec": "builtin:wiki", "weight": 1}, r"sources\[1\]: .*builtin"),
+    ],
+)
+def test_config_rejects_bad_weighted_entries_naming_the_entry(entry, match):
+    with pytest.raises(ValueError, match=match):
+        CorpusConfig(sources=["ok", entry])
 
 
 # --- bad input and failure --------------------------------------------------------------------

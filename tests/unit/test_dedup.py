@@ -1,4 +1,5 @@
-"""Tests of exact and MinHash-LSH near-duplicate removal, alone and inside clean_corpus."""
+"""Tests of exact and MinHash-LSH near-duplicate removal: the filters, judging precomputed signatures in doc_id
+order (resolve_duplicates), and clean_corpus + split_corpus removing them end to end."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmcore.data.clean import CleanConfig, clean_corpus
-from lmcore.data.dedup import ExactDeduper, NearDeduper, shingles
+from lmcore.data.clean import SIGNATURES, CleanConfig, clean_corpus
+from lmcore.data.dedup import ExactDeduper, NearDeduper, content_digest, resolve_duplicates, shingles
+from lmcore.data.splits import SplitConfig, split_corpus, split_index
 from lmcore.io import DOCUMENT_SCHEMA, read_parquet_rows
 
 VOCAB = "the a river dog sled snow cold trail man gold north camp fire night wind ran fast slow old".split()
@@ -69,15 +71,67 @@ def test_near_dedup_rejects_bad_arguments():
     assert "threshold" in str(err.value) and "num_perm" in str(err.value)
 
 
-def test_clean_corpus_near_dedup_writes_reason(tmp_path: Path):
+def test_exact_check_on_digests_matches_the_text_filter():
+    assert content_digest("same text") == content_digest("same text") != content_digest("same text ")
+    assert len(content_digest("déjà vu")) == 16
+    dedup = ExactDeduper()
+    assert dedup.check(content_digest("same text")) == (True, None)
+    assert dedup("same text") == (False, "exact_duplicate")  # the text filter and the digest check share state
+    assert dedup.check(content_digest("same text")) == (False, "exact_duplicate")
+
+
+def test_near_check_on_stored_signatures_matches_the_text_filter():
+    """Signatures stored as uint32 (as clean_corpus writes them) are judged like the texts themselves."""
+    signer = NearDeduper(seed=3)
+    stored = [signer.signature(t).hashvalues.astype("uint32") for t in (" ".join(BASE), NEAR, FAR)]
+    by_text, by_signature = NearDeduper(seed=3), NearDeduper(seed=3)
+    want = [by_text(t) for t in (" ".join(BASE), NEAR, FAR)]
+    assert [by_signature.check(s) for s in stored] == want == [(True, None), (False, "near_duplicate"), (True, None)]
+
+
+def _inputs(seed: int, docs: dict[str, str], near: bool) -> tuple[list[str], list[bytes], list[np.ndarray] | None]:
+    ids = list(docs)
+    random.Random(seed).shuffle(ids)
+    signer = NearDeduper()
+    signatures = [signer.signature(docs[d]).hashvalues for d in ids] if near else None
+    return ids, [content_digest(docs[d]) for d in ids], signatures
+
+
+def test_resolve_duplicates_keeps_the_smallest_doc_id_in_any_order():
+    docs = {"m-copy": "same", "c-first": "same", "x-copy": "same", "b-near": NEAR, "z-base": " ".join(BASE),
+            "f-far": FAR, "a-alone": "alone"}  # fmt: skip
+    want = {"m-copy": "exact_duplicate", "x-copy": "exact_duplicate", "z-base": "near_duplicate"}
+    for seed in range(5):
+        ids, digests, signatures = _inputs(seed, docs, near=True)
+        assert resolve_duplicates(ids, digests, signatures, exact=True, near=NearDeduper()) == want
+    ids, digests, _ = _inputs(0, docs, near=False)
+    assert resolve_duplicates(ids, digests, None, exact=True, near=None) == {
+        "m-copy": "exact_duplicate", "x-copy": "exact_duplicate"
+    }  # fmt: skip
+    assert resolve_duplicates(ids, digests, None, exact=False, near=None) == {}
+    ids, digests, signatures = _inputs(1, docs, near=True)
+    # without exact dedup identical texts are near duplicates of each other (similarity 1)
+    assert resolve_duplicates(ids, digests, signatures, exact=False, near=NearDeduper()) == {
+        "m-copy": "near_duplicate", "x-copy": "near_duplicate", "z-base": "near_duplicate"
+    }  # fmt: skip
+
+
+def test_clean_writes_near_signatures_and_split_corpus_drops_the_near_copy(tmp_path: Path):
     rows = [
-        {"doc_id": "orig", "source": "t", "text": " ".join(BASE)},
-        {"doc_id": "near", "source": "t", "text": NEAR},
-        {"doc_id": "far", "source": "t", "text": FAR},
+        {"doc_id": "a-orig", "source": "t", "spec": "t", "text": " ".join(BASE)},
+        {"doc_id": "b-near", "source": "t", "spec": "t", "text": NEAR},
+        {"doc_id": "c-far", "source": "t", "spec": "t", "text": FAR},
     ]
     raw = tmp_path / "raw.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA), raw)
-    manifest = clean_corpus(CleanConfig(dedup_near=True), [raw], tmp_path / "out")
-    assert manifest["documents"] == 2 and manifest["dropped"] == {"near_duplicate": 1}
-    dropped = list(read_parquet_rows([tmp_path / "out" / s["path"] for s in manifest["dropped_shards"]]))
-    assert [(r["doc_id"], r["reason"]) for r in dropped] == [("near", "near_duplicate")]
+    manifest = clean_corpus(CleanConfig(dedup_near=True), [raw], tmp_path / "clean")
+    assert manifest["documents"] == 3 and manifest["dropped"] == {}  # cleaning keeps both; the splits decide
+    kept = list(read_parquet_rows([tmp_path / "clean" / s["path"] for s in manifest["shards"]]))
+    assert [r["doc_id"] for r in kept] == ["a-orig", "b-near", "c-far"]
+    assert pq.read_table(tmp_path / "clean" / SIGNATURES).column("minhash").type.list_size == 128
+
+    splits = split_corpus(SplitConfig(), {"00": tmp_path / "clean"}, tmp_path / "splits")
+    assert splits["documents"] == 2 and splits["dropped"] == {"near_duplicate": 1}
+    index = split_index(tmp_path / "splits").to_pylist()
+    assert [(r["doc_id"], r["reason"]) for r in index if r["reason"]] == [("b-near", "near_duplicate")]
+    assert next(r for r in index if r["doc_id"] == "b-near")["split"] is None

@@ -51,11 +51,26 @@ def test_loads_in_transformers_as_a_fast_tokenizer(small_tokenizer):
     assert hf.pad_token_id == 1 and hf.eos_token_id == 0
 
 
+def test_the_order_of_the_training_documents_does_not_matter(tmp_path, small_texts):
+    """The sample reaches the trainer partition by partition, so a different partition layout must not change it."""
+    cfg = TokenizerConfig(vocab_size=400)
+    train_tokenizer(cfg, small_texts, tmp_path / "a.json")
+    train_tokenizer(cfg, small_texts[::-1], tmp_path / "b.json")
+    train_tokenizer(cfg, small_texts[1:] + small_texts[:1], tmp_path / "c.json")
+    assert len({sha256_file(tmp_path / f"{n}.json") for n in "abc"}) == 1
+
+
 def test_bad_config_names_the_field(tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         TokenizerConfig(vocab_size=100)
     with pytest.raises(ValueError, match="min_frequency"):
         TokenizerConfig(min_frequency=0)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="sample_bytes"):
+            TokenizerConfig(sample_bytes=bad)
+    with pytest.raises(ValueError, match="when_corpus_grows='sometimes'.*keep, retrain"):
+        TokenizerConfig(when_corpus_grows="sometimes")
+    assert TokenizerConfig(when_corpus_grows="retrain", sample_bytes=1).when_corpus_grows == "retrain"
 
 
 def test_missing_tokenizer_file_says_what_to_do(tmp_path):
