@@ -4,7 +4,8 @@
 ``forkserver`` (no state inherited from a parent that holds threads or open files; the
 modules ``fn`` needs are imported once, in the server, so later stages start fast), at most
 ``workers`` at once, and returns the results in the order given. With one worker or one job it runs in this process,
-so small runs pay no start-up. Each worker runs with one math thread per library, so two
+so small runs pay no start-up; so it does in a daemonic process (a Celery prefork child),
+which may not start processes of its own. Each worker runs with one math thread per library, so two
 workers on two cores do not oversubscribe them. A failure of one job does not stop the
 others; all results and errors come back, and the caller decides what to keep.
 This module knows nothing of Dagster or of what the jobs do.
@@ -42,7 +43,7 @@ def run_parallel(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out: list[tuple[Any, BaseException | None]] = [(None, None)] * len(jobs)
-    if workers == 1 or len(jobs) <= 1:
+    if workers == 1 or len(jobs) <= 1 or multiprocessing.current_process().daemon:  # a daemon may not fork
         for i, job in enumerate(jobs):
             try:
                 out[i] = (fn(*job), None)
@@ -52,7 +53,10 @@ def run_parallel(
                 on_done(i)
         return out
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(sorted({"lmcore.workers", *map(_module, [fn, *(a for job in jobs for a in job)])}))
+    # "__main__" too: the server imports the main script once, so workers need not (a CLI's imports take seconds)
+    ctx.set_forkserver_preload(
+        ["__main__", *sorted({"lmcore.workers", *map(_module, [fn, *(a for job in jobs for a in job)])})]
+    )
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
         futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):

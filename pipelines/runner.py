@@ -167,7 +167,15 @@ def stale_keys(
             reasons[key] = "corpus source changed"
         elif rerun := [p for p in node.parent_keys if p in reasons]:
             reasons[key] = f"upstream {rerun[0].to_user_string()} will re-run"
-        elif changed := [p for p in node.parent_keys if _upstream_changed(instance, mat, p)]:
+        elif changed := [
+            p
+            for p in node.parent_keys
+            # a partitioned stage's partitions record their own inputs (and reuse what is unchanged); the latest
+            # materializations of two partitioned assets are of different partitions, so they do not compare
+            if node.partitions_def is None
+            and graph.get(p).partitions_def is None
+            and _upstream_changed(instance, mat, p)
+        ]:
             reasons[key] = f"upstream {changed[0].to_user_string()} changed"
     return reasons
 

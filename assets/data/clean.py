@@ -49,7 +49,7 @@ def clean_corpus(
     }
     handles, built = build_partitions(context, store, "clean_corpus", Documents, work, CODE_VERSION)
     cleaned = sum(h.manifest["input_documents"] for k, h in handles.items() if k in built)
-    return partition_result(context, handles, built, _per_partition, {"documents_cleaned_in_run": cleaned})
+    return partition_result(context, handles, built, _per_partition, {"documents_cleaned_in_run": cleaned}, config)
 
 
 def _upstream(raw: Documents) -> dict:

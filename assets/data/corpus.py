@@ -46,5 +46,5 @@ def raw_corpus(
     total = sum(h.manifest["documents"] for h in handles.values())
     version = corpus_version(cfg)[0]
     return partition_result(
-        context, handles, built, _per_partition, {"documents_in_run": total, "corpus_version": version}
+        context, handles, built, _per_partition, {"documents_in_run": total, "corpus_version": version}, config
     )

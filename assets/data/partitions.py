@@ -28,6 +28,7 @@ from assets.artifacts import Artifact, open_ref
 from assets.io_manager import partition_ref
 from assets.progress import reporter
 from assets.resources import ArtifactStore
+from assets.stage import reproducibility
 from lmcore.data.partitions import PARTITIONS
 from lmcore.io import digest_of
 from lmcore.workers import call, default_workers, run_parallel
@@ -90,7 +91,7 @@ def build_partitions(
             todo.append((key, memo))
     progress = reporter(context, asset)
     built: set[str] = set()
-    failures: list[str] = []
+    failures: list[tuple[str, BaseException]] = []
     with contextlib.ExitStack() as stack:
         staging = {key: stack.enter_context(store.stage(asset)) for key, _ in todo}
         jobs = [(work[key].build, staging[key]) for key, _ in todo]
@@ -105,15 +106,20 @@ def build_partitions(
         results = run_parallel(call, jobs, workers, on_done=finished)
         for (key, memo), (_, error) in zip(todo, results, strict=True):
             if error is not None:
-                failures.append(f"partition {key}: {error}")
+                failures.append((key, error))
                 continue
             location, version = store.publish(staging[key], asset)
             handle = kind(location=location, data_version=version, path=store.local_path(location), memo=memo)
             store.write_ref(partition_ref(asset, key), handle.ref())
             handles[key], _ = handle, built.add(key)
-    if failures:
-        raise ValueError(f"{asset}: {len(failures)} of {len(work)} partitions failed (the others are published "
-                         f"and will not be built again): " + "; ".join(failures))  # fmt: skip
+        if len(failures) == 1:  # raised as it is, so a full disk (say) is explained like any other stage's
+            key, error = failures[0]
+            error.add_note(f"{asset} partition {key}; the other partitions are published and will not be built again")
+            raise error
+        if failures:
+            each = "; ".join(f"partition {k}: {e}" for k, e in failures)
+            raise ValueError(f"{asset}: {len(failures)} of {len(work)} partitions failed (the others are published "
+                             f"and will not be built again): {each}")  # fmt: skip
     return {key: handles[key] for key in work}, built
 
 
@@ -133,6 +139,7 @@ def partition_result(
     built: set[str],
     per_partition: Callable[[Artifact], dict[str, Any]],
     metadata: dict[str, Any],
+    config: dg.Config,
 ) -> dg.MaterializeResult:
     """The partitions' handles with each one's metadata (its own figures, ``rebuilt``, its data version) and the
     run's shared ``metadata``."""
@@ -140,5 +147,8 @@ def partition_result(
         own = {**per_partition(handle), "rebuilt": key in built, "data_version": handle.data_version,
                "artifact_path": dg.MetadataValue.path(handle.location)}  # fmt: skip
         context.add_asset_metadata(own, partition_key=key)
-    shared = {**metadata, "partitions_rebuilt": len(built), "partitions": len(handles)}
+    manifest = reproducibility(context, config, {})
+    shared = {**metadata, "partitions_rebuilt": len(built), "partitions": len(handles),
+              "config_sha256": manifest["config_sha256"],
+              "reproducibility": dg.MetadataValue.json(manifest)}  # fmt: skip
     return dg.MaterializeResult(value=handles, metadata=shared)

@@ -51,7 +51,9 @@ def tokenized(
         work[key] = PartitionWork(build=build, inputs=inputs)
     handles, built = build_partitions(context, store, "tokenized", TokenShards, work, CODE_VERSION)
     retokenized = sum(_per_partition(h)["documents"] for k, h in handles.items() if k in built)
-    return partition_result(context, handles, built, _per_partition, {"documents_tokenized_in_run": retokenized})
+    return partition_result(
+        context, handles, built, _per_partition, {"documents_tokenized_in_run": retokenized}, config
+    )
 
 
 def _kept_rows(index):

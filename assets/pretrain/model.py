@@ -122,7 +122,5 @@ def _warm_start(
         context.log.warning(
             f"{previous.location} does not list the shards it was trained on; every shard counts as new"
         )
-    init = WarmStart(
-        checkpoint=previous.path, replay_fraction=cfg.replay_fraction, trained_shards=tuple(trained or ())
-    )
+    init = WarmStart(checkpoint=previous.path, replay_fraction=cfg.replay_fraction, trained_shards=tuple(trained or ()))
     return init, f"{previous.location} (weights sha256 {previous.data_version[:16]})"

@@ -85,7 +85,7 @@ def test_stale_compares_against_the_overridden_config(home, tmp_path, corpus_dir
         (["tokenize.vocab_size=280"], ["assets.tokenize: no such configurable asset; choose from", "tokenizer"]),
         (
             ["tokenizer.vocab=280"],
-            ["assets.tokenizer.vocab: unknown field; valid fields: ", "min_frequency, vocab_size"],
+            ["assets.tokenizer.vocab: unknown field; valid fields: ", "min_frequency, sample_bytes, vocab_size"],
         ),
         (["tokenizer.vocab_size=lots"], ["assets.tokenizer.vocab_size: Input should be a valid integer"]),
         (["tokenizer.vocab_size=10"], ["assets.tokenizer: TokenizerConfig.vocab_size=10: must be >= 260"]),
@@ -112,7 +112,7 @@ def test_all_bad_sets_are_reported_together_and_only_the_culprit_is_named(home, 
     lines = capsys.readouterr().out.splitlines()
     assert "profile 'p' with its --set overrides is invalid:" in lines[0]
     (unknown,) = [line for line in lines if line.startswith("  assets.tokenizer.vocab: unknown field; valid fields: ")]
-    assert unknown.endswith("vocab_size (from --set tokenizer.vocab=1)")
+    assert unknown.endswith("when_corpus_grows (from --set tokenizer.vocab=1)")
     fraction = [line for line in lines if line.startswith("  assets.splits.val_fraction: ")]
     assert len(fraction) == 1 and fraction[0].endswith("(from --set splits.val_fraction=lots)")
     (vocab,) = [line for line in lines if "TokenizerConfig.vocab_size=10" in line]

@@ -51,7 +51,7 @@ def test_a_missing_or_corrupt_reference_names_the_asset_and_the_fix(home, tmp_pa
     out = capsys.readouterr().out
     assert "splits was never materialized in this store" in out or "tokenizer was never materialized" in out
     assert main(["run", "--config", str(profile), "--select", "raw_corpus"]) == 0
-    ref = bucket / "raw_corpus" / "latest.json"
+    ref = bucket / "raw_corpus" / "partitions" / "00" / "latest.json"  # one partition's reference
     good = ref.read_text()
     ref.write_text('{"kind": "Documents"')  # torn
     assert main(["run", "--config", str(profile), "--select", "clean_corpus"]) == 1

@@ -45,7 +45,7 @@ def test_a_run_piped_to_a_log_prints_each_stage_and_training_step_as_it_happens(
     assert order == sorted(order), "each stage starts after the one before it finished, in graph order"
     first_done = position["raw_corpus"][1]
     assert running_at[first_done], "a line reaches the log when it happens, not when the run ends"
-    assert re.search(rf"{_STAMP} raw_corpus: check raw_corpus_not_empty passed", out)
+    assert re.search(rf"{_STAMP} splits: check splits_disjoint_and_non_empty passed", out)
     steps = [x for x in lines if " pretrained_model: train steps " in x]
     assert re.fullmatch(
         rf"{_STAMP} pretrained_model: train steps 10/12 loss=[\d.]+ lr=\S+ tokens_per_s=\d+ .*", steps[1]

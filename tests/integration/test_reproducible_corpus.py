@@ -26,18 +26,22 @@ from pathlib import Path
 import lmcore
 from lmcore.data.clean import CleanConfig, clean_corpus
 from lmcore.data.corpus import CorpusConfig, build_raw_corpus
-from lmcore.data.shards import tokenize_splits
-from lmcore.data.splits import SPLITS, SplitConfig, split_corpus, split_paths
+from lmcore.data.partitions import partition_of
+from lmcore.data.shards import tokenize_partition
+from lmcore.data.splits import SplitConfig, split_corpus, split_index, split_rows
 from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer
-from lmcore.io import iter_texts, read_parquet_rows
+from lmcore.io import read_parquet_rows
 
 out = Path(sys.argv[1])
-raw = build_raw_corpus(CorpusConfig(), out / "raw", out / "cache")
+p = partition_of("python-docs")  # the builtin source is one unit, in one partition
+raw = build_raw_corpus(CorpusConfig(), out / "raw", out / "cache", partition=p)
 clean = clean_corpus(CleanConfig(), [out / "raw" / s["path"] for s in raw["shards"]], out / "clean")
-splits = split_corpus(SplitConfig(), [out / "clean" / s["path"] for s in clean["shards"]], out / "splits")
-files = {s: split_paths(out / "splits", s, splits) for s in SPLITS}
-tok = train_tokenizer(TokenizerConfig(vocab_size=300), iter_texts(files["train"]), out / "tokenizer" / "tokenizer.json")
-tokenize_splits(tok, files, out / "shards")
+splits = split_corpus(SplitConfig(), {p: out / "clean"}, out / "splits")
+texts = (r["text"] for r in split_rows(out / "splits", splits, "train", ["text"]))
+tok = train_tokenizer(TokenizerConfig(vocab_size=300), texts, out / "tokenizer" / "tokenizer.json")
+index = split_index(out / "splits", p)
+kept = {d: s for d, s in zip(index.column("doc_id").to_pylist(), index.column("split").to_pylist()) if s}
+tokenize_partition(tok, [out / "clean" / s["path"] for s in clean["shards"]], kept, out / "shards")
 
 rows = list(read_parquet_rows([out / "raw" / s["path"] for s in raw["shards"]]))
 corpus = "".join(r["text"] for r in rows)

@@ -35,7 +35,7 @@ def test_a_downstream_asset_runs_on_a_second_home(tmp_path, corpus_dir, postgres
 
     monkeypatch.setenv("LMPIPE_HOME", str(second))
     assert not (second / "artifacts").exists(), "machine B starts with nothing local"
-    assert main(["run", "--config", str(profile), "--select", "token_shards"]) == 0
+    assert main(["run", "--config", str(profile), "--select", "key:tokenized or key:token_shards"]) == 0
     on_b = _latest(second, "token_shards")
     assert on_b.tags["dagster/input_data_version/tokenizer"] == _latest(first, "tokenizer").tags["dagster/data_version"]
     assert (second / "artifacts" / "splits").is_dir(), "B fetched the upstream artifacts from the bucket"

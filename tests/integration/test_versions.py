@@ -9,8 +9,9 @@ from tests.integration.conftest import write_profile
 
 
 def _count(home, asset):
+    """Runs that materialized ``asset`` (a partitioned asset: all its partitions in each)."""
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))
-    return len(instance.fetch_materializations(dg.AssetKey(asset), limit=100).records)
+    return len({r.run_id for r in instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records})
 
 
 DATA = ("raw_corpus", "clean_corpus", "splits", "tokenizer", "token_shards")
@@ -39,10 +40,12 @@ def test_every_materialization_carries_a_reproducibility_manifest(home, tmp_path
     profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
     assert main(["run", "--config", str(profile), "--select", "group:data"]) == 0
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    mat = instance.get_latest_materialization_event(dg.AssetKey("tokenized")).asset_materialization
+    manifest = mat.metadata["reproducibility"].value  # a partitioned stage's: the same on every partition
+    assert manifest["config"]["shard_tokens"] == 4096 and len(manifest["config_sha256"]) == 64
     mat = instance.get_latest_materialization_event(dg.AssetKey("token_shards")).asset_materialization
     manifest = mat.metadata["reproducibility"].value
-    assert manifest["config"]["shard_tokens"] == 4096 and len(manifest["config_sha256"]) == 64
-    assert set(manifest["inputs"]) == {"splits", "tokenizer"}
+    assert set(manifest["inputs"]) == {"splits", "tokenizer"} | {f"tokenized[{i:02d}]" for i in range(16)}
     assert {"python", "torch", "tokenizers", "pyarrow", "polars", "dagster"} <= set(manifest["versions"])
     assert "git_commit" in manifest
 
@@ -55,7 +58,7 @@ def test_reproduce_reruns_a_past_run_and_gets_identical_data_versions(home, tmp_
     capsys.readouterr()
     assert main(["reproduce", run_id[:8]]) == 0
     out = capsys.readouterr().out
-    assert "identical data versions: clean_corpus, raw_corpus, splits, token_shards, tokenizer" in out
+    assert "identical data versions: clean_corpus, raw_corpus, splits, token_shards, tokenized, tokenizer" in out
     newest = instance.get_runs(limit=1)[0]
     assert newest.tags["lmpipe/reproduces"] == run_id
     assert main(["reproduce", "no-such-run"]) == 2
