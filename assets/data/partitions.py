@@ -34,8 +34,22 @@ from lmcore.io import digest_of
 from lmcore.workers import call, default_workers, run_parallel
 
 DATA_PARTITIONS = dg.StaticPartitionsDefinition(list(PARTITIONS))
-BACKFILL = dg.BackfillPolicy.single_run()
-"""One run covers every requested partition; its stages spread them over worker processes."""
+PER_RUN_ENV = "LMPIPE_PARTITIONS_PER_RUN"
+
+
+def backfill_policy() -> dg.BackfillPolicy:
+    """One run covers every requested partition (its stages spread them over worker processes), unless
+    ``$LMPIPE_PARTITIONS_PER_RUN`` sets how many partitions a run of a backfill takes: on a cluster, 1 or a few,
+    so a backfill's runs go to different machines (run launcher) or workers (executor)."""
+    raw = os.environ.get(PER_RUN_ENV, "")
+    if not raw:
+        return dg.BackfillPolicy.single_run()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"${PER_RUN_ENV}={raw!r}: must be a whole number of partitions per run >= 1")
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=int(raw))
+
+
+BACKFILL = backfill_policy()
 WORKERS_ENV = "LMPIPE_DATA_WORKERS"
 ALL_PARTITIONS = {
     "dagster/asset_partition_range_start": PARTITIONS[0],

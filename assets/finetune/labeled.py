@@ -13,7 +13,7 @@ from assets.versions import code_version_of
 from lmcore.data.splits import SPLITS
 from lmcore.eval.baselines import load_labeled
 from lmcore.finetune.tasks import DERIVED, classification_examples
-from lmcore.io import read_parquet_rows, write_json
+from lmcore.io import write_json
 
 
 class LabeledDataConfig(dg.Config):
@@ -29,7 +29,7 @@ def _derived_examples(splits: Splits) -> dict[str, list[dict[str, str]]]:
     """Docstring -> module family examples, each in the split of the document it came from."""
     split_of, rows = {}, []
     for split in SPLITS:
-        for row in read_parquet_rows(splits.paths(split)):
+        for row in splits.rows(split):
             split_of[row["doc_id"]] = split
             rows.append(row)
     examples, _ = classification_examples(rows)

@@ -20,7 +20,6 @@ from lmcore.data.splits import SPLITS
 from lmcore.finetune.chat import check_example, render_chatml
 from lmcore.finetune.sft_data import build_sft_dataset, write_sft_dataset
 from lmcore.finetune.tasks import DERIVED, instruction_pairs
-from lmcore.io import read_parquet_rows
 
 
 class SftDatasetConfig(dg.Config):
@@ -38,7 +37,7 @@ def _derive(splits: Splits, out: Path) -> tuple[list[Path], list[Path], dict[str
     """Instruction pairs per split as JSONL: train documents give training pairs, val/test held-out ones."""
     files, stats = {}, {}
     for split in SPLITS:
-        pairs, skipped = instruction_pairs(read_parquet_rows(splits.paths(split)))
+        pairs, skipped = instruction_pairs(splits.rows(split))
         files[split] = out / f"derived_{split}.jsonl"
         files[split].write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
         stats[split] = {"pairs": len(pairs), "skipped": skipped}
