@@ -144,3 +144,24 @@ def test_the_derived_tasks_read_every_split_of_the_builtin_corpus(home, tmp_path
     rows = {part: _value(mat, f"{part}_rows") for part in ("train", "validation", "test")}
     assert rows["train"] > 10 * rows["test"] > 0 and rows["validation"] > 0, rows
     assert _value(mat, "classes") >= 3
+
+
+def test_source_weights_set_the_mixture_of_training_windows(home, tmp_path, corpus_dir):
+    """Two sources weighted 3:1: pretraining draws their windows 3:1 whatever their sizes, and says so."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(6):
+        (other / f"log{i}.txt").write_text(NEW_BOOK.replace("gulls", f"ships of fleet {i}"), encoding="utf-8")
+    sources = [{"spec": str(corpus_dir), "weight": 3}, {"spec": str(other), "weight": 1}]
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model=TINY)
+    data = yaml.safe_load(profile.read_text())
+    data["assets"]["raw_corpus"]["sources"] = sources
+    profile.write_text(yaml.safe_dump(data))
+    assert main(["run", "--config", str(profile), "--select", "group:data or key:pretrained_model"]) == 0
+    shards = _latest(home, "token_shards")
+    assert _value(shards, "mixing_weights") == {str(corpus_dir): 3.0, str(other): 1.0}
+    per_source = _value(shards, "train_tokens_per_source")
+    assert set(per_source) == {str(corpus_dir), str(other)} and all(per_source.values())
+    mixture = _value(_latest(home, "pretrained_model"), "realized_mixture_tokens")
+    drawn = {spec: mixture[spec] for spec in per_source}
+    assert abs(drawn[str(corpus_dir)] / sum(drawn.values()) - 0.75) < 0.2, (drawn, per_source)  # unweighted: ~0.25
