@@ -1,4 +1,4 @@
-"""The Dagster UI end to end: `lmpipe ui`, headless Chromium, materialize the data group, read its metadata.
+"""The Dagster UI end to end: `lmpipe ui`, headless Chromium, backfill the data group's partitions, read its metadata.
 
 Needs Debian's chromium at /usr/bin/chromium (CI installs it; skipped otherwise). Screenshots are written
 under the test's tmp_path and their paths printed (see them with ``pytest -rA -s``).
@@ -13,16 +13,26 @@ from pathlib import Path
 
 import pytest
 
+from lmcore.data.partitions import PARTITIONS
 from tests.integration.ui_helpers import CHROMIUM, CHROMIUM_ARGS, UiServer, lmpipe_ui
 
 pytestmark = pytest.mark.e2e
 
-DATA_ASSETS = ["raw_corpus", "clean_corpus", "splits", "tokenizer", "token_shards"]
-RUN_TIMEOUT_S = 480  # the data group takes ~1.5 min on 2 busy cores (one subprocess per step)
+DATA_ASSETS = ["raw_corpus", "clean_corpus", "splits", "tokenizer", "tokenized", "token_shards"]
+PARTITIONED = {"raw_corpus", "clean_corpus", "tokenized"}
+BACKFILL_RUNS = [{"raw_corpus", "clean_corpus"}, {"splits", "tokenizer"}, {"tokenized"}, {"token_shards"}]
+"""The backfill's runs in order. The daemon launches assets once their parents are done: the partitioned stages
+(single-run backfill policy) take all partitions in one run, the unpartitioned ones run after them."""
+RANGE = {"dagster/asset_partition_range_start": PARTITIONS[0], "dagster/asset_partition_range_end": PARTITIONS[-1]}
+BACKFILL_TIMEOUT_S = 600  # ~4.5-5.5 min on 2 busy cores: 4 runs of subprocess steps, the daemon ticks every 30 s
 UI_TIMEOUT_MS = 60_000  # the React app on a loaded machine; each wait is bounded
 
 _GROUP = """{ assetNodes { assetKey { path } groupName repository { name location { name } } } }"""
-_RUN = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
+_BACKFILL = """query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
+  ... on PartitionBackfill { status runs(limit: 20) { id status startTime assetSelection { path } tags { key value } } }
+  ... on PythonError { message } } }"""
+_RAW_DOCUMENTS = """{ assetOrError(assetKey: {path: ["raw_corpus"]}) { ... on Asset { assetMaterializations(limit: 100)
+  { partition metadataEntries { label ... on IntMetadataEntry { intValue } } } } } }"""
 
 
 def _group_url(server: UiServer, group: str) -> str:
@@ -41,7 +51,7 @@ def _shot(page, path: Path, shots: list[Path]) -> None:
 
 
 def _metadata_row(page, key: str):
-    """The row of the asset page's metadata table whose key cell is exactly ``key``."""
+    """The row of a metadata table (asset page or partition page) whose key cell is exactly ``key``."""
     return page.locator("tr").filter(has=page.get_by_text(key, exact=True)).first
 
 
@@ -50,7 +60,8 @@ def _metadata_int(page, key: str) -> int:
 
     row = _metadata_row(page, key)
     expect(row).to_be_visible(timeout=UI_TIMEOUT_MS)
-    value = row.locator("td").last.inner_text().strip()
+    # The asset page's rows are key, timestamp, value; a partition's are key, value and an empty cell.
+    value = [t.strip() for t in row.locator("td").all_inner_texts() if t.strip()][-1]
     assert re.fullmatch(r"[\d,]+", value), f"{key}: expected an integer in the UI, got {value!r}"
     return int(value.replace(",", ""))
 
@@ -72,23 +83,124 @@ def _open_plot(page, key: str, title: str):
     return dialog
 
 
-def _wait_for_success(page, server: UiServer, run_id: str) -> None:
-    """Watch the run page until its status tag says Success (it live-updates; reloaded every 30 s anyway)."""
-    success = page.get_by_text("Success", exact=True)
-    ended = page.get_by_text(re.compile(r"^(Failure|Canceled)$"))
-    deadline = time.monotonic() + RUN_TIMEOUT_S
+def _launch_backfill(page, tmp_path: Path, shots: list[Path]) -> str:
+    """Materialize all → the partitions dialog: select All partitions, launch the backfill; returns its id."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=re.compile(r"Materialize all")).click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text(f"Launch runs to materialize {len(DATA_ASSETS)} assets")
+    dialog.get_by_role("button", name="All", exact=True).click()
+    expect(dialog.get_by_text(f"{len(PARTITIONS)} partitions selected", exact=True)).to_be_visible()
+    _shot(page, tmp_path / "2-backfill-dialog.png", shots)
+    dialog.get_by_role("button", name="Launch backfill").click()
+    created = page.get_by_text(re.compile(r"^Created backfill\s*[a-z]{8}$")).first  # a toast, for a few seconds
+    expect(created).to_be_visible()
+    return re.search(r"[a-z]{8}$", created.inner_text().strip()).group(0)
+
+
+def _wait_for_backfill(page, server: UiServer, backfill_id: str) -> None:
+    """Watch the backfill page until its Status says Succeeded (it live-updates; reloaded every 30 s anyway)."""
+    status = page.get_by_text("Status", exact=True).first.locator("xpath=..")
+    deadline = time.monotonic() + BACKFILL_TIMEOUT_S
     reload_at = time.monotonic() + 30
-    while not success.first.is_visible():
-        if ended.first.is_visible():
-            pytest.fail(f"run {run_id}: the UI shows {ended.first.inner_text()!r}:\n{server.log_tail()}")
+    while not (status.is_visible() and "Succeeded" in status.inner_text()):
+        if status.is_visible() and re.search(r"Fail|Cancel", status.inner_text()):
+            pytest.fail(f"backfill {backfill_id}: the UI shows {status.inner_text()!r}:\n{server.log_tail()}")
         if time.monotonic() > deadline:
-            pytest.fail(f"run {run_id} not successful after {RUN_TIMEOUT_S}s:\n{server.log_tail()}")
+            pytest.fail(f"backfill {backfill_id} not successful after {BACKFILL_TIMEOUT_S}s:\n{server.log_tail()}")
         if time.monotonic() > reload_at:
             page.reload(wait_until="domcontentloaded")
             reload_at = time.monotonic() + 30
         page.wait_for_timeout(2000)
-    # What the UI shows agrees with the instance.
-    assert server.graphql(_RUN, {"id": run_id})["runOrError"]["status"] == "SUCCESS"
+
+
+def _check_backfill(page) -> None:
+    """The backfill page's table: every data asset 100% completed, all partitions of the partitioned ones."""
+    from playwright.sync_api import expect
+
+    n = len(PARTITIONS)
+    for name in DATA_ASSETS:
+        # A virtualized grid, not a <table>: a row reads name, progress, then targeted, in progress, succeeded, failed.
+        counts = [n, 0, n, 0] if name in PARTITIONED else ["-", "-", "Succeeded", "-"]
+        row = rf"^{name}\n(?:{name}\n)?100% completed\n" + r"\n".join(map(str, counts)) + "$"
+        expect(page.locator("body")).to_contain_text(re.compile(row, re.MULTILINE), use_inner_text=True)
+
+
+def _check_backfill_runs(server: UiServer, backfill_id: str) -> list[dict]:
+    """What the instance says: the backfill succeeded with BACKFILL_RUNS, the partitioned ones over the whole range."""
+    backfill = server.graphql(_BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    runs = sorted(backfill["runs"], key=lambda r: r["startTime"])
+    assert [{a["path"][0] for a in r["assetSelection"]} for r in runs] == BACKFILL_RUNS, runs
+    for run in runs:
+        assert run["status"] == "SUCCESS", run
+        tags = {t["key"]: t["value"] for t in run["tags"] if t["key"] in RANGE}
+        partitioned = {a["path"][0] for a in run["assetSelection"]} <= PARTITIONED
+        assert tags == (RANGE if partitioned else {}), (run["id"], tags)
+    return runs
+
+
+def _check_raw_corpus_partitions(page, server: UiServer, tmp_path: Path, shots: list[Path]) -> tuple[str, int]:
+    """raw_corpus's Partitions tab: all 16 materialized; the fullest partition's page shows its own metadata."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}/assets/raw_corpus", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Partitions").click()
+    n = len(PARTITIONS)
+    expect(page.get_by_text(f"{n} Partitions Selected", exact=True)).to_be_visible()
+    for counts in (f"Materialized ({n})", "Missing (0)", "Failed (0)", "Materializing (0)"):
+        expect(page.get_by_text(counts, exact=True)).to_be_visible()
+    for key in PARTITIONS:
+        expect(page.get_by_text(key, exact=True).filter(visible=True).first).to_be_visible()
+
+    latest = {}  # partition -> documents, from the instance (events come newest first)
+    for event in server.graphql(_RAW_DOCUMENTS)["assetOrError"]["assetMaterializations"]:
+        entries = {e["label"]: e.get("intValue") for e in event["metadataEntries"]}
+        latest.setdefault(event["partition"], entries["documents"])
+    assert sorted(latest) == list(PARTITIONS), latest
+    key = max(latest, key=latest.get)
+    assert latest[key] > 0, latest
+
+    page.get_by_text(key, exact=True).filter(visible=True).first.click()
+    page.wait_for_url(re.compile(rf"[?&]partition={key}\b"))
+    assert _metadata_int(page, "documents") == latest[key]
+    assert _metadata_int(page, "documents_in_run") == sum(latest.values())  # a figure of the whole run
+    assert _metadata_int(page, "partitions_rebuilt") == n
+    expect(_metadata_row(page, "rebuilt")).to_contain_text("true")
+    units = _metadata_row(page, "units")
+    expect(units.get_by_role("cell", name="builtin:python-docs", exact=True)).to_be_visible()
+    units.scroll_into_view_if_needed()
+    _shot(page, tmp_path / "5-raw-corpus-partitions.png", shots)
+    return key, latest[key]
+
+
+def _check_splits_tokenizer_shards(page, server: UiServer, tmp_path: Path, shots: list[Path]) -> None:
+    """The unpartitioned assets' pages show their numbers and bar charts."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}/assets/splits", wait_until="domcontentloaded")
+    docs = {s: _metadata_int(page, f"{s}_documents") for s in ("train", "val", "test")}
+    assert docs["train"] > 0 and docs["train"] >= docs["val"] + docs["test"] > 0, docs
+    assert _metadata_int(page, "partitions") == len(PARTITIONS)
+    dialog = _open_plot(page, "documents_per_split", "Documents per split")
+    _shot(page, tmp_path / "6-splits-metadata.png", shots)
+    dialog.get_by_role("button", name="Close").click()
+    expect(dialog).to_be_hidden()
+
+    page.goto(f"{server.url}/assets/tokenizer", wait_until="domcontentloaded")
+    assert _metadata_int(page, "vocab_size") > 256
+    assert 0 < _metadata_int(page, "trained_on_documents") <= docs["train"]
+
+    page.goto(f"{server.url}/assets/token_shards", wait_until="domcontentloaded")
+    tokens = {s: _metadata_int(page, f"{s}_tokens") for s in ("train", "val", "test")}
+    assert tokens["train"] > 0 and tokens["val"] > 0 and tokens["test"] > 0, tokens
+    expect(_metadata_row(page, "dtype")).to_contain_text(re.compile(r"uint(16|32)"))
+    _metadata_row(page, "train_tokens").scroll_into_view_if_needed()
+    _shot(page, tmp_path / "7-token-shards-metadata.png", shots)
+    _open_plot(page, "tokens_per_split", "Tokens per split")
+    _shot(page, tmp_path / "8-token-shards-plot.png", shots)
+    print(f"documents per split {docs}, tokens per split {tokens}")
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not found (Debian: apt-get install chromium)")
@@ -107,51 +219,33 @@ def test_materialize_data_group_from_the_ui_and_see_its_metadata(tmp_path):
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(UI_TIMEOUT_MS)
 
-            # 1. The data group's asset graph shows the five data assets.
+            # 1. The data group's asset graph shows the data assets.
             page.goto(_group_url(server, "data"), wait_until="domcontentloaded")
             for name in DATA_ASSETS:
                 expect(page.get_by_text(name, exact=True).filter(visible=True).first).to_be_visible()
-            materialize = page.get_by_role("button", name=re.compile(r"Materialize all"))
-            expect(materialize).to_be_enabled()
+            expect(page.get_by_role("button", name=re.compile(r"Materialize all"))).to_be_enabled()
             _shot(page, tmp_path / "1-asset-graph.png", shots)
 
-            # 2. Materialize all, with the assets' default config (builtin:python-docs corpus).
-            materialize.click()
-            launched = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}")).first
-            launchpad = page.get_by_role("dialog")
-            expect(launched.or_(launchpad).first).to_be_visible()
-            if not launched.is_visible():  # a launchpad/config dialog: launch it as it is
-                launchpad.get_by_role("button", name=re.compile(r"(Materialize|Launch run)")).last.click()
-                expect(launched).to_be_visible()
-            prefix = re.search(r"[0-9a-f]{8}", launched.inner_text()).group(0)
-            print(f"launched run {prefix}")
+            # 2. Materialize all: a backfill of every partition, with the assets' default config (python-docs).
+            backfill_id = _launch_backfill(page, tmp_path, shots)
+            print(f"launched backfill {backfill_id}")
 
-            # 3. Open the run from the runs list and wait for the UI to show Success.
-            page.goto(f"{server.url}/runs", wait_until="domcontentloaded")
-            page.get_by_role("link", name=re.compile(prefix)).first.click()
-            page.wait_for_url(re.compile(rf"/runs/{prefix}[0-9a-f-]+"))
-            run_id = re.search(rf"/runs/({prefix}[0-9a-f-]+)", page.url).group(1)
-            _wait_for_success(page, server, run_id)
-            _shot(page, tmp_path / "2-run-succeeded.png", shots)
+            # 3. The backfill's page: wait for Succeeded; its runs are those of BACKFILL_RUNS.
+            page.goto(f"{server.url}/runs/b/{backfill_id}", wait_until="domcontentloaded")
+            _wait_for_backfill(page, server, backfill_id)
+            _check_backfill(page)
+            _shot(page, tmp_path / "3-backfill-succeeded.png", shots)
+            runs = _check_backfill_runs(server, backfill_id)
+            page.get_by_role("tab", name="Runs").click()
+            for run in runs:
+                expect(page.get_by_text(run["id"][:8], exact=True)).to_be_visible()
+            expect(page.get_by_text("Success", exact=True)).to_have_count(len(runs))
+            _shot(page, tmp_path / "4-backfill-runs.png", shots)
 
-            # 4. The splits and token_shards pages show their numbers and bar charts.
-            page.goto(f"{server.url}/assets/splits", wait_until="domcontentloaded")
-            docs = {s: _metadata_int(page, f"{s}_documents") for s in ("train", "val", "test")}
-            assert docs["train"] > 0 and docs["train"] >= docs["val"] + docs["test"] > 0, docs
-            dialog = _open_plot(page, "documents_per_split", "Documents per split")
-            _shot(page, tmp_path / "3-splits-metadata.png", shots)
-            dialog.get_by_role("button", name="Close").click()
-            expect(dialog).to_be_hidden()
-
-            page.goto(f"{server.url}/assets/token_shards", wait_until="domcontentloaded")
-            tokens = {s: _metadata_int(page, f"{s}_tokens") for s in ("train", "val", "test")}
-            assert tokens["train"] > 0 and tokens["val"] > 0 and tokens["test"] > 0, tokens
-            expect(_metadata_row(page, "dtype")).to_contain_text(re.compile(r"uint(16|32)"))
-            _metadata_row(page, "train_tokens").scroll_into_view_if_needed()
-            _shot(page, tmp_path / "4-token-shards-metadata.png", shots)
-            _open_plot(page, "tokens_per_split", "Tokens per split")
-            _shot(page, tmp_path / "5-token-shards-plot.png", shots)
-            print(f"documents per split {docs}, tokens per split {tokens}")
+            # 4. raw_corpus's partitions, then the unpartitioned assets' metadata.
+            key, documents = _check_raw_corpus_partitions(page, server, tmp_path, shots)
+            print(f"backfill runs {[r['id'][:8] for r in runs]}; raw_corpus partition {key}: {documents} documents")
+            _check_splits_tokenizer_shards(page, server, tmp_path, shots)
         except BaseException:  # pytest.fail and pytest-timeout raise BaseExceptions: still take the screenshot
             with_failure = tmp_path / "failure.png"
             try:
