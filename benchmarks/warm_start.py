@@ -1,8 +1,8 @@
 """Warm-start retraining against a from-scratch retrain on the same grown corpus, through the real assets.
 
-One lmpipe home: the data group and ``pretrained_model`` on the first half of the Gutenberg books
-(../shared/data/corpus/gutenberg, sorted by name); then the other half is added, the data group runs again
-(only the new files' partitions are rebuilt; the tokenizer is kept, so both arms read the same shards), and
+One lmpipe home: the data group and ``pretrained_model`` on half of the Gutenberg books
+(../shared/data/corpus/gutenberg, each cut into 8 files; the even-numbered parts); then the odd parts are added,
+the data group runs again (the tokenizer is kept, so every arm reads the same shards), and
 ``pretrained_model`` trains twice on the grown shards with the same step budget: ``init: previous`` (the first
 model's weights, ``--replay`` of the windows from shards it was trained on, the schedule restarted) and
 ``init: scratch``. A third arm, scratch with the first run's steps added (the compute of first run + warm start),
@@ -44,6 +44,17 @@ def profile(path: Path, corpus: Path, steps: int) -> Path:
     return path
 
 
+def _parts(books: list[Path], n: int) -> list[tuple[str, str]]:
+    """Each book cut into ``n`` files at paragraph breaks: ``(name, text)``."""
+    out = []
+    for book in books:
+        paragraphs = book.read_text(encoding="utf-8", errors="replace").split("\n\n")
+        step = -(-len(paragraphs) // n)
+        for i in range(n):
+            out.append((f"{book.stem}-part{i}.txt", "\n\n".join(paragraphs[i * step : (i + 1) * step])))
+    return [(name, text) for name, text in out if text.strip()]
+
+
 def run(home: Path, prof: Path, select: str, *sets: str) -> None:
     cmd = [str(ROOT / ".venv/bin/lmpipe"), "run", "--config", str(prof), "--select", select]
     cmd += [x for s in sets for x in ("--set", s)]
@@ -70,15 +81,15 @@ def main() -> None:
     try:
         corpus, home = work / "corpus", work / "home"
         corpus.mkdir()
-        books = sorted(BOOKS.glob("*.txt"))
-        first, second = books[: len(books) // 2], books[len(books) // 2 :]
-        for book in first:
-            shutil.copy(book, corpus / book.name)
+        parts = _parts(sorted(BOOKS.glob("*.txt")), 8)  # documents small enough for val/test to hold some
+        first, second = parts[0::2], parts[1::2]  # every book in both halves: the added text is new, not new kinds
+        for name, text in first:
+            (corpus / name).write_text(text, encoding="utf-8")
         prof = profile(work / "p.yaml", corpus, args.steps)
         run(home, prof, "group:data or key:pretrained_model")
         base = latest(home, "pretrained_model")
-        for book in second:
-            shutil.copy(book, corpus / book.name)
+        for name, text in second:
+            (corpus / name).write_text(text, encoding="utf-8")
         run(home, prof, "group:data")
         rebuilt = latest(home, "clean_corpus")["partitions_rebuilt"]
         kept = latest(home, "tokenizer")["kept"]
