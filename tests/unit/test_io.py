@@ -14,7 +14,7 @@ def test_atomic_path_leaves_nothing_on_failure_and_keeps_the_old_file(tmp_path):
 
 
 def test_parquet_writer_reads_back_and_rotates(tmp_path):
-    rows = [{"doc_id": str(i), "source": "s", "text": "x" * 100} for i in range(100)]
+    rows = [{"doc_id": str(i), "source": "s", "spec": "s", "text": "x" * 100} for i in range(100)]
     with ParquetShardWriter(tmp_path, max_bytes=2000, batch_rows=10) as w:
         for r in rows:
             w.write(r)
@@ -24,7 +24,7 @@ def test_parquet_writer_reads_back_and_rotates(tmp_path):
 
 def test_parquet_writer_failure_leaves_no_shard(tmp_path):
     with pytest.raises(RuntimeError), ParquetShardWriter(tmp_path, batch_rows=1) as w:
-        w.write({"doc_id": "1", "source": "s", "text": "t"})
+        w.write({"doc_id": "1", "source": "s", "spec": "s", "text": "t"})
         raise RuntimeError("crash")
     assert not list(tmp_path.glob("*.parquet"))
 
