@@ -40,13 +40,17 @@ def tokenized(
 ) -> dg.MaterializeResult:
     """Each partition's kept documents tokenized per split and source; a partition whose documents, splits and
     tokenizer are unchanged keeps its shards."""
+    index = splits.index()  # read once; each partition takes its kept rows
+    splits_of: dict[str, dict[str, str]] = {key: {} for key in clean_corpus}
+    columns = (index.column(c).to_pylist() for c in ("partition", "doc_id", "split"))
+    for partition, doc, split in zip(*columns, strict=True):
+        if split is not None and partition in splits_of:
+            splits_of[partition][doc] = split
     work = {}
     for key, docs in clean_corpus.items():
-        index = splits.index(key).filter(_kept_rows(splits.index(key)))
-        splits_of = dict(zip(index.column("doc_id").to_pylist(), index.column("split").to_pylist(), strict=True))
         inputs = {"config": config.model_dump(), "clean_corpus": docs.data_version, "tokenizer": tokenizer.sha256,
                   "index": splits.manifest["partitions"][key]["index_sha256"]}  # fmt: skip
-        build = functools.partial(tokenize_partition, tokenizer.file, docs.shard_paths, splits_of,
+        build = functools.partial(tokenize_partition, tokenizer.file, docs.shard_paths, splits_of[key],
                                   shard_tokens=config.shard_tokens, tokenizer_sha256=tokenizer.sha256)  # fmt: skip
         work[key] = PartitionWork(build=build, inputs=inputs)
     handles, built = build_partitions(context, store, "tokenized", TokenShards, work, CODE_VERSION)
@@ -56,13 +60,7 @@ def tokenized(
     )
 
 
-def _kept_rows(index):
-    import pyarrow.compute as pc
-
-    return pc.is_valid(index.column("split"))
-
-
-@dg.asset(group_name="data", kinds={"arrow"}, code_version=code_version_of(__name__))
+@dg.asset(group_name="data", kinds={"arrow"}, code_version=CODE_VERSION)
 def token_shards(
     context: dg.AssetExecutionContext,
     tokenized: dict[str, TokenShards],
