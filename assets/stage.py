@@ -13,8 +13,8 @@ from typing import Any
 import dagster as dg
 
 from assets.artifacts import Artifact
+from assets.io_manager import config_digest
 from assets.plots import line_chart
-from lmcore.io import digest_of
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "tokenizers", "pyarrow", "polars", "dagster", "numpy")
@@ -44,11 +44,12 @@ def _environment() -> dict[str, Any]:
 def reproducibility(
     context: dg.AssetExecutionContext, config: dg.Config | None, inputs: dict[str, Artifact]
 ) -> dict[str, Any]:
-    """What it takes to reproduce a materialization: config and hash, ``--set`` overrides, code, inputs."""
-    cfg = config.model_dump() if config is not None else {}
+    """What it takes to reproduce a materialization: config and the digest of the step's resolved config (what the
+    definition metadata ``lmpipe/config_sha256`` gives for the code location's own config), ``--set`` overrides,
+    code, inputs."""
     return {
-        "config": cfg,
-        "config_sha256": digest_of(cfg),
+        "config": config.model_dump() if config is not None else {},
+        "config_sha256": config_digest(context.op_execution_context.op_config),
         "overrides": json.loads(context.run.tags.get(SET_TAG, "[]")),
         **_environment(),
         "inputs": {name: artifact.data_version for name, artifact in inputs.items()},

@@ -1,25 +1,40 @@
-"""Retraining triggers: the corpus as an observable source asset, a change sensor and a cron schedule.
+"""Retraining by Dagster's declarative automation: the corpus as an observable source, conditions on the assets.
 
-The source's version is what ``lmcore.data.corpus.source_version`` says (content digest for
-local files, ETag/Last-Modified for HTTP and object storage). The sensor launches the
-``retrain`` job only when that version differs from the one it last saw; the schedule
-launches it on a timetable. Both start stopped unless the profile turns them on.
+The profile is part of the definitions (``pipelines.configured``), so a run the automation sensor launches
+runs the profile's config like any other launch path; retraining is a property of the assets, not a hand-made
+sensor that carries run config. A profile's ``automation:`` turns on either or both:
+
+- ``on_corpus_change``: ``corpus_source`` is observed every ``observe_minutes`` (its version is what
+  ``lmcore.data.corpus.corpus_version`` says: content digest for local files, ETag/Last-Modified for HTTP and
+  object storage); ``raw_corpus`` runs when that version changes, and every asset downstream follows once its
+  inputs have updated (``eager``). A missing asset is built too.
+- ``on_schedule``: every asset of the pipeline runs on ``cron``, each once its upstream has run since the tick
+  (``on_cron``; the corpus source is not waited for).
+
+Both are off by default; the sensor ``lmpipe_automation`` that evaluates the conditions starts running when one
+is on. Runs over several data partitions are launched as one backfill (one run, by the backfill policy).
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets.data.partitions import ALL_PARTITIONS
 from lmcore.data.corpus import CorpusConfig, corpus_version
 from pipelines.profile import Profile
 
 SOURCE_KEY = "corpus_source"
+SENSOR = "lmpipe_automation"
 
 
 def corpus_source_asset(profile: Profile) -> dg.SourceAsset:
+    auto = profile.automation
+    observe = dg.AutomationCondition.cron_tick_passed(f"*/{auto.observe_minutes} * * * *").since_last_handled()
+
     @dg.observable_source_asset(
-        key=SOURCE_KEY, group_name="data", description=f"The corpus sources of profile {profile.name!r}."
+        key=SOURCE_KEY,
+        group_name="data",
+        description=f"The corpus sources of profile {profile.name!r}.",
+        automation_condition=observe if auto.on_corpus_change else None,
     )
     def corpus_source() -> dg.ObserveResult:
         version, per_source = corpus_version(CorpusConfig(sources=tuple(profile.sources)))
@@ -28,40 +43,31 @@ def corpus_source_asset(profile: Profile) -> dg.SourceAsset:
     return corpus_source
 
 
-def retrain_triggers(profile: Profile, job: dg.UnresolvedAssetJobDefinition) -> tuple[dg.SensorDefinition, ...]:
-    """The change sensor and the schedule for ``job`` with the profile's run config."""
-    run_config = profile.run_config()
-    tags = {"lmpipe/profile": profile.name, "lmpipe/trigger": "", **ALL_PARTITIONS}
+def condition(profile: Profile, key: dg.AssetKey, parents: set[dg.AssetKey]) -> dg.AutomationCondition | None:
+    """When the automation sensor runs asset ``key`` (with upstream ``parents``) under ``profile``, or None."""
+    auto, source = profile.automation, dg.AssetKey(SOURCE_KEY)
+    conditions = []
+    if auto.on_corpus_change:
+        eager = dg.AutomationCondition.eager()
+        if source in parents:  # an observation of the same version is no change
+            changed = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+            eager = eager.replace("any_deps_updated", changed.with_label("corpus_version_changed"))
+        conditions.append(eager)
+    if auto.on_schedule:
+        conditions.append(dg.AutomationCondition.on_cron(auto.cron).ignore(dg.AssetSelection.assets(source)))
+    if not conditions:
+        return None
+    return conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
 
-    @dg.sensor(
-        name="corpus_changed",
-        job=job,
-        minimum_interval_seconds=profile.automation.sensor_interval_s,
-        default_status=dg.DefaultSensorStatus.RUNNING if profile.automation.sensor else dg.DefaultSensorStatus.STOPPED,
-        description="Retrains when the corpus source's version changes (not on the first look).",
+
+def automation_sensor(profile: Profile) -> dg.AutomationConditionSensorDefinition:
+    auto = profile.automation
+    on = auto.on_corpus_change or auto.on_schedule
+    return dg.AutomationConditionSensorDefinition(
+        SENSOR,
+        target=dg.AssetSelection.all(include_sources=True),
+        default_status=dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=30,
+        description=f"Runs the assets whose automation condition profile {profile.name!r} turns on "
+        "(retrain on a corpus change, on a schedule).",
     )
-    def corpus_changed(context: dg.SensorEvaluationContext):
-        version, _ = corpus_version(CorpusConfig(sources=tuple(profile.sources)))
-        previous = context.cursor
-        context.update_cursor(version)
-        if previous is None:
-            return dg.SkipReason(f"first look at the corpus (version {version}); retrains on the next change")
-        if previous == version:
-            return dg.SkipReason(f"corpus unchanged (version {version})")
-        return dg.RunRequest(
-            run_key=f"corpus-{version}", run_config=run_config, tags={**tags, "lmpipe/trigger": f"corpus {version}"}
-        )
-
-    @dg.schedule(
-        name="scheduled_retrain",
-        cron_schedule=profile.automation.cron,
-        job=job,
-        default_status=dg.DefaultScheduleStatus.RUNNING
-        if profile.automation.schedule
-        else dg.DefaultScheduleStatus.STOPPED,
-        description=f"Retrains on '{profile.automation.cron}'.",
-    )
-    def schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return dg.RunRequest(run_config=run_config, tags={**tags, "lmpipe/trigger": "schedule"})
-
-    return corpus_changed, schedule

@@ -132,8 +132,14 @@ def _use_model(args: argparse.Namespace) -> int:
 
 
 def ui_command(port: int) -> list[str]:
-    """``dagster dev`` run by this interpreter, so ``.venv/bin/lmpipe ui`` works without the venv on PATH."""
-    return [sys.executable, "-m", "dagster", "dev", "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(port)]
+    """``dg dev`` for this project (webserver and daemon) with this interpreter's environment, so
+    ``.venv/bin/lmpipe ui`` works without the venv on PATH."""
+    import shutil
+    from pathlib import Path
+
+    dg = shutil.which("dg", path=str(Path(sys.executable).parent)) or shutil.which("dg") or "dg"
+    return [dg, "dev", "--use-active-venv", "--target-path", str(PROJECT_ROOT), "--host", "127.0.0.1",
+            "--port", str(port)]  # fmt: skip
 
 
 def _ui(port: int) -> int:
@@ -153,15 +159,14 @@ def _run(args: argparse.Namespace, home: Any) -> int:
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     from assets.stage import SET_TAG
-    from pipelines.definitions import ALL_ASSETS, build_definitions, left_out
-    from pipelines.profile import apply_overrides, load_profile, validate_profile
-    from pipelines.runner import stale_keys
+    from pipelines.definitions import build_definitions, left_out
+    from pipelines.profile import apply_overrides, load_profile
+    from pipelines.runner import PROFILE_TAG, observe_corpus, stale_keys
 
     console = Console(width=max(Console().width, 120))
     try:
         profile = apply_overrides(load_profile(args.profile, args.config), args.sets)
-        validate_profile(profile, ALL_ASSETS)
-        defs = build_definitions(profile)
+        defs = build_definitions(profile)  # validates the profile as pydantic and Dagster's config both would
         graph = defs.resolve_asset_graph()
         keys = {k for k in dg.AssetSelection.from_string(args.select).resolve(graph) if graph.get(k).is_materializable}
         # optional assets the profile does not configure run only when the selection names them
@@ -174,7 +179,9 @@ def _run(args: argparse.Namespace, home: Any) -> int:
         console.print(f"[red]error:[/red] selection {args.select!r} matches no asset")
         return 2
     if args.stale:
-        reasons = stale_keys(dg.DagsterInstance.get(), defs, keys, profile)
+        instance = dg.DagsterInstance.get()
+        observe_corpus(instance, defs)
+        reasons = stale_keys(instance, defs, keys)
         for key in sorted(keys):
             console.print(f"  {key.to_user_string():20} {reasons.get(key, '[green]up to date[/green]')}")
         keys = set(reasons)
@@ -184,7 +191,7 @@ def _run(args: argparse.Namespace, home: Any) -> int:
     sets = "".join(f" --set {escape(s)}" for s in profile.overrides)
     console.print(f"lmpipe: profile [bold]{profile.name}[/bold]{sets}, {len(keys)} assets, home {home}")
     names = {k.to_user_string() for k in keys}
-    tags = {"lmpipe/profile": profile.name, "lmpipe/select": args.select}
+    tags = {"lmpipe/profile": profile.name, "lmpipe/select": args.select, PROFILE_TAG: json.dumps(profile.assets)}
     if profile.overrides:  # reproduce copies lmpipe/* tags, so a reproduced run carries it too
         tags[SET_TAG] = json.dumps(list(profile.overrides))
     return _execute(console, home, defs, keys, profile.run_config(names), tags)
@@ -216,11 +223,14 @@ def _execute(console: Any, home: Any, defs: Any, keys: set, run_config: dict, ta
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    import json
+
     import dagster as dg
     from rich.console import Console
 
-    from pipelines.definitions import defs
-    from pipelines.runner import data_versions, execute
+    from pipelines.definitions import build_definitions
+    from pipelines.profile import Profile
+    from pipelines.runner import PROFILE_TAG, data_versions, execute
 
     console = Console(width=max(Console().width, 120))
     instance = dg.DagsterInstance.get()
@@ -232,9 +242,16 @@ def _reproduce(args: argparse.Namespace) -> int:
     if not old.asset_selection:
         console.print(f"[red]error:[/red] run {old.run_id} materialized no assets")
         return 2
+    if PROFILE_TAG not in old.tags:
+        console.print(f"[red]error:[/red] run {old.run_id} does not record its profile (tag {PROFILE_TAG}): it was not "
+                      "started by lmpipe run; re-launch it from the UI instead")  # fmt: skip
+        return 2
+    # the code location the run had: its profile, --set overrides applied, as recorded
+    profile = Profile(name=old.tags.get("lmpipe/profile", "reproduced"), description="",
+                      assets=json.loads(old.tags[PROFILE_TAG]))  # fmt: skip
     tags = {**{k: v for k, v in old.tags.items() if k.startswith("lmpipe/")}, "lmpipe/reproduces": old.run_id}
     run_config = {k: v for k, v in old.run_config.items() if k != "loggers"}
-    result = execute(console, defs, set(old.asset_selection), run_config, tags)
+    result = execute(console, build_definitions(profile), set(old.asset_selection), run_config, tags)
     before, after = data_versions(instance, old.run_id), data_versions(instance, result.run_id)
     same = sorted(k for k in after if before.get(k) == after[k])
     differ = sorted(k for k in after if k in before and before[k] != after[k])

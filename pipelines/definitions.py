@@ -1,7 +1,9 @@
-"""The Dagster code location: assets, checks, resources, jobs, sensor and schedule.
+"""The Dagster code location: assets, checks, resources, jobs and the automation sensor.
 
-The active profile (``$LMPIPE_PROFILE``, default ``demo``) supplies the jobs' run config and
-the corpus sources the sensor watches; ``lmpipe ui --profile NAME`` sets it.
+The active profile (``$LMPIPE_PROFILE``, default ``demo``; ``lmpipe ui --profile NAME`` sets it) is part of
+the definitions: every asset's config defaults are its values and its code version includes their digest
+(``pipelines.configured``), so the UI's Materialize, a backfill, the Launchpad, a job, an automation tick,
+``dg launch`` and ``lmpipe run`` all run the same config.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from assets.launch import SubprocessLauncher
 from assets.resources import ArtifactStore, FsspecArtifactStore, LocalArtifactStore
 from assets.tracking import TrackerResource
 from lmcore.train.tracking import DEFAULT_EXPERIMENT
-from pipelines.automation import corpus_source_asset, retrain_triggers
+from pipelines.automation import automation_sensor, condition, corpus_source_asset
+from pipelines.configured import with_profile
 from pipelines.home import lmpipe_home
-from pipelines.profile import Profile, load_profile
+from pipelines.profile import Profile, load_profile, validate_profile
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 # `dagster dev` started by hand gets the same default home as the CLI.
@@ -43,28 +46,34 @@ def left_out(profile: Profile) -> list[str]:
 
 
 def build_definitions(profile: Profile) -> dg.Definitions:
-    config = profile.run_config()
-    skipped = dg.AssetSelection.assets(*left_out(profile))
-    everything = dg.AssetSelection.all() - dg.AssetSelection.assets("corpus_source") - skipped
+    """The code location of ``profile``; raises ValueError naming every invalid value of it, by path."""
+    validate_profile(profile, ALL_ASSETS)
+    skipped = left_out(profile)
+    assets = with_profile(ALL_ASSETS, profile.assets, profile.name)
+    assets = [_automated(a, profile) if a.key.to_user_string() not in skipped else a for a in assets]
+    skipped_sel = dg.AssetSelection.assets(*skipped)
+    everything = dg.AssetSelection.all() - dg.AssetSelection.assets("corpus_source") - skipped_sel
+    groups = dg.AssetSelection.groups
     jobs = [
-        dg.define_asset_job("full_pipeline", selection=everything, config=config),
-        dg.define_asset_job("data_prep", selection=dg.AssetSelection.groups("data") - dg.AssetSelection.assets(
-            "corpus_source"), config=profile.run_config(_names("data"))),
-        dg.define_asset_job("pretrain", selection=dg.AssetSelection.groups("pretrain") - skipped,
-                            config=profile.run_config(_names("pretrain"))),
-        dg.define_asset_job("finetune_and_evaluate", selection=dg.AssetSelection.groups("finetune", "evaluation"),
-                            config=profile.run_config(_names("finetune") | _names("evaluation"))),
-    ]  # fmt: skip
-    retrain = dg.define_asset_job("retrain", selection=everything, config=config, description="Full retrain.")
-    sensor, schedule = retrain_triggers(profile, retrain)
+        dg.define_asset_job("full_pipeline", selection=everything),
+        dg.define_asset_job("data_prep", selection=groups("data") - dg.AssetSelection.assets("corpus_source")),
+        dg.define_asset_job("pretrain", selection=groups("pretrain") - skipped_sel),
+        dg.define_asset_job("finetune_and_evaluate", selection=groups("finetune", "evaluation")),
+        dg.define_asset_job("retrain", selection=everything, description="Full retrain."),
+    ]
     return dg.Definitions(
-        assets=[corpus_source_asset(profile), *ALL_ASSETS],
+        assets=[corpus_source_asset(profile), *assets],
         asset_checks=ALL_CHECKS,
-        jobs=[*jobs, retrain],
-        sensors=[sensor],
-        schedules=[schedule],
+        jobs=jobs,
+        sensors=[automation_sensor(profile)],
         resources=resources(),
     )
+
+
+def _automated(asset: dg.AssetsDefinition, profile: Profile) -> dg.AssetsDefinition:
+    parents = {dep.asset_key for spec in asset.specs for dep in spec.deps}
+    cond = condition(profile, asset.key, parents)
+    return asset if cond is None else asset.map_asset_specs(lambda s: s.replace_attributes(automation_condition=cond))
 
 
 def resources() -> dict[str, Any]:
@@ -91,10 +100,6 @@ def artifact_store() -> ArtifactStore:
     if url := os.environ.get("LMPIPE_ARTIFACTS_URL"):
         return FsspecArtifactStore(url=url, home=dg.EnvVar("LMPIPE_HOME"))
     return LocalArtifactStore(home=dg.EnvVar("LMPIPE_HOME"))
-
-
-def _names(group: str) -> set[str]:
-    return {a.key.to_user_string() for a in ALL_ASSETS if a.group_names_by_key[a.key] == group}
 
 
 PROFILE = load_profile(os.environ.get("LMPIPE_PROFILE", "demo"))

@@ -21,6 +21,7 @@ from typing import Any
 import dagster as dg
 import pydantic
 import yaml
+from dagster._utils.schedules import is_valid_cron_string
 
 from pipelines.home import PROJECT_ROOT
 
@@ -40,14 +41,22 @@ DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00
 
 @dataclass(frozen=True)
 class Automation:
-    """Retraining triggers of a profile; both off unless the profile (or the UI) turns them on."""
+    """When Dagster's automation sensor reruns the pipeline by itself (``pipelines.automation``); off unless the
+    profile turns it on."""
 
-    sensor: bool = False
+    on_corpus_change: bool = False
     """Retrain when the corpus source's version (content digest, ETag, ...) changes."""
-    schedule: bool = False
+    observe_minutes: int = 5
+    """How often the corpus source is observed for a change, in minutes (1 to 59)."""
+    on_schedule: bool = False
     """Retrain on ``cron``."""
     cron: str = DEFAULT_CRON
-    sensor_interval_s: int = 300
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.observe_minutes <= 59:
+            raise ValueError(f"automation.observe_minutes={self.observe_minutes}: must be 1 to 59 minutes")
+        if not is_valid_cron_string(self.cron):
+            raise ValueError(f"automation.cron={self.cron!r} is not a cron expression (e.g. {DEFAULT_CRON!r})")
 
 
 @dataclass(frozen=True)
@@ -113,17 +122,22 @@ def load_profile(name: str | None = None, config_file: str | Path | None = None)
         if field in assets.get(asset, {}):
             assets[asset][field] = _resolve_paths(assets[asset][field], base)
     auto = data.get("automation") or {}
-    unknown = sorted(set(auto) - {"sensor", "schedule", "cron", "sensor_interval_s"})
-    if unknown:
-        raise ValueError(
-            f"{path}: automation.{unknown[0]}: unknown field; valid: sensor, schedule, cron, sensor_interval_s"
-        )
+    fields = [f.name for f in dataclasses.fields(Automation)]
+    if unknown := sorted(set(auto) - set(fields)):
+        raise ValueError(f"{path}: automation.{unknown[0]}: unknown field; valid: {', '.join(fields)}")
     return Profile(
         name=name or path.stem,
         description=str(data.get("description", "")).strip(),
         assets=assets,
-        automation=Automation(**auto),
+        automation=_automation(path, auto),
     )
+
+
+def _automation(path: Path, values: dict[str, Any]) -> Automation:
+    try:
+        return Automation(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _read_yaml(path: Path) -> Any:

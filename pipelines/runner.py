@@ -18,15 +18,18 @@ from typing import Any
 import dagster as dg
 
 from assets.data.partitions import ALL_PARTITIONS, RUN_FIGURES
-from lmcore.io import atomic_path, digest_of
+from lmcore.io import atomic_path
+from pipelines.automation import SOURCE_KEY
 from pipelines.display import display
 from pipelines.home import lmpipe_home
-from pipelines.profile import Profile, config_classes
 
 # Dagster's console logger prints every error with its stack trace before the summary; the summary
 # says what failed and the full log goes to a file (and stays in the instance, for the UI).
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-_INPUT_TAG = "dagster/input_data_version/"
+DATA_VERSION_TAG = "dagster/data_version"
+CODE_VERSION_TAG = "dagster/code_version"
+PROFILE_TAG = "lmpipe/profile_config"
+"""The profile's assets config (``--set`` applied) a CLI run's code location had, as JSON: what reproduce rebuilds."""
 PROCESS_TAG = "lmpipe/process"
 """``host:pid:start_time`` of the process that executes a CLI run, so a later run can tell it was killed."""
 
@@ -39,6 +42,8 @@ def execute(console: Any, defs: dg.Definitions, keys: set[dg.AssetKey], run_conf
     graph = defs.resolve_asset_graph()
     if any(graph.get(key).partitions_def is not None for key in keys):
         tags = {**ALL_PARTITIONS, **tags}
+    if dg.AssetKey("raw_corpus") in keys:  # raw_corpus then records the version of the corpus it read
+        observe_corpus(instance, defs)
     start = time.monotonic()
     run_id = str(uuid.uuid4())  # known before the run starts, to listen to its events
     with display(console, keys) as shown:
@@ -135,70 +140,66 @@ def _error_of(event: Any) -> Any:
     return None
 
 
-def stale_keys(
-    instance: dg.DagsterInstance, defs: dg.Definitions, keys: set[dg.AssetKey], profile: Profile
-) -> dict[dg.AssetKey, str]:
-    """The selected assets that need a run, each with why: missing, code, config, source or upstream changed.
+def observe_corpus(instance: dg.DagsterInstance, defs: dg.Definitions) -> str | None:
+    """Observe ``corpus_source`` now (as the UI's "Observe sources" does) and record its version in the instance,
+    so Dagster's staleness, and the next ``raw_corpus`` materialization, compare against the corpus as it is.
+    None, recording nothing, when a source cannot be read now."""
+    source = next(a for a in defs.assets or [] if isinstance(a, dg.SourceAsset) and a.key == dg.AssetKey(SOURCE_KEY))
+    try:
+        observed = source.observe_fn()  # type: ignore[misc]
+    except Exception:  # a missing file, a server down: raw_corpus reads the sources and fails saying which, and how
+        return None
+    version = observed.data_version.value
+    instance.report_runless_asset_event(
+        dg.AssetObservation(source.key, metadata=observed.metadata, tags={DATA_VERSION_TAG: version})
+    )
+    return version
 
-    Downstream of anything that will run is included too, since its input is about to change.
-    """
-    from lmcore.data.corpus import CorpusConfig, corpus_version  # hashes the sources; only needed here
+
+def stale_keys(instance: dg.DagsterInstance, defs: dg.Definitions, keys: set[dg.AssetKey]) -> dict[dg.AssetKey, str]:
+    """The selected assets that need a run, each with why, as Dagster's own staleness (the UI's) says: missing, its
+    code version changed (code or the profile's config), or an upstream's data changed (a new corpus version, an
+    upstream materialized since). Downstream of anything that will run is included too. A partitioned asset needs a
+    run when any of its partitions does."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
 
     graph = defs.resolve_asset_graph()
-    classes = config_classes(list(defs.assets or []))
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
     reasons: dict[dg.AssetKey, str] = {}
     for key in graph.toposorted_asset_keys:
-        if key not in keys:
+        if key not in keys or not graph.get(key).is_materializable:
             continue
         node = graph.get(key)
-        event = instance.get_latest_materialization_event(key)
-        mat = event.asset_materialization if event else None
-        name = key.to_user_string()
-        if mat is None:
-            reasons[key] = "never materialized"
-        elif mat.tags.get("dagster/code_version") != node.code_version:
-            reasons[key] = "code changed"
-        elif name in classes and _config_hash(classes[name], profile, name) != _meta(mat, "config_sha256"):
-            reasons[key] = "config changed"
-        elif (
-            name == "raw_corpus"
-            and _source_version(mat) != corpus_version(CorpusConfig(sources=tuple(profile.sources)))[0]
-        ):
-            reasons[key] = "corpus source changed"
-        elif rerun := [p for p in node.parent_keys if p in reasons]:
-            reasons[key] = f"upstream {rerun[0].to_user_string()} will re-run"
-        elif changed := [
-            p
-            for p in node.parent_keys
-            # a partitioned stage's partitions record their own inputs (and reuse what is unchanged); the latest
-            # materializations of two partitioned assets are of different partitions, so they do not compare
-            if node.partitions_def is None
-            and graph.get(p).partitions_def is None
-            and _upstream_changed(instance, mat, p)
-        ]:
-            reasons[key] = f"upstream {changed[0].to_user_string()} changed"
+        for partition in node.partitions_def.get_partition_keys() if node.partitions_def else [None]:
+            where = f" (partition {partition})" if partition else ""
+            status = resolver.get_status(key, partition)
+            if status == StaleStatus.MISSING:
+                reasons[key] = f"never materialized{where}"
+            elif status == StaleStatus.STALE:
+                reasons[key] = _why(instance, graph, key, resolver.get_stale_root_causes(key, partition)[0]) + where
+            elif rerun := [p for p in node.parent_keys if p in reasons]:
+                reasons[key] = f"upstream {rerun[0].to_user_string()} will re-run"
+            if key in reasons:
+                break
     return reasons
 
 
-def _meta(mat: dg.AssetMaterialization, key: str) -> Any:
-    value = mat.metadata.get(key)
-    return value.value if value is not None else None
-
-
-def _config_hash(cls: type[dg.Config], profile: Profile, name: str) -> str:
-    return digest_of(cls(**profile.assets.get(name, {})).model_dump())
-
-
-def _source_version(mat: dg.AssetMaterialization) -> str | None:
-    return _meta(mat, "corpus_version")
-
-
-def _upstream_changed(instance: dg.DagsterInstance, mat: dg.AssetMaterialization, parent: dg.AssetKey) -> bool:
-    recorded = mat.tags.get(_INPUT_TAG + parent.to_user_string())
-    latest = instance.get_latest_materialization_event(parent)
-    if recorded is None or latest is None or latest.asset_materialization is None:
-        return False  # an unobserved source, or nothing recorded to compare with
-    return latest.asset_materialization.tags.get("dagster/data_version") != recorded
+def _why(instance: dg.DagsterInstance, graph: Any, key: dg.AssetKey, cause: Any) -> str:
+    """A stale cause in the words of this project: which of code, config, corpus or an upstream asset changed."""
+    of = cause.key.asset_key
+    if of == dg.AssetKey(SOURCE_KEY):
+        return "corpus source changed"
+    if cause.category.value != "CODE":
+        return f"upstream {of.to_user_string()} changed"
+    event = instance.get_latest_materialization_event(of)
+    recorded = (event.asset_materialization.tags.get(CODE_VERSION_TAG) or "") if event else ""
+    current = graph.get(of).code_version or ""
+    # a code version is "<module closure>-<config digest>" (pipelines.configured)
+    pairs = zip(("code", "config"), recorded.split("-"), current.split("-"), strict=False)
+    parts = [what for what, a, b in pairs if a != b]
+    what = " and ".join(parts or ["code"]) + " changed"
+    return what if of == key else f"upstream {of.to_user_string()}: {what}"
 
 
 def data_versions(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:

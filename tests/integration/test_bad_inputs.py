@@ -292,8 +292,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ui_runs_dagster_with_this_interpreter_without_the_venv_on_path(tmp_path):
-    assert ui_command(3000)[:4] == [sys.executable, "-m", "dagster", "dev"]
+def test_ui_runs_dg_dev_from_this_environment_without_the_venv_on_path(tmp_path):
+    command = ui_command(3000)
+    assert Path(command[0]) == Path(sys.executable).parent / "dg" and command[1:3] == ["dev", "--use-active-venv"]
     lmpipe = Path(sys.executable).parent / "lmpipe"
     if not lmpipe.exists():
         pytest.skip(f"{lmpipe}: no lmpipe script beside the interpreter (not an installed venv)")
@@ -310,11 +311,12 @@ def test_ui_runs_dagster_with_this_interpreter_without_the_venv_on_path(tmp_path
         deadline, argv = time.monotonic() + 60, []
         while proc.poll() is None and time.monotonic() < deadline:
             argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-            if b"dagster" in argv and b"dev" in argv:
+            if any(a.endswith(b"/dg") for a in argv) and b"dev" in argv:
                 break
             time.sleep(0.1)
         assert proc.poll() is None, proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-        assert argv[1:4] == [b"-m", b"dagster", b"dev"] and Path(argv[0].decode()).parent == lmpipe.parent
+        dg = next(Path(a.decode()) for a in argv if a.endswith(b"/dg"))  # the dg script, run by the venv's python
+        assert dg.parent == lmpipe.parent and argv[argv.index(bytes(dg)) + 1] == b"dev"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
