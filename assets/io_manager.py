@@ -19,6 +19,8 @@ CONFIG_SHA_KEY = "lmpipe/config_sha256"
 """Definition metadata of every asset: the digest of the config its code location runs by default."""
 PROFILE_KEY = "lmpipe/profile"
 """Definition metadata of every asset: the profile of its code location."""
+BLOCKING_KEY = "lmpipe/blocking_checks"
+"""Definition metadata of an asset with blocking checks: their names, comma-separated."""
 
 
 def config_digest(op_config: Any) -> str:
@@ -70,7 +72,32 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
                 f"this code location's config first (its Materialize button, or lmpipe run with this profile and "
                 f"--select '{asset}+'), or give each profile its own LMPIPE_HOME"
             )
+        if "run_id" in ref and context.upstream_output is not None:
+            _refuse_failed_checks(context, ref, what)
         return open_ref(self.store, ref)
+
+
+def _refuse_failed_checks(context: dg.InputContext, ref: dict[str, Any], what: str) -> None:
+    """ValueError naming the check when a blocking check of the upstream asset failed on the version ``ref`` is,
+    in this run or an earlier one: that version must not be consumed (Dagster stops a run's downstream steps, not a
+    later run's)."""
+    upstream = context.upstream_output
+    names = [n for n in str(upstream.asset_spec.metadata.get(BLOCKING_KEY, "")).split(",") if n]  # type: ignore[union-attr]
+    if not names:
+        return
+    keys = [dg.AssetCheckKey(upstream.asset_key, name) for name in names]  # type: ignore[union-attr]
+    latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    for key, record in latest.items():
+        evaluation = record.event.asset_check_evaluation if record.event is not None else None
+        if evaluation is None or evaluation.passed:
+            continue
+        target = evaluation.target_materialization_data
+        if target is not None and target.run_id == ref["run_id"]:
+            why = evaluation.description or "see the check's metadata"
+            raise ValueError(
+                f"{what}: the stored version (run {ref['run_id']}) failed its blocking check {key.name}: {why}. "
+                f"Fix that and materialize {what.split()[0]} again; its failed version is not used"
+            )
 
 
 def partition_ref(asset: str, partition: str) -> str:

@@ -26,21 +26,34 @@ SOURCE_KEY = "corpus_source"
 SENSOR = "lmpipe_automation"
 
 
-def corpus_source_asset(profile: Profile) -> dg.SourceAsset:
+SOURCES_KEY = "lmpipe/sources"
+"""Definition metadata of ``corpus_source``: the corpus sources it observes."""
+
+
+def corpus_source_asset(profile: Profile) -> dg.AssetsDefinition:
     auto = profile.automation
     observe = dg.AutomationCondition.cron_tick_passed(f"*/{auto.observe_minutes} * * * *").since_last_handled()
-
-    @dg.observable_source_asset(
-        key=SOURCE_KEY,
+    spec = dg.AssetSpec(
+        SOURCE_KEY,
         group_name="data",
-        description=f"The corpus sources of profile {profile.name!r}.",
+        description=f"The corpus sources of profile {profile.name!r}; its version is their content digest (local "
+        "files) or ETag/Last-Modified (remote).",
+        metadata={SOURCES_KEY: dg.MetadataValue.json(profile.sources)},
         automation_condition=observe if auto.on_corpus_change else None,
     )
+
+    @dg.multi_observable_source_asset(specs=[spec], name=SOURCE_KEY)
     def corpus_source() -> dg.ObserveResult:
-        version, per_source = corpus_version(CorpusConfig(sources=tuple(profile.sources)))
-        return dg.ObserveResult(data_version=dg.DataVersion(version), metadata={"sources": per_source})
+        version, per_source = observe_sources(profile.sources)
+        return dg.ObserveResult(asset_key=SOURCE_KEY, data_version=dg.DataVersion(version), metadata=per_source)
 
     return corpus_source
+
+
+def observe_sources(sources: list) -> tuple[str, dict]:
+    """The corpus sources' version and what it is made of (``{"sources": per-source versions}``)."""
+    version, per_source = corpus_version(CorpusConfig(sources=tuple(sources)))
+    return version, {"sources": per_source}
 
 
 def condition(profile: Profile, key: dg.AssetKey, parents: set[dg.AssetKey]) -> dg.AutomationCondition | None:

@@ -2,7 +2,7 @@
 
 lmpipe run [--profile NAME | --config FILE] [--select SELECTION] [--stale] [--set ASSET.FIELD=VALUE ...]
 lmpipe reproduce RUN_ID
-lmpipe ui [--port PORT] [--profile NAME]
+lmpipe ui [--port PORT] [--profile NAME | --config FILE]
 lmpipe generate --prompt TEXT [--max-new-tokens N] [--temperature T] [--no-repeat-ngram-size N] ...
 lmpipe export OUT_DIR
 """
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_id", help="run id (or a unique prefix)")
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 against $LMPIPE_HOME")
     ui.add_argument("--port", type=int, default=3000)
-    ui.add_argument("--profile", default=None, help="profile whose config the jobs, sensor and schedule use")
+    ui_src = ui.add_mutually_exclusive_group()
+    ui_src.add_argument("--profile", default=None, help="packaged profile the code location runs (default: demo)")
+    ui_src.add_argument("--config", default=None, help="YAML file in the profile format, instead of --profile")
     gen = sub.add_parser("generate", help="continue a prompt with the latest pretrained_model")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=100)
@@ -77,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "ui":
-        if args.profile:
-            os.environ["LMPIPE_PROFILE"] = args.profile
+        if args.profile or args.config:  # the code location's profile: every launch path in the UI runs it
+            os.environ["LMPIPE_PROFILE"] = args.profile or os.path.abspath(args.config)
         return _ui(args.port)
     if args.command in ("generate", "export"):
         return _use_model(args)
@@ -145,6 +147,8 @@ def ui_command(port: int) -> list[str]:
 def _ui(port: int) -> int:
     cmd = ui_command(port)
     os.chdir(PROJECT_ROOT)
+    if sys.prefix != sys.base_prefix:  # this interpreter's venv, as activating it would say (dg checks it)
+        os.environ["VIRTUAL_ENV"] = sys.prefix
     os.execv(cmd[0], cmd)
     return 1  # not reached
 

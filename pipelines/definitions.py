@@ -1,6 +1,7 @@
 """The Dagster code location: assets, checks, resources, jobs and the automation sensor.
 
-The active profile (``$LMPIPE_PROFILE``, default ``demo``; ``lmpipe ui --profile NAME`` sets it) is part of
+The active profile (``$LMPIPE_PROFILE``: a name, default ``demo``, or a YAML file; ``lmpipe ui --profile NAME``
+or ``--config FILE`` sets it) is part of
 the definitions: every asset's config defaults are its values and its code version includes their digest
 (``pipelines.configured``), so the UI's Materialize, a backfill, the Launchpad, a job, an automation tick,
 ``dg launch`` and ``lmpipe run`` all run the same config.
@@ -19,7 +20,7 @@ import assets.evaluation
 import assets.export
 import assets.finetune
 import assets.pretrain
-from assets.io_manager import ArtifactIOManager
+from assets.io_manager import BLOCKING_KEY, ArtifactIOManager
 from assets.launch import SubprocessLauncher
 from assets.resources import ArtifactStore, FsspecArtifactStore, LocalArtifactStore
 from assets.tracking import TrackerResource
@@ -49,7 +50,7 @@ def build_definitions(profile: Profile) -> dg.Definitions:
     """The code location of ``profile``; raises ValueError naming every invalid value of it, by path."""
     validate_profile(profile, ALL_ASSETS)
     skipped = left_out(profile)
-    assets = with_profile(ALL_ASSETS, profile.assets, profile.name)
+    assets = [_with_blocking_checks(a) for a in with_profile(ALL_ASSETS, profile.assets, profile.name)]
     assets = [_automated(a, profile) if a.key.to_user_string() not in skipped else a for a in assets]
     skipped_sel = dg.AssetSelection.assets(*skipped)
     everything = dg.AssetSelection.all() - dg.AssetSelection.assets("corpus_source") - skipped_sel
@@ -68,6 +69,14 @@ def build_definitions(profile: Profile) -> dg.Definitions:
         sensors=[automation_sensor(profile)],
         resources=resources(),
     )
+
+
+def _with_blocking_checks(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """The names of the asset's blocking checks in its metadata: the IO manager refuses a version one failed."""
+    names = sorted(s.name for c in ALL_CHECKS for s in c.check_specs if s.asset_key == asset.key and s.blocking)
+    if not names:
+        return asset
+    return asset.map_asset_specs(lambda s: s.replace_attributes(metadata={**s.metadata, BLOCKING_KEY: ",".join(names)}))
 
 
 def _automated(asset: dg.AssetsDefinition, profile: Profile) -> dg.AssetsDefinition:
@@ -102,5 +111,13 @@ def artifact_store() -> ArtifactStore:
     return LocalArtifactStore(home=dg.EnvVar("LMPIPE_HOME"))
 
 
-PROFILE = load_profile(os.environ.get("LMPIPE_PROFILE", "demo"))
+def active_profile() -> Profile:
+    """``$LMPIPE_PROFILE``: a packaged profile's name (default ``demo``) or the path of a profile YAML file."""
+    chosen = os.environ.get("LMPIPE_PROFILE", "") or "demo"
+    if chosen.endswith((".yaml", ".yml")) or os.sep in chosen:
+        return load_profile(config_file=chosen)
+    return load_profile(chosen)
+
+
+PROFILE = active_profile()
 defs = build_definitions(PROFILE)

@@ -8,6 +8,7 @@ stages: bars in a terminal, plain lines when the output goes to a file or a pipe
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import time
@@ -19,7 +20,7 @@ import dagster as dg
 
 from assets.data.partitions import ALL_PARTITIONS, RUN_FIGURES
 from lmcore.io import atomic_path
-from pipelines.automation import SOURCE_KEY
+from pipelines.automation import SOURCE_KEY, SOURCES_KEY, observe_sources
 from pipelines.display import display
 from pipelines.home import lmpipe_home
 
@@ -89,7 +90,10 @@ def _is_alive(identity: str) -> bool:
 
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    """Mark failed the CLI runs still STARTED whose process is gone (killed, out of memory); return them.
+    """Mark failed the CLI runs still STARTED whose process is gone (killed, out of memory), and release what they
+    held in the instance: their concurrency-pool slots (the ``gpu`` pool of the training assets) and pending claims.
+    Slots still held by a run that has already ended (killed before this release existed) are released too.
+    Returns the runs marked failed.
 
     Only runs tagged with PROCESS_TAG by this machine are judged; runs launched from the UI are the
     daemon's to monitor.
@@ -105,6 +109,12 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
         instance.report_run_failed(
             run, message=f"process {pid} on {host} that ran it is gone (killed?); marked failed by a later lmpipe run"
         )
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        for run_id in storage.get_concurrency_run_ids():
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                storage.free_concurrency_slots_for_run(run_id)
     return dead
 
 
@@ -144,14 +154,13 @@ def observe_corpus(instance: dg.DagsterInstance, defs: dg.Definitions) -> str | 
     """Observe ``corpus_source`` now (as the UI's "Observe sources" does) and record its version in the instance,
     so Dagster's staleness, and the next ``raw_corpus`` materialization, compare against the corpus as it is.
     None, recording nothing, when a source cannot be read now."""
-    source = next(a for a in defs.assets or [] if isinstance(a, dg.SourceAsset) and a.key == dg.AssetKey(SOURCE_KEY))
+    source = defs.resolve_asset_graph().get(dg.AssetKey(SOURCE_KEY))
     try:
-        observed = source.observe_fn()  # type: ignore[misc]
+        version, metadata = observe_sources(source.metadata[SOURCES_KEY].value)
     except Exception:  # a missing file, a server down: raw_corpus reads the sources and fails saying which, and how
         return None
-    version = observed.data_version.value
     instance.report_runless_asset_event(
-        dg.AssetObservation(source.key, metadata=observed.metadata, tags={DATA_VERSION_TAG: version})
+        dg.AssetObservation(source.key, metadata=metadata, tags={DATA_VERSION_TAG: version})
     )
     return version
 
@@ -221,7 +230,7 @@ def summary(console: Any, result: Any, seconds: float, log: Path | None = None) 
         mark = "[green]ok[/green]" if check.passed else "[red]FAILED[/red]"
         checks.setdefault(check.asset_key.to_user_string(), []).append(f"{check.check_name} {mark}")
         if not check.passed:
-            why = check.description or "no reason given; see its metadata in the UI"
+            why = check.description or _figures(check.metadata)
             problems.append(f"check {check.check_name} of {check.asset_key.to_user_string()} failed: {why}")
     table = Table(title=f"run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in {seconds:.1f}s")
     table.add_column("asset", no_wrap=True)
@@ -266,6 +275,15 @@ def summary(console: Any, result: Any, seconds: float, log: Path | None = None) 
         console.print(
             f"full log: {where}the Dagster UI (lmpipe ui), run {result.run_id}", soft_wrap=True, highlight=False
         )
+
+
+def _figures(metadata: dict) -> str:
+    """A failed check's reason when it gives no description: the figures it recorded (what failed, in numbers)."""
+    shown = []
+    for key, entry in metadata.items():
+        value = getattr(entry, "value", entry)
+        shown.append(f"{key}={value if isinstance(value, (int, float, str)) else json.dumps(value, default=str)}")
+    return "; ".join(shown) or "the check recorded no figures"
 
 
 def _print_evaluation(console: Any, result: Any) -> None:

@@ -96,7 +96,12 @@ def token_shards(
 @dg.asset_check(asset=token_shards, blocking=True, description="Shards match the manifest's sha256 digests.")
 def token_shards_digests(token_shards: TokenShards) -> dg.AssetCheckResult:
     problems = verify_shards(token_shards.path)
-    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+    why = f"{len(problems)} shard file(s) differ from the manifest: {'; '.join(problems[:3])}; re-materialize them"
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=why if problems else None,
+        metadata={"problems": dg.MetadataValue.json(problems)},
+    )
 
 
 @dg.asset_check(
@@ -109,7 +114,13 @@ def token_shards_ids_in_range(token_shards: TokenShards) -> dg.AssetCheckResult:
         if not any(a.size for a in arrays):
             empty.append(split)
         max_id = max([max_id] + [int(a.max()) for a in arrays if a.size])
+    problems = [f"no tokens in split(s) {', '.join(empty)}; give them documents (splits.val_fraction, ...)"] * bool(
+        empty
+    )
+    if max_id >= vocab:
+        problems.append(f"id {max_id} >= vocab_size {vocab}: shards and tokenizer disagree; re-materialize tokenized")
     return dg.AssetCheckResult(
-        passed=max_id < vocab and not empty,
+        passed=not problems,
+        description="; ".join(problems) or None,
         metadata={"max_id": max_id, "vocab_size": vocab, "empty_splits": ", ".join(empty) or "none"},
     )

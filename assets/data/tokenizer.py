@@ -90,6 +90,11 @@ def tokenizer(
 def tokenizer_roundtrip(tokenizer: TokenizerFile, splits: Splits) -> dg.AssetCheckResult:
     sample = _val_sample(splits)
     failures = roundtrip_failures(tokenizer.tokenizer, sample)
+    why = None
+    if not sample:
+        why = "no validation documents to check the tokenizer on; give the val split documents (splits.val_fraction)"
+    elif failures:
+        why = f"{len(failures)} of {len(sample)} validation documents do not decode back to their text"
     return dg.AssetCheckResult(
-        passed=bool(sample) and not failures, metadata={"checked": len(sample), "failures": len(failures)}
+        passed=why is None, description=why, metadata={"checked": len(sample), "failures": len(failures)}
     )

@@ -219,3 +219,22 @@ def _descendants(graph, names: set[str]) -> set[str]:
                 out.add(child.to_user_string())
                 todo.append(child)
     return out
+
+
+def test_a_dg_project_whose_launch_runs_the_profile(home, tmp_path, corpus_dir):
+    """``dg check defs`` loads the code location; ``dg launch`` (no run config) builds raw_corpus with the profile's
+    config, the one the definitions carry."""
+    dg_cli = Path(sys.executable).parent / "dg"
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
+    prepare_home()  # the instance dg launch runs against: $LMPIPE_HOME/dagster
+    env = {**os.environ, "LMPIPE_PROFILE": str(profile), "VIRTUAL_ENV": sys.prefix, "OMP_NUM_THREADS": "1"}
+    checked = subprocess.run([str(dg_cli), "check", "defs"], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout, checked.stderr
+    launch = [str(dg_cli), "launch", "--assets", "raw_corpus", "--partition-range", "00...15"]
+    launched = subprocess.run(launch, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
+    mat = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization
+    graph = build_definitions(load_profile(config_file=profile)).resolve_asset_graph()
+    assert mat.metadata["config_sha256"].value == graph.get(dg.AssetKey("raw_corpus")).metadata[CONFIG_SHA_KEY]
+    assert mat.tags["dagster/code_version"] == graph.get(dg.AssetKey("raw_corpus")).code_version

@@ -58,11 +58,10 @@ class UiServer:
         return payload["data"]
 
 
-def _lmpipe_command(port: int) -> list[str]:
+def _lmpipe_command(port: int, config: Path | None) -> list[str]:
     exe = shutil.which("lmpipe", path=str(Path(sys.executable).parent))
-    if exe:
-        return [exe, "ui", "--port", str(port)]
-    return [sys.executable, "-m", "pipelines.cli", "ui", "--port", str(port)]
+    cmd = [exe] if exe else [sys.executable, "-m", "pipelines.cli"]
+    return [*cmd, "ui", "--port", str(port), *(["--config", str(config)] if config else [])]
 
 
 def _processes_with_env(marker: str) -> list[int]:
@@ -119,19 +118,19 @@ def _is_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def lmpipe_ui(home: Path, log: Path, *, start_timeout: float = 180) -> Iterator[UiServer]:
-    """``lmpipe ui --port PORT`` on a free port with ``LMPIPE_HOME=home``, in its own process group.
+def lmpipe_ui(home: Path, log: Path, *, config: Path | None = None, start_timeout: float = 180) -> Iterator[UiServer]:
+    """``lmpipe ui --port PORT [--config FILE]`` on a free port with ``LMPIPE_HOME=home``, in its own process group.
 
     Yields once ``/server_info`` answers and the code location has loaded; always kills the group."""
     port = free_port()
-    # Hermetic: the default profile, and the instance and artifacts under ``home`` only.
+    # Hermetic: the given profile (else the default), and the instance and artifacts under ``home`` only.
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "LMPIPE_PROFILE", "LMPIPE_ARTIFACTS_URL")}
     env["LMPIPE_HOME"] = str(home)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `lmpipe ui` execs `dagster`
     env["PYTHONUNBUFFERED"] = "1"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            _lmpipe_command(port),
+            _lmpipe_command(port, config),
             cwd=PROJECT_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
