@@ -72,8 +72,8 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
                 f"this code location's config first (its Materialize button, or lmpipe run with this profile and "
                 f"--select '{asset}+'), or give each profile its own LMPIPE_HOME"
             )
-        if "run_id" in ref and context.upstream_output is not None:
-            _refuse_failed_checks(context, ref, what)
+        if ref.get("run_id") not in (None, context.step_context.run_id) and context.upstream_output is not None:
+            _refuse_failed_checks(context, ref, what)  # in the run that built it, Dagster itself holds downstream
         return open_ref(self.store, ref)
 
 

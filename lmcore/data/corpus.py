@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 _UTF8_CHOICES = ("error", "replace", "skip")
 _BAD_RECORD_CHOICES = ("error", "skip")
+_LINKS_OUT_CHOICES = ("refuse", "follow")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -61,8 +62,16 @@ class CorpusConfig:
     """Wait before the first retry; doubled for each further one."""
     timeout_s: float = 60.0
     """Connect and read timeout of each remote call, in seconds."""
+    max_download_bytes: int = 16 << 30
+    """A remote file larger than this (bytes) is refused, its download stopped there."""
+    download_deadline_s: float = 3600.0
+    """The longest one remote file's download may take, in seconds, however the bytes trickle in."""
     shard_bytes: int = 64 << 20
     """Rotate to a new Parquet shard after about this many bytes of text."""
+    links_out: str = "refuse"
+    """A symlink in a source folder (or matched by a glob) whose target lies outside it: ``refuse`` (an error
+    naming the link and its target) or ``follow`` (read the target). Links that stay inside are read; symlinked
+    folders and special files (FIFOs, sockets, devices) are passed over and counted in ``skipped``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str):
@@ -79,7 +88,9 @@ class CorpusConfig:
             raise ValueError(f"invalid_utf8 must be one of {_UTF8_CHOICES}, got {self.invalid_utf8!r}")
         if self.on_bad_record not in _BAD_RECORD_CHOICES:
             raise ValueError(f"on_bad_record must be one of {_BAD_RECORD_CHOICES}, got {self.on_bad_record!r}")
-        for name in ("max_document_bytes", "shard_bytes"):
+        if self.links_out not in _LINKS_OUT_CHOICES:
+            raise ValueError(f"links_out must be one of {_LINKS_OUT_CHOICES}, got {self.links_out!r}")
+        for name in ("max_document_bytes", "shard_bytes", "max_download_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer number of bytes, got {value!r}")
@@ -87,8 +98,9 @@ class CorpusConfig:
             raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
         if not self.backoff_s >= 0:
             raise ValueError(f"backoff_s must be >= 0 seconds, got {self.backoff_s!r}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+        for name in ("timeout_s", "download_deadline_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
 
     @property
     def specs(self) -> tuple[str, ...]:
@@ -135,6 +147,7 @@ def read_context(config: CorpusConfig) -> ReadContext:
         invalid_utf8=config.invalid_utf8,
         on_bad_record=config.on_bad_record,
         max_document_bytes=config.max_document_bytes,
+        links_out=config.links_out,
     )
 
 
@@ -145,7 +158,7 @@ def partition_sources(
     no unit there are left out. ``download=False`` fetches no remote body (versions only)."""
     fetch = Fetcher(
         Path(cache_dir) if download else None, retries=config.retries, backoff_s=config.backoff_s,
-        timeout_s=config.timeout_s,
+        timeout_s=config.timeout_s, max_bytes=config.max_download_bytes, deadline_s=config.download_deadline_s,
     )  # fmt: skip
     with fetch as fetcher:
         sources = open_sources(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from pipelines.home import PROJECT_ROOT
 from tests.integration.conftest import write_profile
@@ -86,3 +89,83 @@ def test_a_version_that_failed_a_blocking_check_is_not_used_by_a_later_run(home,
     out = " ".join(capsys.readouterr().out.split())
     assert "failed its blocking check splits_disjoint_and_non_empty: the test split is empty" in out, out
     assert not (home / "artifacts" / "token_shards").exists()
+
+
+def test_a_source_folder_means_its_files(home, tmp_path, corpus_dir, capsys):
+    """A symlink out of the folder is refused naming link and target (links_out: follow reads it); a symlinked
+    folder and a FIFO are passed over and counted; a link that stays inside is read."""
+    from lmcore.data.corpus import CorpusConfig, build_raw_corpus
+    from pipelines.cli import main
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("a private file that lives outside the corpus folder, not to be read " * 3)
+    (corpus_dir / "passwd.txt").symlink_to(outside / "secret.txt")
+    profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
+    assert main(["run", "--config", str(profile), "--select", "raw_corpus"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{corpus_dir / 'passwd.txt'} is a symlink to {outside / 'secret.txt'}, outside the source folder" in out
+    assert "raw_corpus.links_out: follow" in out
+
+    (corpus_dir / "passwd.txt").unlink()
+    (corpus_dir / "inside.txt").symlink_to(corpus_dir / "doc00.txt")  # stays inside: read
+    (corpus_dir / "elsewhere").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(corpus_dir / "pipe.txt")
+    manifest = build_raw_corpus(CorpusConfig(sources=(str(corpus_dir),)), tmp_path / "raw", tmp_path / "cache")
+    assert manifest["skipped"] == {"symlinked_folder": 1, "special_file": 1}, manifest["skipped"]
+    assert manifest["documents"] == 20 + 1 + len((corpus_dir / "more.jsonl").read_text().splitlines())
+
+    (corpus_dir / "passwd.txt").symlink_to(outside / "secret.txt")
+    followed = CorpusConfig(sources=(str(corpus_dir / "*.txt"),), links_out="follow")
+    read = build_raw_corpus(followed, tmp_path / "raw2", tmp_path / "cache")
+    assert read["documents"] == 20 + 2 and read["skipped"] == {"special_file": 1}  # doc*, inside, passwd; the FIFO
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """GET streams without end: fast (``/endless.txt``) or one byte every 0.2 s (``/trickle.txt``); no validators."""
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        chunk, pause = (b"x", 0.2) if "trickle" in self.path else (b"words and more words\n" * 3000, 0.0)
+        try:
+            while True:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def endless_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_downloads_are_bounded_in_size_and_time(tmp_path, endless_server):
+    """A server that streams forever is stopped at max_download_bytes, one that trickles at download_deadline_s;
+    each error names its setting (it used to write 2.6 GB a minute, or hang with no output)."""
+    from lmcore.data.corpus import CorpusConfig, build_raw_corpus
+
+    endless = CorpusConfig(sources=(f"{endless_server}/endless.txt",), retries=0, max_download_bytes=4 << 20)
+    with pytest.raises(ValueError, match=r"endless.txt: more than max_download_bytes=4,194,304 bytes"):
+        build_raw_corpus(endless, tmp_path / "raw", tmp_path / "cache")
+    started = time.monotonic()
+    trickle = CorpusConfig(sources=(f"{endless_server}/trickle.txt",), retries=0, download_deadline_s=2)
+    with pytest.raises(TimeoutError, match=r"trickle.txt: the download took over download_deadline_s=2 s"):
+        build_raw_corpus(trickle, tmp_path / "raw2", tmp_path / "cache")
+    assert time.monotonic() - started < 30
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert leftovers == [], leftovers  # no partial body left behind

@@ -267,8 +267,12 @@ def open_sources(
 
 def source_version(spec: str, config: CorpusConfig) -> str:
     """The content version of one source, cheaply: no remote body is read when a validator exists."""
-    with Fetcher(None, retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s) as fetcher:
-        (source,) = open_sources([spec], ReadContext(), fetcher, hf_split=config.hf_split, download=False)
+    limits = {"max_bytes": config.max_download_bytes, "deadline_s": config.download_deadline_s}
+    with Fetcher(
+        None, retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s, **limits
+    ) as fetcher:
+        ctx = ReadContext(links_out=config.links_out)
+        (source,) = open_sources([spec], ctx, fetcher, hf_split=config.hf_split, download=False)
         return source.version()
 
 
@@ -286,12 +290,13 @@ def _resolve_local(spec: Spec, ctx: ReadContext, fetcher: Fetcher, download: boo
     if _MAGIC.search(target):
         prefix = target[: _MAGIC.search(target).start()]  # type: ignore[union-attr]
         root = Path(prefix.rsplit("/", 1)[0] or "/") if "/" in prefix else Path(".")
-        paths = [Path(p) for p in sorted(glob.glob(target, recursive=True)) if os.path.isfile(p)]
+        matched = [Path(p) for p in sorted(glob.glob(target, recursive=True))]
+        paths = [p for p in matched if _regular(p, root, spec, ctx)]
         if not paths:
             raise FileNotFoundError(f"source {spec.raw!r}: the pattern matches no files; check the path")
     elif os.path.isdir(target):
         root = Path(target)
-        paths = [p for p in root.rglob("*") if p.is_file()]
+        paths = [p for p in root.rglob("*") if _regular(p, root, spec, ctx)]
     elif os.path.isfile(target):
         root, paths, named = Path(target).parent, [Path(target)], True
     else:
@@ -307,6 +312,34 @@ def _resolve_local(spec: Spec, ctx: ReadContext, fetcher: Fetcher, download: boo
         if _keep(spec, path.name, str(path), named, ctx):
             files.append(_File(rel, path.name, str(path), path))
     return _FileSource(spec, label, sorted(files, key=lambda f: f.rel), single=named)
+
+
+def _regular(path: Path, root: Path, spec: Spec, ctx: ReadContext) -> bool:
+    """Whether a path listed under a source folder is a file to read: a regular file, or a symlink to one inside
+    the folder (or outside, with ``links_out='follow'``). Folders are walked, not read; a symlinked folder and a
+    special file (FIFO, socket, device) are passed over and counted; a link out of the folder is refused. Hidden
+    entries are left out before any of that."""
+    if any(part.startswith(".") for part in path.relative_to(root).parts):
+        return False
+    if path.is_symlink():
+        target = path.resolve()
+        if path.is_dir():
+            ctx.skipped["symlinked_folder"] += 1
+            return False
+        if not target.is_relative_to(root.resolve()) and ctx.links_out != "follow":
+            raise ValueError(
+                f"source {spec.raw!r}: {path} is a symlink to {target}, outside the source folder {root}; remove "
+                "the link, or set raw_corpus.links_out: follow to read what such links point to"
+            )
+        if not target.is_file():
+            ctx.skipped["broken_or_special_link"] += 1
+            return False
+        return True
+    if path.is_file():
+        return True
+    if not path.is_dir():
+        ctx.skipped["special_file"] += 1
+    return False
 
 
 def _resolve_remote(spec: Spec, ctx: ReadContext, fetcher: Fetcher, download: bool) -> Source:

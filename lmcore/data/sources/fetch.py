@@ -66,10 +66,23 @@ def url_name(url: str) -> str:
 class Fetcher:
     """Downloads and versions remote files; ``cache_dir=None`` uses a private temporary cache."""
 
-    def __init__(self, cache_dir: Path | None, *, retries: int, backoff_s: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | None,
+        *,
+        retries: int,
+        backoff_s: float,
+        timeout_s: float,
+        max_bytes: int = 16 << 30,
+        deadline_s: float = 3600.0,
+    ) -> None:
         self.retries = retries
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        """A body larger than this is refused (``max_download_bytes``)."""
+        self.deadline_s = deadline_s
+        """One download may take this long, in seconds, however slowly its bytes come (``download_deadline_s``)."""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="lmcore-fetch-")
@@ -147,12 +160,21 @@ class Fetcher:
     def _store(self, url: str, validator: str | None, chunks: Iterable[bytes], expected: int | None) -> RemoteFile:
         url_dir = self.cache_dir / _short(url, 24)
         staging = self._cache_path(url, validator) if validator else url_dir / f".download-{uuid.uuid4().hex[:12]}"
-        digest, size = hashlib.sha256(), 0
+        if expected is not None and expected > self.max_bytes:
+            raise ValueError(f"{url}: {expected:,} bytes, over max_download_bytes={self.max_bytes:,}; raise it to "
+                             "read this file")  # fmt: skip
+        digest, size, deadline = hashlib.sha256(), 0, time.monotonic() + self.deadline_s
         with atomic_path(staging) as tmp, open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
+                if size > self.max_bytes:
+                    raise ValueError(f"{url}: more than max_download_bytes={self.max_bytes:,} bytes; stopped there. "
+                                     "Raise it to read this file")  # fmt: skip
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url}: the download took over download_deadline_s={self.deadline_s:g} s "
+                                       f"({size:,} bytes so far); raise it for a slow server")  # fmt: skip
             if expected is not None and size != expected:
                 raise _Transient(f"the download stopped after {size} of {expected} bytes")
         version = validator or f"sha256:{digest.hexdigest()}"
@@ -250,9 +272,13 @@ def _http_validator(headers) -> str | None:
 
 
 def _http_chunks(url: str, resp) -> Iterator[bytes]:
+    """The body as it arrives, at most ``_CHUNK`` bytes a piece (``read1``): a body that trickles in still reaches
+    the size and deadline checks between pieces, and one that never ends is never held whole."""
     import requests
+    import urllib3
 
     try:
-        yield from resp.iter_content(_CHUNK)
-    except (requests.RequestException, OSError) as e:
+        while chunk := resp.raw.read1(_CHUNK, decode_content=True):
+            yield chunk
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
         raise _Transient(f"the connection broke during the download of {url}: {e}") from e

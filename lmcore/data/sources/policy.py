@@ -67,6 +67,7 @@ class ReadContext:
     invalid_utf8: str = "error"
     on_bad_record: str = "error"
     max_document_bytes: int = 256 << 20
+    links_out: str = "refuse"
     skipped: Counter[str] = field(default_factory=Counter)
     repaired: Counter[str] = field(default_factory=Counter)
     problems: Problems = field(default_factory=Problems)
