@@ -78,9 +78,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
 
 def _refuse_failed_checks(context: dg.InputContext, ref: dict[str, Any], what: str) -> None:
-    """ValueError naming the check when a blocking check of the upstream asset failed on the version ``ref`` is,
-    in this run or an earlier one: that version must not be consumed (Dagster stops a run's downstream steps, not a
-    later run's)."""
+    """ValueError naming the check when a blocking check of the upstream asset failed on the version ``ref`` is, built
+    by an earlier run: that version must not be consumed (Dagster holds the downstream steps of the run that built it,
+    not those of a later run)."""
     upstream = context.upstream_output
     names = [n for n in str(upstream.asset_spec.metadata.get(BLOCKING_KEY, "")).split(",") if n]  # type: ignore[union-attr]
     if not names:
