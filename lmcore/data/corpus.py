@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcore.data.partitions import partition_of
-from lmcore.data.sources import ReadContext, Source, open_sources, parse_spec, source_version
-from lmcore.data.sources.fetch import Fetcher
+from lmcore.data.sources import ReadContext, Source, fetcher_for, open_sources, parse_spec, source_version
 from lmcore.io import ParquetShardWriter, ProgressFn, digest_of, write_json
 
 __all__ = ["CorpusConfig", "build_raw_corpus", "check_sources", "doc_id", "partition_units", "source_version"]
@@ -156,11 +155,7 @@ def partition_sources(
 ) -> list[Source]:
     """The sources of ``config`` narrowed to the units of ``partition`` (all of them when None); sources with
     no unit there are left out. ``download=False`` fetches no remote body (versions only)."""
-    fetch = Fetcher(
-        Path(cache_dir) if download else None, retries=config.retries, backoff_s=config.backoff_s,
-        timeout_s=config.timeout_s, max_bytes=config.max_download_bytes, deadline_s=config.download_deadline_s,
-    )  # fmt: skip
-    with fetch as fetcher:
+    with fetcher_for(config, Path(cache_dir) if download else None) as fetcher:
         sources = open_sources(
             config.specs, ctx, fetcher, hf_split=config.hf_split, cache_dir=Path(cache_dir) if cache_dir else None,
             download=download, hf_streaming=config.hf_streaming,

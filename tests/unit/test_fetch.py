@@ -20,6 +20,7 @@ from lmcore.data.sources.fetch import Fetcher
 from lmcore.io import read_parquet_rows
 
 FAST = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5.0}
+FETCH = {**FAST, "max_bytes": 1 << 30, "deadline_s": 60.0}  # Fetcher takes the download limits too
 
 
 class _Server(ThreadingHTTPServer):
@@ -110,7 +111,7 @@ def _cached_files(cache: Path) -> list[Path]:
 def test_etag_cache_reuses_the_download_and_refetches_when_the_etag_changes(server, tmp_path):
     server.files["/data/a.jsonl"] = (_jsonl("one"), '"v1"')
     url = server.url("/data/a.jsonl")
-    with Fetcher(tmp_path, **FAST) as fetcher:
+    with Fetcher(tmp_path, **FETCH) as fetcher:
         first = fetcher.fetch(url)
         second = fetcher.fetch(url)
         assert first == second and first.version == 'etag:"v1"' and first.path.read_bytes() == _jsonl("one")
@@ -125,7 +126,7 @@ def test_etag_cache_reuses_the_download_and_refetches_when_the_etag_changes(serv
 def test_503_twice_then_success_is_retried(server, tmp_path):
     server.files["/a.txt"] = (b"hello", '"e"')
     server.fail_next = 2
-    with Fetcher(tmp_path, retries=3, backoff_s=0.01, timeout_s=5.0) as fetcher:
+    with Fetcher(tmp_path, retries=3, backoff_s=0.01, timeout_s=5.0, max_bytes=1 << 30, deadline_s=60.0) as fetcher:
         got = fetcher.fetch(server.url("/a.txt"))
     assert got.path.read_bytes() == b"hello"
     assert server.calls[("HEAD", "/a.txt")] == 3
@@ -135,7 +136,7 @@ def test_persistent_503_fails_after_the_retries_naming_the_url(server, tmp_path)
     server.files["/a.txt"] = (b"hello", '"e"')
     server.fail_next = 100
     with pytest.raises(ConnectionError, match=r"/a\.txt after 3 attempt\(s\): HTTP 503.*retries"):
-        Fetcher(tmp_path, **FAST).fetch(server.url("/a.txt"))
+        Fetcher(tmp_path, **FETCH).fetch(server.url("/a.txt"))
 
 
 def test_unreachable_url_is_a_quick_clear_error(tmp_path):
@@ -152,26 +153,26 @@ def test_unreachable_url_is_a_quick_clear_error(tmp_path):
 
 def test_missing_remote_file_is_file_not_found_without_retries(server, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"/nope\.txt: HTTP 404"):
-        Fetcher(tmp_path, **FAST).fetch(server.url("/nope.txt"))
+        Fetcher(tmp_path, **FETCH).fetch(server.url("/nope.txt"))
     assert server.calls[("HEAD", "/nope.txt")] == 1
 
 
 def test_a_broken_download_is_retried_and_never_leaves_a_whole_looking_file(server, tmp_path):
     server.files["/big.txt"] = (b"x" * 100_000, '"big"')
     server.truncate_next = 1
-    with Fetcher(tmp_path, **FAST) as fetcher:
+    with Fetcher(tmp_path, **FETCH) as fetcher:
         assert fetcher.fetch(server.url("/big.txt")).path.read_bytes() == b"x" * 100_000
     server.files["/cut.txt"] = (b"y" * 100_000, '"cut"')
     server.truncate_next = 100
     with pytest.raises(ConnectionError, match=r"cut\.txt"):
-        Fetcher(tmp_path, **FAST).fetch(server.url("/cut.txt"))
+        Fetcher(tmp_path, **FETCH).fetch(server.url("/cut.txt"))
     assert [p.name for p in _cached_files(tmp_path)] == [p.name for p in _cached_files(tmp_path) if "big" in p.name]
 
 
 def test_without_validator_the_version_is_the_content_digest(server, tmp_path):
     server.files["/plain.txt"] = (b"same body", None)
     server.head_allowed = False  # also exercises the fallback when HEAD is refused
-    with Fetcher(tmp_path, **FAST) as fetcher:
+    with Fetcher(tmp_path, **FETCH) as fetcher:
         a, b = fetcher.fetch(server.url("/plain.txt")), fetcher.fetch(server.url("/plain.txt"))
     assert a.version == b.version and a.version.startswith("sha256:") and a.path == b.path
     assert server.calls[("GET", "/plain.txt")] == 2  # nothing to revalidate against

@@ -54,7 +54,7 @@ def _read(
     spec: str, cache_dir: Path, streaming: bool, hf_split: str = "train", **policy
 ) -> tuple[list[tuple[str, str, str]], ReadContext]:
     ctx = ReadContext(**policy)
-    with Fetcher(cache_dir, retries=0, backoff_s=0.0, timeout_s=5.0) as fetcher:
+    with Fetcher(cache_dir, retries=0, backoff_s=0.0, timeout_s=5.0, max_bytes=1 << 30, deadline_s=60.0) as fetcher:
         sources = open_sources([spec], ctx, fetcher, hf_split=hf_split, cache_dir=cache_dir, hf_streaming=streaming)
     records = [(r.key, r.source, r.text) for source in sources for r in source.records(ctx)]
     ctx.problems.raise_if_any()
@@ -87,7 +87,9 @@ def test_streamed_repository_gives_the_records_of_a_full_load_and_converts_nothi
 def test_repository_version_lists_its_files(tmp_path):
     repo = _repo(tmp_path)
     ctx = ReadContext()
-    with Fetcher(tmp_path / "c", retries=0, backoff_s=0.0, timeout_s=5.0) as fetcher:
+    with Fetcher(
+        tmp_path / "c", retries=0, backoff_s=0.0, timeout_s=5.0, max_bytes=1 << 30, deadline_s=60.0
+    ) as fetcher:
         (source,) = open_sources([f"hf:{repo}"], ctx, fetcher, hf_streaming=True)
         before = source.version()
         pq.write_table(pa.table({"text": ["more"], "n": [0]}), repo / "data" / "validation-00000-of-00001.parquet")

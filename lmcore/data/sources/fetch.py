@@ -73,8 +73,8 @@ class Fetcher:
         retries: int,
         backoff_s: float,
         timeout_s: float,
-        max_bytes: int = 16 << 30,
-        deadline_s: float = 3600.0,
+        max_bytes: int,
+        deadline_s: float,
     ) -> None:
         self.retries = retries
         self.backoff_s = backoff_s
