@@ -182,10 +182,9 @@ def _run(args: argparse.Namespace, home: Any) -> int:
     if not keys:
         console.print(f"[red]error:[/red] selection {args.select!r} matches no asset")
         return 2
-    if args.stale:
-        instance = dg.DagsterInstance.get()
-        observe_corpus(instance, defs)
-        reasons = stale_keys(instance, defs, keys)
+    if args.stale:  # against the corpus as it is now; the run below need not observe it again
+        observe_corpus(dg.DagsterInstance.get(), defs)
+        reasons = stale_keys(dg.DagsterInstance.get(), defs, keys)
         for key in sorted(keys):
             console.print(f"  {key.to_user_string():20} {reasons.get(key, '[green]up to date[/green]')}")
         keys = set(reasons)
@@ -198,15 +197,15 @@ def _run(args: argparse.Namespace, home: Any) -> int:
     tags = {"lmpipe/profile": profile.name, "lmpipe/select": args.select, PROFILE_TAG: json.dumps(profile.assets)}
     if profile.overrides:  # reproduce copies lmpipe/* tags, so a reproduced run carries it too
         tags[SET_TAG] = json.dumps(list(profile.overrides))
-    return _execute(console, home, defs, keys, profile.run_config(names), tags)
+    return _execute(console, home, defs, keys, profile.run_config(names), tags, observe=not args.stale)
 
 
-def _execute(console: Any, home: Any, defs: Any, keys: set, run_config: dict, tags: dict) -> int:
+def _execute(console: Any, home: Any, defs: Any, keys: set, run_config: dict, tags: dict, *, observe: bool) -> int:
     """Clean up after killed runs, then run; a full or read-only home is an error naming it (exit 1)."""
     import dagster as dg
     from rich.markup import escape
 
-    from pipelines.runner import execute, fail_dead_runs
+    from pipelines.runner import execute, fail_dead_runs, observe_for
 
     try:
         for path in remove_stale_staging_dirs(home):
@@ -217,6 +216,8 @@ def _execute(console: Any, home: Any, defs: Any, keys: set, run_config: dict, ta
                 "it is gone (killed?); what it had published is kept",
                 soft_wrap=True,
             )
+        if observe:
+            observe_for(dg.DagsterInstance.get(), defs, keys)
         result = execute(console, defs, keys, run_config, tags)
     except Exception as exc:
         if (error := home_error(exc, home)) is None:
@@ -234,7 +235,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     from pipelines.definitions import build_definitions
     from pipelines.profile import Profile
-    from pipelines.runner import PROFILE_TAG, data_versions, execute
+    from pipelines.runner import PROFILE_TAG, data_versions, execute, observe_for
 
     console = Console(width=max(Console().width, 120))
     instance = dg.DagsterInstance.get()
@@ -255,7 +256,9 @@ def _reproduce(args: argparse.Namespace) -> int:
                       assets=json.loads(old.tags[PROFILE_TAG]))  # fmt: skip
     tags = {**{k: v for k, v in old.tags.items() if k.startswith("lmpipe/")}, "lmpipe/reproduces": old.run_id}
     run_config = {k: v for k, v in old.run_config.items() if k != "loggers"}
-    result = execute(console, build_definitions(profile), set(old.asset_selection), run_config, tags)
+    defs, keys = build_definitions(profile), set(old.asset_selection)
+    observe_for(instance, defs, keys)
+    result = execute(console, defs, keys, run_config, tags)
     before, after = data_versions(instance, old.run_id), data_versions(instance, result.run_id)
     same = sorted(k for k in after if before.get(k) == after[k])
     differ = sorted(k for k in after if k in before and before[k] != after[k])

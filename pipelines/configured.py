@@ -22,6 +22,8 @@ from dagster._config import ConfigTypeKind, Permissive, Shape, process_config, v
 from assets.io_manager import CONFIG_SHA_KEY, PROFILE_KEY, config_digest
 
 _SHAPES = (ConfigTypeKind.STRICT_SHAPE, ConfigTypeKind.PERMISSIVE_SHAPE)
+_SEP = "-"
+"""Between the module closure's digest and the config's in a code version."""
 
 
 def with_profile(
@@ -55,11 +57,18 @@ def _configured(
     configured = dg.AssetsDefinition.dagster_internal_init(**attributes)  # the same asset, with the new op schema
 
     def stamp(spec: dg.AssetSpec) -> dg.AssetSpec:
-        version = f"{spec.code_version}-{digest[:8]}" if spec.code_version else digest[:12]
+        version = f"{spec.code_version}{_SEP}{digest[:8]}" if spec.code_version else digest[:12]
         metadata = {**spec.metadata, CONFIG_SHA_KEY: digest, PROFILE_KEY: profile}
         return spec.replace_attributes(code_version=version, metadata=metadata)
 
     return configured.map_asset_specs(stamp)
+
+
+def changed_parts(recorded: str, current: str) -> list[str]:
+    """Which parts of a code version (``<module closure digest>-<config digest>``, as stamped here) differ between a
+    recorded one and the current one: ``code``, ``config``, both or neither."""
+    pairs = zip(("code", "config"), recorded.split(_SEP), current.split(_SEP), strict=False)
+    return [what for what, a, b in pairs if a != b]
 
 
 def _with_defaults(field: dg.Field, value: Any, path: str, problems: list[str]) -> dg.Field:

@@ -21,6 +21,7 @@ import dagster as dg
 from assets.data.partitions import ALL_PARTITIONS, RUN_FIGURES
 from lmcore.io import atomic_path
 from pipelines.automation import SOURCE_KEY, SOURCES_KEY, observe_sources
+from pipelines.configured import changed_parts
 from pipelines.display import display
 from pipelines.home import lmpipe_home
 
@@ -43,8 +44,6 @@ def execute(console: Any, defs: dg.Definitions, keys: set[dg.AssetKey], run_conf
     graph = defs.resolve_asset_graph()
     if any(graph.get(key).partitions_def is not None for key in keys):
         tags = {**ALL_PARTITIONS, **tags}
-    if dg.AssetKey("raw_corpus") in keys:  # raw_corpus then records the version of the corpus it read
-        observe_corpus(instance, defs)
     start = time.monotonic()
     run_id = str(uuid.uuid4())  # known before the run starts, to listen to its events
     with display(console, keys) as shown:
@@ -165,6 +164,12 @@ def observe_corpus(instance: dg.DagsterInstance, defs: dg.Definitions) -> str | 
     return version
 
 
+def observe_for(instance: dg.DagsterInstance, defs: dg.Definitions, keys: set[dg.AssetKey]) -> None:
+    """Observe the corpus before a run that builds raw_corpus, which then records the version it read."""
+    if dg.AssetKey("raw_corpus") in keys:
+        observe_corpus(instance, defs)
+
+
 def stale_keys(instance: dg.DagsterInstance, defs: dg.Definitions, keys: set[dg.AssetKey]) -> dict[dg.AssetKey, str]:
     """The selected assets that need a run, each with why, as Dagster's own staleness (the UI's) says: missing, its
     code version changed (code or the profile's config), or an upstream's data changed (a new corpus version, an
@@ -203,11 +208,7 @@ def _why(instance: dg.DagsterInstance, graph: Any, key: dg.AssetKey, cause: Any)
         return f"upstream {of.to_user_string()} changed"
     event = instance.get_latest_materialization_event(of)
     recorded = (event.asset_materialization.tags.get(CODE_VERSION_TAG) or "") if event else ""
-    current = graph.get(of).code_version or ""
-    # a code version is "<module closure>-<config digest>" (pipelines.configured)
-    pairs = zip(("code", "config"), recorded.split("-"), current.split("-"), strict=False)
-    parts = [what for what, a, b in pairs if a != b]
-    what = " and ".join(parts or ["code"]) + " changed"
+    what = " and ".join(changed_parts(recorded, graph.get(of).code_version or "") or ["code"]) + " changed"
     return what if of == key else f"upstream {of.to_user_string()}: {what}"
 
 
