@@ -15,6 +15,7 @@ import dagster as dg
 from assets.artifacts import Artifact
 from assets.io_manager import config_digest
 from assets.plots import line_chart
+from lmcore.cpu import dispatch_level
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "tokenizers", "pyarrow", "polars", "dagster", "numpy")
@@ -38,7 +39,7 @@ def _environment() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
-            "versions": versions}  # fmt: skip
+            "versions": versions, "cpu_dispatch": dispatch_level()}  # fmt: skip
 
 
 def reproducibility(

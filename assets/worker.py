@@ -22,6 +22,7 @@ from typing import Any
 
 from dagster_pipes import open_dagster_pipes
 
+from lmcore.cpu import pin_cpu_dispatch
 from lmcore.io import read_json
 from lmcore.train import distributed as D
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m assets.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="the spec (JSON) the asset wrote")
     args = parser.parse_args(argv)
+    pin_cpu_dispatch()  # every rank on the kernels of the step that launched it (the level is inherited)
     spec = read_json(args.config)
     module, env = task_module(spec, args.config), D.dist_env()
     created = D.init_distributed(env, device_type(module, spec, env))

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from lmcore.cpu import pin_cpu_dispatch
 from pipelines.home import PROJECT_ROOT, HomeError, home_error, prepare_home, remove_stale_staging_dirs
 
 
@@ -74,8 +75,9 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        pin_cpu_dispatch()  # before any torch kernel: this run computes what it computes on any CPU (lmcore.cpu)
         home = prepare_home()
-    except HomeError as exc:
+    except (HomeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "ui":

@@ -24,6 +24,7 @@ from assets.io_manager import BLOCKING_KEY, ArtifactIOManager
 from assets.launch import SubprocessLauncher
 from assets.resources import ArtifactStore, FsspecArtifactStore, LocalArtifactStore
 from assets.tracking import TrackerResource
+from lmcore.cpu import pin_cpu_dispatch
 from lmcore.train.tracking import DEFAULT_EXPERIMENT
 from pipelines.automation import automation_sensor, condition, corpus_source_asset
 from pipelines.configured import with_profile
@@ -31,6 +32,9 @@ from pipelines.home import lmpipe_home
 from pipelines.profile import Profile, load_profile, validate_profile
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+# Every process that loads the code location (the CLI, a run's step process, the daemon) computes on the same
+# CPU kernels, whatever the CPU: the same config trains the same weights (lmcore.cpu). No torch kernel runs above.
+pin_cpu_dispatch()
 # `dagster dev` started by hand gets the same default home as the CLI.
 os.environ.setdefault("LMPIPE_HOME", str(lmpipe_home()))
 

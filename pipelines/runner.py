@@ -19,6 +19,7 @@ from typing import Any
 import dagster as dg
 
 from assets.data.partitions import ALL_PARTITIONS, RUN_FIGURES
+from assets.evaluation.table import interval_text
 from lmcore.io import atomic_path
 from pipelines.automation import SOURCE_KEY, SOURCES_KEY, observe_sources
 from pipelines.configured import changed_parts
@@ -296,14 +297,14 @@ def _print_evaluation(console: Any, result: Any) -> None:
         if mat.asset_key.to_user_string() != "evaluation_report":
             continue
         table = Table(title="evaluation report (also $LMPIPE_HOME/reports/evaluation.{json,md})")
-        for column in ("metric", "model", "value", "baseline", "baseline value", "beats baseline"):
+        for column in ("metric", "model", "value", "baseline", "baseline value", "improvement [interval] p", "gate"):
             table.add_column(column)
         for record in mat.metadata["report"].value.records:
             r = record.data
-            beats = "[green]yes[/green]" if r["beats_baseline"] else "[red]no[/red]"
-            table.add_row(
-                r["metric"], r["model"], f"{r['value']:.4f}", r["baseline"], f"{r['baseline_value']:.4f}", beats
-            )
+            verdict = "[green]passes[/green]" if r["passes"] else "[red]fails[/red]"
+            gate = "not gated" if r["rule"] is None else f"{r['rule']}: {verdict}"
+            table.add_row(r["metric"], r["model"], f"{r['value']:.4f}", r["baseline"], f"{r['baseline_value']:.4f}",
+                          interval_text(r), gate)  # fmt: skip
         console.print(table)
         if "generation" in mat.metadata:
             decoding = " ".join(f"{k}={v}" for k, v in mat.metadata["generation"].value["decoding"].items())

@@ -32,6 +32,11 @@ def tok(small_tokenizer):
 
 
 def pytest_configure(config):
+    # This process computes like the pipeline's own processes (the CLI, a run's steps, torchrun workers), so a run
+    # in-process and one in a subprocess train the same weights (lmcore.cpu).
+    from lmcore.cpu import pin_cpu_dispatch
+
+    pin_cpu_dispatch()
     # Tests use tiny tensors; on 2 busy cores, intra-op threads cost more than they give.
     import torch
 

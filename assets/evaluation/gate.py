@@ -1,8 +1,10 @@
 """The promotion gate: model-quality checks on ``evaluation_report``, run right after it.
 
-- ``evaluation_beats_baselines`` (blocking, ERROR): the model beats its baseline on every metric
-  of ``evaluation_report.must_beat`` (None: every metric of the table). When it fails, Dagster
-  does not run what is downstream of the report, so ``hf_export`` is not materialized.
+- ``evaluation_beats_baselines`` (blocking, ERROR): every row of the report meets its rule, judged on
+  the interval of the model's improvement over its baseline (``assets.evaluation.table``):
+  ``must_beat`` (``evaluation_report.must_beat``; None: every metric not in ``must_not_lose``) needs
+  the whole interval above 0, ``must_not_lose`` only that it is not all below 0. When it fails,
+  Dagster does not run what is downstream of the report, so ``hf_export`` is not materialized.
 - ``evaluation_no_regression`` (WARN, non-blocking): no metric is worse than in the previously
   published evaluation (the materialization before this one, in the Dagster instance) by more
   than ``evaluation_report.regression_tolerance`` of the previous figure; both figures side by side.
@@ -16,25 +18,12 @@ from typing import Any
 import dagster as dg
 
 from assets.artifacts import Report
-from assets.evaluation.report import METRICS, EvaluationConfig, evaluation_report
+from assets.evaluation.report import EvaluationConfig, evaluation_report
+from assets.evaluation.table import METRICS, gate_failures, interval_text
 
 _DATA_VERSION_TAG = "dagster/data_version"
 _CHANGE_COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("previous", "float"), dg.TableColumn("new", "float"),
                    dg.TableColumn("worse_by", "float"), dg.TableColumn("regressed", "bool")]  # fmt: skip
-
-
-def missed_baselines(rows: list[dict[str, Any]], must_beat: list[str] | None) -> list[str]:
-    """One line per required metric the model does not beat (or that the table lacks); empty when all pass."""
-    by_metric = {r["metric"]: r for r in rows}
-    required = list(by_metric) if must_beat is None else must_beat
-    missed = []
-    for name in required:
-        r = by_metric.get(name)
-        if r is None:
-            missed.append(f"{name}: not in the report (its inputs produced no such row)")
-        elif not r["beats_baseline"]:
-            missed.append(f"{name}: {r['model']} {r['value']} vs {r['baseline']} {r['baseline_value']}")
-    return missed
 
 
 def changes_since(rows: list[dict[str, Any]], previous: dict[str, float], tolerance: float) -> list[dict[str, Any]]:
@@ -71,26 +60,30 @@ def _published(
 @dg.asset_check(
     asset=evaluation_report,
     blocking=True,
-    description="The model beats its baseline on every metric of evaluation_report.must_beat (default: all).",
+    description="Every gated row meets its rule: must_beat (the whole interval of the improvement above 0; by default "
+    "every metric) or must_not_lose (not all of it below 0); evaluation_report.must_beat and must_not_lose.",
 )
 def evaluation_beats_baselines(
     context: dg.AssetCheckExecutionContext, evaluation_report: Report
 ) -> dg.AssetCheckResult:
     config, _ = _published(context, evaluation_report)
     rows = evaluation_report.manifest["table"]
-    missed = missed_baselines(rows, config.must_beat)
-    required = [r["metric"] for r in rows] if config.must_beat is None else config.must_beat
+    failed = gate_failures(rows, config.must_beat, config.must_not_lose)
     description = (
-        "does not beat its baseline on " + "; ".join(missed) + ". Improve the model, or list the metrics it must "
-        "beat in evaluation_report.must_beat"
-        if missed
+        "; ".join(failed) + ". Improve the model, give the test set more items (a narrower interval), or change "
+        "the rule of these metrics in evaluation_report.must_beat / must_not_lose"
+        if failed
         else None
     )
     return dg.AssetCheckResult(
-        passed=not missed,
+        passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=description,
-        metadata={"must_beat": dg.MetadataValue.json(required), "missed": dg.MetadataValue.json(missed)},
+        metadata={
+            "rules": dg.MetadataValue.json({r["metric"]: r["rule"] for r in rows}),
+            "failed": dg.MetadataValue.json(failed),
+            **{f"{r['metric']} improvement": dg.MetadataValue.text(interval_text(r)) for r in rows if r["rule"]},
+        },
     )
 
 

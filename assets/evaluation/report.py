@@ -27,6 +27,7 @@ import pydantic
 from assets.artifacts import Checkpoint, LabeledData, Report, SftData, TokenizerFile, TokenShards
 from assets.config import config_from
 from assets.evaluation.answers import DECODINGS, generation_markdown, rouge_section, score_answers
+from assets.evaluation.table import METRICS, best_method, interval_text, rules, table
 from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import result
@@ -45,22 +46,19 @@ from lmcore.eval.contamination import (
 )
 from lmcore.eval.perplexity import subset_figures
 from lmcore.eval.rouge import rouge_batch
+from lmcore.eval.significance import SignificanceConfig
 from lmcore.finetune.classify import METHODS
 from lmcore.model.generate import GenerationConfig
 
 _COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("model"), dg.TableColumn("value", "float"),
             dg.TableColumn("baseline"), dg.TableColumn("baseline_value", "float"),
-            dg.TableColumn("beats_baseline", "bool")]  # fmt: skip
-
-
-METRICS = {"perplexity (test)": False, "bits per byte (test)": False, "ROUGE-L F": True, "ROUGE-1 F": True,
-           "ROUGE-L F (greedy)": True, "ROUGE-1 F (greedy)": True, "accuracy": True, "macro-F1": True}  # fmt: skip
-"""The table's metrics, each with whether higher is better: the names ``must_beat`` accepts. ``ROUGE-* F`` score
-the answers decoded with ``evaluation_report.generation``, ``ROUGE-* F (greedy)`` plain greedy answers."""
+            dg.TableColumn("improvement", "float"), dg.TableColumn("low", "float"), dg.TableColumn("high", "float"),
+            dg.TableColumn("p_value", "float"), dg.TableColumn("rule"), dg.TableColumn("passes", "bool")]  # fmt: skip
 
 
 ContaminationSettings = config_from(ContaminationConfig)
 GenerationSettings = config_from(GenerationConfig)
+SignificanceSettings = config_from(SignificanceConfig)
 
 
 class EvaluationConfig(dg.Config):
@@ -74,13 +72,20 @@ class EvaluationConfig(dg.Config):
     contamination: ContaminationSettings = ContaminationSettings()
     """The 13-gram overlap check of every evaluation set; ``threshold`` is the blocking check's limit."""
     must_beat: list[str] | None = None
-    """Table metrics on which the model must beat its baseline, else the blocking gate check fails and the
-    model is not exported (assets/evaluation/gate.py). None: every metric in the table; []: none."""
+    """Table metrics on which the model must beat its baseline, with the whole interval of the improvement above 0,
+    else the blocking gate check fails and the model is not exported (assets/evaluation/gate.py). None: every
+    metric in the table that must_not_lose does not name; []: none."""
+    must_not_lose: list[str] = []
+    """Table metrics on which the model may trail its baseline, but not significantly: the gate fails only when the
+    whole interval of the improvement is below 0."""
+    significance: SignificanceSettings = SignificanceSettings()
+    """How each row's interval and p-value are computed (paired bootstrap over the test items: confidence,
+    resamples, seed; lmcore.eval.significance.SignificanceConfig)."""
     regression_tolerance: float = 0.02
     """How much worse than the previous evaluation a metric may get, as a fraction of the previous figure,
     before the (non-blocking) regression check warns."""
 
-    @pydantic.field_validator("must_beat")
+    @pydantic.field_validator("must_beat", "must_not_lose")
     @classmethod
     def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
         unknown = [n for n in names or [] if n not in METRICS]
@@ -88,7 +93,19 @@ class EvaluationConfig(dg.Config):
             raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; valid: {', '.join(METRICS)}")
         return names
 
-    @pydantic.field_validator("generation", "contamination")
+    @pydantic.model_validator(mode="after")
+    def _one_rule_per_metric(self) -> "EvaluationConfig":
+        both = sorted(set(self.must_beat or []) & set(self.must_not_lose))
+        if both:
+            raise ValueError(f"{', '.join(map(repr, both))} in both must_beat and must_not_lose; give each metric "
+                             "one rule")  # fmt: skip
+        return self
+
+    def rules(self) -> dict[str, str | None]:
+        """The gate's rule for each metric of the table (None: reported, not gated)."""
+        return rules(self.must_beat, self.must_not_lose)
+
+    @pydantic.field_validator("generation", "contamination", "significance")
     @classmethod
     def _valid_lmcore(cls, settings: Any) -> Any:
         settings.to_lmcore()  # the dataclass's __post_init__ names the bad field and what would be valid
@@ -102,21 +119,16 @@ class EvaluationConfig(dg.Config):
         return tolerance
 
 
-def _row(metric: str, model: float, baseline: float, higher_is_better: bool, model_name: str, baseline_name: str):
-    beats = model > baseline if higher_is_better else model < baseline
-    return {"metric": metric, "model": model_name, "value": round(model, 4), "baseline": baseline_name,
-            "baseline_value": round(baseline, 4), "beats_baseline": beats}  # fmt: skip
-
-
 def _scores(cls: dict[str, Any], method: str) -> dict[str, Any]:
     return {k: cls[method][k] for k in ("accuracy", "macro_f1")}
 
 
-def _report(ppl: dict[str, Any], rouge: dict[str, Any], cls: dict[str, Any]) -> dict[str, Any]:
-    """The figures of ``evaluation.json`` and the table rows, each metric next to its baseline."""
-    lm_methods = [m for m in METHODS if m != "bow" and m in cls]  # label_lm, head, encoder
-    best = max(lm_methods, key=lambda m: cls[m]["accuracy"]) if lm_methods else None
-    report = {
+def _report(ppl: dict[str, Any], rouge: dict[str, Any], refs: list[str], cls: dict[str, Any], truth: list[str],
+            config: "EvaluationConfig") -> dict[str, Any]:  # fmt: skip
+    """The figures of ``evaluation.json`` and the table rows, each metric next to its baseline, with its interval."""
+    best = best_method(cls)
+    significance = config.significance.to_lmcore()
+    return {
         "perplexity": {"model": ppl["model"]["perplexity"], "baseline": ppl["ngram"]["perplexity"], "split": "test"},
         "bits_per_byte": {"model": ppl["model"]["bits_per_byte"], "baseline": ppl["ngram"]["bits_per_byte"]},
         "rouge": rouge_section(rouge),
@@ -126,23 +138,9 @@ def _report(ppl: dict[str, Any], rouge: dict[str, Any], cls: dict[str, Any]) -> 
             "all": {m: _scores(cls, m) for m in METHODS if m in cls},
         },
         "samples": rouge["samples"],
+        "significance": {**significance.__dict__, "must_beat": config.must_beat, "must_not_lose": config.must_not_lose},
+        "table": table(ppl, rouge, refs, cls, truth, config.rules(), significance),
     }
-    rows = [
-        _row("perplexity (test)", report["perplexity"]["model"], report["perplexity"]["baseline"], False,
-             "model", "n-gram"),
-        _row("bits per byte (test)", report["bits_per_byte"]["model"], report["bits_per_byte"]["baseline"], False,
-             "model", "n-gram"),
-    ]  # fmt: skip
-    for decoding, suffix in zip(DECODINGS, ("", " (greedy)"), strict=True):
-        tuned, base = rouge[decoding]["rouge"]["fine_tuned"], rouge[decoding]["rouge"]["base"]
-        for kind, name in (("rougeL", "ROUGE-L F"), ("rouge1", "ROUGE-1 F")):
-            rows.append(_row(name + suffix, tuned[kind]["fmeasure"], base[kind]["fmeasure"], True, "fine-tuned",
-                             "base"))  # fmt: skip
-    if best and "bow" in cls:
-        rows.append(_row("accuracy", cls[best]["accuracy"], cls["bow"]["accuracy"], True, best, "bag of words"))
-        rows.append(_row("macro-F1", cls[best]["macro_f1"], cls["bow"]["macro_f1"], True, best, "bag of words"))
-    report["table"] = rows
-    return report
 
 
 def _indexed_sets(
@@ -264,12 +262,13 @@ def evaluation_report(
     rouge = score_answers(models, tokenizer.tokenizer, heldout[: config.rouge_examples], config.generation.to_lmcore(),
                           config.max_new_tokens, progress)  # fmt: skip
     ppl, cls = perplexity_report.manifest["splits"]["test"], classifier_report.manifest
-    report = _report(ppl, rouge, cls)
     cfg = config.contamination.to_lmcore()
     sets, test_labels = _indexed_sets(cfg, tokenizer.tokenizer, token_shards, sft_dataset, labeled_data)
+    refs = [ex.reference for ex in heldout]
+    report = _report(ppl, rouge, refs, cls, test_labels, config)
     best = report["classification"]["model"]["method"] if report["classification"]["model"] else None
     figures = {"perplexity": ppl, "rouge": rouge, "classification": cls, "best": best}
-    report["contamination"] = _contamination(cfg, sets, figures, test_labels, [ex.reference for ex in heldout])
+    report["contamination"] = _contamination(cfg, sets, figures, test_labels, refs)
     markdown = _markdown(report, config.max_new_tokens) + _contamination_markdown(report["contamination"])
     published = Report.write(store, "evaluation_report", report, name="evaluation", markdown=markdown)
     section = report["rouge"]
@@ -281,6 +280,7 @@ def evaluation_report(
         ),
         "markdown": dg.MetadataValue.md(markdown),
         **{r["metric"]: r["value"] for r in report["table"]},
+        **{f"{r['metric']} improvement": dg.MetadataValue.text(interval_text(r)) for r in report["table"]},
         "generation": dg.MetadataValue.json(generation),
         **{f"contaminated_fraction ({n})": round(c["fraction"], 4) for n, c in report["contamination"]["sets"].items()},
         "contamination": dg.MetadataValue.json(report["contamination"]),
@@ -291,11 +291,18 @@ def evaluation_report(
 
 
 def _markdown(report: dict[str, Any], max_new_tokens: int) -> str:
-    lines = ["# Evaluation", "", "| metric | model | value | baseline | baseline value | beats baseline |",
-             "| --- | --- | ---: | --- | ---: | --- |"]  # fmt: skip
+    sig = report["significance"]
+    lines = ["# Evaluation", "", f"Improvement: how much better the model is (> 0: better), with its "
+             f"{sig['confidence']:.0%} interval (paired bootstrap over the test items, {sig['resamples']} resamples) "
+             "and p-value. must_beat: the whole interval above 0; must_not_lose: not all of it below 0.", "",
+             "| metric | model | value | baseline | baseline value | improvement [interval] p | items | rule | passes "
+             "|",
+             "| --- | --- | ---: | --- | ---: | --- | ---: | --- | --- |"]  # fmt: skip
     for r in report["table"]:
+        passes = "-" if r["passes"] is None else "yes" if r["passes"] else "**no**"
         lines.append(f"| {r['metric']} | {r['model']} | {r['value']:.4f} | {r['baseline']} | "
-                     f"{r['baseline_value']:.4f} | {'yes' if r['beats_baseline'] else 'no'} |")  # fmt: skip
+                     f"{r['baseline_value']:.4f} | {interval_text(r)} | {r['items']} | {r['rule'] or 'not gated'} | "
+                     f"{passes} |")  # fmt: skip
     lines += generation_markdown(report["rouge"], max_new_tokens)
     lines += ["", "## Sample generations (held-out instructions)", ""]
     for s in report["samples"]:

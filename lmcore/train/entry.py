@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmcore.cpu import pin_cpu_dispatch
 from lmcore.io import read_json
 from lmcore.model.gpt import PRESETS, ModelConfig
 from lmcore.train.config import TrainConfig
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="JSON file: model, train, shard_root, runs_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    pin_cpu_dispatch()
     kwargs = train_kwargs(read_json(args.config), where=args.config)
 
     def report(record: dict[str, Any]) -> None:

@@ -14,8 +14,10 @@ import dagster as dg
 import pytest
 
 from assets.artifacts import Splits
-from assets.evaluation.gate import changes_since, missed_baselines
-from assets.evaluation.report import METRICS, EvaluationConfig, _report
+from assets.evaluation.gate import changes_since
+from assets.evaluation.report import EvaluationConfig, _report
+from assets.evaluation.table import METRICS, gate_failures
+from lmcore.eval.rouge import rouge_batch
 from lmcore.io import read_json
 from pipelines.cli import main
 from tests.integration.conftest import make_corpus, write_profile
@@ -23,20 +25,35 @@ from tests.integration.test_finetune_pipeline import TINY, _tasks
 
 ROWS = [
     {"metric": "perplexity (test)", "model": "model", "value": 90.0, "baseline": "n-gram", "baseline_value": 100.0,
-     "beats_baseline": True},
-    {"metric": "ROUGE-L F", "model": "fine-tuned", "value": 0.05, "baseline": "base", "baseline_value": 0.06,
-     "beats_baseline": False},
+     "improvement": 10.0, "low": 4.0, "high": 16.0, "p_value": 0.001, "rule": "must_beat", "passes": True},
+    {"metric": "ROUGE-L F", "model": "fine-tuned", "value": 0.07, "baseline": "base", "baseline_value": 0.06,
+     "improvement": 0.01, "low": -0.01, "high": 0.03, "p_value": 0.3, "rule": "must_beat", "passes": False},
+    {"metric": "accuracy", "model": "head", "value": 0.5, "baseline": "bag of words", "baseline_value": 0.52,
+     "improvement": -0.02, "low": -0.06, "high": 0.02, "p_value": 0.4, "rule": "must_not_lose", "passes": True},
 ]  # fmt: skip
 
 
-def test_must_beat_names_the_metrics_it_requires():
-    assert EvaluationConfig().must_beat is None, "by default every metric of the table must beat its baseline"
-    assert missed_baselines(ROWS, ["perplexity (test)"]) == []
-    assert missed_baselines(ROWS, None) == ["ROUGE-L F: fine-tuned 0.05 vs base 0.06"]
-    assert missed_baselines(ROWS, []) == []
-    assert missed_baselines(ROWS, ["accuracy"]) == ["accuracy: not in the report (its inputs produced no such row)"]
+def test_the_gate_names_each_row_that_misses_its_rule():
+    config = EvaluationConfig()
+    assert config.must_beat is None and config.must_not_lose == []
+    assert set(config.rules().values()) == {"must_beat"}, "by default every metric must beat its baseline"
+    rules = EvaluationConfig(must_beat=["ROUGE-L F"], must_not_lose=["accuracy"]).rules()
+    assert rules["ROUGE-L F"] == "must_beat" and rules["accuracy"] == "must_not_lose" and rules["macro-F1"] is None
+    assert EvaluationConfig(must_not_lose=["accuracy"]).rules()["macro-F1"] == "must_beat", "None: all the others"
+    failed = gate_failures(ROWS, None, [])
+    assert failed == ["ROUGE-L F (must_beat): fine-tuned 0.07 vs base 0.06, improvement +0.0100 [-0.0100, +0.0300] "
+                      "p=0.3; needs the whole interval above 0"]  # fmt: skip
+    assert gate_failures(ROWS, ["perplexity (test)", "macro-F1"], [])[0] == (
+        "macro-F1: not in the report (its inputs produced no such row)"
+    )
     with pytest.raises(ValueError, match=r"unknown metric 'ROUGE-L'; valid: perplexity \(test\), .*macro-F1"):
         EvaluationConfig(must_beat=["ROUGE-L"])
+    with pytest.raises(ValueError, match=r"unknown metric 'acc'"):
+        EvaluationConfig(must_not_lose=["acc"])
+    with pytest.raises(ValueError, match="'accuracy' in both must_beat and must_not_lose; give each metric one rule"):
+        EvaluationConfig(must_beat=["accuracy"], must_not_lose=["accuracy"])
+    with pytest.raises(ValueError, match=r"significance\n.*confidence must be in"):
+        EvaluationConfig(significance={"confidence": 95})
     with pytest.raises(ValueError, match="must be >= 0"):
         EvaluationConfig(regression_tolerance=-0.1)
     with pytest.raises(ValueError, match=r"generation\n.*top_p must be in \(0, 1\]"):
@@ -47,19 +64,30 @@ def test_a_regression_is_measured_in_the_direction_of_each_metric():
     previous = {"perplexity (test)": 85.0, "ROUGE-L F": 0.05}
     changes = {c["metric"]: c for c in changes_since(ROWS, previous, tolerance=0.02)}
     assert changes["perplexity (test)"]["regressed"] and changes["perplexity (test)"]["worse_by"] == 0.0588
-    assert not changes["ROUGE-L F"]["regressed"] and changes["ROUGE-L F"]["worse_by"] == 0.0
+    assert not changes["ROUGE-L F"]["regressed"] and changes["ROUGE-L F"]["worse_by"] == -0.4, "better than before"
     assert not changes_since(ROWS, previous, tolerance=0.1)[0]["regressed"]
 
 
-def test_every_table_metric_has_a_direction_that_matches_beats_baseline():
-    ppl = {"model": {"perplexity": 9.0, "bits_per_byte": 1.1}, "ngram": {"perplexity": 10.0, "bits_per_byte": 1.2}}
-    f = {k: {"rougeL": {"fmeasure": v}, "rouge1": {"fmeasure": v}} for k, v in (("fine_tuned", 0.3), ("base", 0.2))}
-    decoded = {"rouge": f, "repetition": {"fine_tuned": {}, "base": {}}}
-    rouge = {"generation": decoded, "greedy": decoded, "examples": 1, "decoding": {}, "samples": []}
-    cls = {"head": {"accuracy": 0.9, "macro_f1": 0.8}, "bow": {"accuracy": 0.7, "macro_f1": 0.6}}
-    rows = _report(ppl, rouge, cls)["table"]
+def test_every_table_metric_has_a_direction_and_an_interval():
+    docs = {"tokens": [100] * 30, "bytes": [330] * 30, "model_nats": [300.0 + i % 7 for i in range(30)],
+            "ngram_nats": [340.0 + i % 5 for i in range(30)]}  # fmt: skip
+    ppl = {"model": {"perplexity": 9.0, "bits_per_byte": 1.1}, "ngram": {"perplexity": 10.0, "bits_per_byte": 1.2},
+           "documents": docs}  # fmt: skip
+    refs = [f"the answer number {i} is here" for i in range(20)]
+    gens = {"fine_tuned": [f"the answer number {i}" for i in range(20)], "base": ["nothing"] * 20}
+    decoded = {"generations": gens, "rouge": {n: rouge_batch(g, refs) for n, g in gens.items()},
+               "repetition": {"fine_tuned": {}, "base": {}}}  # fmt: skip
+    rouge = {"generation": decoded, "greedy": decoded, "examples": 20, "decoding": {}, "samples": []}
+    truth = ["a", "b"] * 30
+    cls = {"labels": ["a", "b"], "head": {"accuracy": 0.9, "macro_f1": 0.9, "predictions": truth},
+           "bow": {"accuracy": 0.5, "macro_f1": 0.5, "predictions": ["a"] * 60}}  # fmt: skip
+    rows = _report(ppl, rouge, refs, cls, truth, EvaluationConfig(must_not_lose=["ROUGE-1 F"]))["table"]
     assert [r["metric"] for r in rows] == list(METRICS)
-    assert all(r["beats_baseline"] for r in rows), "every model figure here is better, in its metric's direction"
+    assert all(r["beats_baseline"] and r["improvement"] > 0 for r in rows), "every model here is better"
+    assert all(r["low"] > 0 and r["passes"] for r in rows), "and clearly so"
+    assert {r["rule"] for r in rows} == {"must_beat", "must_not_lose"}
+    with pytest.raises(ValueError, match="no per-example head predictions for the 60 labeled test texts"):
+        _report(ppl, rouge, refs, {**cls, "head": {"accuracy": 0.9, "macro_f1": 0.9}}, truth, EvaluationConfig())
 
 
 def _instance(home: Path) -> dg.DagsterInstance:
@@ -111,12 +139,13 @@ def test_a_model_that_loses_to_its_baseline_is_not_exported(gated, capsys):
     report = read_json(gated["home"] / "reports" / "evaluation.json")
     perplexity = next(r for r in report["table"] if r["metric"] == "perplexity (test)")
     assert not perplexity["beats_baseline"], "precondition: 8 training steps do not beat a Kneser-Ney trigram"
+    assert perplexity["high"] < 0 and perplexity["rule"] == "must_beat" and not perplexity["passes"]
     assert gated["code"] == 1, "a failed blocking check fails the run"
     checks = _checks(gated["instance"], gated["run_id"])
     gate = checks["evaluation_beats_baselines"]
     assert not gate.passed and gate.severity == dg.AssetCheckSeverity.ERROR
-    assert any(m.startswith("perplexity (test): model") for m in gate.metadata["missed"].value)
-    assert "evaluation_report.must_beat" in gate.description
+    assert any(m.startswith("perplexity (test) (must_beat): model") for m in gate.metadata["failed"].value)
+    assert "evaluation_report.must_beat / must_not_lose" in gate.description
     assert checks["evaluation_no_regression"].passed, "the first evaluation has nothing to regress from"
     done = _materialized(gated["instance"], gated["run_id"])
     assert "evaluation_report" in done and "hf_export" not in done
