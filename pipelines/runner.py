@@ -297,7 +297,7 @@ def _print_evaluation(console: Any, result: Any) -> None:
         if mat.asset_key.to_user_string() != "evaluation_report":
             continue
         table = Table(title="evaluation report (also $LMPIPE_HOME/reports/evaluation.{json,md})")
-        for column in ("metric", "model", "value", "baseline", "baseline value", "improvement [interval] p", "gate"):
+        for column in ("metric", "model", "value", "baseline", "baseline value", r"improvement \[interval] p", "gate"):
             table.add_column(column)
         for record in mat.metadata["report"].value.records:
             r = record.data

@@ -53,7 +53,8 @@ def _labels(seed: int, n: int, model_acc: float, base_acc: float) -> tuple[list[
 
     def predict(acc: float) -> list[str]:
         right = rng.random(n) < acc
-        return [t if r else classes[(classes.index(t) + 1 + rng.integers(0, 3)) % 4] for t, r in zip(truth, right)]
+        wrong = [classes[(classes.index(t) + 1 + rng.integers(0, 3)) % 4] for t in truth]
+        return [t if r else w for t, r, w in zip(truth, right, wrong, strict=True)]
 
     return truth, predict(model_acc), predict(base_acc)
 
