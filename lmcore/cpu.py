@@ -3,15 +3,23 @@
 torch picks its CPU kernels (ATen's vectorized loops: softmax, reductions, the optimizers'
 foreach updates, attention) by the widest instruction set the CPU has, once per process,
 the first time a kernel runs. AVX512 and AVX2 kernels round differently, so the same
-training run on another CPU gives other weights: after 30 steps of the demo model the
-digests differ, after 1,200 the classifier's test accuracy can move by several texts.
+training run on another CPU gives other weights: after 100 steps of the demo model the
+digests differ; after 1,200 the demo head's test accuracy is 5 texts of 307 apart.
 :func:`pin_cpu_dispatch` makes every process the pipeline starts choose the same level,
 AVX2 by default (every x86-64 CPU since 2013 has it), by setting ``ATEN_CPU_CAPABILITY``
-before torch's first kernel.
+before torch's first kernel. On an AVX512 machine the demo's pretraining runs about 15%
+slower for it (``benchmarks/determinism.py``: ``pinned_slowdown``).
 
-What else was checked (``benchmarks/determinism.py``): the thread count (1 to 8) does not
-change a CPU training run's weights; MKL's SGEMM results do not change with the
-instruction set this torch build lets it use; oneDNN is not used for float32 training.
+What else was checked, with torch 2.13's CPU wheel (MKL 2024.2, oneDNN 3.12):
+
+- threads: 1, 2, 3 and 8 intra-op threads train the same weights;
+- MKL (every float32 matmul): ``MKL_ENABLE_INSTRUCTIONS`` set to AVX2, AVX or SSE4_2 gives the
+  same bits as the default, and the demo pipeline pinned to AVX2 on an AVX512 machine gave the
+  figures of an AVX2-only machine to the last digit; ``MKL_CBWR=COMPATIBLE`` would change them
+  and cost about 1.8x (one 30-step run), so it is not set;
+- oneDNN: not called by float32 training on CPU (``ONEDNN_VERBOSE=1`` lists no primitive);
+- ``torch.compile`` (off by default on CPU) takes its vector width from ``ATEN_CPU_CAPABILITY``
+  too, but its C++ is built by the machine's own compiler: not checked across machines.
 
 ``LMPIPE_CPU_DISPATCH`` (environment) chooses the level: ``avx2`` (default), ``avx512``,
 ``default`` (ATen's portable kernels), or ``native`` (torch's own choice: fastest, not
