@@ -227,7 +227,9 @@ def test_a_dg_project_whose_launch_runs_the_profile(home, tmp_path, corpus_dir):
     dg_cli = Path(sys.executable).parent / "dg"
     profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
     prepare_home()  # the instance dg launch runs against: $LMPIPE_HOME/dagster
-    env = {**os.environ, "LMPIPE_PROFILE": str(profile), "VIRTUAL_ENV": sys.prefix, "OMP_NUM_THREADS": "1"}
+    # ATEN_CPU_CAPABILITY: the code location pins torch's kernels whatever the shell forced
+    env = {**os.environ, "LMPIPE_PROFILE": str(profile), "VIRTUAL_ENV": sys.prefix, "OMP_NUM_THREADS": "1",
+           "ATEN_CPU_CAPABILITY": "default"}  # fmt: skip
     checked = subprocess.run([str(dg_cli), "check", "defs"], cwd=PROJECT_ROOT, env=env, capture_output=True,
                              text=True, timeout=300)  # fmt: skip
     assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout, checked.stderr
@@ -238,3 +240,4 @@ def test_a_dg_project_whose_launch_runs_the_profile(home, tmp_path, corpus_dir):
     graph = build_definitions(load_profile(config_file=profile)).resolve_asset_graph()
     assert mat.metadata["config_sha256"].value == graph.get(dg.AssetKey("raw_corpus")).metadata[CONFIG_SHA_KEY]
     assert mat.tags["dagster/code_version"] == graph.get(dg.AssetKey("raw_corpus")).code_version
+    assert mat.metadata["reproducibility"].value["cpu_dispatch"] == "AVX2", "the run's processes pinned the kernels"
