@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 from assets.resources import ArtifactStore
 from lmcore.data.shards import SplitTokens, open_split
-from lmcore.data.splits import split_index, split_rows
+from lmcore.data.splits import split_index, split_rows, split_texts
 from lmcore.data.tokenizer import Tokenizer, load_tokenizer
 from lmcore.finetune.sft_data import SFTExample, read_sft_dataset
 from lmcore.io import read_json, write_json
@@ -95,7 +95,7 @@ class Splits(Artifact):
         return split_rows(self.path, self.manifest, split, ids=ids)
 
     def texts(self, split: str, ids: set[str] | None = None) -> Iterator[str]:
-        return (row["text"] for row in split_rows(self.path, self.manifest, split, ["text"], ids=ids))
+        return split_texts(self.path, self.manifest, split, ids=ids)
 
     def index(self, partition: str | None = None) -> Any:
         """The Arrow index (partition, doc_id, spec, bytes, split, reason), or one partition's rows."""

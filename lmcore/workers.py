@@ -85,6 +85,51 @@ def run_parallel(
     return out
 
 
+def run_in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in one child process, for work that stays in native code for minutes (HF's BPE trainer): Python
+    runs a signal handler only between bytecodes, so SIGTERM or Ctrl-C would wait for that work to return. Here this
+    process waits in Python, so the handler runs at once; the child is then killed and the handler's error goes on.
+    The child ends with this process too (kill -9). ``fn`` must be importable and its arguments and result
+    picklable; its error is raised here. In a daemonic process (a Celery prefork child), which may not start
+    processes, ``fn`` runs in this process."""
+    if multiprocessing.current_process().daemon:
+        return fn(*args)
+    ctx = multiprocessing.get_context("forkserver")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(send, os.getpid(), fn, args), daemon=True, name=f"lmcore:{fn.__name__}")
+    child.start()
+    send.close()
+    try:
+        try:
+            result, error = receive.recv()  # a signal's handler runs during this wait, and its error stops it
+        except EOFError:  # the child is gone and its end of the pipe with it
+            child.join()
+            raise RuntimeError(
+                f"the process running {fn.__module__}.{fn.__name__} ended without a result (exit code "
+                f"{child.exitcode}; -9 is usually the kernel's out-of-memory killer)"
+            ) from None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+    if error is not None:
+        raise error
+    return result
+
+
+def _child(send: Any, parent: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    try:
+        out: tuple[Any, BaseException | None] = (fn(*args), None)
+    except Exception as e:  # noqa: BLE001 - raised again in the parent
+        out = (None, e)
+    try:
+        send.send(out)
+    except Exception as e:  # noqa: BLE001 - an error (or result) that does not pickle: its text still gets there
+        send.send((None, RuntimeError(f"{type(e).__name__}: {e} (sending {type(out[1] or out[0]).__name__})")))
+
+
 def call(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``: lets each job of one :func:`run_parallel` call run a function of its own."""
     return fn(*args)

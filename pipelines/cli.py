@@ -17,6 +17,9 @@ from typing import Any
 from lmcore.cpu import pin_cpu_dispatch
 from pipelines.home import PROJECT_ROOT, HomeError, home_error, prepare_home, remove_stale_staging_dirs
 
+INTERRUPTED = 130
+"""The exit code of a run that Ctrl-C or SIGTERM stopped (the shell's 128 + SIGINT); it is marked canceled."""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmpipe", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -207,7 +210,7 @@ def _execute(console: Any, home: Any, defs: Any, keys: set, run_config: dict, ta
     import dagster as dg
     from rich.markup import escape
 
-    from pipelines.runner import execute, fail_dead_runs, observe_for
+    from pipelines.runner import execute, fail_dead_runs, interrupted, observe_for
 
     try:
         for path in remove_stale_staging_dirs(home):
@@ -226,7 +229,7 @@ def _execute(console: Any, home: Any, defs: Any, keys: set, run_config: dict, ta
             raise
         console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         return 1
-    return 0 if result.success else 1
+    return 0 if result.success else INTERRUPTED if interrupted(result) else 1
 
 
 def _reproduce(args: argparse.Namespace) -> int:

@@ -57,8 +57,25 @@ def execute(console: Any, defs: dg.Definitions, keys: set[dg.AssetKey], run_conf
             run_id=run_id,
             tags={**tags, PROCESS_TAG: _process_identity(os.getpid())},
         )
+    if stopped := interrupted(result):
+        instance.report_run_canceled(
+            instance.get_run_by_id(run_id), message=f"interrupted (Ctrl-C or SIGTERM) during {', '.join(stopped)}"
+        )
     summary(console, result, time.monotonic() - start, write_run_log(console, instance, result.run_id))
     return result
+
+
+_INTERRUPTS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
+
+
+def interrupted(result: Any) -> list[str]:
+    """The steps a signal stopped (Ctrl-C, or SIGTERM, which Dagster handles the same way): Dagster reports them
+    as failed, raising its interrupt error in the step."""
+    return [e.step_key for e in result.all_events if e.is_step_failure and _is_interrupt(e.step_failure_data.error)]
+
+
+def _is_interrupt(error: Any) -> bool:
+    return error is not None and (error.cls_name in _INTERRUPTS or _is_interrupt(error.cause))
 
 
 def _start_time(pid: int) -> str | None:
@@ -234,7 +251,8 @@ def summary(console: Any, result: Any, seconds: float, log: Path | None = None) 
         if not check.passed:
             why = check.description or _figures(check.metadata)
             problems.append(f"check {check.check_name} of {check.asset_key.to_user_string()} failed: {why}")
-    table = Table(title=f"run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in {seconds:.1f}s")
+    status = "succeeded" if result.success else "STOPPED" if interrupted(result) else "FAILED"
+    table = Table(title=f"run {result.run_id[:8]} {status} in {seconds:.1f}s")
     table.add_column("asset", no_wrap=True)
     table.add_column("figures")
     table.add_column("checks")
@@ -260,6 +278,12 @@ def summary(console: Any, result: Any, seconds: float, log: Path | None = None) 
             error = event.step_failure_data.error
             if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
                 continue  # a blocking check failed: its reason is listed already
+            if _is_interrupt(error):
+                problems.insert(0, f"{event.step_key} stopped: the run was interrupted (Ctrl-C or SIGTERM) and is "
+                                "marked canceled; what it had published is kept, and the same command carries on "
+                                "(a training asset from its last checkpoint)")  # fmt: skip
+                table.add_row(f"[yellow]{event.step_key}[/yellow]", "[yellow]stopped[/yellow] (below)", "")
+                continue
             message = error.cause.message if error and error.cause else (error.message if error else "")
             problems.insert(0, f"{event.step_key} failed: {message.strip()}")
             table.add_row(f"[red]{event.step_key}[/red]", "[red]failed[/red] (below)", "")

@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+from pathlib import Path
 
 import dagster as dg
 
@@ -10,9 +11,16 @@ from assets.config import config_from
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
-from lmcore.data.splits import tokenizer_sample
-from lmcore.data.tokenizer import TokenizerConfig, roundtrip_failures, tokenizer_stats, train_tokenizer
+from lmcore.data.splits import split_texts, tokenizer_sample
+from lmcore.data.tokenizer import (
+    TokenizerConfig,
+    load_tokenizer,
+    roundtrip_failures,
+    tokenizer_stats,
+    train_tokenizer,
+)
 from lmcore.io import write_json
+from lmcore.workers import run_in_child
 
 TokenizerAssetConfig = config_from(TokenizerConfig, name="TokenizerAssetConfig")
 _SAMPLE_DOCS = 200
@@ -39,6 +47,10 @@ def _kept(store: ArtifactStore, cfg: TokenizerConfig) -> TokenizerFile | None:
     return previous if same else None
 
 
+def _train_on(cfg: TokenizerConfig, root: Path, manifest: dict, ids: set[str], out: Path) -> None:
+    train_tokenizer(cfg, split_texts(root, manifest, "train", ids=ids), out)
+
+
 @dg.asset(group_name="data", kinds={"huggingface"}, code_version=code_version_of(__name__))
 def tokenizer(
     context: dg.AssetExecutionContext, config: TokenizerAssetConfig, splits: Splits, store: ArtifactStore
@@ -51,7 +63,9 @@ def tokenizer(
         chosen = tokenizer_sample(splits.path, cfg.sample_bytes)
 
         def build(out):
-            trained = train_tokenizer(cfg, splits.texts("train", ids=chosen), out / TOKENIZER_FILE)
+            # in a child process: HF's trainer holds the interpreter for minutes, and SIGTERM or Ctrl-C must stop it
+            run_in_child(_train_on, cfg, splits.path, splits.manifest, chosen, out / TOKENIZER_FILE)
+            trained = load_tokenizer(out / TOKENIZER_FILE)
             stats = tokenizer_stats(trained, out / TOKENIZER_FILE, sample)
             sampled = {"documents": len(chosen), "splits_version": splits.data_version}
             manifest = {"file": TOKENIZER_FILE, "config": cfg.__dict__, "trained_with": _trained_with(cfg),

@@ -209,6 +209,11 @@ def split_rows(root: Path, manifest: dict[str, Any], split: str, columns: list[s
                     yield row if columns is None or "doc_id" in columns else {c: row[c] for c in columns}
 
 
+def split_texts(root: Path, manifest: dict[str, Any], split: str, ids: set[str] | None = None) -> Iterator[str]:
+    """The texts of one split (or of the documents ``ids`` in it), in :func:`split_rows`' order."""
+    return (row["text"] for row in split_rows(root, manifest, split, ["text"], ids=ids))
+
+
 def split_index(root: Path, partition: str | None = None) -> pa.Table:
     """The index (partition, doc_id, spec, bytes, split, reason), or one partition's rows of it."""
     filters = [("partition", "=", partition)] if partition is not None else None

@@ -75,6 +75,59 @@ def test_kill_9_during_training_releases_its_gpu_slot_and_the_rerun_resumes_exac
     assert _checkpoint(reference) == (digest, 40, "None")
 
 
+def _stopped_by_sigterm(proc: subprocess.Popen, when: str, home: Path) -> str:
+    """Send SIGTERM to the CLI process alone (what ``timeout``, a scheduler or Dagster's terminate do) once a line
+    of its output contains ``when``; it must end within seconds, marking its run canceled."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not any(when in line for line in lines):
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {when!r} in:\n{''.join(lines)[-3000:]}"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert proc.returncode == 130, out[-3000:]
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert instance.get_runs(limit=1)[0].status == dg.DagsterRunStatus.CANCELED
+    assert not list(home.rglob("*staging*")), list(home.rglob("*staging*"))  # nothing half-written is left
+    return " ".join(out.split())
+
+
+def test_sigterm_stops_a_run_within_seconds_in_tokenizer_training_and_in_pretraining(tmp_path, corpus_dir):
+    """SIGTERM used to wait for HF's BPE trainer to return (hours, on a long run without spaces): the trainer now
+    works in a child process, so the run stops at once, is marked canceled and exits 130; in pretraining too, and
+    the same command then resumes from the last checkpoint."""
+    letters = "".join("abcdefghijklmnop"[(i * i + i // 7) % 16] for i in range(600_000))
+    (corpus_dir / "no_spaces.txt").write_text(letters)  # unbounded (max_word_chars: 0), BPE on it takes minutes
+    slow = {"clean_corpus": {"min_doc_chars": 20, "max_doc_chars": 0}, "tokenizer": {"vocab_size": 2000,
+            "max_word_chars": 0}}  # fmt: skip
+    profile = str(write_profile(tmp_path / "slow.yaml", [str(corpus_dir)], **slow))
+    home = tmp_path / "slow"
+    started = time.monotonic()
+    out = _stopped_by_sigterm(_cli(home, "--config", profile, "--select", "group:data"), "tokenizer started", home)
+    assert time.monotonic() - started < 120, "the tokenizer was not stopped at once"
+    assert "tokenizer stopped: the run was interrupted (Ctrl-C or SIGTERM) and is marked canceled" in out, out
+
+    (corpus_dir / "no_spaces.txt").unlink()
+    train = {**TRAIN, "max_steps": 400}
+    profile = str(write_profile(tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model={**MODEL, "train": train}))
+    home = tmp_path / "home"
+    _finish(_cli(home, "--config", profile, "--select", "group:data"))
+    out = _stopped_by_sigterm(_cli(home, "--config", profile, "--select", "pretrained_model"), "train steps 8/", home)
+    assert "pretrained_model stopped: the run was interrupted" in out, out
+    _finish(_cli(home, "--config", profile, "--select", "pretrained_model"), timeout=300)
+    _, steps, resumed = _checkpoint(home)
+    assert steps == 400 and 8 <= int(resumed) < 400
+
+
 def test_a_version_that_failed_a_blocking_check_is_not_used_by_a_later_run(home, tmp_path, corpus_dir, capsys):
     """splits fails splits_disjoint_and_non_empty (an empty test split): that run stops, and a later run of what is
     downstream refuses that splits version, naming the check and its reason, instead of publishing shards without a

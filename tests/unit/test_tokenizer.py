@@ -76,3 +76,24 @@ def test_bad_config_names_the_field(tmp_path):
 def test_missing_tokenizer_file_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="materialize the tokenizer"):
         load_tokenizer(tmp_path / "nope.json")
+
+
+def test_a_run_without_spaces_is_cut_into_words_of_max_word_chars_and_nothing_else_changes(tmp_path, small_texts):
+    """BPE training is quadratic in a word's length (one 10 MB run of letters ran for hours): a run of more than
+    max_word_chars non-space characters is cut into pieces of that length; text without one trains as before."""
+    from lmcore.data.tokenizer import _pieces
+
+    assert list(_pieces(small_texts, 0, 1000)) == list(small_texts)
+    text = "head " + "a" * 25 + " mid " + "b" * 9 + " tail"
+    assert list(_pieces([text], 0, 10)) == ["head " + "a" * 10, "a" * 10, "a" * 5 + " mid " + "b" * 9 + " tail"]
+    assert "".join(_pieces([text], 7, 10)) == text  # with max_piece_chars too, nothing is lost
+    bounded, unbounded = TokenizerConfig(vocab_size=400), TokenizerConfig(vocab_size=400, max_word_chars=0)
+    train_tokenizer(bounded, small_texts, tmp_path / "a.json")
+    train_tokenizer(unbounded, small_texts, tmp_path / "b.json")
+    assert sha256_file(tmp_path / "a.json") == sha256_file(tmp_path / "b.json")
+    # 2 MB without a space: about a second when bounded (unbounded, 200 KB took 8 s and 2 MB would take 13 min)
+    letters = "".join("abcdefgh"[(i * i + i // 7) % 8] for i in range(2_000_000))
+    tok = train_tokenizer(bounded, [*small_texts, letters], tmp_path / "c.json")
+    assert tok.decode(tok.encode(letters[:5000]).ids) == letters[:5000]
+    with pytest.raises(ValueError, match="max_word_chars"):
+        TokenizerConfig(max_word_chars=-1)
