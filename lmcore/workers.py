@@ -76,12 +76,19 @@ def run_parallel(
         max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
     ) as pool:
         futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            i = futures[future]
-            error = future.exception()
-            out[i] = (None, error) if error is not None else (future.result(), None)
-            if on_done is not None:
-                on_done(i)
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                error = future.exception()
+                out[i] = (None, error) if error is not None else (future.result(), None)
+                if on_done is not None:
+                    on_done(i)
+        except BaseException:  # a signal's error (SIGTERM, Ctrl-C): stop the workers instead of waiting for them
+            for future in futures:
+                future.cancel()
+            for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public way before 3.14
+                process.kill()
+            raise
     return out
 
 

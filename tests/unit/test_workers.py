@@ -45,3 +45,20 @@ def test_a_signal_stops_the_wait_at_once_and_the_child_with_it():
     finally:
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() - start < 10
+
+
+def test_a_signal_stops_the_parallel_workers_too():
+    from lmcore.workers import run_parallel
+
+    def stop(signo, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(Stop):
+            run_parallel(time.sleep, [(60,), (60,), (60,)], 2)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - start < 15
