@@ -22,7 +22,7 @@ from lmcore.data.shards import SplitTokens, open_split
 from lmcore.data.splits import split_index, split_rows, split_texts
 from lmcore.data.tokenizer import Tokenizer, load_tokenizer
 from lmcore.finetune.sft_data import SFTExample, read_sft_dataset
-from lmcore.io import read_json, write_json
+from lmcore.io import read_json, verify_dir, verify_file, write_json
 from lmcore.model.checkpoint import META_FILE, MODEL_FILE, load_trained_model
 from lmcore.model.gpt import GPT, ModelConfig
 
@@ -59,6 +59,7 @@ class Artifact:
     def open(cls: type[A], store: ArtifactStore, ref: dict[str, str]) -> A:
         """The handle of a stored reference, with a local copy of the artifact (fetched if remote)."""
         path = store.local_path(ref["location"])
+        verify_dir(path)  # every file as it was published: a damaged one is named, not read
         return cls(location=ref["location"], data_version=ref["data_version"], path=path, memo=ref.get("memo", ""))
 
     @classmethod
@@ -142,6 +143,7 @@ class Checkpoint(Artifact):
         path = store.fetch_checkpoint(ref["location"])
         if read_json(path / META_FILE)["files"][MODEL_FILE] != ref["data_version"]:
             raise ValueError(f"{ref['location']} holds other weights than the recorded version; re-materialize it")
+        verify_file(path / MODEL_FILE, ref["data_version"], "re-materialize the training asset that wrote it")
         return cls(location=ref["location"], data_version=ref["data_version"], path=path)
 
     @classmethod

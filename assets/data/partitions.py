@@ -98,7 +98,7 @@ def build_partitions(
     todo: list[tuple[str, str]] = []
     for key, job in work.items():
         memo = digest_of({"code_version": code_version, **job.inputs})
-        previous = _stored(store, asset, key, kind)
+        previous = _stored(store, asset, key, kind, context.log.warning)
         if previous is not None and previous.memo == memo:
             handles[key] = previous
         else:
@@ -137,12 +137,18 @@ def build_partitions(
     return {key: handles[key] for key in work}, built
 
 
-def _stored(store: ArtifactStore, asset: str, key: str, kind: type[A]) -> A | None:
-    """The partition's recorded handle, or None when there is none or it cannot be opened any more."""
+def _stored(store: ArtifactStore, asset: str, key: str, kind: type[A], warn: Callable[[str], None]) -> A | None:
+    """The partition's recorded handle, or None when there is none or it cannot be opened any more (a damaged one
+    is reported through ``warn`` and built again)."""
     try:
-        handle = open_ref(store, store.read_ref(partition_ref(asset, key)))
-        handle.manifest  # noqa: B018 - the artifact is still there and readable
+        ref = store.read_ref(partition_ref(asset, key))
     except (FileNotFoundError, ValueError, OSError):
+        return None
+    try:
+        handle = open_ref(store, ref)
+        handle.manifest  # noqa: B018 - the artifact is still there and readable
+    except (FileNotFoundError, ValueError, OSError) as e:
+        warn(f"{asset} partition {key} is built again: {e}")
         return None
     return handle if isinstance(handle, kind) else None
 

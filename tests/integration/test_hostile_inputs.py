@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -222,3 +223,58 @@ def test_downloads_are_bounded_in_size_and_time(tmp_path, endless_server):
     assert time.monotonic() - started < 30
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert leftovers == [], leftovers  # no partial body left behind
+
+
+def _latest(home: Path, asset: str) -> Path:
+    return Path(_json(home / "artifacts" / asset / "latest.json")["location"])
+
+
+def _run(home: Path, profile: str, select: str) -> tuple[int, str]:
+    proc = _cli(home, "--config", profile, "--select", select)
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, " ".join(out.split())
+
+
+def test_a_damaged_artifact_is_named_when_read_and_rebuilt_by_the_next_run(tmp_path, corpus_dir):
+    """Readers check every published file against the SHA256SUMS written at publish: a token shard with 4 ids
+    changed (same size, valid Arrow) used to train pretrained_model with exit 0, and an edited tokenizer.json was
+    used to tokenize. Now each is named with the fix, and the next run of its asset rebuilds it instead of reusing
+    it (also the version that shares the damaged file by hard link)."""
+    from lmcore.io import sha256_file
+
+    profile = str(write_profile(tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model=MODEL))
+    home = tmp_path / "home"
+    _finish(_cli(home, "--config", profile, "--select", "group:data"))
+    shards = _latest(home, "token_shards")
+    shard = sorted((shards / "train").glob("*.arrow"))[0]
+    digest = sha256_file(shard)
+    data = bytearray(shard.read_bytes())
+    data[-64:-48] = bytes(16)  # 4 uint32 ids near the end of the last buffer: same size, still valid Arrow
+    shard.write_bytes(bytes(data))
+
+    code, out = _run(home, profile, "pretrained_model")
+    assert code == 1 and f"{shard} is damaged: its sha256 is" in out, out
+    assert "hard-linked into 1 other published file(s), damaged too" in out, out
+    assert "materialize token_shards again (lmpipe run --select 'token_shards+')" in out, out
+    code, out = _run(home, profile, "token_shards")  # its input, the tokenized partition, shares the file
+    assert code == 1 and "materialize tokenized again" in out, out
+    code, out = _run(home, profile, "key:tokenized or key:token_shards")
+    assert code == 0, out
+    assert _latest(home, "token_shards") == shards and sha256_file(shard) == digest  # the same version, whole again
+
+    tokenizer = _latest(home, "tokenizer") / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"merges":[[', '"merges":[', 1).replace("]],", "],", 1))
+    code, out = _run(home, profile, "tokenized")
+    assert code == 1 and f"{tokenizer} is damaged" in out, out
+    code, out = _run(home, profile, "tokenizer")  # when_corpus_grows: keep no longer keeps the damaged file
+    assert code == 0, out
+    assert sha256_file(tokenizer) == _json(tokenizer.parent / "manifest.json")["sha256"]
+
+    truncated = sorted((shards / "val").glob("*.arrow"))[0]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    code, out = _run(home, profile, "pretrained_model")
+    assert code == 1 and f"{truncated} is damaged" in out and "ArrowInvalid" not in out, out
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
