@@ -34,17 +34,17 @@ def raw_corpus(
 ) -> dg.MaterializeResult:
     """The source files (units) of each hash bucket read into zstd Parquet shards (doc_id, source, spec, text);
     an unchanged bucket (same files, same versions, same config) is not read again."""
-    cfg = config.to_lmcore()
+    cfg, cache, run = config.to_lmcore(), store.cache_dir(), context.run_id  # each URL is fetched once in a run
     work = {
         key: PartitionWork(
-            build=functools.partial(build_raw_corpus, cfg, cache_dir=store.cache_dir(), partition=key),
-            inputs={"config": config.model_dump(), "units": partition_units(cfg, key)},
+            build=functools.partial(build_raw_corpus, cfg, cache_dir=cache, partition=key, scope=run),
+            inputs={"config": config.model_dump(), "units": partition_units(cfg, key, cache, run)},
         )
         for key in context.partition_keys
     }
     handles, built = build_partitions(context, store, "raw_corpus", Documents, work, CODE_VERSION)
     total = sum(h.manifest["documents"] for h in handles.values())
-    version = corpus_version(cfg)[0]
+    version = corpus_version(cfg, cache, run)[0]
     return partition_result(
         context, handles, built, _per_partition, {"documents_in_run": total, "corpus_version": version}, config
     )

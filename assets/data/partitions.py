@@ -131,7 +131,10 @@ def build_partitions(
             error.add_note(f"{asset} partition {key}; the other partitions are published and will not be built again")
             raise error
         if failures:
-            each = "; ".join(f"partition {k}: {e}" for k, e in failures)
+            by_error: dict[str, list[str]] = {}  # one line per distinct error (one bad URL fails every partition)
+            for k, e in failures:
+                by_error.setdefault(str(e), []).append(k)
+            each = "; ".join(f"partition{'s' * (len(ks) > 1)} {', '.join(ks)}: {e}" for e, ks in by_error.items())
             raise ValueError(f"{asset}: {len(failures)} of {len(work)} partitions failed (the others are published "
                              f"and will not be built again): {each}")  # fmt: skip
     return {key: handles[key] for key in work}, built

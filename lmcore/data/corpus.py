@@ -151,11 +151,18 @@ def read_context(config: CorpusConfig) -> ReadContext:
 
 
 def partition_sources(
-    config: CorpusConfig, cache_dir: Path | None, partition: str | None, ctx: ReadContext, *, download: bool = True
+    config: CorpusConfig,
+    cache_dir: Path | None,
+    partition: str | None,
+    ctx: ReadContext,
+    *,
+    download: bool = True,
+    scope: str | None = None,
 ) -> list[Source]:
     """The sources of ``config`` narrowed to the units of ``partition`` (all of them when None); sources with
-    no unit there are left out. ``download=False`` fetches no remote body (versions only)."""
-    with fetcher_for(config, Path(cache_dir) if download else None) as fetcher:
+    no unit there are left out. ``download=False`` fetches no remote body (versions only); within ``scope`` (a run)
+    each remote file is reached and downloaded once, whatever the partition."""
+    with fetcher_for(config, Path(cache_dir) if download or scope else None, scope) as fetcher:
         sources = open_sources(
             config.specs, ctx, fetcher, hf_split=config.hf_split, cache_dir=Path(cache_dir) if cache_dir else None,
             download=download, hf_streaming=config.hf_streaming,
@@ -166,10 +173,12 @@ def partition_sources(
     return [s for s in narrowed if s is not None]
 
 
-def partition_units(config: CorpusConfig, partition: str) -> list[dict[str, str]]:
+def partition_units(
+    config: CorpusConfig, partition: str, cache_dir: Path | None = None, scope: str | None = None
+) -> list[dict[str, str]]:
     """``{spec, key, version}`` of every unit in ``partition``: what its raw corpus is built from. Local files
-    are digested; remote ones give their validators; nothing is downloaded."""
-    sources = partition_sources(config, None, partition, read_context(config), download=False)
+    are digested; remote ones give their validators; nothing is downloaded (but a file without a validator)."""
+    sources = partition_sources(config, cache_dir, partition, read_context(config), download=False, scope=scope)
     return [{"spec": s.spec.raw, "key": key, "version": v} for s in sources for key, v in s.units()]
 
 
@@ -180,6 +189,7 @@ def build_raw_corpus(
     *,
     partition: str | None = None,
     progress: ProgressFn | None = None,
+    scope: str | None = None,
 ) -> dict[str, Any]:
     """Read every source of ``config`` (with ``partition``: its units in that hash bucket) into Parquet
     shards in ``out_dir`` (empty or new) and write its manifest last; returns the manifest.
@@ -196,7 +206,7 @@ def build_raw_corpus(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"out_dir {out_dir} is not empty; pass a new or empty staging directory (see io.atomic_dir)")
     ctx = read_context(config)
-    sources = partition_sources(config, cache_dir, partition, ctx)
+    sources = partition_sources(config, cache_dir, partition, ctx, scope=scope)
     summaries: list[dict[str, Any]] = []
     documents = nbytes = 0
     # a buffered batch never spans much more than a shard, so small shard_bytes still rotate
@@ -249,9 +259,11 @@ def build_raw_corpus(
     return manifest
 
 
-def corpus_version(config: CorpusConfig) -> tuple[str, dict[str, str]]:
+def corpus_version(
+    config: CorpusConfig, cache_dir: Path | None = None, scope: str | None = None
+) -> tuple[str, dict[str, str]]:
     """Combined version of all sources (16 hex digits) and the version of each, without downloading."""
-    versions = {spec: source_version(spec, config) for spec in config.specs}
+    versions = {spec: source_version(spec, config, cache_dir, scope) for spec in config.specs}
     return digest_of(versions)[:16], versions
 
 

@@ -228,3 +228,34 @@ def test_fsspec_missing_path_is_file_not_found(memfs, tmp_path):
     _, root = memfs
     with pytest.raises(FileNotFoundError, match=rf"memory://{root}/nothing\.txt"):
         build_raw_corpus(CorpusConfig(sources=(f"memory://{root}/nothing.txt",), **FAST), tmp_path / "o", tmp_path)
+
+
+def test_one_run_reaches_and_downloads_each_url_once_whatever_its_partitions(server, tmp_path):
+    """raw_corpus asks for every URL's version in each of its 16 partitions, then reads it in the partition that
+    holds it: a 5 KB file without validators used to cost 33 GETs and 50 HEADs a run, and a failing URL was
+    retried in every partition. Within one run (scope) each URL is reached and downloaded once, and its error is
+    given again at once."""
+    from lmcore.data.corpus import corpus_version, partition_units
+    from lmcore.data.partitions import PARTITIONS
+
+    server.files["/plain.jsonl"] = (_jsonl("no etag, no last-modified, " * 40), None)
+    config = CorpusConfig(sources=(server.url("/plain.jsonl"),), **FAST)
+    cache = tmp_path / "cache"
+    units = {p: partition_units(config, p, cache, "run-1") for p in PARTITIONS}
+    (owner,) = [p for p, u in units.items() if u]
+    manifest = build_raw_corpus(config, tmp_path / "raw", cache, partition=owner, scope="run-1")
+    assert manifest["documents"] == 1 and corpus_version(config, cache, "run-1")[1]
+    assert server.calls[("GET", "/plain.jsonl")] == 1 and server.calls[("HEAD", "/plain.jsonl")] == 1, server.calls
+
+    partition_units(config, owner, cache, "run-2")  # another run asks again
+    assert server.calls[("GET", "/plain.jsonl")] == 2
+
+    server.fail_next = 10_000
+    broken = CorpusConfig(sources=(server.url("/down.jsonl"),), **FAST)
+    errors = set()
+    for p in PARTITIONS:
+        with pytest.raises(ConnectionError) as e:
+            partition_units(broken, p, cache, "run-3")
+        errors.add(str(e.value))
+    assert len(errors) == 1 and "/down.jsonl" in errors.pop()
+    assert server.calls[("HEAD", "/down.jsonl")] == FAST["retries"] + 1  # the retries of one partition, not 16

@@ -265,16 +265,16 @@ def open_sources(
     return sources
 
 
-def fetcher_for(config: CorpusConfig, cache_dir: Path | None) -> Fetcher:
+def fetcher_for(config: CorpusConfig, cache_dir: Path | None, scope: str | None = None) -> Fetcher:
     """A :class:`Fetcher` with ``config``'s retries, timeouts and download limits (``cache_dir=None``: a private
-    temporary cache)."""
+    temporary cache; ``scope``: a run's name, in which each URL is fetched once)."""
     return Fetcher(cache_dir, retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s,
-                   max_bytes=config.max_download_bytes, deadline_s=config.download_deadline_s)  # fmt: skip
+                   max_bytes=config.max_download_bytes, deadline_s=config.download_deadline_s, scope=scope)  # fmt: skip
 
 
-def source_version(spec: str, config: CorpusConfig) -> str:
+def source_version(spec: str, config: CorpusConfig, cache_dir: Path | None = None, scope: str | None = None) -> str:
     """The content version of one source, cheaply: no remote body is read when a validator exists."""
-    with fetcher_for(config, None) as fetcher:
+    with fetcher_for(config, cache_dir, scope) as fetcher:
         ctx = ReadContext(links_out=config.links_out)
         (source,) = open_sources([spec], ctx, fetcher, hf_split=config.hf_split, download=False)
         return source.version()

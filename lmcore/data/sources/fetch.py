@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from lmcore.io import atomic_path
+from lmcore.io import atomic_path, exclusive_lock, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Fetcher:
         timeout_s: float,
         max_bytes: int,
         deadline_s: float,
+        scope: str | None = None,
     ) -> None:
         self.retries = retries
         self.backoff_s = backoff_s
@@ -88,6 +89,9 @@ class Fetcher:
             self._tmp = tempfile.TemporaryDirectory(prefix="lmcore-fetch-")
             cache_dir = Path(self._tmp.name)
         self.cache_dir = Path(cache_dir) / "remote"
+        self.scope = scope
+        """One run's name (its id): within it each URL is reached and downloaded once, by whichever process of the
+        run asks first, and its failure is reported once; the others get the same answer (:meth:`_once`)."""
         self._session = None
 
     def close(self) -> None:
@@ -110,13 +114,20 @@ class Fetcher:
 
     def fetch(self, url: str) -> RemoteFile:
         """A local copy of ``url``, from the cache when its validator still matches."""
+        path, version = self._once(url, "fetch", lambda: self._fetch(url))
+        if not Path(path).exists():  # removed since (another URL's download cleans its own folder only)
+            path, version = self._fetch(url)
+        return RemoteFile(url, Path(path), version)
+
+    def _fetch(self, url: str) -> tuple[str, str]:
         validator = self._validator(url)
         if validator is not None:
             cached = self._cache_path(url, validator)
             if cached.exists():
                 log.debug("cache hit for %s (%s)", url, validator)
-                return RemoteFile(url, cached, validator)
-        return self._retry(url, "download", lambda: self._download(url))
+                return str(cached), validator
+        got = self._retry(url, "download", lambda: self._download(url))
+        return str(got.path), got.version
 
     def list_files(self, url: str) -> list[tuple[str, str]] | None:
         """``(relative_path, file_url)`` under a remote directory or glob, sorted; None for a single file.
@@ -139,7 +150,34 @@ class Fetcher:
 
     # --- internals ----------------------------------------------------------------------------
 
+    def _once(self, url: str, what: str, compute: Callable[[], T]) -> T:
+        """``compute()`` once per URL and :attr:`scope`, across processes (a lock per URL); its JSON result, or
+        its error, is kept in a dot file beside the URL's downloads and given to every later call of the scope."""
+        if self.scope is None:
+            return compute()
+        folder = self.cache_dir / _short(url, 24)
+        memo = folder / f".{what}-{_short(self.scope, 16)}.json"
+        with exclusive_lock(folder / f".{what}.lock"):
+            if memo.exists():
+                kept = read_json(memo)
+                if "error" in kept:
+                    raise _ERRORS.get(kept["type"], ConnectionError)(kept["error"])
+                return kept["value"]
+            try:
+                value = compute()
+            except tuple(_ERRORS.values()) as e:
+                write_json(memo, {"error": str(e), "type": type(e).__name__})
+                raise
+            write_json(memo, {"value": value})
+        for old in folder.glob(f".{what}-*.json"):  # other runs' answers, a day on
+            if time.time() - old.stat().st_mtime > 86400:
+                old.unlink(missing_ok=True)
+        return value
+
     def _validator(self, url: str) -> str | None:
+        return self._once(url, "validator", lambda: self._reach(url))
+
+    def _reach(self, url: str) -> str | None:
         if is_http(url):
             return self._retry(url, "reach", lambda: self._http_head_validator(url))
         fs, path = _url_to_fs(url)
@@ -235,6 +273,11 @@ class Fetcher:
             f"could not {what} {url} after {attempts} attempt(s): {last}. Check the URL and the network, "
             "or raise `retries`/`timeout_s` for a slow or flaky server."
         ) from last
+
+
+_ERRORS: dict[str, type[Exception]] = {e.__name__: e for e in (ConnectionError, TimeoutError, ValueError,
+                                                              FileNotFoundError, PermissionError, OSError)}  # fmt: skip
+"""The errors a fetch reports, by name: what :meth:`Fetcher._once` keeps and raises again."""
 
 
 def _short(text: str, n: int) -> str:
