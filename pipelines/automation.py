@@ -20,6 +20,7 @@ from __future__ import annotations
 import dagster as dg
 
 from lmcore.data.corpus import CorpusConfig, corpus_version
+from pipelines.home import lmpipe_home
 from pipelines.profile import Profile
 
 SOURCE_KEY = "corpus_source"
@@ -52,7 +53,8 @@ def corpus_source_asset(profile: Profile) -> dg.AssetsDefinition:
 
 def observe_sources(sources: list) -> tuple[str, dict]:
     """The corpus sources' version and what it is made of (``{"sources": per-source versions}``)."""
-    version, per_source = corpus_version(CorpusConfig(sources=tuple(sources)))
+    # a body without validators is downloaded to be digested: into the home's download cache (no system temp folder)
+    version, per_source = corpus_version(CorpusConfig(sources=tuple(sources)), lmpipe_home() / "cache")
     return version, {"sources": per_source}
 
 

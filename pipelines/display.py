@@ -42,6 +42,7 @@ class _Display:
     def __init__(self, console: Any, stages: set[str], clock: Callable[[], float] = time.monotonic) -> None:
         self.console, self.stages, self.clock = console, stages, clock
         self.started: dict[str, float] = {}
+        self.waiting: dict[str, tuple[float, str]] = {}
 
     def on_event(self, entry: Any) -> None:
         """An instance event listener: a line when an asset's step starts or ends, or a check has a result."""
@@ -53,6 +54,8 @@ class _Display:
             check = event.event_specific_data
             result = "passed" if check.passed else f"FAILED ({check.severity.value.lower()})"
             self.say(f"{check.asset_key.to_user_string()}: check {check.check_name} {result}")
+        elif kind == dg.DagsterEventType.ENGINE_EVENT and "blocked by limit for pool" in (event.message or ""):
+            self.waits(step, event.message.rsplit(" ", 1)[-1])
         elif step not in self.stages:
             if kind == dg.DagsterEventType.STEP_FAILURE:
                 self.say(f"{step} FAILED")
@@ -60,6 +63,18 @@ class _Display:
             self.stage_started(step)
         elif kind in _ENDS:
             self.stage_ended(step, _ENDS[kind])
+
+    def waits(self, step: str, pool: str) -> None:
+        """Dagster holds ``step`` until a slot of concurrency ``pool`` is free (it says so again every 5 minutes):
+        what it waits for, for whom, and since when."""
+        since = self.waiting.setdefault(step, (self.clock(), time.strftime("%H:%M:%S")))
+        info = dg.DagsterInstance.get().event_log_storage.get_concurrency_info(pool)
+        holders = ", ".join(f"{c.step_key} of run {c.run_id[:8]}" for c in info.claimed_slots) or "another run"
+        self.say(
+            f"{step} waits for a free slot of the '{pool}' concurrency pool ({info.slot_count} slot(s), held by "
+            f"{holders}) since {since[1]}, {duration(self.clock() - since[0])} so far; the run goes on when that "
+            "ends (lmpipe ui shows it; a killed run's slot is freed by the next lmpipe run)"
+        )
 
     def stage_started(self, stage: str) -> None:
         self.started[stage] = self.clock()

@@ -76,16 +76,51 @@ def test_kill_9_during_training_releases_its_gpu_slot_and_the_rerun_resumes_exac
     assert _checkpoint(reference) == (digest, 40, "None")
 
 
-def _stopped_by_sigterm(proc: subprocess.Popen, when: str, home: Path) -> str:
-    """Send SIGTERM to the CLI process alone (what ``timeout``, a scheduler or Dagster's terminate do) once a line
-    of its output contains ``when``; it must end within seconds, marking its run canceled."""
+def _lines(proc: subprocess.Popen) -> tuple[list[str], threading.Thread]:
+    """The output lines of ``proc`` as they come, and the thread that appends them (it ends with the output)."""
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
-    deadline = time.monotonic() + 300
-    while not any(when in line for line in lines):
-        assert proc.poll() is None and time.monotonic() < deadline, f"no {when!r} in:\n{''.join(lines)[-3000:]}"
+    return lines, reader
+
+
+def _wait_for(proc: subprocess.Popen, lines: list[str], text: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in lines):
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {text!r} in:\n{''.join(lines)[-3000:]}"
         time.sleep(0.05)
+
+
+def test_a_run_that_waits_for_a_slot_says_for_what_and_a_killed_waiter_wedges_nothing(tmp_path, corpus_dir):
+    """A second run of pretrained_model waits for the ``gpu`` pool's one slot while the first trains: it says what
+    it waits for, held by whom and since when (it used to sit silent). kill -9 of both (the waiter left a pending
+    claim) does not wedge the next run: it starts training at once."""
+    train = {**TRAIN, "max_steps": 100_000}
+    profile = str(write_profile(tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model={**MODEL, "train": train}))
+    home = tmp_path / "home"
+    _finish(_cli(home, "--config", profile, "--select", "group:data"))
+    first = _cli(home, "--config", profile, "--select", "pretrained_model")
+    _wait_for(first, _lines(first)[0], "train steps 8/")
+    second = _cli(home, "--config", profile, "--select", "pretrained_model")
+    waiting, _ = _lines(second)
+    _wait_for(second, waiting, "waits for a free slot")
+    out = " ".join("".join(waiting).split())
+    assert "pretrained_model waits for a free slot of the 'gpu' concurrency pool (1 slot(s), held by " in out, out
+    assert "pretrained_model of run " in out and " since " in out, out
+    for proc in (second, first):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    third = _cli(home, "--config", profile, "--select", "pretrained_model")
+    _wait_for(third, _lines(third)[0], "pretrained_model: train steps", timeout=120)  # resumed, training
+    third.send_signal(signal.SIGTERM)
+    assert third.wait(timeout=60) == 130
+
+
+def _stopped_by_sigterm(proc: subprocess.Popen, when: str, home: Path) -> str:
+    """Send SIGTERM to the CLI process alone (what ``timeout``, a scheduler or Dagster's terminate do) once a line
+    of its output contains ``when``; it must end within seconds, marking its run canceled."""
+    lines, reader = _lines(proc)
+    _wait_for(proc, lines, when)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     try:
