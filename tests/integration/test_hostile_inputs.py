@@ -22,11 +22,27 @@ TRAIN = {"max_steps": 40, "batch_size": 4, "eval_batches": 1, "checkpoint_every"
 MODEL = {"preset": "tiny", "model": {"context_length": 32}, "train": TRAIN}
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test():
+    """A failed test leaves no CLI run training in the background (each has its own process group)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _cli(home: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "LMPIPE_HOME": str(home), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pipelines.cli", "run", *args]
-    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip
+    _STARTED.append(proc)
+    return proc
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
