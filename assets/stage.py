@@ -91,5 +91,6 @@ def training_metadata(summary: dict[str, Any], title: str) -> dict[str, Any]:
         "val_loss": summary["val_loss"],
         "tokens_per_s": round(summary["tokens_per_s"], 1) if summary["tokens_per_s"] else None,
         "checkpoint_sha256": summary["checkpoint_sha256"],
+        "resumed_from": str(summary["resumed_from"]),  # the checkpoint step a killed run carried on from, or None
         "loss_curve": line_chart(title, curves, xlabel="step", ylabel="cross-entropy (nats/token)"),
     }

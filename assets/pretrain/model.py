@@ -90,7 +90,6 @@ def pretrained_model(
         "mfu": round(summary["mfu"], 4) if summary["mfu"] is not None else None,
         "device": summary["device"],
         "world_size": summary["world_size"],
-        "resumed_from": str(summary["resumed_from"]),
         "run_dir": dg.MetadataValue.path(summary["run_dir"]),
         "init": config.warm_start.init,
         "started_from": started_from,

@@ -107,6 +107,59 @@ def _wait_for(proc: subprocess.Popen, lines: list[str], text: str, timeout: floa
         time.sleep(0.05)
 
 
+def _latest_mat(home: Path, asset: str) -> dict:
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _kill_9_at_a_checkpoint(home: Path, profile: str, asset: str) -> None:
+    """Start ``--select asset`` and kill -9 its process group once one of its runs (``runs/<key>/`` or, for the
+    classifiers, ``runs/<method>/<key>/``) wrote a checkpoint at step 8 or later, before its last (40)."""
+    proc = _cli(home, "--config", profile, "--select", asset)
+    deadline = time.monotonic() + 300
+    runs = home / "artifacts" / asset / "runs"
+    while not [p for p in runs.rglob("step-*/meta.json") if 8 <= int(p.parent.name[5:]) < 40]:
+        assert proc.poll() is None and time.monotonic() < deadline, f"{asset} ended before its second checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_during_sft_and_the_classifiers_the_rerun_resumes_to_the_uninterrupted_result(tmp_path, corpus_dir):
+    """The kill -9 case of pretrained_model (above), for sft_model and classifier_report: the rerun of the same
+    selection frees the dead run's gpu slot, resumes from the checkpoint, and ends where an uninterrupted run does."""
+    from tests.integration.test_finetune_pipeline import _tasks
+
+    labels, sft = _tasks(tmp_path)
+    steps = {"max_steps": 40, "batch_size": 2, "warmup_steps": 1, "eval_every": 20, "eval_batches": 1,
+             "checkpoint_every": 4, "log_every": 4}  # fmt: skip
+    profile = str(write_profile(
+        tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model={**MODEL, "train": {**TRAIN, "max_steps": 8}},
+        labeled_data=labels, sft_dataset={"records": [sft], "holdout_fraction": 0.4, "pack": True},
+        sft_model={"train": steps}, classifier_report={"methods": ["head", "bow"], "head": steps},
+    ))  # fmt: skip
+    home, reference = tmp_path / "home", tmp_path / "reference"
+    before = "group:data or key:pretrained_model or key:sft_dataset or key:labeled_data"
+    _finish(_cli(home, "--config", profile, "--select", before))
+    for asset in ("sft_model", "classifier_report"):
+        _kill_9_at_a_checkpoint(home, profile, asset)
+        out = _finish(_cli(home, "--config", profile, "--select", asset), timeout=300)
+        assert "marked run" in out and "failed" in out, out
+    _finish(_cli(reference, "--config", profile, "--select", f"{before} or key:sft_model or key:classifier_report"))
+    sft_home, sft_reference = _latest_mat(home, "sft_model"), _latest_mat(reference, "sft_model")
+    assert 8 <= int(sft_home["resumed_from"]) < 40 and sft_reference["resumed_from"] == "None"
+    assert sft_home["checkpoint_sha256"] == sft_reference["checkpoint_sha256"] and sft_home["steps"] == 40
+    figures = [k for k in _latest_mat(reference, "classifier_report") if k.endswith(("_accuracy", "_macro_f1"))]
+    assert "head_accuracy" in figures
+    assert [_latest_mat(home, "classifier_report")[k] for k in figures] == [
+        _latest_mat(reference, "classifier_report")[k] for k in figures
+    ]
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        slots = instance.event_log_storage.get_concurrency_info("gpu")
+        assert slots.active_slot_count == 0 and slots.pending_step_count == 0, slots
+
+
 def test_a_run_that_waits_for_a_slot_says_for_what_and_a_killed_waiter_wedges_nothing(tmp_path, corpus_dir):
     """A second run of pretrained_model waits for the ``gpu`` pool's one slot while the first trains: it says what
     it waits for, held by whom and since when (it used to sit silent). kill -9 of both (the waiter left a pending
