@@ -1,8 +1,10 @@
 """lmcore.workers.run_in_child: native work that a signal can still stop."""
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,6 +13,22 @@ from lmcore.workers import run_in_child
 
 class Stop(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _alarm_in(seconds: float) -> Iterator[None]:
+    """A signal (SIGALRM) whose handler raises Stop, ``seconds`` into the block, as SIGTERM's would."""
+
+    def stop(signo, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _die() -> None:
@@ -33,32 +51,16 @@ def test_a_signal_stops_the_wait_at_once_and_the_child_with_it():
     """The parent waits in Python, so its handler runs while the child works (HF's trainer would hold the
     interpreter of the process it runs in); the child is killed."""
 
-    def stop(signo, frame):
-        raise Stop
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, 0.5)
     start = time.monotonic()
-    try:
-        with pytest.raises(Stop):
-            run_in_child(time.sleep, 60)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+    with _alarm_in(0.5), pytest.raises(Stop):
+        run_in_child(time.sleep, 60)
     assert time.monotonic() - start < 10
 
 
 def test_a_signal_stops_the_parallel_workers_too():
     from lmcore.workers import run_parallel
 
-    def stop(signo, frame):
-        raise Stop
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
     start = time.monotonic()
-    try:
-        with pytest.raises(Stop):
-            run_parallel(time.sleep, [(60,), (60,), (60,)], 2)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+    with _alarm_in(1.0), pytest.raises(Stop):
+        run_parallel(time.sleep, [(60,), (60,), (60,)], 2)
     assert time.monotonic() - start < 15
