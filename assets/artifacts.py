@@ -22,9 +22,10 @@ from lmcore.data.shards import SplitTokens, open_split
 from lmcore.data.splits import split_index, split_rows, split_texts
 from lmcore.data.tokenizer import Tokenizer, load_tokenizer
 from lmcore.finetune.sft_data import SFTExample, read_sft_dataset
-from lmcore.io import read_json, verify_dir, verify_file, write_json
+from lmcore.io import read_json, write_json
 from lmcore.model.checkpoint import META_FILE, MODEL_FILE, load_trained_model
 from lmcore.model.gpt import GPT, ModelConfig
+from lmcore.publish import verify_dir, verify_file
 
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from lmcore.io import disk_errors, publish_dir, staging_dir, write_json
+from lmcore.io import disk_errors, staging_dir, write_json
 from lmcore.model.checkpoint import META_FILE, checkpoint_dir, verify_checkpoint
+from lmcore.publish import publish_dir
 from lmcore.train.mirror import CheckpointMirror
 
 REF_FILE = "latest.json"

@@ -1,6 +1,7 @@
 import pytest
 
-from lmcore.io import ParquetShardWriter, atomic_path, publish_dir, read_parquet_rows, staging_dir, write_json
+from lmcore.io import ParquetShardWriter, atomic_path, read_parquet_rows, staging_dir, write_json
+from lmcore.publish import publish_dir
 
 
 def test_atomic_path_leaves_nothing_on_failure_and_keeps_the_old_file(tmp_path):
