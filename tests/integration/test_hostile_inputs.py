@@ -113,13 +113,17 @@ def _latest_mat(home: Path, asset: str) -> dict:
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+STEPS = 80
+"""Steps of the SFT and classifier runs that a kill -9 interrupts: a wide window to catch them in on a fast machine."""
+
+
 def _kill_9_at_a_checkpoint(home: Path, profile: str, asset: str) -> None:
     """Start ``--select asset`` and kill -9 its process group once one of its runs (``runs/<key>/`` or, for the
-    classifiers, ``runs/<method>/<key>/``) wrote a checkpoint at step 8 or later, before its last (40)."""
+    classifiers, ``runs/<method>/<key>/``) wrote a checkpoint at step 8 or later, before its last (STEPS)."""
     proc = _cli(home, "--config", profile, "--select", asset)
     deadline = time.monotonic() + 300
     runs = home / "artifacts" / asset / "runs"
-    while not [p for p in runs.rglob("step-*/meta.json") if 8 <= int(p.parent.name[5:]) < 40]:
+    while not [p for p in runs.rglob("step-*/meta.json") if 8 <= int(p.parent.name[5:]) < STEPS]:
         assert proc.poll() is None and time.monotonic() < deadline, f"{asset} ended before its second checkpoint"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -132,7 +136,7 @@ def test_kill_9_during_sft_and_the_classifiers_the_rerun_resumes_to_the_uninterr
     from tests.integration.test_finetune_pipeline import _tasks
 
     labels, sft = _tasks(tmp_path)
-    steps = {"max_steps": 40, "batch_size": 2, "warmup_steps": 1, "eval_every": 20, "eval_batches": 1,
+    steps = {"max_steps": STEPS, "batch_size": 2, "warmup_steps": 1, "eval_every": 20, "eval_batches": 1,
              "checkpoint_every": 4, "log_every": 4}  # fmt: skip
     profile = str(write_profile(
         tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model={**MODEL, "train": {**TRAIN, "max_steps": 8}},
@@ -148,8 +152,8 @@ def test_kill_9_during_sft_and_the_classifiers_the_rerun_resumes_to_the_uninterr
         assert "marked run" in out and "failed" in out, out
     _finish(_cli(reference, "--config", profile, "--select", f"{before} or key:sft_model or key:classifier_report"))
     sft_home, sft_reference = _latest_mat(home, "sft_model"), _latest_mat(reference, "sft_model")
-    assert 8 <= int(sft_home["resumed_from"]) < 40 and sft_reference["resumed_from"] == "None"
-    assert sft_home["checkpoint_sha256"] == sft_reference["checkpoint_sha256"] and sft_home["steps"] == 40
+    assert 8 <= int(sft_home["resumed_from"]) < STEPS and sft_reference["resumed_from"] == "None"
+    assert sft_home["checkpoint_sha256"] == sft_reference["checkpoint_sha256"] and sft_home["steps"] == STEPS
     figures = [k for k in _latest_mat(reference, "classifier_report") if k.endswith(("_accuracy", "_macro_f1"))]
     assert "head_accuracy" in figures
     assert [_latest_mat(home, "classifier_report")[k] for k in figures] == [
