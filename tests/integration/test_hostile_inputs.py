@@ -56,13 +56,35 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
-def _checkpoint(home: Path) -> tuple[str, int, str]:
+def _latest_mat(home: Path, asset: str) -> dict:
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        mat = instance.get_latest_materialization_event(dg.AssetKey("pretrained_model")).asset_materialization
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _kill_9_at_a_checkpoint(home: Path, profile: str, asset: str, last: int) -> None:
+    """Start ``--select asset`` and kill -9 its process group once one of its runs (``runs/<key>/`` or, for the
+    classifiers, ``runs/<method>/<key>/``) wrote a checkpoint at step 8 or later, before its ``last``."""
+    proc = _cli(home, "--config", profile, "--select", asset)
+    deadline = time.monotonic() + 300
+    runs = home / "artifacts" / asset / "runs"
+    while not [p for p in runs.rglob("step-*/meta.json") if 8 <= int(p.parent.name[5:]) < last]:
+        assert proc.poll() is None and time.monotonic() < deadline, f"{asset} ended before its second checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _no_slot_held(home: Path) -> None:
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         slots = instance.event_log_storage.get_concurrency_info("gpu")
         assert slots.active_slot_count == 0 and slots.pending_step_count == 0, slots  # nothing held after the run
-    meta = mat.metadata
-    return meta["checkpoint_sha256"].value, meta["steps"].value, meta["resumed_from"].value
+
+
+def _checkpoint(home: Path) -> tuple[str, int, str]:
+    _no_slot_held(home)
+    meta = _latest_mat(home, "pretrained_model")
+    return meta["checkpoint_sha256"], meta["steps"], meta["resumed_from"]
 
 
 def test_kill_9_during_training_releases_its_gpu_slot_and_the_rerun_resumes_exactly(tmp_path, corpus_dir):
@@ -72,14 +94,7 @@ def test_kill_9_during_training_releases_its_gpu_slot_and_the_rerun_resumes_exac
     profile = str(write_profile(tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model=MODEL))
     home, reference = tmp_path / "home", tmp_path / "reference"
     _finish(_cli(home, "--config", profile, "--select", "group:data"))
-    runs = home / "artifacts" / "pretrained_model" / "runs"
-    proc = _cli(home, "--config", profile, "--select", "pretrained_model")
-    deadline = time.monotonic() + 300
-    while not list(runs.glob("*/step-00000008/meta.json")):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_9_at_a_checkpoint(home, profile, "pretrained_model", last=40)
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 1  # held by the dead run
 
@@ -107,27 +122,8 @@ def _wait_for(proc: subprocess.Popen, lines: list[str], text: str, timeout: floa
         time.sleep(0.05)
 
 
-def _latest_mat(home: Path, asset: str) -> dict:
-    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
-
-
 STEPS = 80
 """Steps of the SFT and classifier runs that a kill -9 interrupts: a wide window to catch them in on a fast machine."""
-
-
-def _kill_9_at_a_checkpoint(home: Path, profile: str, asset: str) -> None:
-    """Start ``--select asset`` and kill -9 its process group once one of its runs (``runs/<key>/`` or, for the
-    classifiers, ``runs/<method>/<key>/``) wrote a checkpoint at step 8 or later, before its last (STEPS)."""
-    proc = _cli(home, "--config", profile, "--select", asset)
-    deadline = time.monotonic() + 300
-    runs = home / "artifacts" / asset / "runs"
-    while not [p for p in runs.rglob("step-*/meta.json") if 8 <= int(p.parent.name[5:]) < STEPS]:
-        assert proc.poll() is None and time.monotonic() < deadline, f"{asset} ended before its second checkpoint"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def test_kill_9_during_sft_and_the_classifiers_the_rerun_resumes_to_the_uninterrupted_result(tmp_path, corpus_dir):
@@ -147,7 +143,7 @@ def test_kill_9_during_sft_and_the_classifiers_the_rerun_resumes_to_the_uninterr
     before = "group:data or key:pretrained_model or key:sft_dataset or key:labeled_data"
     _finish(_cli(home, "--config", profile, "--select", before))
     for asset in ("sft_model", "classifier_report"):
-        _kill_9_at_a_checkpoint(home, profile, asset)
+        _kill_9_at_a_checkpoint(home, profile, asset, last=STEPS)
         out = _finish(_cli(home, "--config", profile, "--select", asset), timeout=300)
         assert "marked run" in out and "failed" in out, out
     _finish(_cli(reference, "--config", profile, "--select", f"{before} or key:sft_model or key:classifier_report"))
@@ -159,9 +155,7 @@ def test_kill_9_during_sft_and_the_classifiers_the_rerun_resumes_to_the_uninterr
     assert [_latest_mat(home, "classifier_report")[k] for k in figures] == [
         _latest_mat(reference, "classifier_report")[k] for k in figures
     ]
-    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        slots = instance.event_log_storage.get_concurrency_info("gpu")
-        assert slots.active_slot_count == 0 and slots.pending_step_count == 0, slots
+    _no_slot_held(home)
 
 
 def test_a_run_that_waits_for_a_slot_says_for_what_and_a_killed_waiter_wedges_nothing(tmp_path, corpus_dir):
