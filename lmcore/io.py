@@ -39,10 +39,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
@@ -240,6 +236,8 @@ DOCUMENT_SCHEMA = pa.schema(
         pa.field("text", pa.large_string(), nullable=False),
     ]
 )
+LARGE_COLUMNS = frozenset({"text"})
+"""Columns that hold whole documents: written without a dictionary or statistics (see ParquetShardWriter)."""
 
 
 class ParquetShardWriter:
@@ -268,6 +266,9 @@ class ParquetShardWriter:
         self.batch_rows = batch_rows
         self.shards: list[dict[str, Any]] = []
         self.rows = 0
+        # Documents are unique and may be hundreds of MB: a dictionary page or min/max statistics of ``text``
+        # would copy each one twice more and help no reader.
+        self._small = [name for name in schema.names if name not in LARGE_COLUMNS]
         self._buffer: list[dict[str, Any]] = []
         self._buffer_bytes = 0
         self._writer: pq.ParquetWriter | None = None
@@ -293,7 +294,9 @@ class ParquetShardWriter:
             name = f"{self.prefix}-{len(self.shards):05d}.parquet"
             self._tmp = atomic_path(self.out_dir / name)
             self._tmp_path = self._tmp.__enter__()
-            self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression="zstd")
+            self._writer = pq.ParquetWriter(
+                self._tmp_path, self.schema, compression="zstd", use_dictionary=self._small, write_statistics=self._small
+            )
         table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         self._writer.write_table(table)
         self._shard_rows += len(self._buffer)

@@ -10,8 +10,10 @@ keeps the raw document's id in ``source_doc_id``
 (:data:`CLEAN_SCHEMA`), so all chunks of one document can be kept together downstream;
 ``doc_id`` stays unique per chunk. A filter returns ``(keep, reason)`` as in datatrove; every
 dropped document is written with its reason and the reasons are counted in the manifest.
-Vectorized steps run in polars; per-document logic is plain Python. Input is read batch
-by batch, so memory is one batch plus the signatures (16 bytes per document, plus
+Each step is one pass of plain Python (mostly C: ``str`` methods, ``re``, ``unicodedata``) over one
+document, and a document is held only as one step's input and output, so a single document of any
+size costs a small multiple of its size (``benchmarks/document_memory.py`` measures it). Input is read
+batch by batch, so memory is one batch plus the signatures (16 bytes per document, plus
 ``num_perm`` x 4 with near dedup). Output order follows input order,
 so the same input and config give the same Parquet contents. This module knows nothing
 of Dagster or of the stages before and after it.
@@ -22,18 +24,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import unicodedata
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmcore.data.dedup import NearDeduper, content_digest
+from lmcore.data.reflow import lines, reflow
 from lmcore.io import DOCUMENT_SCHEMA, ParquetShardWriter, ProgressFn, atomic_dir, write_json
 
 MANIFEST = "manifest.json"
@@ -110,155 +114,95 @@ class CleanConfig:
             raise ValueError("invalid CleanConfig: " + "; ".join(problems))
 
 
-# ---------------------------------------------------------------- normalization (polars)
-
-
-def normalize_expr(column: str = "text") -> pl.Expr:
-    """CRLF/CR to LF, drop NUL and other control characters (C0 and C1, keeping ``\\n``
-    and ``\\t``) and every BOM (U+FEFF), Unicode NFC, strip blanks at line ends."""
-    return (
-        pl.col(column)
-        .str.replace_all("\r\n", "\n", literal=True)
-        .str.replace_all("\r", "\n", literal=True)
-        .str.replace_all(r"[\x00-\x08\x0B-\x1F\x7F-\x9F\x{FEFF}]", "")
-        .str.normalize("NFC")
-        .str.replace_all(r"(?m)[ \t]+$", "")
-    )
-
-
-def _tidy_expr(column: str = "text") -> pl.Expr:
-    """At most one blank line between paragraphs; no blank lines at either end."""
-    return pl.col(column).str.replace_all(r"\n{3,}", PARAGRAPH_SEP).str.strip_chars("\n")
-
-
 # ---------------------------------------------------------------- per-document cleaning
 
+_CONTROL = re.compile(r"[\x00-\x08\x0B-\x1F\x7F-\x9F\uFEFF]")  # C0 and C1 but \n and \t; every BOM
+_TRAILING_BLANKS = re.compile(r"[ \t]+$", re.M)
+_BLANK_RUN = re.compile(r"\n{3,}")
 _GB_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK\b.*$", re.I | re.M)
 _GB_END = re.compile(r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK\b.*$", re.I | re.M)
 _ILLUSTRATION = re.compile(r"^[ \t]*\[(?:Illustration|Image)\b(?:[^\[\]]|\[[^\[\]]*\])*\][ \t]*$", re.I | re.M)
 _IMAGE_NAME_LINE = re.compile(r"^[ \t]*\d{3,6}m[ \t]*$", re.M)
 _COVER_LINE = re.compile(r"\A\s*cover[ \t]*(?:\n|\Z)", re.I)
 
+Step = Callable[[str], str]
+
+
+def _normalize_steps() -> list[Step]:
+    """CRLF/CR to LF, drop NUL and other control characters (C0 and C1, keeping ``\\n`` and ``\\t``) and
+    every BOM (U+FEFF), Unicode NFC, strip blanks at line ends: one pass over the text each."""
+    return [
+        lambda text: text.replace("\r\n", "\n"),
+        lambda text: text.replace("\r", "\n"),
+        partial(_CONTROL.sub, ""),
+        partial(unicodedata.normalize, "NFC"),
+        partial(_TRAILING_BLANKS.sub, ""),
+    ]
+
+
+def normalize(text: str) -> str:
+    """The normalization every document gets first (see :func:`_normalize_steps`)."""
+    return _apply(_normalize_steps(), text)
+
+
+def _from_start_marker(text: str) -> str:
+    start = _GB_START.search(text)
+    return text[start.end() :] if start else text
+
+
+def _to_end_marker(text: str) -> str:
+    end = _GB_END.search(text)
+    return text[: end.start()] if end else text
+
+
+_GUTENBERG: list[Step] = [_from_start_marker, _to_end_marker]
+_PLACEHOLDERS: list[Step] = [partial(pattern.sub, "") for pattern in (_ILLUSTRATION, _IMAGE_NAME_LINE, _COVER_LINE)]
+
+
+def _apply(steps: list[Step], text: str) -> str:
+    for step in steps:
+        text = step(text)
+    return text
+
 
 def strip_gutenberg(text: str) -> str:
     """Keep only what lies between the Gutenberg START and END marker lines (each optional)."""
-    if start := _GB_START.search(text):
-        text = text[start.end() :]
-    if end := _GB_END.search(text):
-        text = text[: end.start()]
-    return text
+    return _apply(_GUTENBERG, text)
 
 
 def drop_placeholders(text: str) -> str:
     """Blank out illustration blocks, ``0009m``-style image-name lines and a leading ``cover`` line."""
-    text = _ILLUSTRATION.sub("", text)
-    text = _IMAGE_NAME_LINE.sub("", text)
-    return _COVER_LINE.sub("", text)
+    return _apply(_PLACEHOLDERS, text)
 
 
-_LIST_ITEM = re.compile(r"^(?:[-*+•·]\s|\d{1,3}[.)]\s|\(\w{1,3}\)\s)")
-_HEADING_WORD = re.compile(r"^(?:CHAPTER|Chapter|BOOK|Book|PART|Part|VOLUME|Volume|ACT|SCENE)\s+[IVXLCDM\d]+\b")
-_STRUCTURE = re.compile(r"^\$ |\S {3,}\S|^([^\w\s])\1{2,}$")  # shell prompt, aligned columns, rule line
-_LEAD_PUNCT = "“‘\"'([_—-"
-_MAX_WRAP_WIDTH = 120  # a document whose long lines are wider than this is not hard-wrapped
-_FIT = 0.85  # a wrapped line plus the next word must reach this fraction of the wrap width
-
-
-def _wrap_width(lines: list[str]) -> int | None:
-    """95th percentile length of unindented lines, or None when the text is not hard-wrapped."""
-    lengths = sorted(len(line) for line in lines if line and not line[0].isspace())
-    if not lengths:
-        return None
-    width = lengths[int(0.95 * (len(lengths) - 1))]
-    return width if width <= _MAX_WRAP_WIDTH else None
-
-
-def _fenced(lines: list[str]) -> list[bool]:
-    """True for lines of a ``` fenced block, fences included."""
-    inside, out = False, []
-    for line in lines:
-        fence = line.lstrip().startswith("```")
-        out.append(inside or fence)
-        inside ^= fence
-    return out
-
-
-def _heading(line: str) -> bool:
-    return line.isupper() or bool(_HEADING_WORD.match(line))
-
-
-def _starts_upper(line: str) -> bool:
-    return line.lstrip(_LEAD_PUNCT)[:1].isupper()
-
-
-def _joins(a: str, b: str, width: int, caps_ok: bool) -> bool:
-    """Was the break between non-blank lines ``a`` and ``b`` made by a line wrapper?"""
-    if a[0].isspace() or b[0].isspace() or _LIST_ITEM.match(b):
-        return False
-    if _heading(b) or _STRUCTURE.search(a) or _STRUCTURE.search(b):
-        return False
-    if len(a) + 1 + len(b.split(maxsplit=1)[0]) < _FIT * width:
-        return False  # the next word would have fit: a deliberate break (verse, address, heading)
-    return caps_ok or not _starts_upper(b)
-
-
-def _reflow_block(block: list[str], frozen: list[bool], width: int) -> list[str]:
-    if any(line.startswith(">>>") for line in block):
-        return block  # a doctest: prompts and their output stay line for line
-    # Verse starts most lines with a capital; wrapped prose rarely does. Two lines are too
-    # few to tell, and full-width two-line verse is rare, so they count as prose.
-    caps_ok = len(block) <= 2 or sum(_starts_upper(line) for line in block[1:]) <= 0.75 * (len(block) - 1)
-    out = [block[0]]
-    for i in range(1, len(block)):
-        a, b = block[i - 1], block[i]
-        if not (frozen[i - 1] or frozen[i]) and _joins(a, b, width, caps_ok):
-            closed = a[-1] in "—-" and a[-2:-1].isalpha()  # "fit—" or "well-" broke inside a word
-            out[-1] += b if closed else " " + b
-        else:
-            out.append(b)
-    return out
-
-
-def reflow(text: str) -> str:
-    """Join hard-wrapped lines of prose paragraphs into one line each.
-
-    A line joins the previous one only when both are unindented and outside a ``` fence,
-    neither is an aligned-columns or rule line, the new line is not a heading or list item,
-    the paragraph holds no ``>>>`` prompt, and the previous line plus the next word would
-    not have fit the document's wrap width (so the break was the wrapper's, not the
-    author's). In a paragraph of three or more lines where over 3/4 start with a capital
-    (verse), capitalized lines stay. Text that is not hard-wrapped (95th-percentile line
-    wider than 120) is returned unchanged.
-    """
-    lines = text.split("\n")
-    width = _wrap_width(lines)
-    if width is None:
-        return text
-    frozen = _fenced(lines)
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        if not lines[i].strip():
-            out.append(lines[i])
-            i += 1
-            continue
-        j = i
-        while j < len(lines) and lines[j].strip():
-            j += 1
-        out.extend(_reflow_block(lines[i:j], frozen[i:j], width))
-        i = j
-    return "\n".join(out)
-
-
-def clean_text(text: str, config: CleanConfig) -> str:
-    """The per-document Python steps (Gutenberg, placeholders, reflow) on normalized text."""
+def _steps(config: CleanConfig) -> list[Step]:
+    """Every text-to-text step of cleaning, in order: normalize, the optional steps, then at most one
+    blank line between paragraphs and none at either end."""
+    steps = _normalize_steps()
     if config.strip_gutenberg:
-        text = strip_gutenberg(text)
+        steps += _GUTENBERG
     if config.drop_placeholder_lines:
-        text = drop_placeholders(text)
+        steps += _PLACEHOLDERS
     if config.reflow:
-        text = reflow(text)
-    return text
+        steps.append(reflow)
+    return [*steps, partial(_BLANK_RUN.sub, PARAGRAPH_SEP), lambda text: text.strip("\n")]
+
+
+def clean_documents(texts: Iterable[str | None], config: CleanConfig) -> Iterator[list[str]]:
+    """Each text cleaned and split (:func:`split_document`); None counts as empty.
+
+    A text is only ever held as input and output of one step, and the texts are not held beside the
+    chunks while the caller uses them: pass an iterator that makes each text as it is asked for, and
+    peak memory for one document is a small multiple of its size (see ``benchmarks/document_memory.py``).
+    """
+    steps = _steps(config)
+    for text in texts:
+        text = text or ""
+        for step in steps:
+            text = step(text)
+        chunks = split_document(text, config.max_doc_chars)
+        del text
+        yield chunks
 
 
 def _cut(text: str, start: int, goal: int, limit: int) -> tuple[int, int]:
@@ -295,17 +239,11 @@ def split_document(text: str, max_chars: int) -> list[str]:
 # ---------------------------------------------------------------- filters
 
 
-def length_reason_expr(min_chars: int, column: str = "text") -> pl.Expr:
-    """Reason column for the length filters: ``empty``, ``too_short`` or null (keep)."""
-    n = pl.col(column).str.len_chars()
-    return (
-        pl.when(n == 0)
-        .then(pl.lit("empty"))
-        .when(n < min_chars)
-        .then(pl.lit("too_short"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-        .alias("reason")
-    )
+def length_reason(text: str, min_chars: int) -> str | None:
+    """The length filters' reason: ``empty``, ``too_short`` or None (keep)."""
+    if not text:
+        return "empty"
+    return "too_short" if len(text) < min_chars else None
 
 
 def repetition_fraction(text: str) -> float:
@@ -313,19 +251,19 @@ def repetition_fraction(text: str) -> float:
     repeat an earlier line and the fraction of their characters in such repeats (lines are
     compared stripped; after reflow a prose line is a whole paragraph)."""
     seen: set[str] = set()
-    lines = dup_lines = chars = dup_chars = 0
-    for raw in text.split("\n"):
+    count = dup_lines = chars = dup_chars = 0
+    for raw in lines(text):
         line = raw.strip()
         if not line:
             continue
-        lines += 1
+        count += 1
         chars += len(line)
         if line in seen:
             dup_lines += 1
             dup_chars += len(line)
         else:
             seen.add(line)
-    return max(dup_lines / lines, dup_chars / chars) if lines else 0.0
+    return max(dup_lines / count, dup_chars / chars) if count else 0.0
 
 
 def filter_repetition(text: str, max_fraction: float) -> tuple[bool, str | None]:
@@ -360,21 +298,18 @@ def signature_schema(config: CleanConfig) -> pa.Schema:
 # ---------------------------------------------------------------- the stage
 
 
-def clean_frame(df: pl.DataFrame, config: CleanConfig) -> pl.DataFrame:
-    """Clean and split a frame of documents; adds ``source_doc_id`` (the input ``doc_id``) and ``reason``
-    from the length filters (null = keep)."""
-    df = df.select(COLUMNS).with_columns(normalize_expr().fill_null(""), pl.col("doc_id").alias(SOURCE_DOC_ID))
-    cleaned = [clean_text(t, config) for t in df["text"].to_list()]
-    df = df.with_columns(text=pl.Series(cleaned, dtype=pl.String)).with_columns(_tidy_expr())
-    chunks = [split_document(t, config.max_doc_chars) for t in df["text"].to_list()]
-    ids = [
-        [doc_id] if len(parts) == 1 else [f"{doc_id}-{i:04d}" for i in range(len(parts))]
-        for doc_id, parts in zip(df["doc_id"].to_list(), chunks, strict=True)
-    ]
-    df = df.with_columns(
-        doc_id=pl.Series(ids, dtype=pl.List(pl.String)), text=pl.Series(chunks, dtype=pl.List(pl.String))
-    ).explode(["doc_id", "text"])  # source_doc_id repeats on every chunk
-    return df.with_columns(length_reason_expr(config.min_doc_chars))
+def _chunk_ids(doc_id: str, count: int) -> list[str]:
+    return [doc_id] if count == 1 else [f"{doc_id}-{i:04d}" for i in range(count)]
+
+
+def _cleaned_rows(batch: pa.RecordBatch, config: CleanConfig) -> Iterator[dict[str, Any]]:
+    """Each chunk of each document of ``batch`` as a :data:`CLEAN_SCHEMA` row; ``source_doc_id`` is the
+    input ``doc_id``. Texts become Python strings one at a time, as :func:`clean_documents` asks."""
+    texts = (value.as_py() for value in batch.column("text"))
+    metas = (batch.column(name).to_pylist() for name in ("doc_id", "source", "spec"))
+    for doc_id, source, spec, chunks in zip(*metas, clean_documents(texts, config), strict=True):
+        for chunk_id, text in zip(_chunk_ids(doc_id, len(chunks)), chunks, strict=True):
+            yield {"doc_id": chunk_id, "source": source, "spec": spec, "text": text, SOURCE_DOC_ID: doc_id}
 
 
 def _sign(out: dict[str, list[Any]], row: dict[str, Any], size: int, near: NearDeduper | None) -> None:
@@ -440,12 +375,10 @@ def clean_corpus(
         with kept_w, drop_w:
             for path in paths:
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=_READ_BATCH, columns=COLUMNS):
-                    df = pl.from_arrow(batch)
-                    assert isinstance(df, pl.DataFrame)
-                    in_bytes += int(df["text"].str.len_bytes().sum() or 0)
-                    for row in clean_frame(df, config).iter_rows(named=True):
-                        text, length_reason = row["text"], row.pop("reason")
-                        reason = length_reason or _first_reason(filters, text)
+                    in_bytes += pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0
+                    for row in _cleaned_rows(batch, config):
+                        text = row["text"]
+                        reason = length_reason(text, config.min_doc_chars) or _first_reason(filters, text)
                         if reason is None:
                             kept_w.write(row)
                             size = len(text.encode("utf-8"))
@@ -454,7 +387,7 @@ def clean_corpus(
                         else:
                             drop_w.write({**row, "reason": reason})
                             dropped[reason] += 1
-                    seen += df.height
+                    seen += batch.num_rows
                     if progress is not None:
                         progress("documents", seen, total)
         pq.write_table(pa.table(signatures, schema=signature_schema(config)), staging / SIGNATURES)

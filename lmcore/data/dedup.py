@@ -17,7 +17,10 @@ the LSH band keys. This module knows nothing of files, shards or pipeline stages
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections import deque
+from collections.abc import Iterator
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -58,12 +61,21 @@ def content_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+def iter_shingles(text: str, n: int) -> Iterator[bytes]:
+    """Lowercased word ``n``-grams of ``text`` as UTF-8 bytes (the whole text when shorter), one at a time: a
+    document's words are never all held at once."""
+    window: deque[str] = deque(maxlen=n)
+    for match in _WORD.finditer(text.lower()):
+        window.append(match.group())
+        if len(window) == n:
+            yield " ".join(window).encode("utf-8")
+    if len(window) < n:
+        yield " ".join(window).encode("utf-8")
+
+
 def shingles(text: str, n: int) -> list[bytes]:
-    """Lowercased word ``n``-grams of ``text`` as UTF-8 bytes (the whole text when shorter)."""
-    words = _WORD.findall(text.lower())
-    if len(words) <= n:
-        return [" ".join(words).encode("utf-8")]
-    return [" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
+    """:func:`iter_shingles` as a list."""
+    return list(iter_shingles(text, n))
 
 
 class NearDeduper:
@@ -103,9 +115,9 @@ class NearDeduper:
             permutations=self._template.permutations,
             scheme=self._template.scheme,
         )
-        grams = shingles(text, self.ngram)
-        for i in range(0, len(grams), _BATCH):
-            m.update_batch(grams[i : i + _BATCH])
+        grams = iter_shingles(text, self.ngram)
+        while batch := list(itertools.islice(grams, _BATCH)):
+            m.update_batch(batch)
         return m
 
     def __call__(self, text: str) -> tuple[bool, str | None]:

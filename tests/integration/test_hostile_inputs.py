@@ -380,3 +380,57 @@ def test_a_damaged_artifact_is_named_when_read_and_rebuilt_by_the_next_run(tmp_p
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def _one_document(shape: str) -> str:
+    """About 2 MiB of one document: a book (not ASCII), one wrapped paragraph, or a run of one-word lines."""
+    if shape == "book":
+        book = (Path(__file__).parents[1] / "fixtures" / "clean" / "gutenberg_sample.txt").read_text(encoding="utf-8")
+        return book * ((2 << 20) // len(book) + 1)
+    if shape == "paragraph":
+        return "\n".join(["the quick brown fox jumps over the lazy dog and then it runs far away from"] * 28_000)
+    return "\n".join(f"w{i}" for i in range(300_000))
+
+
+@pytest.mark.parametrize("shape", ["book", "paragraph", "short_lines"])
+@pytest.mark.parametrize("max_doc_chars", [20_000, 0])
+def test_one_document_costs_a_small_multiple_of_its_size_in_cleaning(shape, max_doc_chars):
+    """Cleaning held every line of a document as a Python object beside two copies of it (13.8x the text for a
+    text of short lines), and a long paragraph was joined line by line into a growing string (quadratic time: a
+    5 MiB paragraph took 124 s). Python's own allocations while one document is cleaned now stay under 3.5x the
+    text's size, whatever its shape and max_doc_chars (benchmarks/document_memory.py measures the whole stage)."""
+    import tracemalloc
+
+    from lmcore.data.clean import CleanConfig, clean_documents
+
+    text = _one_document(shape)
+    size = sys.getsizeof(text)
+    chunks = clean_documents(iter([text]), CleanConfig(max_doc_chars=max_doc_chars))
+    tracemalloc.start()
+    try:
+        del text  # from here on, clean_documents holds the only reference, as in clean_corpus
+        out = next(chunks)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out and peak < 3.5 * size, f"{shape}: peak {peak / size:.2f}x the text"
+
+
+def test_document_shards_carry_no_dictionary_or_statistics_of_the_text(tmp_path):
+    """A min/max statistic and a dictionary page of ``text`` copied a 50 MiB document twice more while its shard
+    was written (the raw stage peaked at 12x a document's size); other columns keep both."""
+    import pyarrow.parquet as pq
+
+    from lmcore.data.clean import CleanConfig, clean_corpus
+    from lmcore.data.corpus import CorpusConfig, build_raw_corpus
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("Some prose that is long enough to keep. " * 20, encoding="utf-8")
+    build_raw_corpus(CorpusConfig(sources=(str(tmp_path / "corpus"),)), tmp_path / "raw", tmp_path / "cache")
+    raw = sorted((tmp_path / "raw").glob("part-*.parquet"))
+    clean_corpus(CleanConfig(), raw, tmp_path / "clean")
+    for shard in [*raw, *sorted((tmp_path / "clean").glob("part-*.parquet"))]:
+        row_group = pq.ParquetFile(shard).metadata.row_group(0)
+        columns = {row_group.column(i).path_in_schema: row_group.column(i) for i in range(row_group.num_columns)}
+        assert not columns["text"].is_stats_set and not columns["text"].has_dictionary_page, shard
+        assert columns["doc_id"].is_stats_set and columns["doc_id"].has_dictionary_page, shard

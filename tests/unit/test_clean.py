@@ -7,7 +7,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,11 +17,11 @@ from lmcore.data.clean import (
     SIGNATURES,
     CleanConfig,
     clean_corpus,
-    clean_frame,
+    clean_documents,
     drop_placeholders,
     filter_repetition,
-    length_reason_expr,
-    normalize_expr,
+    length_reason,
+    normalize,
     reflow,
     repetition_fraction,
     signature_schema,
@@ -38,13 +37,8 @@ PYDOCS = (FIXTURES / "python_docs.txt").read_text(encoding="utf-8")
 PROSE_PARAGRAPH = "Buck did not read the newspapers, or he would have known that trouble was brewing"
 
 
-def normalize(texts: list[str]) -> list[str]:
-    return pl.DataFrame({"text": texts}).select(normalize_expr())["text"].to_list()
-
-
 def clean_one(text: str, **kw) -> list[str]:
-    df = pl.DataFrame({"doc_id": ["d"], "source": ["s"], "spec": ["s"], "text": [text]})
-    return clean_frame(df, CleanConfig(**kw))["text"].to_list()
+    return next(clean_documents(iter([text]), CleanConfig(**kw)))
 
 
 def write_docs(path: Path, rows: list[dict]) -> Path:
@@ -88,7 +82,7 @@ def test_config_errors_name_every_bad_field():
     ],
 )
 def test_normalization(raw, want):
-    assert normalize([raw]) == [want]
+    assert normalize(raw) == want
 
 
 # ---------------------------------------------------------------- Gutenberg and placeholders
@@ -231,23 +225,24 @@ def test_split_falls_back_to_lines_words_and_hard_cuts():
     assert split_document(blob, 0) == [blob] and split_document("short", 500) == ["short"]
 
 
-def test_split_ids_are_stable():
+def test_split_ids_are_stable(tmp_path):
     text = PARAGRAPH_SEP.join(["Some sentence of prose in a paragraph."] * 40)
-    rows = [doc("book", text), doc("small", "A small document.")]
-    df = pl.DataFrame(rows)
-    first = clean_frame(df, CleanConfig(max_doc_chars=500, min_doc_chars=0))
-    assert first["doc_id"].to_list()[:2] == ["book-0000", "book-0001"]
-    assert first["doc_id"][-1] == "small" and first["doc_id"].n_unique() == first.height
-    assert first["source_doc_id"].to_list() == ["book"] * (first.height - 1) + ["small"]  # chunks know their document
-    assert first.equals(clean_frame(df, CleanConfig(max_doc_chars=500, min_doc_chars=0)))
+    raw = write_docs(tmp_path / "raw.parquet", [doc("book", text), doc("small", "A small document.")])
+    config = CleanConfig(max_doc_chars=500, min_doc_chars=0, max_repetition=1.0)
+    clean_corpus(config, [raw], tmp_path / "first")
+    first = read_rows(tmp_path / "first", "shards")
+    ids = [row["doc_id"] for row in first]
+    assert ids[:2] == ["book-0000", "book-0001"] and ids[-1] == "small" and len(set(ids)) == len(ids)
+    assert [row["source_doc_id"] for row in first] == ["book"] * (len(ids) - 1) + ["small"]  # chunks know their doc
+    clean_corpus(config, [raw], tmp_path / "second")
+    assert read_rows(tmp_path / "second", "shards") == first
 
 
 # ---------------------------------------------------------------- filters
 
 
 def test_length_filters():
-    df = pl.DataFrame({"text": ["", "too short", "x" * 200]})
-    assert df.select(length_reason_expr(200))["reason"].to_list() == ["empty", "too_short", None]
+    assert [length_reason(t, 200) for t in ["", "too short", "x" * 200]] == ["empty", "too_short", None]
 
 
 def test_repetition_filter():
