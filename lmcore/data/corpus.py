@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lmcore.data.partitions import partition_of
-from lmcore.data.sources import ReadContext, Source, fetcher_for, open_sources, parse_spec, source_version
+from lmcore.data.sources import ReadContext, Source, open_sources, parse_spec
+from lmcore.data.sources.fetch import Fetcher
 from lmcore.io import ParquetShardWriter, ProgressFn, digest_of, write_json
 
 __all__ = ["CorpusConfig", "build_raw_corpus", "check_sources", "doc_id", "partition_units", "source_version"]
@@ -138,6 +139,21 @@ def _entry(entry: Any, i: int) -> tuple[str, float | None]:
 def doc_id(key: str) -> str:
     """The stable document id of a record key: 16 hex digits of its sha256."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def fetcher_for(config: CorpusConfig, cache_dir: Path | None, scope: str | None = None) -> Fetcher:
+    """A :class:`Fetcher` with ``config``'s retries, timeouts and download limits (``cache_dir=None``: a private
+    temporary cache; ``scope``: a run's name, in which each URL is fetched once)."""
+    return Fetcher(cache_dir, retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s,
+                   max_bytes=config.max_download_bytes, deadline_s=config.download_deadline_s, scope=scope)  # fmt: skip
+
+
+def source_version(spec: str, config: CorpusConfig, cache_dir: Path | None = None, scope: str | None = None) -> str:
+    """The content version of one source, cheaply: no remote body is read when a validator exists."""
+    with fetcher_for(config, cache_dir, scope) as fetcher:
+        ctx = ReadContext(links_out=config.links_out)
+        (source,) = open_sources([spec], ctx, fetcher, hf_split=config.hf_split, download=False)
+        return source.version()
 
 
 def read_context(config: CorpusConfig) -> ReadContext:
