@@ -294,8 +294,9 @@ class ParquetShardWriter:
             name = f"{self.prefix}-{len(self.shards):05d}.parquet"
             self._tmp = atomic_path(self.out_dir / name)
             self._tmp_path = self._tmp.__enter__()
+            small = self._small
             self._writer = pq.ParquetWriter(
-                self._tmp_path, self.schema, compression="zstd", use_dictionary=self._small, write_statistics=self._small
+                self._tmp_path, self.schema, compression="zstd", use_dictionary=small, write_statistics=small
             )
         table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         self._writer.write_table(table)
