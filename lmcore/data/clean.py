@@ -37,7 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmcore.data.dedup import NearDeduper, content_digest
-from lmcore.data.reflow import lines, reflow
+from lmcore.data.filters import Filter, filter_repetition, length_reason
+from lmcore.data.reflow import reflow
 from lmcore.io import DOCUMENT_SCHEMA, ParquetShardWriter, ProgressFn, atomic_dir, write_json
 
 MANIFEST = "manifest.json"
@@ -51,8 +52,6 @@ SIGNATURES = "signatures.parquet"
 COLUMNS = ["doc_id", "source", "spec", "text"]
 PARAGRAPH_SEP = "\n\n"
 _READ_BATCH = 64  # documents per input batch; whole books are MBs each
-
-Filter = Callable[[str], "tuple[bool, str | None]"]
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -237,38 +236,6 @@ def split_document(text: str, max_chars: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- filters
-
-
-def length_reason(text: str, min_chars: int) -> str | None:
-    """The length filters' reason: ``empty``, ``too_short`` or None (keep)."""
-    if not text:
-        return "empty"
-    return "too_short" if len(text) < min_chars else None
-
-
-def repetition_fraction(text: str) -> float:
-    """Gopher-style duplicate-line measure: the larger of the fraction of non-blank lines that
-    repeat an earlier line and the fraction of their characters in such repeats (lines are
-    compared stripped; after reflow a prose line is a whole paragraph)."""
-    seen: set[str] = set()
-    count = dup_lines = chars = dup_chars = 0
-    for raw in lines(text):
-        line = raw.strip()
-        if not line:
-            continue
-        count += 1
-        chars += len(line)
-        if line in seen:
-            dup_lines += 1
-            dup_chars += len(line)
-        else:
-            seen.add(line)
-    return max(dup_lines / count, dup_chars / chars) if count else 0.0
-
-
-def filter_repetition(text: str, max_fraction: float) -> tuple[bool, str | None]:
-    """Drop (reason ``repetition``) when :func:`repetition_fraction` exceeds ``max_fraction``."""
-    return (False, "repetition") if repetition_fraction(text) > max_fraction else (True, None)
 
 
 def build_filters(config: CleanConfig) -> list[Filter]:

@@ -198,6 +198,36 @@ def partition_units(
     return [{"spec": s.spec.raw, "key": key, "version": v} for s in sources for key, v in s.units()]
 
 
+def _write_records(
+    source: Source, writer: ParquetShardWriter, ctx: ReadContext, progress: ProgressFn | None, done: int
+) -> tuple[int, int]:
+    """Write every record of ``source`` as a row; returns ``(documents, UTF-8 bytes of text)``. ``done``: the
+    documents written before, for the progress count."""
+    count = nbytes = 0
+    for record in source.records(ctx):
+        writer.write(
+            {"doc_id": doc_id(record.key), "source": record.source, "spec": source.spec.raw, "text": record.text}
+        )
+        count += 1
+        nbytes += len(record.text) if record.text.isascii() else len(record.text.encode("utf-8"))
+        if progress is not None and (done + count) % 1000 == 0:
+            progress("documents", done + count, None)
+    return count, nbytes
+
+
+def _source_summary(
+    source: Source, count: int, skipped: dict[str, int], partition: str | None, ctx: ReadContext
+) -> dict[str, Any]:
+    """A source's entry in the manifest; a whole corpus's source that gave nothing is a problem."""
+    if count == 0 and partition is None:
+        ctx.problems.add(
+            f"source {source.spec.raw!r} produced no documents (skipped: {skipped or 'nothing'}); "
+            "check the path, its file types and text_field"
+        )
+    log.info("source %s: %d documents, skipped %s", source.spec.raw, count, skipped)
+    return {"spec": source.spec.raw, "version": source.version(), "documents": count, "skipped": skipped}
+
+
 def build_raw_corpus(
     config: CorpusConfig,
     out_dir: Path,
@@ -232,24 +262,10 @@ def build_raw_corpus(
     try:
         with writer:
             for i, source in enumerate(sources):
-                before, count, spec = Counter(ctx.skipped), 0, source.spec.raw
-                for record in source.records(ctx):
-                    row = {"doc_id": doc_id(record.key), "source": record.source, "spec": spec, "text": record.text}
-                    writer.write(row)
-                    count += 1
-                    nbytes += len(record.text) if record.text.isascii() else len(record.text.encode("utf-8"))
-                    if progress is not None and (documents + count) % 1000 == 0:
-                        progress("documents", documents + count, None)
-                documents += count
-                skipped = dict(ctx.skipped - before)
-                if count == 0 and partition is None:
-                    ctx.problems.add(
-                        f"source {source.spec.raw!r} produced no documents (skipped: {skipped or 'nothing'}); "
-                        "check the path, its file types and text_field"
-                    )
-                summaries.append({"spec": spec, "version": source.version(), "documents": count})
-                summaries[-1]["skipped"] = skipped
-                log.info("source %s: %d documents, skipped %s", source.spec.raw, count, skipped)
+                before = Counter(ctx.skipped)
+                count, size = _write_records(source, writer, ctx, progress, documents)
+                documents, nbytes = documents + count, nbytes + size
+                summaries.append(_source_summary(source, count, dict(ctx.skipped - before), partition, ctx))
                 if progress is not None:
                     progress("documents", documents, None)
                     progress("sources", i + 1, len(sources))
@@ -269,8 +285,7 @@ def build_raw_corpus(
         "partition": partition,
         "config": {**asdict(config), "sources": list(config.sources)},
     }
-    if any(source.spec.kind == "builtin" for source in sources):
-        manifest["python_version"] = platform.python_version()
+    manifest |= {"python_version": platform.python_version()} if any(s.spec.kind == "builtin" for s in sources) else {}
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 

@@ -97,62 +97,92 @@ def split_corpus(
     manifests = {p: read_json(Path(partitions[p]) / "manifest.json") for p in keys}
     dedup = _dedup_config(manifests)
     _check_inputs({p: Path(partitions[p]) for p in keys}, manifests)
-    tables = []
-    for p in keys:
-        table = pq.read_table(Path(partitions[p]) / manifests[p].get("signatures", SIGNATURES))
-        tables.append(table.append_column("partition", pa.array([p] * table.num_rows, pa.string())))
-    signatures = pa.concat_tables(tables) if tables else None
-    doc_ids = signatures.column("doc_id").to_pylist() if signatures is not None else []
-    near = near_deduper(CleanConfig(**{**CleanConfig().__dict__, **dedup})) if dedup.get("dedup_near") else None
-    dropped = resolve_duplicates(
-        doc_ids,
-        signatures.column("digest").to_pylist() if signatures is not None else [],
-        signatures.column("minhash").to_numpy(zero_copy_only=False) if near is not None and doc_ids else None,
-        exact=bool(dedup.get("dedup_exact")),
-        near=near,
-    )
+    signatures = _read_signatures({p: Path(partitions[p]) for p in keys}, manifests)
+    doc_ids = signatures.column("doc_id").to_pylist()
+    dropped = _judge(signatures, dedup)
     if progress:
         progress("judged documents", len(doc_ids), len(doc_ids))
-    source_ids = signatures.column(SOURCE_DOC_ID).to_pylist() if signatures is not None else []
+    source_ids = signatures.column(SOURCE_DOC_ID).to_pylist()
     split_of = [None if d in dropped else assign_split(src, config) for d, src in zip(doc_ids, source_ids, strict=True)]
     index = pa.table(
         {
-            "partition": signatures.column("partition") if signatures is not None else pa.array([], pa.string()),
+            "partition": signatures.column("partition"),
             "doc_id": pa.array(doc_ids, pa.string()),
-            "spec": signatures.column("spec") if signatures is not None else pa.array([], pa.string()),
-            "bytes": signatures.column("bytes") if signatures is not None else pa.array([], pa.int64()),
+            "spec": signatures.column("spec"),
+            "bytes": signatures.column("bytes"),
             "split": pa.array(split_of, pa.string()),
             "reason": pa.array([dropped.get(d) for d in doc_ids], pa.string()),
         }
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(index, out_dir / INDEX)
-    per_partition = {}
-    for p in keys:
-        shards = []
-        for shard in manifests[p]["shards"]:
-            link_or_copy(Path(partitions[p]) / shard["path"], out_dir / DOCS_DIR / p / shard["path"])
-            shards.append({**shard, "path": f"{p}/{shard['path']}"})
-        mine = [(d, sp) for d, sp, part in zip(doc_ids, split_of, index.column("partition").to_pylist(), strict=True)
-                if part == p]  # fmt: skip
-        per_partition[p] = {"shards": shards, "index_sha256": digest_of(sorted(mine, key=lambda r: r[0]))}
-    frame = pl.from_arrow(index)
-    assert isinstance(frame, pl.DataFrame)
-    stats = {}
-    for split in SPLITS:
-        rows = frame.filter(pl.col("split") == split)
-        stats[split] = {"documents": rows.height, "bytes": int(rows["bytes"].sum() or 0)}
     manifest = {
-        "splits": stats,
+        "splits": _split_sizes(index),
         "dropped": dict(sorted(Counter(dropped.values()).items())),
         "documents": len(doc_ids) - len(dropped),
-        "partitions": per_partition,
+        "partitions": _link_partitions(partitions, manifests, index, out_dir),
         "dedup": dedup,
         "config": asdict(config),
         **manifest_extra,
     }
     write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def _read_signatures(partitions: Mapping[str, Path], manifests: Mapping[str, dict[str, Any]]) -> pa.Table:
+    """Every partition's signatures, in partition order, with a ``partition`` column."""
+    tables = []
+    for p, directory in partitions.items():
+        table = pq.read_table(directory / manifests[p].get("signatures", SIGNATURES))
+        tables.append(table.append_column("partition", pa.array([p] * table.num_rows, pa.string())))
+    if tables:
+        return pa.concat_tables(tables)
+    empty = {"doc_id": pa.string(), SOURCE_DOC_ID: pa.string(), "spec": pa.string(), "bytes": pa.int64(),
+             "digest": pa.binary(16), "partition": pa.string()}  # fmt: skip
+    return pa.table({name: pa.array([], kind) for name, kind in empty.items()})
+
+
+def _judge(signatures: pa.Table, dedup: dict[str, Any]) -> dict[str, str]:
+    """The duplicates among ``signatures``: doc_id → reason."""
+    doc_ids = signatures.column("doc_id").to_pylist()
+    near = near_deduper(CleanConfig(**{**CleanConfig().__dict__, **dedup})) if dedup.get("dedup_near") else None
+    return resolve_duplicates(
+        doc_ids,
+        signatures.column("digest").to_pylist(),
+        signatures.column("minhash").to_numpy(zero_copy_only=False) if near is not None and doc_ids else None,
+        exact=bool(dedup.get("dedup_exact")),
+        near=near,
+    )
+
+
+def _link_partitions(
+    partitions: Mapping[str, Path], manifests: Mapping[str, dict[str, Any]], index: pa.Table, out_dir: Path
+) -> dict[str, Any]:
+    """Link each partition's cleaned shards under ``docs/<partition>/``; per partition its shards and the digest
+    of its sorted ``(doc_id, split)`` rows."""
+    rows = zip(*(index.column(c).to_pylist() for c in ("doc_id", "split", "partition")), strict=True)
+    mine: dict[str, list[tuple[str, str | None]]] = {p: [] for p in partitions}
+    for doc_id, split, part in rows:
+        mine[part].append((doc_id, split))
+    per_partition = {}
+    for p in sorted(partitions):
+        shards = []
+        for shard in manifests[p]["shards"]:
+            link_or_copy(Path(partitions[p]) / shard["path"], out_dir / DOCS_DIR / p / shard["path"])
+            shards.append({**shard, "path": f"{p}/{shard['path']}"})
+        per_partition[p] = {"shards": shards, "index_sha256": digest_of(sorted(mine[p], key=lambda r: r[0]))}
+    return per_partition
+
+
+def _split_sizes(index: pa.Table) -> dict[str, dict[str, int]]:
+    """Documents and UTF-8 bytes per split."""
+    frame = pl.from_arrow(index)
+    assert isinstance(frame, pl.DataFrame)
+    sizes = {}
+    for split in SPLITS:
+        rows = frame.filter(pl.col("split") == split)
+        sizes[split] = {"documents": rows.height, "bytes": int(rows["bytes"].sum() or 0)}
+    return sizes
 
 
 def _dedup_config(manifests: Mapping[str, dict[str, Any]]) -> dict[str, Any]:

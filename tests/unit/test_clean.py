@@ -19,16 +19,14 @@ from lmcore.data.clean import (
     clean_corpus,
     clean_documents,
     drop_placeholders,
-    filter_repetition,
-    length_reason,
     normalize,
-    reflow,
-    repetition_fraction,
     signature_schema,
     split_document,
     strip_gutenberg,
 )
 from lmcore.data.dedup import NearDeduper, content_digest, resolve_duplicates
+from lmcore.data.filters import filter_repetition, length_reason, repetition_fraction
+from lmcore.data.reflow import reflow
 from lmcore.io import DOCUMENT_SCHEMA, read_json, read_parquet_rows, sha256_file
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "clean"

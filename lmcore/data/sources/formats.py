@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lmcore.data.sources.policy import ReadContext
+from lmcore.data.sources.zstd import ZstdReader
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ SUPPORTED = (
     ".zip/.tar/.tar.gz/.tgz"
 )
 _CHUNK = 1 << 20
-_ZSTD_INPUT = 1 << 12  # a zstd block of 3 bytes can decode to 128 KiB: keep pieces small
 
 Item = tuple[str, int, str]
 """``(member, index, text)``: member is ``""`` outside archives, else the path inside it."""
@@ -107,53 +107,6 @@ def _checker(name: str) -> str:
     return "`tar -tf FILE`"
 
 
-class _ZstdReader(io.RawIOBase):
-    """The decompressed bytes of a zstd stream of one or more frames.
-
-    ``ZstdDecompressor.stream_reader`` returns the bytes decoded so far when the input ends inside
-    a frame, so a truncated file would read as a short, whole-looking one; this raises ``ZstdError``
-    instead. Input is fed in small pieces so that one read's output stays bounded.
-    """
-
-    def __init__(self, stream: BinaryIO) -> None:
-        import zstandard
-
-        self._stream = stream
-        self._dctx = zstandard.ZstdDecompressor()
-        self._frame = self._dctx.decompressobj()
-        self._in_frame = False  # input of the current frame has been fed, and it has not ended
-        self._out = b""
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        import zstandard
-
-        while self._pos >= len(self._out):
-            data = self._stream.read(_ZSTD_INPUT)
-            if not data:
-                if self._in_frame:
-                    raise zstandard.ZstdError("the data ends inside a zstd frame (the file is cut short)")
-                return 0
-            self._out, self._pos = self._feed(data), 0
-        n = min(len(buffer), len(self._out) - self._pos)
-        buffer[:n] = self._out[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def _feed(self, data: bytes) -> bytes:
-        out = []
-        while data:
-            self._in_frame = True
-            out.append(self._frame.decompress(data))
-            if not self._frame.eof:
-                break
-            data, self._frame, self._in_frame = self._frame.unused_data, self._dctx.decompressobj(), False
-        return b"".join(out)
-
-
 @contextlib.contextmanager
 def _decompressed(ctx: ReadContext, where: str) -> Iterator[None]:
     """Mark reads inside the block as reads of decompressed data, so decode errors can say so."""
@@ -172,7 +125,7 @@ def read_stream(stream: BinaryIO, name: str, where: str, ctx: ReadContext) -> It
             yield from read_stream(gzip.GzipFile(fileobj=stream), inner, where, ctx)
     elif lower.endswith((".zst", ".zstd")):
         with _decompressed(ctx, where):
-            yield from read_stream(io.BufferedReader(_ZstdReader(stream), _CHUNK), name.rsplit(".", 1)[0], where, ctx)
+            yield from read_stream(io.BufferedReader(ZstdReader(stream), _CHUNK), name.rsplit(".", 1)[0], where, ctx)
     elif lower.endswith(".zip"):
         yield from _read_zip(stream, where, ctx)
     elif lower.endswith(".tar"):
