@@ -242,52 +242,63 @@ def tokenize_partition(
 
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = load_tokenizer(tokenizer)
-    out_dir = Path(out_dir)
-    dtype = token_dtype(tokenizer.get_vocab_size())
-    writers: dict[tuple[str, str], TokenShardWriter] = {}
-    stats = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in ("train", "val", "test")}
+    out = _SplitWriters(tokenizer, Path(out_dir), shard_tokens, batch_size)
     done = 0
-    pending: dict[tuple[str, str], list[str]] = {}
-
-    def flush(key: tuple[str, str]) -> None:
-        texts = pending.pop(key, [])
-        if not texts:
-            return
-        if key not in writers:
-            split, spec = key
-            writers[key] = TokenShardWriter(out_dir / split, dtype, shard_tokens=shard_tokens,
-                                            prefix=f"shard-{_group_name(spec)}").__enter__()  # fmt: skip
-        for ids, _ in encode_documents(tokenizer, texts, batch_size=batch_size):
-            writers[key].add(ids)
-
     for path in doc_paths:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["doc_id", "spec", "text"]):
             for doc, spec, text in zip(*(batch.column(c).to_pylist() for c in ("doc_id", "spec", "text")), strict=True):
-                split = splits_of.get(doc)
-                if split is None:
-                    continue
-                stats[split]["documents"] += 1
-                stats[split]["bytes"] += len(text.encode("utf-8"))
-                key = (split, spec)
-                pending.setdefault(key, []).append(text)
-                if len(pending[key]) >= batch_size:
-                    flush(key)
-                done += 1
+                if (split := splits_of.get(doc)) is not None:
+                    out.add(split, spec, text)
+                    done += 1
             if progress:
                 progress("tokenize documents", done, len(splits_of))
-    for key in list(pending):
-        flush(key)
-    splits: dict[str, dict[str, Any]] = {}
-    for split, info in stats.items():
-        shards = []
-        for (s, spec), writer in sorted(writers.items()):
-            if s == split:
-                writer.__exit__(None, None, None)
-                shards += [{**shard, "spec": spec} for shard in writer.shards]
-                info["tokens"] += writer.tokens
-        splits[split] = {**info, "shards": shards}
-    return write_manifest(out_dir, splits, dtype=dtype.name, vocab_size=tokenizer.get_vocab_size(),
+    return write_manifest(out.out_dir, out.finish(), dtype=out.dtype.name, vocab_size=tokenizer.get_vocab_size(),
                           eot_id=tokenizer.eot_id, **manifest_extra)  # fmt: skip
+
+
+class _SplitWriters:
+    """One run of token shards per ``(split, source spec)``; documents are encoded ``batch_size`` at a time."""
+
+    def __init__(self, tokenizer: Tokenizer, out_dir: Path, shard_tokens: int, batch_size: int) -> None:
+        self.tokenizer, self.out_dir, self.shard_tokens, self.batch_size = tokenizer, out_dir, shard_tokens, batch_size
+        self.dtype = token_dtype(tokenizer.get_vocab_size())
+        self.writers: dict[tuple[str, str], TokenShardWriter] = {}
+        self.pending: dict[tuple[str, str], list[str]] = {}
+        self.stats = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in ("train", "val", "test")}
+
+    def add(self, split: str, spec: str, text: str) -> None:
+        self.stats[split]["documents"] += 1
+        self.stats[split]["bytes"] += len(text.encode("utf-8"))
+        key = (split, spec)
+        self.pending.setdefault(key, []).append(text)
+        if len(self.pending[key]) >= self.batch_size:
+            self._flush(key)
+
+    def _flush(self, key: tuple[str, str]) -> None:
+        texts = self.pending.pop(key, [])
+        if not texts:
+            return
+        if key not in self.writers:
+            split, spec = key
+            self.writers[key] = TokenShardWriter(self.out_dir / split, self.dtype, shard_tokens=self.shard_tokens,
+                                                 prefix=f"shard-{_group_name(spec)}").__enter__()  # fmt: skip
+        for ids, _ in encode_documents(self.tokenizer, texts, batch_size=self.batch_size):
+            self.writers[key].add(ids)
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Close every shard; per split its counts and shards (each carrying its ``spec``)."""
+        for key in list(self.pending):
+            self._flush(key)
+        splits: dict[str, dict[str, Any]] = {}
+        for split, info in self.stats.items():
+            shards = []
+            for (s, spec), writer in sorted(self.writers.items()):
+                if s == split:
+                    writer.__exit__(None, None, None)
+                    shards += [{**shard, "spec": spec} for shard in writer.shards]
+                    info["tokens"] += writer.tokens
+            splits[split] = {**info, "shards": shards}
+        return splits
 
 
 def assemble_shards(parts: dict[str, Path], out_dir: str | Path, **manifest_extra: Any) -> dict[str, Any]:
