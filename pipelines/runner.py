@@ -19,7 +19,7 @@ from typing import Any
 import dagster as dg
 
 from assets.data.partitions import ALL_PARTITIONS, RUN_FIGURES
-from assets.evaluation.table import interval_text
+from lmcore.eval.table import MetricRow
 from lmcore.io import atomic_path
 from pipelines.automation import SOURCE_KEY, SOURCES_KEY, observe_sources
 from pipelines.configured import changed_parts
@@ -263,30 +263,10 @@ def summary(console: Any, result: Any, seconds: float, log: Path | None = None) 
         if name in shown:
             continue  # a partitioned asset: one row, with the run's figures over its partitions
         shown.add(name)
-        figures = ", ".join(
-            f"{k}={v.value:,}" if isinstance(v.value, int) else f"{k}={v.value:.4g}"
-            for k, v in mat.metadata.items()
-            if isinstance(v.value, (int, float))
-            and not isinstance(v.value, bool)
-            and (mat.partition is None or k in RUN_FIGURES or k.endswith("_in_run"))
-        )
-        table.add_row(name, figures, "\n".join(checks.get(name, [])))
+        table.add_row(name, _row_figures(mat), "\n".join(checks.get(name, [])))
         if "warning" in mat.metadata:
             warnings.append(f"{name}: {mat.metadata['warning'].value}")
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
-                continue  # a blocking check failed: its reason is listed already
-            if _is_interrupt(error):
-                problems.insert(0, f"{event.step_key} stopped: the run was interrupted (Ctrl-C or SIGTERM) and is "
-                                "marked canceled; what it had published is kept, and the same command carries on "
-                                "(a training asset from its last checkpoint)")  # fmt: skip
-                table.add_row(f"[yellow]{event.step_key}[/yellow]", "[yellow]stopped[/yellow] (below)", "")
-                continue
-            message = error.cause.message if error and error.cause else (error.message if error else "")
-            problems.insert(0, f"{event.step_key} failed: {message.strip()}")
-            table.add_row(f"[red]{event.step_key}[/red]", "[red]failed[/red] (below)", "")
+    _step_failures(result, table, problems)
     console.print(table)
     _print_evaluation(console, result)
     for warning in warnings:
@@ -301,6 +281,37 @@ def summary(console: Any, result: Any, seconds: float, log: Path | None = None) 
         console.print(
             f"full log: {where}the Dagster UI (lmpipe ui), run {result.run_id}", soft_wrap=True, highlight=False
         )
+
+
+def _row_figures(mat: Any) -> str:
+    """A materialization's numbers for its table row (a partition's: only the run's totals)."""
+    return ", ".join(
+        f"{k}={v.value:,}" if isinstance(v.value, int) else f"{k}={v.value:.4g}"
+        for k, v in mat.metadata.items()
+        if isinstance(v.value, (int, float))
+        and not isinstance(v.value, bool)
+        and (mat.partition is None or k in RUN_FIGURES or k.endswith("_in_run"))
+    )
+
+
+def _step_failures(result: Any, table: Any, problems: list[str]) -> None:
+    """Each failed or stopped step: a row in ``table`` and its message first in ``problems`` (a failed blocking
+    check's step is left out: the check's reason is listed already)."""
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        error = event.step_failure_data.error
+        if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+            continue
+        if _is_interrupt(error):
+            problems.insert(0, f"{event.step_key} stopped: the run was interrupted (Ctrl-C or SIGTERM) and is "
+                            "marked canceled; what it had published is kept, and the same command carries on "
+                            "(a training asset from its last checkpoint)")  # fmt: skip
+            table.add_row(f"[yellow]{event.step_key}[/yellow]", "[yellow]stopped[/yellow] (below)", "")
+            continue
+        message = error.cause.message if error and error.cause else (error.message if error else "")
+        problems.insert(0, f"{event.step_key} failed: {message.strip()}")
+        table.add_row(f"[red]{event.step_key}[/red]", "[red]failed[/red] (below)", "")
 
 
 def _figures(metadata: dict) -> str:
@@ -323,12 +334,11 @@ def _print_evaluation(console: Any, result: Any) -> None:
         table = Table(title="evaluation report (also $LMPIPE_HOME/reports/evaluation.{json,md})")
         for column in ("metric", "model", "value", "baseline", "baseline value", r"improvement \[interval] p", "gate"):
             table.add_column(column)
-        for record in mat.metadata["report"].value.records:
-            r = record.data
-            verdict = "[green]passes[/green]" if r["passes"] else "[red]fails[/red]"
-            gate = "not gated" if r["rule"] is None else f"{r['rule']}: {verdict}"
-            table.add_row(r["metric"], r["model"], f"{r['value']:.4f}", r["baseline"], f"{r['baseline_value']:.4f}",
-                          interval_text(r), gate)  # fmt: skip
+        for r in (MetricRow.from_dict(record.data) for record in mat.metadata["report"].value.records):
+            verdict = "[green]passes[/green]" if r.passes else "[red]fails[/red]"
+            gate = "not gated" if r.rule is None else f"{r.rule}: {verdict}"
+            value, baseline_value = f"{r.value:.4f}", f"{r.baseline_value:.4f}"
+            table.add_row(r.metric, r.model, value, r.baseline, baseline_value, r.interval_text(), gate)
         console.print(table)
         if "generation" in mat.metadata:
             decoding = " ".join(f"{k}={v}" for k, v in mat.metadata["generation"].value["decoding"].items())
