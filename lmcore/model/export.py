@@ -11,8 +11,9 @@ are split). ``arch="gpt2"`` becomes ``GPT2LMHeadModel`` (HF's Conv1D stores weig
 base model, ``<|im_end|>`` for a chat (SFT) model, which then also is the tokenizer's
 ``eos_token``, as in Qwen's instruct releases. Options these two formats cannot express (QK-norm, logit
 soft-capping, ALiBi positions, ReLU² in the gated Llama MLP, a two-way prefix, an encoder, experts) are refused,
-naming the ModelConfig field; ReLU² in a GPT-2 is HF's ``relu2`` activation. This module writes files only; it
-does not import ``transformers``.
+naming the ModelConfig field; ReLU² in a GPT-2 is HF's ``relu2`` activation. The config keys and tensor names are
+:mod:`lmcore.model.hf_mapping`'s, which :mod:`lmcore.model.hf_import` reads back. This module writes files only;
+it does not import ``transformers``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
-from torch import Tensor
 
 from lmcore.io import atomic_dir
 from lmcore.model.gpt import GPT, ModelConfig
+from lmcore.model.hf_mapping import export_arch, to_hf_config, to_hf_tensors
 
 EOT, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 CHATML_TEMPLATE = (
@@ -36,53 +36,9 @@ CHATML_TEMPLATE = (
 )
 
 
-def _llama_tensors(model: GPT) -> dict[str, Tensor]:
-    c, sd = model.config, model.state_dict()
-    q_dim, kv_dim = c.n_head * c.head_dim, c.kv_heads * c.head_dim
-    out = {
-        "model.embed_tokens.weight": sd["transformer.wte.weight"],
-        "model.norm.weight": sd["transformer.ln_f.weight"],
-    }
-    for i in range(c.n_layer):
-        src, dst = f"transformer.h.{i}.", f"model.layers.{i}."
-        out[dst + "input_layernorm.weight"] = sd[src + "ln_1.weight"]
-        out[dst + "post_attention_layernorm.weight"] = sd[src + "ln_2.weight"]
-        names = ("q_proj", "k_proj", "v_proj")
-        for kind in ("weight", "bias") if c.qkv_bias else ("weight",):
-            for name, t in zip(names, sd[src + f"attn.c_attn.{kind}"].split([q_dim, kv_dim, kv_dim]), strict=True):
-                out[dst + f"self_attn.{name}.{kind}"] = t
-        out[dst + "self_attn.o_proj.weight"] = sd[src + "attn.c_proj.weight"]
-        if c.qkv_bias:  # HF's attention_bias also puts a bias on o_proj; ours has none
-            out[dst + "self_attn.o_proj.bias"] = torch.zeros(c.d_model, dtype=out[dst + "self_attn.q_proj.bias"].dtype)
-        gate, up = sd[src + "mlp.c_fc.weight"].chunk(2)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
-        out[dst + "mlp.down_proj.weight"] = sd[src + "mlp.c_proj.weight"]
-    if not c.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
-
-
-def _gpt2_tensors(model: GPT) -> dict[str, Tensor]:
-    c, sd = model.config, model.state_dict()
-    out = {}
-    for name, t in sd.items():
-        if name == "lm_head.weight":
-            if not c.tie_embeddings:
-                out[name] = t
-        elif name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-            out[name] = t.t()  # Conv1D weights are (in, out)
-        else:
-            out[name] = t
-    if not c.qkv_bias:  # HF GPT-2 always has a qkv bias
-        for i in range(c.n_layer):
-            ref = sd[f"transformer.h.{i}.attn.c_attn.weight"]
-            out[f"transformer.h.{i}.attn.c_attn.bias"] = torch.zeros(ref.size(0), dtype=ref.dtype)
-    return out
-
-
 def unexportable(config: ModelConfig) -> list[str]:
     """What in ``config`` the HF Llama / GPT-2 formats cannot express, one line per option (empty: exportable)."""
-    target = "LlamaForCausalLM" if config.arch == "modern" else "GPT2LMHeadModel"
+    target = export_arch(config).name
     problems = []
     if config.qk_norm:
         problems.append(f"qk_norm=True (HF {target} has no query/key norm)")
@@ -109,57 +65,21 @@ def _special_ids(tokenizer_path: Path, end_token: str) -> dict[str, int | None]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_path))
-    return {"vocab_size": tok.get_vocab_size(), "eot": tok.token_to_id(EOT), "pad": tok.token_to_id(PAD),
-            "end": tok.token_to_id(end_token)}  # fmt: skip
-
-
-def _llama_config(model: GPT) -> dict[str, Any]:
-    c = model.config
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.d_model,
-        "intermediate_size": c.hidden_dim,
-        "num_hidden_layers": c.n_layer,
-        "num_attention_heads": c.n_head,
-        "num_key_value_heads": c.kv_heads,
-        "head_dim": c.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": c.context_length,
-        "rms_norm_eps": c.norm_eps,
-        "rope_theta": c.rope_theta,  # transformers 4.x
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},  # transformers 5.x
-        "attention_bias": c.qkv_bias,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "tie_word_embeddings": c.tie_embeddings,
-    }
-
-
-def _gpt2_config(model: GPT) -> dict[str, Any]:
-    c = model.config
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": c.vocab_size,
-        "n_positions": c.context_length,
-        "n_embd": c.d_model,
-        "n_layer": c.n_layer,
-        "n_head": c.n_head,
-        "n_inner": c.hidden_dim,
-        "activation_function": "relu2" if c.activation == "relu2" else "gelu_new",  # gelu_new: tanh approximation
-        "layer_norm_epsilon": c.norm_eps,
-        "resid_pdrop": c.dropout,
-        "embd_pdrop": c.dropout,
-        "attn_pdrop": c.dropout,
-        "tie_word_embeddings": c.tie_embeddings,
+        "vocab_size": tok.get_vocab_size(),
+        "eot": tok.token_to_id(EOT),
+        "pad": tok.token_to_id(PAD),
+        "end": tok.token_to_id(end_token),
     }
 
 
 def _tokenizer_configs(context_length: int, end_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    special = {"bos_token": EOT, "eos_token": end_token, "pad_token": PAD,
-               "additional_special_tokens": [IM_START, IM_END]}  # fmt: skip
+    special = {
+        "bos_token": EOT,
+        "eos_token": end_token,
+        "pad_token": PAD,
+        "additional_special_tokens": [IM_START, IM_END],
+    }
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": context_length,
@@ -193,13 +113,12 @@ def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path, *, end_token: str
             f"{tokenizer_path}: needs {EOT} and {end_token} and at most vocab_size={c.vocab_size} tokens, "
             f"has {ids['vocab_size']}"
         )
-    modern = c.arch == "modern"
-    config = _llama_config(model) if modern else _gpt2_config(model)
+    config = to_hf_config(c)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     special_ids = {"bos_token_id": ids["eot"], "eos_token_id": ids["end"], "pad_token_id": ids["pad"]}
     config |= special_ids | {"dtype": dtype, "torch_dtype": dtype, "use_cache": True, "initializer_range": 0.02}
     generation_config = {**special_ids, "max_length": c.context_length}  # HF would stop at 20 tokens by default
-    tensors = _llama_tensors(model) if modern else _gpt2_tensors(model)
+    tensors = to_hf_tensors(model.state_dict(), c)
     # own, contiguous CPU copies: safetensors refuses views that share storage
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     tokenizer_config, special = _tokenizer_configs(c.context_length, end_token)
