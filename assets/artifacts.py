@@ -26,6 +26,7 @@ from lmcore.io import read_json, write_json
 from lmcore.model.checkpoint import META_FILE, MODEL_FILE, load_trained_model
 from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.publish import verify_dir, verify_file
+from lmcore.train.summary import TrainSummary
 
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -148,12 +149,12 @@ class Checkpoint(Artifact):
         return cls(location=ref["location"], data_version=ref["data_version"], path=path)
 
     @classmethod
-    def of_run(cls, summary: dict[str, Any]) -> Checkpoint:
+    def of_run(cls, summary: TrainSummary) -> Checkpoint:
         """The final checkpoint of a training summary (``lmcore.train.loop.run_job``'s); the weights digest is its
         data version."""
-        path = Path(summary["checkpoint"])
-        location = summary.get("checkpoint_url") or summary["checkpoint"]
-        return cls(location=location, data_version=summary["checkpoint_sha256"], path=path)
+        assert summary.checkpoint_sha256 is not None  # rank 0's summary: its checkpoint is on this machine
+        location = summary.checkpoint_url or str(summary.checkpoint)
+        return cls(location=location, data_version=summary.checkpoint_sha256, path=summary.checkpoint)
 
     @functools.cached_property
     def manifest(self) -> dict[str, Any]:

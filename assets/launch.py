@@ -1,11 +1,11 @@
 """Where a training asset's work runs: in the asset's process, or under torchrun through a launcher resource.
 
-A training asset builds a spec (``assets.tasks``: the task and the paths of its inputs) and
-calls :func:`run_training` with its task module and :class:`~lmcore.train.launch.LaunchConfig`.
-A world of one process runs the task in the asset's own process, with live progress. More
-write the spec next to the runs and hand ``python -m assets.worker --config <spec>`` to the
-``launcher`` resource, which starts torchrun's agents through Dagster Pipes, so rank 0's
-records stream into the run log and its result comes back as a Pipes message.
+A training asset builds a training spec (:mod:`lmcore.train.spec`: configs, the paths of its inputs, the
+run directory) and calls :func:`run_training` with it and :class:`~lmcore.train.launch.LaunchConfig`.
+A world of one process runs the spec in the asset's own process, as an object, with live progress. More
+write the spec's ``to_dict()`` next to the runs and hand ``python -m assets.worker --config <spec>`` to
+the ``launcher`` resource, which starts torchrun's agents through Dagster Pipes, so rank 0's records
+stream into the run log and its result comes back as a Pipes message.
 
 ``TrainingLauncher`` is the interface; :class:`SubprocessLauncher` (the default) starts this
 machine's agent as a subprocess. Launchers for several machines (Kubernetes pods, Slurm's
@@ -18,7 +18,6 @@ import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import dagster as dg
@@ -29,6 +28,7 @@ from assets.tracking import TrackerResource
 from lmcore.io import write_json
 from lmcore.train.job import Outlets
 from lmcore.train.launch import LaunchConfig, torchrun_argv
+from lmcore.train.spec import TrainingSpec
 
 
 class TrainingLauncher(dg.ConfigurableResource, ABC):
@@ -58,30 +58,29 @@ class SubprocessLauncher(TrainingLauncher):
         return dg.PipesSubprocessClient().run(command=argv, context=context).get_custom_messages()
 
 
-def outlets(asset: str, store: ArtifactStore, tracker: TrackerResource) -> dict[str, Any]:
-    """The spec's ``outlets`` (``lmcore.train.job.Outlets``): ``asset``'s tracker and the store's run mirror."""
-    return Outlets(tracker=tracker.spec(asset), mirror=store.run_mirror(asset)).to_dict()
+def outlets(asset: str, store: ArtifactStore, tracker: TrackerResource) -> Outlets:
+    """The spec's ``outlets``: ``asset``'s tracker and the store's run mirror."""
+    return Outlets(tracker=tracker.spec(asset), mirror=store.run_mirror(asset))
 
 
 def run_training(
     context: dg.AssetExecutionContext,
     launcher: TrainingLauncher,
     launch: LaunchConfig,
-    task: ModuleType,
-    spec: dict[str, Any],
+    spec: TrainingSpec,
     *,
     callback: Callable[[dict[str, Any]], None] | None = None,
     on_wait: Callable[[Path], None] | None = None,
 ) -> Any:
-    """The result of ``task.run(spec)`` (``task`` a module of ``assets.tasks``): here for one process, else
-    rank 0's, under torchrun through ``launcher``. ``callback`` and ``on_wait`` serve the run here; under
-    torchrun the records reach the run log."""
+    """The result of ``spec.run()``: here for one process, else rank 0's, under torchrun through ``launcher``
+    (the spec goes there as its ``to_dict()``, the result comes back through ``spec.result_from_dict``).
+    ``callback`` and ``on_wait`` serve the run here; under torchrun the records reach the run log."""
     if launch.in_process:
-        return task.run(spec, callback=callback, on_wait=on_wait)
-    path = Path(spec["runs_dir"]) / f"launch-{context.run.run_id}.json"
-    write_json(path, {"task": task.__name__.rsplit(".", 1)[1], **spec})
+        return spec.run(callback=callback, on_wait=on_wait)
+    path = Path(spec.runs_dir) / f"launch-{context.run.run_id}.json"
+    write_json(path, spec.to_dict())
     messages = launcher.launch(context, launch, ["-m", worker.__name__, "--config", str(path)])
     results = [m["result"] for m in messages if isinstance(m, dict) and "result" in m]
     if not results:
         raise RuntimeError(f"torchrun finished without a result from rank 0; see the run log ({path})")
-    return results[-1]
+    return spec.result_from_dict(results[-1])

@@ -16,6 +16,7 @@ from assets.artifacts import Artifact
 from assets.io_manager import config_digest
 from assets.plots import line_chart
 from lmcore.cpu import dispatch_level
+from lmcore.train.summary import TrainSummary
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "tokenizers", "pyarrow", "polars", "dagster", "numpy")
@@ -80,17 +81,18 @@ def result(
     )
 
 
-def training_metadata(summary: dict[str, Any], title: str) -> dict[str, Any]:
+def training_metadata(summary: TrainSummary, title: str) -> dict[str, Any]:
     """What every training asset reports: size, steps, losses, throughput, the loss curve."""
-    curves = {"train": summary["loss_history"], "val": summary["val_history"]}
+    curves = {"train": summary.loss_history, "val": summary.val_history}
+    trainable = summary.trainable_params if summary.trainable_params is not None else summary.params
     return {
-        "parameters": summary["params"],
-        "trainable_parameters": summary.get("trainable_params", summary["params"]),
-        "steps": summary["step"],
-        "train_loss": summary["train_loss"],
-        "val_loss": summary["val_loss"],
-        "tokens_per_s": round(summary["tokens_per_s"], 1) if summary["tokens_per_s"] else None,
-        "checkpoint_sha256": summary["checkpoint_sha256"],
-        "resumed_from": str(summary["resumed_from"]),  # the checkpoint step a killed run carried on from, or None
+        "parameters": summary.params,
+        "trainable_parameters": trainable,
+        "steps": summary.step,
+        "train_loss": summary.train_loss,
+        "val_loss": summary.val_loss,
+        "tokens_per_s": round(summary.tokens_per_s, 1) if summary.tokens_per_s else None,
+        "checkpoint_sha256": summary.checkpoint_sha256,
+        "resumed_from": str(summary.resumed_from),  # the checkpoint step a killed run carried on from, or None
         "loss_curve": line_chart(title, curves, xlabel="step", ylabel="cross-entropy (nats/token)"),
     }

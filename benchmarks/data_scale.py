@@ -27,26 +27,21 @@ Figures (final JSON line; one process run, one configuration after the other, ne
         [--fraction 1.0 | --max-mb MB] [--out DIR | --keep]
 """
 
+import argparse
+import json
 import os
+import random
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+import yaml
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import yaml  # noqa: E402
-
-ROOT = Path(HERE).parent
+ROOT = Path(__file__).resolve().parents[1]
 BOOKS = ROOT.parent / "shared" / "data" / "corpus" / "gutenberg"  # ../shared beside the repository
 STAGES = ("raw_corpus", "clean_corpus", "splits", "tokenizer", "tokenized", "token_shards")
 PARTITIONED = ("raw_corpus", "clean_corpus", "tokenized")

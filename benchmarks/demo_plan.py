@@ -24,30 +24,25 @@ the trigram's; and bpb_gap = model - trigram (negative: the model wins).
         [--small-steps 1200]
 """
 
+import argparse
+import json
 import os
-import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+from books import say
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from benchmarks.books import say  # noqa: E402
-from lmcore.data.shards import load_manifest, open_split  # noqa: E402
-from lmcore.data.tokenizer import load_tokenizer  # noqa: E402
-from lmcore.eval.perplexity import perplexity_comparison  # noqa: E402
-from lmcore.model.checkpoint import load_trained_model  # noqa: E402
-from lmcore.model.gpt import SPEEDRUN as RECIPE_MODEL  # noqa: E402
-from lmcore.model.gpt import demo  # noqa: E402
-from lmcore.train.config import SPEEDRUN as RECIPE_TRAIN  # noqa: E402
-from lmcore.train.config import TrainConfig  # noqa: E402
-from lmcore.train.loop import train  # noqa: E402
+from lmcore.data.shards import load_manifest, open_split
+from lmcore.data.tokenizer import load_tokenizer
+from lmcore.eval.perplexity import perplexity_comparison
+from lmcore.model.checkpoint import load_trained_model
+from lmcore.model.gpt import SPEEDRUN as RECIPE_MODEL
+from lmcore.model.gpt import demo
+from lmcore.train.config import SPEEDRUN as RECIPE_TRAIN
+from lmcore.train.config import TrainConfig
+from lmcore.train.loop import train
 
 
 def arms(small_steps: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -89,7 +84,7 @@ def main() -> None:
             start = time.perf_counter()
             summary = train(mc, cfg, shards, Path(runs) / name)
             wall = time.perf_counter() - start
-            model, _ = load_trained_model(Path(summary["checkpoint"]), "cpu")
+            model, _ = load_trained_model(Path(summary.checkpoint), "cpu")
             figures = perplexity_comparison(model, tokenizer, {"test": test}, train_arrays)["test"]
             m, ngram = figures["model"], figures["ngram"]
             out["ngram"] = {
@@ -97,7 +92,7 @@ def main() -> None:
                 "bits_per_byte": round(ngram["bits_per_byte"], 4),
             }
             out["arms"][name] = {
-                "wall_s": round(wall, 1), "tokens": summary["tokens_seen"], "val_loss": round(summary["val_loss"], 4),
+                "wall_s": round(wall, 1), "tokens": summary.tokens_seen, "val_loss": round(summary.val_loss, 4),
                 "test_perplexity": round(m["perplexity"], 2), "test_bits_per_byte": round(m["bits_per_byte"], 4),
                 "bpb_gap": round(m["bits_per_byte"] - ngram["bits_per_byte"], 4),
             }  # fmt: skip

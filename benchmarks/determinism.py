@@ -23,27 +23,21 @@ figures, interval and decision; gate_flips counts the arms whose overall decisio
     OMP_NUM_THREADS=2 python benchmarks/determinism.py [--steps 100] [--repeats 2] [--no-gate] [--arms seed_0,...]
 """
 
+import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+import yaml
+from books import say
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import yaml  # noqa: E402
-
-from benchmarks.books import say  # noqa: E402
-
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LMPIPE = [sys.executable, "-m", "pipelines.cli"]
 TRAINING = ("pretrained_model.train", "sft_model.train", "classifier_report.adapt", "classifier_report.label_lm",
             "classifier_report.head")  # fmt: skip

@@ -10,24 +10,18 @@ Figures (final JSON line, measured side by side in this one process run):
     python benchmarks/eval.py [--pairs 2000]
 """
 
-import os
-import sys
+import argparse
+import json
+import random
+import time
+from pathlib import Path
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from lmcore.eval.perplexity import evaluate_lm  # noqa: E402
-from lmcore.eval.rouge import rouge_pairs  # noqa: E402
-from lmcore.model.gpt import GPT, demo  # noqa: E402
+from lmcore.eval.perplexity import evaluate_lm
+from lmcore.eval.rouge import rouge_pairs
+from lmcore.model.gpt import GPT, demo
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruct" / "alpaca_5000.jsonl"
 TYPES = ("rouge1", "rouge2", "rougeL")

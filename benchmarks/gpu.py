@@ -13,7 +13,7 @@ It imports only lmcore.model and lmcore.train (torch, numpy, pyarrow, safetensor
 machine; no dagster, polars or datasets). Token shards of synthetic, learnable documents (noisy arithmetic
 progressions over the whole vocabulary) are written with lmcore's own shard writer, and the throughput run is
 lmcore.train.loop.train itself, so it measures the real loop (memory-mapped loader, schedule, clipping,
-loss checks, fused AdamW from GPT.configure_optimizer, TF32 as the loop sets it). The DDP check cannot use
+loss checks, fused AdamW from build_optimizer, TF32 as the loop sets it). The DDP check cannot use
 train(): the loop wraps in DDP only when WORLD_SIZE > 1, so it replicates the loop's step (same model,
 optimizer, autocast, clipping) eagerly in this process. Progress goes to stderr; the last stdout line is
 JSON with these figures:
@@ -38,42 +38,40 @@ JSON with these figures:
                       seed and batches, over ddp_steps eager steps; ddp_max_abs_diff is the largest difference,
                       and plain_repeat_max_abs_diff that of two plain runs (the GPU's own nondeterminism, e.g.
                       atomics in attention backward): DDP is sound when its difference is no larger than that
-  fused_adamw         whether GPT.configure_optimizer picked the fused AdamW (it should on CUDA)
+  fused_adamw         whether build_optimizer picked the fused AdamW (it should on CUDA)
 """
 
+import argparse
+import json
+import logging
+import math
 import os
+import re
+import socket
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-# Importable from the repo root with nothing installed; and benchmarks/tokenize.py shares its name with the
-# stdlib module (which torch.compile imports): keep this folder off the import path.
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torch.profiler
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import socket  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torch.profiler  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+# lmcore from this checkout, with nothing installed (python3 benchmarks/gpu.py on a bare GPU machine)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lmcore.data.shards import TokenShardWriter, token_dtype, write_manifest  # noqa: E402
 from lmcore.model.gpt import GPT, PRESETS, ModelConfig  # noqa: E402
 from lmcore.train import distributed as D  # noqa: E402
 from lmcore.train.config import TrainConfig  # noqa: E402
 from lmcore.train.loop import train  # noqa: E402
+from lmcore.train.optim import build_optimizer  # noqa: E402
 
 GOAL_MFU = 0.45
 ATTENTION = re.compile(r"flash|fmha|attention|sdpa|attn", re.IGNORECASE)
@@ -155,7 +153,7 @@ def loop_run(mc: ModelConfig, cfg: TrainConfig, shards: Path, runs: Path, device
     tokens_per_s = timed * cfg.batch_size * mc.context_length / (marks[cfg.max_steps] - marks[2 * every])
     return {
         "tokens_per_s": tokens_per_s,
-        "flops_per_token": summary["flops_per_token"],
+        "flops_per_token": summary.flops_per_token,
         "timed_steps": timed,
         "profile_steps": every,
         "loop_reported_mfu": records[-1]["mfu"],
@@ -177,10 +175,10 @@ def free_port() -> int:
 def plain_steps(
     mc: ModelConfig, batches: list[torch.Tensor], device: torch.device, ddp: bool, compile: bool
 ) -> tuple[list[float], bool]:
-    """The loop's step (seeded init, configure_optimizer, bf16 autocast, clip 1.0, AdamW) over ``batches``."""
+    """The loop's step (seeded init, build_optimizer, bf16 autocast, clip 1.0, AdamW) over ``batches``."""
     torch.manual_seed(0)
     raw = GPT(mc).to(device)
-    opt = raw.configure_optimizer(3e-4, 0.1, (0.9, 0.95))
+    opt = build_optimizer(raw, TrainConfig(lr=3e-4, weight_decay=0.1))
     model = torch.compile(raw) if compile else raw
     if ddp:
         model = DDP(model, device_ids=[device.index or 0] if device.type == "cuda" else None)

@@ -17,32 +17,24 @@ Figures (final JSON line):
     OMP_NUM_THREADS=1 python benchmarks/moe.py [--steps 300] [--cache build/recipe-bench]
 """
 
-import os
-import sys
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path, and put the
-# repository root on it for benchmarks.books.
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+import torch
+from books import VOCAB, build_shards, say
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-
-from benchmarks.books import VOCAB, build_shards, say  # noqa: E402
-from lmcore.data.loader import TokenLoader  # noqa: E402
-from lmcore.data.shards import load_manifest  # noqa: E402
-from lmcore.model.checkpoint import load_trained_model  # noqa: E402
-from lmcore.model.gpt import GPT, ModelConfig  # noqa: E402
-from lmcore.model.moe import expert_report  # noqa: E402
-from lmcore.train.config import TrainConfig  # noqa: E402
-from lmcore.train.loop import train  # noqa: E402
+from lmcore.data.loader import TokenLoader
+from lmcore.data.shards import load_manifest
+from lmcore.model.checkpoint import load_trained_model
+from lmcore.model.gpt import GPT, ModelConfig
+from lmcore.model.moe import expert_report
+from lmcore.train.config import TrainConfig
+from lmcore.train.loop import train
 
 MODEL = dict(vocab_size=VOCAB, context_length=128, n_layer=4, n_head=4, d_model=128)
 MOE = dict(n_experts=4, expert_top_k=1, aux_loss_coef=0.01)  # experts of the dense MLP's width (mlp_hidden None)
@@ -67,16 +59,16 @@ def run_arm(name: str, mc: ModelConfig, tc: TrainConfig, shards: Path, tmp: Path
     # steady-state steps: skip the first 5 and any interval that may hold an evaluation
     evals = {e + d for e in range(0, tc.max_steps + 1, tc.eval_every) for d in (0, 1)} if tc.eval_every else set()
     deltas = [marks[i] - marks[i - 1] for i in sorted(marks) if i > 5 and i - 1 in marks and i not in evals]
-    out: dict[str, Any] = {"val_loss": s["val_loss"], "val_history": s["val_history"],
+    out: dict[str, Any] = {"val_loss": s.val_loss, "val_history": s.val_history,
                            "cpu_s_per_step": statistics.median(deltas)}  # fmt: skip
-    model, _ = load_trained_model(s["checkpoint"])
+    model, _ = load_trained_model(s.checkpoint)
     out |= {"active_params": model.num_params(active=True), "total_params": model.num_params()}
     if mc.n_experts:
         val = TokenLoader.from_split(shards, "val", context_length=mc.context_length, batch_size=tc.batch_size)
         out["report"] = expert_report(model, [val.next_batch() for _ in range(tc.eval_batches)])
     say(f"{name}: val {s['val_loss']:.4f} after {s['step']} steps, {time.perf_counter() - t0:.0f}s, "
         f"{out['cpu_s_per_step']:.4f} cpu s/step; "
-        + " ".join(f"{step}:{v:.3f}" for step, v in s["val_history"]))  # fmt: skip
+        + " ".join(f"{step}:{v:.3f}" for step, v in s.val_history))  # fmt: skip
     return out
 
 

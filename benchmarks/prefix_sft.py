@@ -36,40 +36,32 @@ Figures (final JSON line; per arm under "arms"):
         [--rouge-examples 50] [--cache build/recipe-bench]
 """
 
-import os
-import sys
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path, and put the
-# repository root on it for benchmarks.books.
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+import torch
+from books import VOCAB, build_shards, say
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-
-from benchmarks.books import VOCAB, build_shards, say  # noqa: E402
-from lmcore.data.shards import load_manifest  # noqa: E402
-from lmcore.data.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
-from lmcore.eval.rouge import rouge_batch  # noqa: E402
-from lmcore.finetune.chat import render_chatml  # noqa: E402
-from lmcore.finetune.records import content_key, is_heldout, iter_records, record_to_messages  # noqa: E402
-from lmcore.finetune.sft import chat_generate, finetune  # noqa: E402
-from lmcore.finetune.sft_data import SFTExample, pack_examples  # noqa: E402
-from lmcore.model.checkpoint import load_trained_model  # noqa: E402
-from lmcore.model.generate import GenerationConfig, greedy  # noqa: E402
-from lmcore.model.gpt import ModelConfig  # noqa: E402
-from lmcore.train.config import TrainConfig  # noqa: E402
-from lmcore.train.loop import train  # noqa: E402
+from lmcore.data.shards import load_manifest
+from lmcore.data.tokenizer import Tokenizer, load_tokenizer
+from lmcore.eval.rouge import rouge_batch
+from lmcore.finetune.chat import render_chatml
+from lmcore.finetune.records import content_key, is_heldout, iter_records, record_to_messages
+from lmcore.finetune.sft import chat_generate, finetune
+from lmcore.finetune.sft_data import SFTExample, pack_examples
+from lmcore.model.checkpoint import load_trained_model
+from lmcore.model.generate import GenerationConfig, greedy
+from lmcore.model.gpt import ModelConfig
+from lmcore.train.config import TrainConfig
+from lmcore.train.loop import train
 
 RECORDS = Path("/work/shared/data/instruct/alpaca_5000.jsonl")
 MODEL = dict(vocab_size=VOCAB, context_length=256, n_layer=4, n_head=4, d_model=128)
@@ -139,10 +131,8 @@ def answer(model: torch.nn.Module, tok: Tokenizer, heldout: list[SFTExample], ge
     """Each prompt's reply (as assets/evaluation/answers.py: answer i seeded gen.seed + i, <|im_end|> removed)."""
     out = []
     for i, ex in enumerate(heldout):
-        kw = dataclasses.asdict(gen)
-        if gen.seed is not None:
-            kw["seed"] = gen.seed + i
-        reply = chat_generate(model, tok, ex.prompt_messages, max_new_tokens=max_new_tokens, **kw)
+        settings = gen if gen.seed is None else dataclasses.replace(gen, seed=gen.seed + i)
+        reply = chat_generate(model, tok, ex.prompt_messages, settings, max_new_tokens=max_new_tokens)
         out.append(reply.replace("<|im_end|>", "").strip())
     return out
 
@@ -156,15 +146,15 @@ def run_arm(name: str, attention: str, shards: Path, tok: Tokenizer, train_rows:
     t0 = time.perf_counter()
     pre = train(mc, pretrain_config(args, objective=attention), shards, tmp / name / "pretrain")
     seconds["pretrain"] = time.perf_counter() - t0
-    say(f"{name}: pretrain val {pre['val_loss']:.4f} after {pre['step']} steps, {seconds['pretrain']:.0f}s; "
-        + " ".join(f"{s}:{v:.3f}" for s, v in pre["val_history"]))  # fmt: skip
+    say(f"{name}: pretrain val {pre.val_loss:.4f} after {pre.step} steps, {seconds['pretrain']:.0f}s; "
+        + " ".join(f"{s}:{v:.3f}" for s, v in pre.val_history))  # fmt: skip
     t1 = time.perf_counter()
-    sft = finetune(Path(pre["checkpoint"]), sft_config(args, len(val)), train_rows, val, tmp / name / "sft",
+    sft = finetune(Path(pre.checkpoint), sft_config(args, len(val)), train_rows, val, tmp / name / "sft",
                    pad_id=tok.pad_id)  # fmt: skip
     seconds["sft"] = time.perf_counter() - t1
-    say(f"{name}: sft val {sft['val_loss']:.4f} (train {sft['train_loss']:.4f}) after {sft['step']} steps, "
+    say(f"{name}: sft val {sft.val_loss:.4f} (train {sft.train_loss:.4f}) after {sft.step} steps, "
         f"{seconds['sft']:.0f}s")  # fmt: skip
-    model, _ = load_trained_model(sft["checkpoint"])
+    model, _ = load_trained_model(sft.checkpoint)
     assert model.config.attention == attention, (name, model.config.attention)
     t2 = time.perf_counter()
     refs = [ex.reference for ex in rouge_set]
@@ -180,10 +170,10 @@ def run_arm(name: str, attention: str, shards: Path, tok: Tokenizer, train_rows:
     seconds["generate"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     return {
-        "pretrain_val_loss": round(pre["val_loss"], 4),
-        "pretrain_val_history": [[s, round(v, 4)] for s, v in pre["val_history"]],
-        "sft_val_loss": round(sft["val_loss"], 4),
-        "sft_train_loss": round(sft["train_loss"], 4),
+        "pretrain_val_loss": round(pre.val_loss, 4),
+        "pretrain_val_history": [[s, round(v, 4)] for s, v in pre.val_history],
+        "sft_val_loss": round(sft.val_loss, 4),
+        "sft_train_loss": round(sft.train_loss, 4),
         "rouge": rouge,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "samples": samples,

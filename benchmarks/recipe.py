@@ -20,31 +20,23 @@ Figures (final JSON line, measured in this one process run, one arm after the ot
         [--only current|recipe|ablations] [--cache build/recipe-bench]
 """
 
-import os
-import sys
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path, and put the
-# repository root on it for benchmarks.books.
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+import numpy as np
+import torch
+from books import VOCAB, build_shards, say
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.books import VOCAB, build_shards, say  # noqa: E402
-from lmcore.data.shards import load_manifest  # noqa: E402
-from lmcore.model.gpt import SPEEDRUN as RECIPE_MODEL  # noqa: E402
-from lmcore.model.gpt import ModelConfig  # noqa: E402
-from lmcore.train.config import SPEEDRUN as RECIPE_TRAIN  # noqa: E402
-from lmcore.train.config import TrainConfig  # noqa: E402
-from lmcore.train.loop import train  # noqa: E402
+from lmcore.data.shards import load_manifest
+from lmcore.model.gpt import SPEEDRUN as RECIPE_MODEL
+from lmcore.model.gpt import ModelConfig
+from lmcore.train.config import SPEEDRUN as RECIPE_TRAIN
+from lmcore.train.config import TrainConfig
+from lmcore.train.loop import train
 
 MODEL = dict(vocab_size=VOCAB, context_length=128, n_layer=4, n_head=4, d_model=128)
 CURRENT = dict(lr=1e-3, warmup_fraction=0.1)  # the demo profile's pretraining recipe (lr 1e-3, 10% warmup)
@@ -66,10 +58,10 @@ def run_arm(name: str, shards: Path, tmp: Path, mc: ModelConfig, tc: TrainConfig
     t0 = time.perf_counter()
     s = train(mc, tc, shards, tmp / name)
     tokens_per_step = tc.batch_size * mc.context_length
-    val = [(step * tokens_per_step, loss) for step, loss in s["val_history"]]
+    val = [(step * tokens_per_step, loss) for step, loss in s.val_history]
     say(f"{name}: val {s['val_loss']:.4f} after {s['step']} steps, {time.perf_counter() - t0:.0f}s; "
         + " ".join(f"{t // 1000}k:{v:.3f}" for t, v in val))  # fmt: skip
-    return {"val": val, "final": s["val_loss"], "tokens": s["tokens_seen"]}
+    return {"val": val, "final": s.val_loss, "tokens": s.tokens_seen}
 
 
 def tokens_to_reach(val: list[tuple[int, float]], target: float) -> float | None:

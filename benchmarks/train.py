@@ -10,26 +10,21 @@ Figures (final JSON line, measured side by side in this one process run, alterna
     python benchmarks/train.py [--steps 30] [--batch-size 8] [--repeats 2]
 """
 
-import os
-import sys
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from lmcore.data.shards import TokenShardWriter, write_manifest  # noqa: E402
-from lmcore.model.gpt import GPT, demo  # noqa: E402
-from lmcore.train.config import TrainConfig  # noqa: E402
-from lmcore.train.distributed import measure_matmul_flops  # noqa: E402
-from lmcore.train.loop import train  # noqa: E402
+from lmcore.data.shards import TokenShardWriter, write_manifest
+from lmcore.model.gpt import GPT, demo
+from lmcore.train.config import TrainConfig
+from lmcore.train.distributed import measure_matmul_flops
+from lmcore.train.loop import train
+from lmcore.train.optim import build_optimizer
 
 VOCAB = 4096
 WARMUP = 3
@@ -50,7 +45,7 @@ def reference_tokens_per_s(steps: int, batch_size: int) -> float:
     torch.manual_seed(0)
     cfg = demo(VOCAB)
     model = GPT(cfg)
-    opt = model.configure_optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1))
     T = cfg.context_length
     batches = [torch.randint(0, VOCAB, (batch_size, T + 1)) for _ in range(4)]
     for i in range(WARMUP + steps):
@@ -79,7 +74,7 @@ def ours_tokens_per_s(shards: Path, run_dir: Path, steps: int, batch_size: int) 
     # log_every=WARMUP gives a mark at step WARMUP; the last mark is taken before the final checkpoint.
     last = max(marks)
     seconds = marks[last] - marks[WARMUP]
-    return (last - WARMUP) * batch_size * cfg.context_length / seconds, summary["flops_per_token"]
+    return (last - WARMUP) * batch_size * cfg.context_length / seconds, summary.flops_per_token
 
 
 def main() -> None:

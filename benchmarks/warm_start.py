@@ -12,23 +12,19 @@ val split) and the ratios; the final JSON line.
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/warm_start.py [--steps 300] [--replay 0.25] [--keep]
 """
 
+import argparse
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]  # benchmarks/tokenize.py vs the stdlib
+import dagster as dg
+import yaml
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import dagster as dg  # noqa: E402
-import yaml  # noqa: E402
-
-ROOT = Path(HERE).parent
+ROOT = Path(__file__).resolve().parents[1]
 BOOKS = ROOT.parent / "shared" / "data" / "corpus" / "gutenberg"
 
 

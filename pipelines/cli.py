@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcore.cpu import pin_cpu_dispatch
 from pipelines.home import PROJECT_ROOT, HomeError, home_error, prepare_home, remove_stale_staging_dirs
+
+if TYPE_CHECKING:
+    from assets.artifacts import Checkpoint, TokenizerFile
 
 INTERRUPTED = 130
 """The exit code of a run that Ctrl-C or SIGTERM stopped (the shell's 128 + SIGINT); it is marked canceled."""
@@ -94,32 +97,39 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args, home)
 
 
-def _latest_checkpoint() -> str:
+def _trained_model() -> tuple[Checkpoint, TokenizerFile]:
+    """The latest ``pretrained_model`` and the tokenizer it was trained with, as handles opened through the artifact
+    store as the assets open them: fetched when the store is remote, every digest verified."""
     import dagster as dg
 
-    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("pretrained_model"))
-    if event is None or event.asset_materialization is None:
-        raise FileNotFoundError("no pretrained_model yet in this LMPIPE_HOME; run `lmpipe run` first")
-    return event.asset_materialization.metadata["artifact_path"].value
+    from assets.artifacts import Checkpoint, TokenizerFile
+    from pipelines.definitions import artifact_store
+
+    with dg.build_resources({"store": artifact_store()}) as resources:
+        store = resources.store
+        checkpoint = Checkpoint.open(store, store.read_ref("pretrained_model"))
+        tokenizer = TokenizerFile.open(store, store.read_ref("tokenizer"))
+    if tokenizer.sha256 != (trained := checkpoint.manifest["tokenizer_sha256"]):
+        raise ValueError(
+            f"the latest tokenizer ({tokenizer.location}, sha256 {tokenizer.sha256[:12]}) is not the one the latest "
+            f"pretrained_model was trained with (sha256 {trained[:12]}); materialize pretrained_model again"
+        )
+    return checkpoint, tokenizer
 
 
 def _use_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lmcore.data.tokenizer import load_tokenizer
-    from lmcore.model.checkpoint import load_trained_model
-
     try:
-        path = _latest_checkpoint()
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        checkpoint, tokenizer = _trained_model()
+        model = checkpoint.load()
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc} (with `lmpipe run`)", file=sys.stderr)
         return 2
-    model, meta = load_trained_model(path)
-    tokenizer_path = Path(meta["tokenizer_path"])
     if args.command == "export":
         from lmcore.model.export import export_hf
 
-        print(export_hf(model, tokenizer_path, Path(args.out_dir)))
+        print(export_hf(model, tokenizer.file, Path(args.out_dir)))
         return 0
     import dataclasses
 
@@ -130,10 +140,7 @@ def _use_model(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"lmpipe generate: {e}", file=sys.stderr)
         return 2
-    text = generate_text(
-        model, load_tokenizer(tokenizer_path), args.prompt, max_new_tokens=args.max_new_tokens,
-        **dataclasses.asdict(decoding),
-    )  # fmt: skip
+    text = generate_text(model, tokenizer.tokenizer, args.prompt, decoding, max_new_tokens=args.max_new_tokens)
     print(args.prompt + text)
     return 0
 

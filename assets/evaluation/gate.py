@@ -1,7 +1,7 @@
 """The promotion gate: model-quality checks on ``evaluation_report``, run right after it.
 
 - ``evaluation_beats_baselines`` (blocking, ERROR): every row of the report meets its rule, judged on
-  the interval of the model's improvement over its baseline (``assets.evaluation.table``):
+  the interval of the model's improvement over its baseline (``lmcore.eval.table``):
   ``must_beat`` (``evaluation_report.must_beat``; None: every metric not in ``must_not_lose``) needs
   the whole interval above 0, ``must_not_lose`` only that it is not all below 0. When it fails,
   Dagster does not run what is downstream of the report, so ``hf_export`` is not materialized.
@@ -13,33 +13,15 @@ The settings are those the checked report was made with, read from its materiali
 reproducibility manifest, so a profile sets them like any other field of the asset.
 """
 
-from typing import Any
-
 import dagster as dg
 
 from assets.artifacts import Report
 from assets.evaluation.report import EvaluationConfig, evaluation_report
-from assets.evaluation.table import METRICS, gate_failures, interval_text
+from lmcore.eval.table import METRICS, changes_since, gate_failures, rows_of
 
 _DATA_VERSION_TAG = "dagster/data_version"
 _CHANGE_COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("previous", "float"), dg.TableColumn("new", "float"),
                    dg.TableColumn("worse_by", "float"), dg.TableColumn("regressed", "bool")]  # fmt: skip
-
-
-def changes_since(rows: list[dict[str, Any]], previous: dict[str, float], tolerance: float) -> list[dict[str, Any]]:
-    """Each metric with a previous figure: previous, new, how much worse relative to previous, and whether
-    that exceeds ``tolerance``."""
-    out = []
-    for r in rows:
-        name, new = r["metric"], r["value"]
-        if name not in METRICS or name not in previous:
-            continue
-        old = previous[name]
-        worse = old - new if METRICS[name] else new - old  # > 0: the new model is worse
-        worse_by = worse / abs(old) if old else worse
-        out.append({"metric": name, "previous": old, "new": new, "worse_by": round(worse_by, 4),
-                    "regressed": worse_by > tolerance})  # fmt: skip
-    return out
 
 
 def _published(
@@ -67,7 +49,7 @@ def evaluation_beats_baselines(
     context: dg.AssetCheckExecutionContext, evaluation_report: Report
 ) -> dg.AssetCheckResult:
     config, _ = _published(context, evaluation_report)
-    rows = evaluation_report.manifest["table"]
+    rows = rows_of(evaluation_report.manifest)
     failed = gate_failures(rows, config.must_beat, config.must_not_lose)
     description = (
         "; ".join(failed) + ". Improve the model, give the test set more items (a narrower interval), or change "
@@ -80,9 +62,9 @@ def evaluation_beats_baselines(
         severity=dg.AssetCheckSeverity.ERROR,
         description=description,
         metadata={
-            "rules": dg.MetadataValue.json({r["metric"]: r["rule"] for r in rows}),
+            "rules": dg.MetadataValue.json({r.metric: r.rule for r in rows}),
             "failed": dg.MetadataValue.json(failed),
-            **{f"{r['metric']} improvement": dg.MetadataValue.text(interval_text(r)) for r in rows if r["rule"]},
+            **{f"{r.metric} improvement": dg.MetadataValue.text(r.interval_text()) for r in rows if r.rule},
         },
     )
 
@@ -99,20 +81,20 @@ def evaluation_no_regression(context: dg.AssetCheckExecutionContext, evaluation_
         return dg.AssetCheckResult(passed=True, description="first evaluation: nothing to compare with")
     meta = before.asset_materialization.metadata
     previous = {k: v.value for k, v in meta.items() if k in METRICS and isinstance(v.value, (int, float))}
-    changes = changes_since(evaluation_report.manifest["table"], previous, config.regression_tolerance)
-    regressed = [c["metric"] for c in changes if c["regressed"]]
+    changes = changes_since(rows_of(evaluation_report.manifest), previous, config.regression_tolerance)
+    regressed = [c.metric for c in changes if c.regressed]
     return dg.AssetCheckResult(
         passed=not regressed,
         severity=dg.AssetCheckSeverity.WARN,
         description=f"worse than the previous evaluation on {', '.join(regressed)}" if regressed else None,
         metadata={
             "changes": dg.MetadataValue.table(
-                [dg.TableRecord(c) for c in changes], schema=dg.TableSchema(columns=_CHANGE_COLUMNS)
+                [dg.TableRecord(c.to_dict()) for c in changes], schema=dg.TableSchema(columns=_CHANGE_COLUMNS)
             ),
             "regression_tolerance": config.regression_tolerance,
             "previous_run_id": before.run_id,
             "previous_data_version": (before.asset_materialization.tags or {}).get(_DATA_VERSION_TAG),
-            **{f"{c['metric']} (previous)": c["previous"] for c in changes},
-            **{c["metric"]: c["new"] for c in changes},
+            **{f"{c.metric} (previous)": c.previous for c in changes},
+            **{c.metric: c.new for c in changes},
         },
     )

@@ -17,11 +17,11 @@ from assets.launch import TrainingLauncher, outlets, run_training
 from assets.progress import reporter
 from assets.resources import ArtifactStore
 from assets.stage import result
-from assets.tasks import classify as classify_task
 from assets.tracking import TrackerResource
 from assets.versions import code_version_of
 from lmcore.eval.baselines import confusion_plot
 from lmcore.finetune.classify import ClassifyConfig, steps
+from lmcore.finetune.specs import ClassifySpec
 
 ClassifySettings = config_from(ClassifyConfig)
 
@@ -84,14 +84,17 @@ def classifier_report(
         else:
             progress(f"{event['method']} {event['stage']}", event["done"], event["total"])
 
-    spec = {
-        "init_checkpoint": str(pretrained_model.path), "config": cfg.to_dict(), "tokenizer": str(tokenizer.file),
-        "labeled": {n: str(labeled_data.path / f"{n}.jsonl") for n in LabeledData.PARTS},
-        "runs_dir": str(store.run_dir("classifier_report")), "outlets": outlets("classifier_report", store, tracker),
-        "shard_root": str(token_shards.path),
-    }  # fmt: skip
+    spec = ClassifySpec(
+        init_checkpoint=pretrained_model.path,
+        config=cfg,
+        labeled={n: labeled_data.path / f"{n}.jsonl" for n in LabeledData.PARTS},
+        tokenizer=tokenizer.file,
+        runs_dir=store.run_dir("classifier_report"),
+        outlets=outlets("classifier_report", store, tracker),
+        shard_root=token_shards.path,
+    )
     launch = config.launch.to_lmcore()
-    results = run_training(context, launcher, launch, classify_task, spec, callback=on_event)
+    results = run_training(context, launcher, launch, spec, callback=on_event)
     report = Report.write(store, "classifier_report", results)
     metadata = {**_metadata(results, cfg.methods, len(labeled_data.part("test")[0])), "world_size": launch.world_size}
     inputs = {"pretrained_model": pretrained_model, "labeled_data": labeled_data, "tokenizer": tokenizer,

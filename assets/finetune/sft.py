@@ -12,10 +12,11 @@ from assets.launch import TrainingLauncher, outlets, run_training
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import result, training_metadata
-from assets.tasks import sft as sft_task
 from assets.tracking import TrackerResource
 from assets.versions import code_version_of
+from lmcore.finetune.specs import SftSpec
 from lmcore.train.config import TrainConfig
+from lmcore.train.summary import TrainSummary
 
 
 class SftModelConfig(dg.Config):
@@ -46,19 +47,22 @@ def sft_model(
 ) -> Checkpoint:
     """The pretrained model fine-tuned on ChatML examples (loss on assistant tokens only)."""
     train_cfg = config.to_lmcore()
-    spec = {
-        "init_checkpoint": str(pretrained_model.path), "train": train_cfg.to_dict(),
-        "lora": config.lora.to_lmcore().to_dict() if config.lora else None, "sft_dataset": str(sft_dataset.path),
-        "tokenizer": str(tokenizer.file), "runs_dir": str(store.run_dir("sft_model")),
-        "meta_extra": {"tokenizer_path": str(tokenizer.file), "tokenizer_sha256": tokenizer.sha256},
-        "outlets": outlets("sft_model", store, tracker),
-    }  # fmt: skip
-    summary = run_training(
-        context, launcher, config.launch.to_lmcore(), sft_task, spec,
+    spec = SftSpec(
+        init_checkpoint=pretrained_model.path,
+        train=train_cfg,
+        lora=config.lora.to_lmcore() if config.lora else None,
+        sft_dataset=sft_dataset.path,
+        tokenizer=tokenizer.file,
+        runs_dir=store.run_dir("sft_model"),
+        meta_extra={"tokenizer_path": str(tokenizer.file), "tokenizer_sha256": tokenizer.sha256},
+        outlets=outlets("sft_model", store, tracker),
+    )
+    summary: TrainSummary = run_training(
+        context, launcher, config.launch.to_lmcore(), spec,
         callback=training_reporter(context, "sft_model", "sft steps", train_cfg.max_steps),
     )  # fmt: skip
     model = Checkpoint.of_run(summary)
-    metadata = {**training_metadata(summary, "SFT loss (assistant tokens)"), "world_size": summary["world_size"],
-                "run_dir": summary["run_dir"]}  # fmt: skip
+    metadata = {**training_metadata(summary, "SFT loss (assistant tokens)"), "world_size": summary.world_size,
+                "run_dir": str(summary.run_dir)}  # fmt: skip
     inputs = {"pretrained_model": pretrained_model, "sft_dataset": sft_dataset, "tokenizer": tokenizer}
     return result(context, model, metadata, config=config, inputs=inputs)

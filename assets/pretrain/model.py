@@ -17,13 +17,14 @@ from assets.plots import bar_chart
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import result, training_metadata
-from assets.tasks import pretrain as pretrain_task
 from assets.tracking import TrackerResource
 from assets.versions import code_version_of
 from lmcore.model.gpt import PRESETS, ModelConfig
 from lmcore.train.config import TrainConfig, WarmStartConfig
 from lmcore.train.job import WarmStart
 from lmcore.train.objectives import extra_token_ids
+from lmcore.train.spec import PretrainSpec
+from lmcore.train.summary import TrainSummary
 
 
 class PretrainConfig(dg.Config):
@@ -75,29 +76,35 @@ def pretrained_model(
     }
     context.log.info(f"runs in {runs_dir}; {model_cfg}")
     init, started_from = _warm_start(context, config.warm_start.to_lmcore(), store)
-    spec = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "shard_root": str(token_shards.path),
-            "runs_dir": str(runs_dir), "meta_extra": meta_extra, "init": init.to_dict() if init else None,
-            "outlets": outlets("pretrained_model", store, tracker)}  # fmt: skip
-    summary = run_training(
-        context, launcher, config.launch.to_lmcore(), pretrain_task, spec,
+    spec = PretrainSpec(
+        model=model_cfg,
+        train=train_cfg,
+        shard_root=token_shards.path,
+        runs_dir=runs_dir,
+        meta_extra=meta_extra,
+        init=init,
+        outlets=outlets("pretrained_model", store, tracker),
+    )
+    summary: TrainSummary = run_training(
+        context, launcher, config.launch.to_lmcore(), spec,
         callback=training_reporter(context, "pretrained_model", "train steps", train_cfg.max_steps),
         on_wait=lambda d: context.log.warning(f"another run is training in {d}; waiting for it to finish"),
     )  # fmt: skip
     checkpoint = Checkpoint.of_run(summary)
     metadata = {
         **training_metadata(summary, "Loss"),
-        "tokens_seen": summary["tokens_seen"],
-        "mfu": round(summary["mfu"], 4) if summary["mfu"] is not None else None,
-        "device": summary["device"],
-        "world_size": summary["world_size"],
-        "run_dir": dg.MetadataValue.path(summary["run_dir"]),
+        "tokens_seen": summary.tokens_seen,
+        "mfu": round(summary.mfu, 4) if summary.mfu is not None else None,
+        "device": summary.device,
+        "world_size": summary.world_size,
+        "run_dir": dg.MetadataValue.path(str(summary.run_dir)),
         "init": config.warm_start.init,
         "started_from": started_from,
     }
     if init is not None:
         metadata["replay_fraction"] = init.replay_fraction
-    if summary.get("realized_mixture"):
-        mixture = summary["realized_mixture"]
+    if summary.realized_mixture:
+        mixture = summary.realized_mixture
         metadata["realized_mixture_tokens"] = dg.MetadataValue.json(mixture)
         metadata["realized_mixture"] = bar_chart("Training tokens drawn per group (rank 0)", mixture)
     return result(

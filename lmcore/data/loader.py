@@ -85,8 +85,7 @@ class TokenLoader:
     """Infinite iterator of ``(x, y)`` int64 batches of shape ``(batch_size, context_length)``.
 
     Epochs roll over on their own; ``epoch`` and ``position`` (batches already drawn by
-    this rank in the current epoch) say where the next batch comes from. ``last_batch``
-    is the ``(epoch, position)`` of the batch most recently returned, for error messages.
+    this rank in the current epoch) say where the next batch comes from.
     ``window_log`` (a test aid) appends one line ``epoch position idx idx ...`` per batch.
 
     ``groups[i]`` labels ``arrays[i]``. Without ``weights`` the groups only feed
@@ -135,7 +134,6 @@ class TokenLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.drop_last = drop_last
         self.window_log = Path(window_log) if window_log is not None else None
         self.num_windows = self._index_windows([label for label, _ in kept], tokens)
         self.windows_per_rank = self.num_windows // world_size
@@ -154,7 +152,6 @@ class TokenLoader:
         self._span = np.arange(context_length + 1, dtype=np.int64)
         self.epoch = 0
         self.position = 0
-        self.last_batch: tuple[int, int] | None = None
         self._order_epoch = -1
         self._order = np.empty(0, dtype=np.int64)
         self._epoch_tokens: dict[int, np.ndarray] = {}  # epoch -> this rank's tokens per group over a whole epoch
@@ -227,7 +224,6 @@ class TokenLoader:
         if self.window_log is not None:
             with open(self.window_log, "a", encoding="utf-8") as f:
                 f.write(f"{self.epoch} {self.position} {' '.join(map(str, idx.tolist()))}\n")
-        self.last_batch = (self.epoch, self.position)
         self.position += 1
         if self.position == self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from lmcore.data.tokenizer import Tokenizer
 from lmcore.finetune.chat import encode_plain
@@ -18,6 +17,7 @@ from lmcore.finetune.sft import finetune, init_model_config
 from lmcore.finetune.sft_data import SFTExample, pack_examples
 from lmcore.train.config import TrainConfig
 from lmcore.train.job import NO_OUTLETS, Callback, Outlets
+from lmcore.train.summary import TrainSummary
 
 
 def text_examples(texts: Sequence[str], tokenizer: Tokenizer, context_length: int) -> list[SFTExample]:
@@ -40,7 +40,7 @@ def adapt_lm(
     *,
     callback: Callback | None = None,
     outlets: Outlets = NO_OUTLETS,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Continue next-token training on the task's texts (labels unused), packed; returns ``finetune``'s summary."""
     mc, _ = init_model_config(init_checkpoint)
     splits = [

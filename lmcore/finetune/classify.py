@@ -43,6 +43,7 @@ from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.distributed import dist_env
 from lmcore.train.job import NO_OUTLETS, Callback, Outlets
+from lmcore.train.summary import TrainSummary
 
 METHODS = ("label_lm", "head", "encoder", "bow")
 """Every method, in the order they run and are reported."""
@@ -196,9 +197,9 @@ def evaluate_all(
             init_checkpoint, config.adapt, train[0], validation[0], tokenizer, task.runs_dir / "adapt",
             callback=task.on_train("adapt"), outlets=outlets,
         )  # fmt: skip
-        init_checkpoint = Path(summary["checkpoint"])
+        init_checkpoint = summary.checkpoint
         results["adaptation"] = {**_brief(summary), "seconds": time.perf_counter() - start}
-    trained: dict[str, tuple[dict[str, Any], float]] = {}
+    trained: dict[str, tuple[Any, float]] = {}
     for method in (m for m in methods if m in TRAIN):  # every rank: training is collective
         start = time.perf_counter()
         init = pretrained if method not in ADAPTED else Path(init_checkpoint)
@@ -224,7 +225,7 @@ def _bow(task: _Task, _: None) -> tuple[dict[str, Any], dict[str, Any]]:
     return {**evaluate_classifier(task.test[1], predicted, task.labels), "predictions": predicted}, chosen
 
 
-def _train_label_lm(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
+def _train_label_lm(task: _Task, init_checkpoint: Path) -> TrainSummary:
     cfg = task.config
     return train_label_lm(
         init_checkpoint, cfg.label_lm, task.train, task.validation, task.tokenizer, task.runs_dir / "label_lm",
@@ -232,9 +233,9 @@ def _train_label_lm(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _score_label_lm(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _score_label_lm(task: _Task, summary: TrainSummary) -> tuple[dict[str, Any], dict[str, Any]]:
     cfg = task.config
-    lm, _ = load_trained_model(summary["checkpoint"])
+    lm, _ = load_trained_model(summary.checkpoint)
     metrics = evaluate_label_lm(
         lm, task.tokenizer, task.test, task.labels, instruction=cfg.instruction, batch_size=cfg.score_batch_size,
         progress=task.on_progress("label_lm"),
@@ -242,7 +243,7 @@ def _score_label_lm(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any
     return metrics, _brief(summary)
 
 
-def _train_head(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
+def _train_head(task: _Task, init_checkpoint: Path) -> TrainSummary:
     cfg = task.config
     return train_head(
         init_checkpoint, cfg.head, task.train, task.validation, task.tokenizer, task.labels, task.runs_dir / "head",
@@ -250,9 +251,9 @@ def _train_head(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _score_head(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _score_head(task: _Task, summary: TrainSummary) -> tuple[dict[str, Any], dict[str, Any]]:
     cfg = task.config
-    classifier, _ = load_classifier(summary["checkpoint"])
+    classifier, _ = load_classifier(summary.checkpoint)
     predicted = predict_head(
         classifier, task.tokenizer, task.test[0], task.labels, instruction=cfg.instruction,
         batch_size=cfg.score_batch_size,
@@ -261,8 +262,9 @@ def _score_head(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any], d
     return metrics, _brief(summary)
 
 
-def _train_encoder(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
-    """Pretrain the encoder (shaped like the LM at ``init_checkpoint``) on the shards, then its head run."""
+def _train_encoder(task: _Task, init_checkpoint: Path) -> tuple[TrainSummary, TrainSummary]:
+    """Pretrain the encoder (shaped like the LM at ``init_checkpoint``) on the shards, then its head run; the
+    summaries of the head run and of the pretraining."""
     cfg, root = task.config, task.shard_root
     assert root is not None  # evaluate_all checked
     if (base := shard_vocab(root)) < task.tokenizer.vocab_size:
@@ -276,37 +278,37 @@ def _train_encoder(task: _Task, init_checkpoint: Path) -> dict[str, Any]:
         callback=task.on_train("encoder_pretrain"), outlets=task.outlets,
     )  # fmt: skip
     head = train_head(
-        Path(pretrain["checkpoint"]), cfg.encoder, task.train, task.validation, task.tokenizer, task.labels,
+        pretrain.checkpoint, cfg.encoder, task.train, task.validation, task.tokenizer, task.labels,
         task.runs_dir / "encoder", lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("encoder"),
         outlets=task.outlets,
     )  # fmt: skip
-    return {**head, "pretrain": pretrain}
+    return head, pretrain
 
 
-def _score_encoder(task: _Task, summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    cfg, pretrain = task.config, summary["pretrain"]
-    encoder, _ = load_trained_model(pretrain["checkpoint"])
+def _score_encoder(task: _Task, runs: tuple[TrainSummary, TrainSummary]) -> tuple[dict[str, Any], dict[str, Any]]:
+    (head, pretrain), cfg = runs, task.config
+    encoder, _ = load_trained_model(pretrain.checkpoint)
     assert task.shard_root is not None
     measured = evaluate_encoder(
-        encoder, (task.shard_root, "test"), pretrain["mask_id"], mask_rate=cfg.encoder_pretrain.mask_rate,
+        encoder, (task.shard_root, "test"), pretrain.mask_id, mask_rate=cfg.encoder_pretrain.mask_rate,
         max_windows=cfg.encoder_eval_windows, pll_rows=cfg.encoder_pll_rows, batch_size=cfg.score_batch_size,
     )  # fmt: skip
-    metrics, brief = _score_head(task, summary)
+    metrics, brief = _score_head(task, head)
     encoder_metrics = {
         "masked_accuracy": measured["masked_accuracy"],
         "pseudo_perplexity": measured["pseudo_perplexity"],
-        "encoder_val_loss": pretrain.get("val_loss"),
+        "encoder_val_loss": pretrain.val_loss,
         "encoder_eval": measured,
     }
-    return {**metrics, **encoder_metrics}, {**brief, "pretrain": {**_brief(pretrain), "mask_id": pretrain["mask_id"]}}
+    return {**metrics, **encoder_metrics}, {**brief, "pretrain": {**_brief(pretrain), "mask_id": pretrain.mask_id}}
 
 
-TRAIN: dict[str, Callable[[_Task, Path], dict[str, Any]]] = {
+TRAIN: dict[str, Callable[[_Task, Path], Any]] = {
     "label_lm": _train_label_lm,
     "head": _train_head,
     "encoder": _train_encoder,
 }
-"""The LM methods' training runs (a training summary each); run by every rank."""
+"""The LM methods' training runs (a training summary each; the encoder's head and pretraining runs); every rank."""
 SCORE: dict[str, Callable[[_Task, Any], tuple[dict[str, Any], dict[str, Any]]]] = {
     "label_lm": _score_label_lm,
     "head": _score_head,
@@ -328,7 +330,20 @@ def steps(config: ClassifyConfig) -> dict[str, int]:
     return {name: run.max_steps for name, run in runs.items() if run is not None}
 
 
-def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("step", "train_loss", "val_loss", "tokens_seen", "tokens_per_s", "params", "trainable_params", "checkpoint",
-            "world_size")  # fmt: skip
-    return {k: summary.get(k) for k in keys}
+def _brief(summary: TrainSummary) -> dict[str, Any]:
+    """The figures of a training run that a report keeps (JSON-able)."""
+    d = summary.to_dict()
+    return {k: d.get(k) for k in _BRIEF}
+
+
+_BRIEF = (
+    "step",
+    "train_loss",
+    "val_loss",
+    "tokens_seen",
+    "tokens_per_s",
+    "params",
+    "trainable_params",
+    "checkpoint",
+    "world_size",
+)

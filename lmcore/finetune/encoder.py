@@ -34,6 +34,7 @@ from lmcore.train.config import TrainConfig
 from lmcore.train.job import NO_OUTLETS, Callback, Outlets
 from lmcore.train.loop import train
 from lmcore.train.objectives import MASK, Objective, extra_token_ids, masked_accuracy, pseudo_perplexity
+from lmcore.train.summary import TrainSummary
 
 MASKED = TrainConfig(objective="masked")
 """A run of the encoder's objective (what it adds to the vocabulary depends on nothing else)."""
@@ -79,13 +80,13 @@ def pretrain_encoder(
     callback: Callback | None = None,
     outlets: Outlets = NO_OUTLETS,
     meta_extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Pretrain (or resume) a masked-LM encoder shaped like ``lm_config`` on the shards; returns the loop's summary.
 
     The encoder starts from fresh weights (the decoder's are trained for another objective) and
     trains on the shards' "train" windows, validated on "val" (:func:`lmcore.train.loop.train`), in
     ``runs_dir/<run key>``. ``train_config`` goes through :func:`encoder_train_config`. The summary
-    adds ``mask_id`` (the ``<|mask|>`` id, = the shards' vocabulary size).
+    has ``mask_id`` set (the ``<|mask|>`` id, = the shards' vocabulary size).
     """
     shard_root = Path(shard_root)
     base = shard_vocab(shard_root)
@@ -94,7 +95,7 @@ def pretrain_encoder(
         encoder_config(lm_config, base), cfg, shard_root, Path(runs_dir),
         callback=callback, meta_extra=meta_extra, outlets=outlets,
     )  # fmt: skip
-    return {**summary, "mask_id": extra_token_ids(cfg, base, lm_config.context_length)[MASK]}
+    return dataclasses.replace(summary, mask_id=extra_token_ids(cfg, base, lm_config.context_length)[MASK])
 
 
 def _windows(arrays: Sequence[np.ndarray], T: int, max_windows: int | None) -> torch.Tensor:

@@ -36,6 +36,7 @@ from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.job import NO_OUTLETS, Batch, BatchSource, Callback, Outlets
+from lmcore.train.summary import TrainSummary
 
 
 class SequenceClassifier(nn.Module):
@@ -78,11 +79,6 @@ class SequenceClassifier(nn.Module):
         logits = self.head(hidden[torch.arange(idx.size(0), device=idx.device), pooled])  # (B, C)
         loss = None if targets is None else F.cross_entropy(logits.float(), targets)
         return logits, loss
-
-    def configure_optimizer(
-        self, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)
-    ) -> torch.optim.AdamW:
-        return GPT.configure_optimizer(self, lr, weight_decay, betas)  # type: ignore[arg-type]  # same groups
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -143,7 +139,7 @@ def train_head(
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
     outlets: Outlets = NO_OUTLETS,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Train a :class:`SequenceClassifier` from the init checkpoint (whole model, or head + LoRA); returns the summary.
 
     The final checkpoint holds the merged classifier; read it with :func:`load_classifier`.

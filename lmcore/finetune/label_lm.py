@@ -31,10 +31,12 @@ from lmcore.finetune.sft import (
     init_model_config,
 )
 from lmcore.finetune.sft_data import SFTExample, pack_examples
+from lmcore.model.generate import greedy
 from lmcore.model.gpt import GPT
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
 from lmcore.train.job import NO_OUTLETS, Callback, Outlets
+from lmcore.train.summary import TrainSummary
 
 
 def label_examples(
@@ -69,7 +71,7 @@ def train_label_lm(
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
     outlets: Outlets = NO_OUTLETS,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Fine-tune the init checkpoint to write each text's label (examples packed); returns ``finetune``'s summary."""
     mc, _ = init_model_config(init_checkpoint)
     splits = [
@@ -156,9 +158,7 @@ def generate_labels(
     out = []
     for i, text in enumerate(texts, 1):
         out.append(
-            chat_generate(
-                model, tokenizer, prompt_messages(text, instruction), max_new_tokens=max_new_tokens, temperature=0
-            )
+            chat_generate(model, tokenizer, prompt_messages(text, instruction), greedy(), max_new_tokens=max_new_tokens)
         )
         if progress and (i % 100 == 0 or i == len(texts)):
             progress(i, len(texts))

@@ -16,6 +16,7 @@ This module knows nothing of Dagster or of where examples come from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -30,13 +31,14 @@ from lmcore.data.tokenizer import Tokenizer
 from lmcore.finetune.chat import prompt_ids
 from lmcore.finetune.sft_data import SFTExample, sft_batches
 from lmcore.model.checkpoint import MODEL_FILE, load_trained_model, read_meta, verify_checkpoint
-from lmcore.model.generate import generate
+from lmcore.model.generate import GenerationConfig, generate
 from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.model.lora import LoraConfig, apply_lora, merged_copy
 from lmcore.train.config import TrainConfig
 from lmcore.train.job import NO_OUTLETS, Batch, BatchSource, Callback, Job, Outlets
 from lmcore.train.loop import run_job
 from lmcore.train.objectives import PromptPrefixSource
+from lmcore.train.summary import TrainSummary
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -182,8 +184,9 @@ def run_from_init(
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
     outlets: Outlets = NO_OUTLETS,
-) -> dict[str, Any]:
-    """Run the training loop on the init checkpoint's model; returns the summary plus ``trainable_params``.
+) -> TrainSummary:
+    """Run the training loop on the init checkpoint's model; returns its summary with ``trainable_params`` and
+    ``init_checkpoint`` set.
 
     ``wrap`` turns the pretrained GPT into the module to train (e.g. a classifier; default:
     the GPT itself); ``lora`` then adapts the GPT inside it and freezes the rest of the GPT.
@@ -221,7 +224,7 @@ def run_from_init(
         export=merged_copy if lora else None,
     )
     summary = run_job(lambda: job, train_config, runs_dir, callback=callback, meta_extra=meta_extra, outlets=outlets)
-    return {**summary, "trainable_params": counts["trainable"], "init_checkpoint": str(init)}
+    return dataclasses.replace(summary, trainable_params=counts["trainable"], init_checkpoint=init)
 
 
 def finetune(
@@ -236,13 +239,13 @@ def finetune(
     callback: Callback | None = None,
     meta_extra: dict[str, Any] | None = None,
     outlets: Outlets = NO_OUTLETS,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Fine-tune (or resume fine-tuning) the model of ``init_checkpoint`` on chat examples; return a summary.
 
     The run lives in ``runs_dir/<run key>`` (keyed by the init weights, the examples, the config and LoRA).
 
-    The summary is :func:`lmcore.train.loop.train`'s plus ``trainable_params`` and
-    ``init_checkpoint``. Examples may be packed (``pack_examples``); each must fit the
+    The summary is :func:`lmcore.train.loop.train`'s with ``trainable_params`` and
+    ``init_checkpoint`` set. Examples may be packed (``pack_examples``); each must fit the
     model's context and hold at least one assistant token. ``val_examples`` are used when
     ``train_config.eval_batches`` > 0 (cycled if there are fewer batches). The final
     checkpoint is a plain GPT (LoRA merged) for ``load_trained_model``.
@@ -284,19 +287,18 @@ def chat_generate(
     model: GPT,
     tokenizer: Tokenizer,
     messages: Sequence[dict[str, Any]],
+    config: GenerationConfig,
     *,
     max_new_tokens: int = 256,
-    **gen_kwargs: Any,
 ) -> str:
-    """The assistant's reply to ``messages``: ChatML prompt, generation stopped at ``<|im_end|>``, decoded.
-
-    ``gen_kwargs`` go to :func:`lmcore.model.generate.generate` (temperature, top_p, seed, ...).
-    """
-    gen_kwargs.setdefault("stop_ids", (tokenizer.im_end_id,))
+    """The assistant's reply to ``messages``: ChatML prompt, generated as ``config`` says (:func:`generate`),
+    stopped at ``<|im_end|>``, decoded."""
+    prefix_length = None
     if model.config.attention == "prefix":  # as in fine-tuning (prompt_prefix): the turns before the first reply
         first_reply = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
-        gen_kwargs.setdefault("prefix_length", len(prompt_ids(messages[:first_reply], tokenizer)))
-    out = generate(model, prompt_ids(messages, tokenizer), max_new_tokens=max_new_tokens, **gen_kwargs)
+        prefix_length = len(prompt_ids(messages[:first_reply], tokenizer))
+    ids, stop = prompt_ids(messages, tokenizer), (tokenizer.im_end_id,)
+    out = generate(model, ids, config, max_new_tokens=max_new_tokens, stop_ids=stop, prefix_length=prefix_length)
     return tokenizer.decode(out, skip_special_tokens=False)
 
 

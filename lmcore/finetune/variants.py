@@ -82,18 +82,18 @@ def compare_variants(
         mc, tc = variant_configs(name, base_model, base_train, base_vocab)
         on_record = (lambda r, n=name: callback(n, r)) if callback else None
         summary = train(mc, tc, shard_root, runs_dir, callback=on_record, meta_extra=meta_extra)
-        model, _ = load_trained_model(Path(summary["checkpoint"]), "cpu")
+        model, _ = load_trained_model(summary.checkpoint, "cpu")
         model.eval()
         figures: dict[str, Any] = {
             "objective": tc.objective,
             "attention": mc.attention,
-            "val_loss": summary["val_loss"],
-            "tokens_seen": summary["tokens_seen"],
-            "train_seconds": summary["tokens_seen"] / summary["tokens_per_s"] if summary["tokens_per_s"] else None,
+            "val_loss": summary.val_loss,
+            "tokens_seen": summary.tokens_seen,
+            "train_seconds": summary.tokens_seen / summary.tokens_per_s if summary.tokens_per_s else None,
             "params": model.num_params(),
             "active_params": model.num_params(active=True),
-            "checkpoint": summary["checkpoint"],
-            "val_history": summary["val_history"],
+            "checkpoint": str(summary.checkpoint),
+            "val_history": summary.val_history,
         }
         if tc.objective in ("causal", "prefix"):
             test = evaluate_lm(model, test_arrays, total_bytes=total_bytes, max_tokens=max_eval_tokens)

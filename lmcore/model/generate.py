@@ -14,26 +14,25 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from lmcore.data.tokenizer import Tokenizer
-from lmcore.model.gpt import GPT, KVCache
+from lmcore.model.attention import KVCache
+from lmcore.model.gpt import GPT
 
 EOT = "<|endoftext|>"
 
 
 @dataclass(kw_only=True, frozen=True)
 class GenerationConfig:
-    """How each next token is chosen: the keywords of :func:`generate` besides the length and the stops.
+    """How each next token is chosen: what :func:`generate` takes besides the length, the stops and the prefix.
 
-    ``generate(model, ids, max_new_tokens=n, **dataclasses.asdict(config))``. The defaults are the
-    evaluation's: deterministic (an evaluation should not move with a seed), with CTRL's repetition
-    penalty of 1.2 and no 3-gram said twice, so a small model does not loop; a temperature above 0
-    samples from the top 0.9 of the probability, seeded. :func:`greedy` is plain argmax.
-    ``generate``'s own keyword defaults are each control switched off.
+    ``generate(model, ids, config, max_new_tokens=n)``. These are the one set of defaults, the evaluation's:
+    deterministic (an evaluation should not move with a seed), with CTRL's repetition penalty of 1.2 and no
+    3-gram said twice, so a small model does not loop; a temperature above 0 samples from the top 0.9 of the
+    probability, seeded. :func:`greedy` switches every control off: plain argmax.
     """
 
     temperature: float = 0.0
@@ -119,45 +118,42 @@ class NoRepeatNGram:
 def next_token_probs(
     logits: Tensor,
     counts: Tensor,
+    config: GenerationConfig,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    frequency_penalty: float = 0.0,
-    presence_penalty: float = 0.0,
-    repetition_penalty: float = 1.0,
     seen: Tensor | None = None,
     banned: Collection[int] = (),
 ) -> Tensor:
     """Sampling distribution (V,) from last-position ``logits`` (V,) and generated-token ``counts`` (V,).
 
-    ``repetition_penalty`` divides the positive logits of the tokens in ``seen`` (V,) bool (prompt and
+    ``config.repetition_penalty`` divides the positive logits of the tokens in ``seen`` (V,) bool (prompt and
     output; default: the generated ones) and multiplies their negative ones; the other penalties subtract
     ``frequency_penalty * count + presence_penalty * (count > 0)``; ``banned`` tokens get -inf. Then
     temperature scaling, top-k and top-p filtering. ``temperature == 0`` puts all mass on the (penalised)
-    argmax. At least one token must stay unbanned.
+    argmax. At least one token must stay unbanned. ``no_repeat_ngram_size`` and ``seed`` are the caller's
+    (:func:`generate` turns the first into ``banned`` and draws with the second).
     """
+    c = config
     logits = logits.float()
-    if repetition_penalty != 1.0:
+    if c.repetition_penalty != 1.0:
         mask = seen if seen is not None else counts > 0
-        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        penalised = torch.where(logits > 0, logits / c.repetition_penalty, logits * c.repetition_penalty)
         logits = torch.where(mask, penalised, logits)
-    logits = logits - frequency_penalty * counts - presence_penalty * (counts > 0).float()
+    logits = logits - c.frequency_penalty * counts - c.presence_penalty * (counts > 0).float()
     if banned:
         logits[torch.tensor(sorted(banned), device=logits.device)] = float("-inf")
-    if temperature == 0:
+    if c.temperature == 0:
         probs = torch.zeros_like(logits)
         probs[logits.argmax()] = 1.0
         return probs
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+    logits = logits / c.temperature
+    if c.top_k is not None:
+        kth = torch.topk(logits, min(c.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
+    if c.top_p is not None and c.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # drop a token when the tokens ranked above it already hold top_p of the mass
-        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= c.top_p
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         probs = probs / probs.sum()
@@ -194,46 +190,51 @@ def _ends_with_stop(out: list[int], stop_sequences: Sequence[Sequence[int]]) -> 
     return 0
 
 
+def _check(model: GPT, prompt_ids: list[int], max_new_tokens: int) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not prompt_ids:
+        raise ValueError("prompt_ids is empty; start from at least one token (e.g. the <|endoftext|> id)")
+    if not model.config.causal:
+        raise ValueError(
+            "this model is an encoder (attention='bidirectional', a masked LM): it fills in <|mask|> tokens but "
+            "does not generate; generate with a causal or prefix model"
+        )
+
+
+def _seen(vocab: int, ids: list[int], stops: set[int], device: torch.device) -> Tensor:
+    """(V,) bool: the tokens of ``ids`` that the repetition penalty treats as seen; never a stop id (ending is
+    not repeating)."""
+    seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+    seen[torch.tensor(ids, device=device)] = True
+    seen[torch.tensor(sorted(stops), dtype=torch.long, device=device)] = False
+    return seen
+
+
 @torch.no_grad()
 def generate(
     model: GPT,
     prompt_ids: list[int],
+    config: GenerationConfig,
     *,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    frequency_penalty: float = 0.0,
-    presence_penalty: float = 0.0,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
     stop_ids: Sequence[int] = (),
     stop_sequences: Sequence[Sequence[int]] = (),
-    seed: int | None = None,
     prefix_length: int | None = None,
 ) -> list[int]:
-    """Continue ``prompt_ids``; return only the new tokens, without a stop id or stop sequence that ended it.
+    """Continue ``prompt_ids``, each token chosen as ``config`` says; return only the new tokens, without a
+    stop id or stop sequence that ended it.
 
-    The prompt is cropped to its last ``context_length`` tokens; the repetition penalty and the
-    n-gram ban look at that prompt and the output, and never touch a stop id (ending is not
-    repeating); generation also ends when the ban leaves no token. ``seed`` makes sampling
-    reproducible (sampling draws on the CPU, so the same seed gives the same tokens on any
-    device); ``None`` uses torch's global RNG. :class:`GenerationConfig` validates the knobs.
-    A prefix LM reads the first ``prefix_length`` prompt tokens (default: all) as its two-way prefix.
+    The prompt is cropped to its last ``context_length`` tokens; the repetition penalty and the n-gram ban
+    look at that prompt and the output, and never touch a stop id (ending is not repeating); generation also
+    ends when the ban leaves no token. ``config.seed`` makes sampling reproducible (draws happen on the CPU,
+    so the same seed gives the same tokens on any device). A prefix LM reads the first ``prefix_length``
+    prompt tokens (default: all) as its two-way prefix.
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    GenerationConfig(temperature=temperature, top_k=top_k, top_p=top_p, frequency_penalty=frequency_penalty,
-                     presence_penalty=presence_penalty, repetition_penalty=repetition_penalty,
-                     no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)  # fmt: skip
-    if not prompt_ids:
-        raise ValueError("prompt_ids is empty; start from at least one token (e.g. the <|endoftext|> id)")
-    if not model.config.causal:
-        raise ValueError("this model is an encoder (attention='bidirectional', a masked LM): it fills in "
-                         "<|mask|> tokens but does not generate; generate with a causal or prefix model")  # fmt: skip
+    _check(model, prompt_ids, max_new_tokens)
     was_training = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     ids = list(prompt_ids[-model.config.context_length :])
     cropped = len(prompt_ids) - len(ids)
     n_prompt = len(ids) if prefix_length is None else max(0, min(prefix_length - cropped, len(ids)))
@@ -241,29 +242,16 @@ def generate(
     cache = model.new_kv_cache(1)
     vocab = model.config.vocab_size
     counts = torch.zeros(vocab, device=cache.k.device)
-    seen = torch.zeros(vocab, dtype=torch.bool, device=cache.k.device)
-    seen[torch.tensor(ids, device=seen.device)] = True
     stops = set(stop_ids)
-    seen[torch.tensor(sorted(stops), dtype=torch.long, device=seen.device)] = False  # ending is not repeating
-    ngrams = NoRepeatNGram(no_repeat_ngram_size, ids) if no_repeat_ngram_size else None
+    seen = _seen(vocab, ids, stops, cache.k.device)
+    ngrams = NoRepeatNGram(config.no_repeat_ngram_size, ids) if config.no_repeat_ngram_size else None
     try:
         for _ in range(max_new_tokens):
             banned = ngrams.banned() - stops if ngrams is not None else set()
             if len(banned) >= vocab:
                 break  # every token would repeat an n-gram
-            probs = next_token_probs(
-                _step(model, ids, cache, n_prompt),
-                counts,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                frequency_penalty=frequency_penalty,
-                presence_penalty=presence_penalty,
-                repetition_penalty=repetition_penalty,
-                seen=seen,
-                banned=banned,
-            )
-            if temperature == 0:
+            probs = next_token_probs(_step(model, ids, cache, n_prompt), counts, config, seen=seen, banned=banned)
+            if config.temperature == 0:
                 token = int(probs.argmax())
             else:
                 token = int(torch.multinomial(probs.cpu(), 1, generator=gen))
@@ -283,11 +271,10 @@ def generate(
     return out
 
 
-def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, **kw: Any) -> str:
-    """Encode ``prompt``, generate, decode the continuation.
-
-    Stops at ``<|endoftext|>`` unless ``stop_ids`` is given. ``kw`` goes to :func:`generate`.
-    """
-    kw.setdefault("stop_ids", (tokenizer.eot_id,))
+def generate_text(
+    model: GPT, tokenizer: Tokenizer, prompt: str, config: GenerationConfig, *, max_new_tokens: int
+) -> str:
+    """Encode ``prompt``, generate (:func:`generate`) until ``<|endoftext|>``, decode the continuation."""
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [tokenizer.eot_id]  # empty prompt: start a doc
-    return tokenizer.decode(generate(model, ids, **kw), skip_special_tokens=False)
+    out = generate(model, ids, config, max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eot_id,))
+    return tokenizer.decode(out, skip_special_tokens=False)

@@ -1,4 +1,4 @@
-"""The language model: one GPT-style decoder in two flavours, its config and its KV cache.
+"""The language model: one GPT-style decoder in two flavours, its config, its MLP and its blocks.
 
 ``arch="modern"`` is a Llama-style block (RMSNorm, rotary positions in the rotate-half
 convention, SwiGLU MLP, optional grouped-query attention, no biases); ``arch="gpt2"`` is
@@ -6,7 +6,8 @@ GPT-2 (learned absolute positions, LayerNorm, tanh-GELU MLP, biases). Both use t
 parameter names, so checkpoints, the optimizer and the HF export treat them alike.
 ``position="alibi"`` replaces either's positions with ALiBi's per-head linear attention bias.
 Speedrun options from modded-nanogpt / nanochat (QK-norm, ReLU², logit soft-capping, zero-initialized
-output projections; ``SPEEDRUN`` is the measured set) are off by default.
+output projections; ``SPEEDRUN`` is the measured set) are off by default. Attention, positions, masks and
+the KV cache live in :mod:`lmcore.model.attention`, the mixture of experts in :mod:`lmcore.model.moe`.
 This module knows nothing of data loading, training loops or files.
 
 References: nanoGPT's model.py (layout, init), the Llama paper (modern block),
@@ -25,6 +26,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
 
+from lmcore.model.attention import CausalSelfAttention, KVCache, alibi_bias, alibi_slopes, attention_mask, rope_tables
 from lmcore.model.moe import MoE
 
 ARCHES = ("modern", "gpt2")
@@ -101,13 +103,13 @@ class ModelConfig:
         if self.attention not in ATTENTIONS:
             problems.append(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.n_experts < 0 or (self.n_experts and not 1 <= self.expert_top_k <= self.n_experts):
-            problems.append(f"n_experts must be >= 0 and expert_top_k in [1, n_experts], got {self.n_experts}, "
-                            f"{self.expert_top_k}")  # fmt: skip
+            got = f"{self.n_experts}, {self.expert_top_k}"
+            problems.append(f"n_experts must be >= 0 and expert_top_k in [1, n_experts], got {got}")
         if self.routing not in ROUTINGS:
             problems.append(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         if self.capacity_factor < 0 or self.aux_loss_coef < 0:
-            problems.append(f"capacity_factor and aux_loss_coef must be >= 0, got {self.capacity_factor}, "
-                            f"{self.aux_loss_coef}")  # fmt: skip
+            got = f"{self.capacity_factor}, {self.aux_loss_coef}"
+            problems.append(f"capacity_factor and aux_loss_coef must be >= 0, got {got}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             problems.append(f"rope_theta and norm_eps must be positive, got {self.rope_theta}, {self.norm_eps}")
         if problems:
@@ -190,135 +192,6 @@ SPEEDRUN: dict[str, Any] = dict(qk_norm=True, activation="relu2", zero_init_proj
 under ``pretrained_model.model``. Measured in benchmarks/recipe.py."""
 
 
-class KVCache:
-    """Keys and values of past positions, preallocated for every layer, for incremental decoding.
-
-    ``GPT.forward`` writes each layer's new keys/values at ``pos`` and advances ``pos``
-    by the number of new tokens once all layers have run.
-    """
-
-    def __init__(
-        self,
-        n_layer: int,
-        batch_size: int,
-        n_kv_head: int,
-        max_len: int,
-        head_dim: int,
-        *,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, max_len, hs)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.pos = 0
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store ``k, v`` (B, nkv, T, hs) at ``pos``; return all keys/values so far (B, nkv, pos+T, hs)."""
-        end = self.pos + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested; make a longer cache")
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.pos += n
-
-    def reset(self) -> None:
-        self.pos = 0
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dim (the HF Llama convention)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def rope_tables(head_dim: int, length: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin tables (length, head_dim); frequency i is used at dims i and i + head_dim/2."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (hs/2,)
-    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (length, hs/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (length, hs)
-    return emb.cos(), emb.sin()
-
-
-def alibi_slopes(n_head: int) -> Tensor:
-    """ALiBi head slopes (n_head,): 2^(-8i/n) for i = 1..n (Press et al. 2022).
-
-    When n is not a power of two: the slopes of the power of two below it, then every other slope
-    of the next power of two (the paper's reference code).
-    """
-    if n_head & (n_head - 1) == 0:
-        return torch.tensor([2.0 ** (-8.0 * i / n_head) for i in range(1, n_head + 1)])
-    low = 1 << (n_head.bit_length() - 1)
-    return torch.cat((alibi_slopes(low), alibi_slopes(2 * low)[0::2][: n_head - low]))
-
-
-def alibi_bias(slopes: Tensor, T: int, past: int, mask: Tensor | None, causal: bool = True) -> Tensor:
-    """Additive float mask: -slope * |distance| where ``mask`` (from :func:`attention_mask`) allows, -inf elsewhere.
-
-    Query i sits at position past + i; keys at 0..past + T - 1. Without a mask, ``causal`` says whether later
-    keys are hidden. Returns (nh, T, S), or (B, nh, T, S) with a per-example mask; distances cross segment
-    boundaries only where the mask already forbids attention. The bias is symmetric, so an encoder or a
-    prefix penalizes later keys as it does earlier ones.
-    """
-    device = slopes.device
-    q = torch.arange(past, past + T, device=device)
-    k = torch.arange(past + T, device=device)
-    bias = -slopes[:, None, None] * (k[None, :] - q[:, None]).abs().float()  # (nh, T, S), <= 0
-    if mask is None:
-        mask = torch.ones(T, past + T, dtype=torch.bool, device=device)
-        mask = mask.tril(diagonal=past) if causal else mask
-    return torch.where(mask, bias, float("-inf"))
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        # q, k and v projections in one matmul; k and v have n_kv_head heads (GQA)
-        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
-        self.c_attn = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
-        self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.arch == "gpt2")
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.dropout = config.dropout
-        self.qk_norm = config.qk_norm
-        self.causal = config.causal
-
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: KVCache | None, layer: int
-    ) -> Tensor:
-        B, T, C = x.size()  # batch, new tokens, d_model
-        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        if self.qk_norm:  # unit-RMS q and k bound the attention logits (modded-nanogpt, OLMo 2)
-            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
-        if rope is not None:
-            cos, sin = (t.to(q.dtype) for t in rope)  # (T, hs)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nkv, S, hs), S = past + T
-        if nkv != nh:  # each k/v head serves nh // nkv consecutive query heads
-            k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
-            v = v.repeat_interleave(nh // nkv, dim=1)
-        # without an explicit mask, queries and keys cover the same positions (or T == 1, which sees everything)
-        assert mask is not None or T == 1 or k.size(2) == T or not self.causal
-        is_causal = mask is None and T > 1 and self.causal
-        if mask is not None and mask.is_floating_point():  # ALiBi's additive bias (causal masking included)
-            mask = mask.to(q.dtype)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
-        )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
-        return self.resid_dropout(self.c_proj(y))
-
-
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -361,38 +234,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope, mask, cache, layer)  # pre-norm residual blocks
         x = x + self.mlp(self.ln_2(x))
         return x
-
-
-def attention_mask(
-    T: int,
-    past: int,
-    segment_ids: Tensor | None,
-    device: torch.device,
-    *,
-    prefix: Tensor | None = None,
-    causal: bool = True,
-) -> Tensor | None:
-    """Boolean mask (True = may attend) when plain ``is_causal`` (or, for an encoder, no mask) is not enough,
-    else None.
-
-    A token sees earlier tokens (``causal``; every token when not), and with ``prefix`` (B, T) bool also
-    every token of the prefix when it is itself in the prefix: the prefix attends both ways, the rest
-    causally (prefix LM). With ``segment_ids`` (B, T), all of this stays inside a token's own segment
-    (block-diagonal, for packed examples). With ``past`` cached positions and several new queries, query i
-    sits at position past + i and sees keys 0..past + i.
-    """
-    if segment_ids is None and prefix is None:
-        if past > 0 and T > 1 and causal:
-            return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)  # (T, past + T)
-        return None
-    allowed = torch.ones(1, T, T, dtype=torch.bool, device=device)
-    if causal:
-        allowed = allowed.tril()
-        if prefix is not None:
-            allowed = allowed | (prefix[:, :, None] & prefix[:, None, :])  # (B, T, T)
-    if segment_ids is not None:
-        allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    return allowed.unsqueeze(1)  # (B, 1, T, T), broadcast over heads
 
 
 class GPT(nn.Module):
@@ -523,15 +364,3 @@ class GPT(nn.Module):
         c = self.config
         attention = 12.0 * c.n_layer * c.n_head * c.head_dim * c.context_length
         return 6.0 * self.num_params(non_embedding=True, active=True) + attention
-
-    def configure_optimizer(
-        self, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)
-    ) -> torch.optim.AdamW:
-        """AdamW with weight decay on matrices and embeddings only (not on norms or biases)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        fused = all(p.is_cuda for p in params)
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)

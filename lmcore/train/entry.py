@@ -1,24 +1,18 @@
-"""``python -m lmcore.train.entry --config run.json``: run ``lmcore.train.loop.train`` from a JSON file.
+"""``python -m lmcore.train.entry --config spec.json``: the one program every process of a torchrun job runs.
 
-Meant to be launched as is or under ``torchrun`` (one process per device), e.g. by a
-Dagster asset through Pipes. The JSON file holds::
-
-    {"model": {"preset": "tiny", ...overrides} | {ModelConfig fields},
-     "train": {TrainConfig fields},
-     "shard_root": "path/to/token_shards", "runs_dir": "path/to/runs",
-     "meta_extra": {...}            optional, stored in every checkpoint's meta.json
-     "outlets": {"tracker": {...}, "mirror": "s3://..."}   optional (lmcore.train.job.Outlets)
-     "window_log_dir": "path"}      optional test aid: per-rank logs of drawn windows
-
-:func:`train_kwargs` turns such a spec into the arguments of ``train``, for this entry and
-for any other that runs pretraining specs. Rank 0 prints one JSON object per
-line on stdout: ``{"event": "metrics", ...}`` per report and ``{"event": "summary", ...}`` at
-the end. Logs go to stderr.
+The JSON file is a training spec's ``to_dict()`` (:mod:`lmcore.train.spec`): its ``task`` names the spec
+class (:data:`TASKS`; a file without ``task`` is a pretraining spec, whose ``model`` may also be
+``{"preset": name, **overrides}``). :func:`run_spec` creates the process group once, for all of the
+spec's training runs (the classifiers train several), and runs the spec in every process. Standalone,
+rank 0 prints one JSON object per line on stdout: ``{"event": "metrics", ...}`` per record and
+``{"event": "summary", ...}`` (the result's dict) at the end; logs go to stderr. Dagster's launcher runs
+``assets.worker``, a thin Dagster Pipes wrapper around :func:`load_spec` and :func:`run_spec`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -27,66 +21,62 @@ from typing import Any
 
 from lmcore.cpu import pin_cpu_dispatch
 from lmcore.io import read_json
-from lmcore.model.gpt import PRESETS, ModelConfig
-from lmcore.train.config import TrainConfig
-from lmcore.train.distributed import dist_env
-from lmcore.train.job import Outlets, WarmStart
-from lmcore.train.loop import train
+from lmcore.train import distributed as D
+from lmcore.train.job import Callback
+from lmcore.train.spec import TrainingSpec
 
-KEYS = {"model", "train", "shard_root", "runs_dir", "meta_extra", "window_log_dir", "outlets", "init"}
-REQUIRED = {"model", "train", "shard_root", "runs_dir"}
-
-
-def model_config_from(spec: dict[str, Any]) -> ModelConfig:
-    """A ModelConfig from ``{"preset": name, **overrides}`` or from its plain fields."""
-    spec = dict(spec)
-    preset = spec.pop("preset", None)
-    if preset is None:
-        return ModelConfig.from_dict(spec)
-    if preset not in PRESETS:
-        raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    return PRESETS[preset](**spec)
+TASKS = {
+    "pretrain": "lmcore.train.spec:PretrainSpec",
+    "sft": "lmcore.finetune.specs:SftSpec",
+    "classify": "lmcore.finetune.specs:ClassifySpec",
+}
+"""The spec class of each task, imported by name: a process imports its own task's code only, and
+``lmcore.train`` does not depend on ``lmcore.finetune``."""
 
 
-def train_kwargs(spec: dict[str, Any], *, where: str | Path = "run spec") -> dict[str, Any]:
-    """The keyword arguments of :func:`lmcore.train.loop.train` from a run spec (keys as in the module docstring).
+def load_spec(path: str | Path) -> TrainingSpec:
+    """The spec a torchrun job's JSON file holds; ValueError naming ``path`` for an unknown task or key."""
+    data = read_json(path)
+    task = data.get("task", "pretrain")
+    if task not in TASKS:
+        raise ValueError(f"{path}: task must be one of {list(TASKS)}, got {task!r}")
+    module, name = TASKS[task].split(":")
+    return getattr(importlib.import_module(module), name).from_dict(data, where=path)
 
-    Raises ValueError naming ``where`` and every unknown or missing key.
-    """
-    problems = []
-    if unknown := sorted(set(spec) - KEYS):
-        problems.append(f"unknown keys {unknown}")
-    if missing := sorted(REQUIRED - set(spec)):
-        problems.append(f"missing keys {missing}")
-    if problems:
-        raise ValueError(f"{where}: " + "; ".join(problems) + f"; valid keys are {sorted(KEYS)}")
-    window_log_dir = spec.get("window_log_dir")
-    return {
-        "model_config": model_config_from(spec["model"]),
-        "train_config": TrainConfig.from_dict(spec["train"]),
-        "shard_root": Path(spec["shard_root"]),
-        "runs_dir": Path(spec["runs_dir"]),
-        "meta_extra": spec.get("meta_extra"),
-        "window_log_dir": Path(window_log_dir) if window_log_dir else None,
-        "outlets": Outlets.from_dict(spec.get("outlets")),
-        "init": WarmStart.from_dict(spec["init"]) if spec.get("init") else None,
-    }
+
+def device_type(spec: TrainingSpec, env: D.DistEnv) -> str:
+    """The kind of device all of the spec's training runs use; the process group's backend follows it."""
+    types = {name: D.resolve_device(cfg.device, env).type for name, cfg in spec.train_configs().items()}
+    if len(set(types.values())) != 1:
+        raise ValueError(f"the training runs of one torchrun job use one kind of device; got {types}: set them alike")
+    return next(iter(types.values()))
+
+
+def run_spec(spec: TrainingSpec, callback: Callback | None = None) -> Any:
+    """Run ``spec`` in this process of a torchrun job, in a process group created once for all its runs."""
+    env = D.dist_env()
+    created = D.init_distributed(env, device_type(spec, env))
+    try:
+        return spec.run(callback=callback)
+    finally:
+        if created:
+            D.shutdown_distributed()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmcore.train.entry", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="JSON file: model, train, shard_root, runs_dir")
+    parser.add_argument("--config", type=Path, required=True, help="a training spec (JSON)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    pin_cpu_dispatch()
-    kwargs = train_kwargs(read_json(args.config), where=args.config)
+    pin_cpu_dispatch()  # every rank on the kernels of the process that launched it (the level is inherited)
+    spec = load_spec(args.config)
 
     def report(record: dict[str, Any]) -> None:
         print(json.dumps({"event": "metrics", **record}), flush=True)
 
-    summary = train(**kwargs, callback=report)
-    if dist_env().is_main:
-        print(json.dumps({"event": "summary", **summary}), flush=True)
+    result = run_spec(spec, report)
+    if D.dist_env().is_main and result is not None:
+        print(json.dumps({"event": "summary", **spec.result_to_dict(result)}), flush=True)
     return 0
 
 

@@ -7,6 +7,7 @@ Pretraining (``lmcore.train.loop``), SFT, task adaptation and the classifiers
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from lmcore.train.config import TrainConfig
 from lmcore.train.objectives import Objective, ObjectiveSource, check_model
 
 Callback = Callable[[dict[str, Any]], None]
+WINDOW_LOG_ENV = "LMPIPE_WINDOW_LOG_DIR"
+"""A test aid (:func:`shard_job`): the directory where each rank logs the training windows it draws."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +83,7 @@ class Job:
     """Shape of the model; saved as ``config.model`` and its context_length is the sources' window."""
     build_model: Callable[[], torch.nn.Module]
     """The module to train, called once after seeding torch with the run's seed. Like GPT it must answer
-    ``forward(x, y, segment_ids=None) -> (logits, loss)``, ``configure_optimizer``, ``num_params`` and
+    ``forward(x, y, segment_ids=None) -> (logits, loss)``, ``num_params`` and
     ``flops_per_token``; only parameters with ``requires_grad`` are trained."""
     sources: Callable[..., tuple[BatchSource, BatchSource | None]]
     """``sources(context_length=, batch_size=, seed=, rank=, world_size=, validation=)``: the train source and
@@ -144,11 +147,12 @@ def train_mixture(manifest: dict[str, Any], init: WarmStart | None) -> tuple[lis
     return groups, weights
 
 
-def shard_job(
-    mc: ModelConfig, cfg: TrainConfig, shard_root: Path, window_log_dir: Path | None, *, init: WarmStart | None = None
-) -> Job:
+def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, *, init: WarmStart | None = None) -> Job:
     """Pretraining: a GPT (new, or ``init``'s weights) on the token shards' "train" windows, validated on "val",
-    with ``cfg.objective`` applied to every batch and the sources mixed as the manifest and ``init`` say."""
+    with ``cfg.objective`` applied to every batch and the sources mixed as the manifest and ``init`` say.
+
+    A test aid: with ``$LMPIPE_WINDOW_LOG_DIR`` set, each rank logs the training windows it draws to
+    ``rank-{r}.txt`` there (read when the sources are made, so it reaches every torchrun process)."""
     manifest = load_manifest(shard_root)
     vocab = manifest.get("vocab_size")
     if vocab is not None and vocab > mc.vocab_size:
@@ -164,7 +168,7 @@ def shard_job(
 
     def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
         window_log = None
-        if window_log_dir is not None:
+        if window_log_dir := os.environ.get(WINDOW_LOG_ENV):
             Path(window_log_dir).mkdir(parents=True, exist_ok=True)
             window_log = Path(window_log_dir) / f"rank-{kw['rank']}.txt"
         train: BatchSource = TokenLoader.from_split(

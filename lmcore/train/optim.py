@@ -1,6 +1,8 @@
-"""Optimizers of the training loop: AdamW (``GPT.configure_optimizer``) or Muon for the hidden matrices.
+"""The optimizer of every training run: AdamW, or Muon for the hidden matrices, built by :func:`build_optimizer`.
 
-``TrainConfig.optimizer = "muon"`` builds :class:`MuonAdamW`: one ``torch.optim.Optimizer`` whose
+Pretraining, SFT and the classifiers all train through the loop, which calls :func:`build_optimizer` once;
+``lr``, ``weight_decay``, ``betas``, ``muon_lr`` and ``muon_momentum`` come from :class:`TrainConfig`, so each
+has one default. ``TrainConfig.optimizer = "muon"`` builds :class:`MuonAdamW`: one ``torch.optim.Optimizer`` whose
 param groups say which rule they follow. The 2-D weights inside the transformer blocks take Muon
 (Nesterov momentum, then the update orthogonalized by a Newton-Schulz iteration, as in Keller
 Jordan's modded-nanogpt); embeddings, the output head, norms and biases take AdamW. Being one
@@ -31,6 +33,9 @@ from lmcore.train.config import TrainConfig
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """Quintic Newton-Schulz coefficients chosen for the steepest slope at zero (Keller Jordan's Muon)."""
 
+ADAM_EPS = 1e-8
+"""AdamW's epsilon (torch's default), in both optimizers."""
+
 
 def newton_schulz(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     """Approximately orthogonalize ``g`` (m, n): U S' V^T with S' near 1, where g = U S V^T."""
@@ -50,7 +55,7 @@ class MuonAdamW(torch.optim.Optimizer):
     """Muon for groups with ``muon=True`` (2-D matrices), AdamW for the others, in one optimizer."""
 
     def __init__(self, groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float], momentum: float):
-        defaults = dict(lr=lr, betas=betas, eps=1e-8, momentum=momentum, weight_decay=0.0, muon=False, lr_scale=1.0)
+        defaults = dict(lr=lr, betas=betas, eps=ADAM_EPS, momentum=momentum, weight_decay=0.0, muon=False, lr_scale=1.0)
         super().__init__(groups, defaults)
         for group in self.param_groups:
             if group["muon"] and any(p.dim() != 2 for p in group["params"]):
@@ -102,20 +107,32 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.optimizer`` names, over the trainable parameters of ``model``."""
-    if cfg.optimizer == "adamw":
-        return model.configure_optimizer(cfg.lr, cfg.weight_decay, cfg.betas)  # type: ignore[operator]
-    in_blocks = {id(p) for m in model.modules() if isinstance(m, Block) for p in m.parameters()}
-    routers = {id(p) for name, p in model.named_parameters() if name.endswith("mlp.router.weight")}
-    in_blocks -= routers  # a mixture's router is a classifier over experts: AdamW, as its usual recipe
+    """The optimizer ``cfg.optimizer`` names, over the trainable parameters of ``model`` (a GPT, or a module
+    holding one, such as a classifier).
+
+    Weight decay applies to matrices and embeddings (2-D and up), never to norms or biases. With "muon", the
+    2-D weights inside the transformer blocks (a mixture's router excepted) come first, in a Muon group at
+    ``muon_lr``; the others follow AdamW, in the same two groups as with "adamw".
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    hidden = [p for p in params if p.dim() == 2 and id(p) in in_blocks]
-    taken = {id(p) for p in hidden}
+    muon = _muon_matrices(model, params) if cfg.optimizer == "muon" else []
+    taken = {id(p) for p in muon}
     rest = [p for p in params if id(p) not in taken]
     groups = [
-        {"params": hidden, "muon": True, "weight_decay": cfg.weight_decay, "lr_scale": cfg.muon_lr / cfg.lr},
         {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
     ]
-    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "adamw":  # both groups even when one is empty: the layout resumed checkpoints hold
+        fused = all(p.is_cuda for p in params)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=ADAM_EPS, fused=fused or None)
+    muon_group = {"params": muon, "muon": True, "weight_decay": cfg.weight_decay, "lr_scale": cfg.muon_lr / cfg.lr}
+    groups = [g for g in [muon_group, *groups] if g["params"]]
     return MuonAdamW(groups, lr=cfg.lr, betas=cfg.betas, momentum=cfg.muon_momentum)
+
+
+def _muon_matrices(model: nn.Module, params: list[Tensor]) -> list[Tensor]:
+    """Of ``params``, the 2-D weights inside a :class:`~lmcore.model.gpt.Block`, in order; a mixture's router
+    is a classifier over experts, so it stays with AdamW, as in its usual recipe."""
+    in_blocks = {id(p) for m in model.modules() if isinstance(m, Block) for p in m.parameters()}
+    in_blocks -= {id(p) for name, p in model.named_parameters() if name.endswith("mlp.router.weight")}
+    return [p for p in params if p.dim() == 2 and id(p) in in_blocks]

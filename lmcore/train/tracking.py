@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from lmcore.train.summary import TrainSummary
+
 KINDS = ("tensorboard", "mlflow", "none")
 DEFAULT_EXPERIMENT = "lmpipe"
 RUN_KEY_TAG = "lmpipe.run_key"
@@ -67,7 +69,7 @@ class Tracker(Protocol):
     def log(self, record: dict[str, Any]) -> None:
         """One record: ``step`` and any of loss, lr, grad_norm, tokens_per_s, mfu, tokens, val_loss."""
 
-    def finish(self, summary: dict[str, Any] | None) -> None:
+    def finish(self, summary: TrainSummary | None) -> None:
         """The run ended: its summary, or None when it failed."""
 
 
@@ -145,9 +147,10 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     return {SCALAR_NAMES.get(k, k): float(v) for k, v in record.items() if k != "step" and _is_number(v)}
 
 
-def final_figures(summary: dict[str, Any]) -> dict[str, float]:
+def final_figures(summary: TrainSummary) -> dict[str, float]:
     """The summary's ``FINAL_FIELDS`` that are numbers, as ``final/<field>``."""
-    return {f"final/{k}": float(summary[k]) for k in FINAL_FIELDS if _is_number(summary.get(k))}
+    values = {k: getattr(summary, k) for k in FINAL_FIELDS}
+    return {f"final/{k}": float(v) for k, v in values.items() if _is_number(v)}
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -190,13 +193,13 @@ class TensorBoardTracker:
             self.writer.add_scalar(tag, value, self.step)
             self.tags.add(tag)
 
-    def finish(self, summary: dict[str, Any] | None) -> None:
+    def finish(self, summary: TrainSummary | None) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         if summary is None:
             self.writer.add_text("status", f"failed after step {self.step}", self.step)
         else:
-            self.step = summary.get("step", self.step)
+            self.step = summary.step
             live = [t for t in SCALAR_NAMES.values() if t in self.tags]  # the HPARAMS tab shows their last values
             for summary_proto in hparams(flatten(self.config), dict.fromkeys(live, 0.0)):
                 self.writer.file_writer.add_summary(summary_proto, self.step)
@@ -242,9 +245,9 @@ class MlflowTracker:
         values = {k: v for k, v in scalars(record).items() if step > self.logged.get(k, -1)}
         self._metrics(values, step)
 
-    def finish(self, summary: dict[str, Any] | None) -> None:
+    def finish(self, summary: TrainSummary | None) -> None:
         if summary is not None:
-            self._metrics(final_figures(summary), summary.get("step", 0))
+            self._metrics(final_figures(summary), summary.step)
         self.client.set_terminated(self.run_id, "FAILED" if summary is None else "FINISHED")
 
     def _experiment(self, name: str, uri: str | None) -> str:

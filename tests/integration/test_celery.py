@@ -14,8 +14,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipelines.celery import CeleryConfig, check_services, execute_partitions, isolated, step_workers, workers
+from pipelines.celery import CeleryConfig
 from tests.integration import celery_toy
+from tests.integration.celery_workers import check_services, execute_partitions, isolated, step_workers, workers
 from tests.integration.conftest import use_postgres
 
 

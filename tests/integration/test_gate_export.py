@@ -14,22 +14,34 @@ import dagster as dg
 import pytest
 
 from assets.artifacts import Splits
-from assets.evaluation.gate import changes_since
-from assets.evaluation.report import EvaluationConfig, _report
-from assets.evaluation.table import METRICS, gate_failures
+from assets.evaluation.report import EvaluationConfig
 from lmcore.eval.rouge import rouge_batch
+from lmcore.eval.significance import SignificanceConfig
+from lmcore.eval.table import (
+    METRICS,
+    ClassifierResults,
+    MetricRow,
+    ReportInputs,
+    changes_since,
+    gate_failures,
+    metric_rows,
+)
+from lmcore.finetune.classify import METHODS
 from lmcore.io import read_json
 from pipelines.cli import main
 from tests.integration.conftest import make_corpus, write_profile
 from tests.integration.test_finetune_pipeline import TINY, _tasks
 
 ROWS = [
-    {"metric": "perplexity (test)", "model": "model", "value": 90.0, "baseline": "n-gram", "baseline_value": 100.0,
-     "improvement": 10.0, "low": 4.0, "high": 16.0, "p_value": 0.001, "rule": "must_beat", "passes": True},
-    {"metric": "ROUGE-L F", "model": "fine-tuned", "value": 0.07, "baseline": "base", "baseline_value": 0.06,
-     "improvement": 0.01, "low": -0.01, "high": 0.03, "p_value": 0.3, "rule": "must_beat", "passes": False},
-    {"metric": "accuracy", "model": "head", "value": 0.5, "baseline": "bag of words", "baseline_value": 0.52,
-     "improvement": -0.02, "low": -0.06, "high": 0.02, "p_value": 0.4, "rule": "must_not_lose", "passes": True},
+    MetricRow(metric="perplexity (test)", model="model", value=90.0, baseline="n-gram", baseline_value=100.0,
+              beats_baseline=True, improvement=10.0, low=4.0, high=16.0, p_value=0.001, items=30, rule="must_beat",
+              passes=True),
+    MetricRow(metric="ROUGE-L F", model="fine-tuned", value=0.07, baseline="base", baseline_value=0.06,
+              beats_baseline=True, improvement=0.01, low=-0.01, high=0.03, p_value=0.3, items=20, rule="must_beat",
+              passes=False),
+    MetricRow(metric="accuracy", model="head", value=0.5, baseline="bag of words", baseline_value=0.52,
+              beats_baseline=False, improvement=-0.02, low=-0.06, high=0.02, p_value=0.4, items=60,
+              rule="must_not_lose", passes=True),
 ]  # fmt: skip
 
 
@@ -62,10 +74,10 @@ def test_the_gate_names_each_row_that_misses_its_rule():
 
 def test_a_regression_is_measured_in_the_direction_of_each_metric():
     previous = {"perplexity (test)": 85.0, "ROUGE-L F": 0.05}
-    changes = {c["metric"]: c for c in changes_since(ROWS, previous, tolerance=0.02)}
-    assert changes["perplexity (test)"]["regressed"] and changes["perplexity (test)"]["worse_by"] == 0.0588
-    assert not changes["ROUGE-L F"]["regressed"] and changes["ROUGE-L F"]["worse_by"] == -0.4, "better than before"
-    assert not changes_since(ROWS, previous, tolerance=0.1)[0]["regressed"]
+    changes = {c.metric: c for c in changes_since(ROWS, previous, tolerance=0.02)}
+    assert changes["perplexity (test)"].regressed and changes["perplexity (test)"].worse_by == 0.0588
+    assert not changes["ROUGE-L F"].regressed and changes["ROUGE-L F"].worse_by == -0.4, "better than before"
+    assert not changes_since(ROWS, previous, tolerance=0.1)[0].regressed
 
 
 def test_every_table_metric_has_a_direction_and_an_interval():
@@ -81,13 +93,18 @@ def test_every_table_metric_has_a_direction_and_an_interval():
     truth = ["a", "b"] * 30
     cls = {"labels": ["a", "b"], "head": {"accuracy": 0.9, "macro_f1": 0.9, "predictions": truth},
            "bow": {"accuracy": 0.5, "macro_f1": 0.5, "predictions": ["a"] * 60}}  # fmt: skip
-    rows = _report(ppl, rouge, refs, cls, truth, EvaluationConfig(must_not_lose=["ROUGE-1 F"]))["table"]
-    assert [r["metric"] for r in rows] == list(METRICS)
-    assert all(r["beats_baseline"] and r["improvement"] > 0 for r in rows), "every model here is better"
-    assert all(r["low"] > 0 and r["passes"] for r in rows), "and clearly so"
-    assert {r["rule"] for r in rows} == {"must_beat", "must_not_lose"}
+    def inputs(cls):
+        return ReportInputs(perplexity=ppl, answers=rouge, references=refs,
+                            classifiers=ClassifierResults.from_report(cls, METHODS), truth=truth)  # fmt: skip
+
+    rules = EvaluationConfig(must_not_lose=["ROUGE-1 F"]).rules()
+    rows = metric_rows(inputs(cls), rules, SignificanceConfig())
+    assert [r.metric for r in rows] == list(METRICS)
+    assert all(r.beats_baseline and r.improvement > 0 for r in rows), "every model here is better"
+    assert all(r.low > 0 and r.passes for r in rows), "and clearly so"
+    assert {r.rule for r in rows} == {"must_beat", "must_not_lose"}
     with pytest.raises(ValueError, match="no per-example head predictions for the 60 labeled test texts"):
-        _report(ppl, rouge, refs, {**cls, "head": {"accuracy": 0.9, "macro_f1": 0.9}}, truth, EvaluationConfig())
+        metric_rows(inputs({**cls, "head": {"accuracy": 0.9, "macro_f1": 0.9}}), rules, SignificanceConfig())
 
 
 def _instance(home: Path) -> dg.DagsterInstance:
@@ -158,6 +175,7 @@ def test_a_passing_gate_exports_an_sft_model_that_answers_like_lmcore(promoted):
 
     from lmcore.finetune.sft import chat_generate
     from lmcore.model.checkpoint import load_trained_model
+    from lmcore.model.generate import greedy
 
     assert promoted["code"] == 0
     instance = promoted["instance"]
@@ -174,7 +192,7 @@ def test_a_passing_gate_exports_an_sft_model_that_answers_like_lmcore(promoted):
 
     tok = load_tokenizer(ckpt_meta["tokenizer_path"])
     messages = [{"role": "user", "content": "Say hello"}]
-    ours = chat_generate(model, tok, messages, max_new_tokens=12, temperature=0.0)
+    ours = chat_generate(model, tok, messages, greedy(), max_new_tokens=12)
     hf_tok = transformers.AutoTokenizer.from_pretrained(sft_dir)
     hf = transformers.AutoModelForCausalLM.from_pretrained(sft_dir).eval()
     text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from lmcore.model.attention import alibi_slopes
 from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.export import unexportable
-from lmcore.model.gpt import GPT, alibi_slopes, tiny
+from lmcore.model.gpt import GPT, tiny
 from lmcore.train.loop import train
 from tests.unit.test_train import assert_resumed_exactly, config, crash_and_resume, write_synthetic_shards
 
@@ -41,9 +42,9 @@ def test_trains_then_evaluates_at_twice_the_context(tmp_path: Path):
     shards = write_synthetic_shards(tmp_path / "shards")
     model_config = tiny(vocab_size=64, context_length=32, position="alibi")
     summary = train(model_config, config(max_steps=30, checkpoint_every=0, log_every=5), shards, tmp_path / "run")
-    history = summary["loss_history"]
+    history = summary.loss_history
     assert history[-1][1] < history[0][1] - 0.5, history
-    model, _ = load_trained_model(summary["checkpoint"])
+    model, _ = load_trained_model(summary.checkpoint)
     rng = np.random.default_rng(1)
     seq = torch.from_numpy((rng.integers(1, 60) + np.arange(65) * 2) % 63 + 1).long()[None]  # (1, 2T + 1)
     with torch.no_grad():

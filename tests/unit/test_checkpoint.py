@@ -23,6 +23,8 @@ from lmcore.model.checkpoint import (
     verify_checkpoint,
 )
 from lmcore.model.gpt import GPT, tiny
+from lmcore.train.config import TrainConfig
+from lmcore.train.optim import build_optimizer
 
 
 def make_model(seed: int) -> GPT:
@@ -31,7 +33,7 @@ def make_model(seed: int) -> GPT:
 
 
 def save(run_dir: Path, step: int, model: GPT, keep: int = 2) -> Path:
-    opt = model.configure_optimizer(1e-3, 0.1)
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1))
     x = torch.randint(0, 64, (2, 8))
     model(x, x)[1].backward()
     opt.step()
@@ -58,7 +60,7 @@ def test_layout_and_round_trip(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
     assert other.transformer.wte.weight is other.lm_head.weight, "tied weights stay tied after loading"
     assert state["loader"] == {"epoch": 1} and state["optimizer"]["state"]
-    opt = other.configure_optimizer(1e-3, 0.1)
+    opt = build_optimizer(other, TrainConfig(lr=1e-3, weight_decay=0.1))
     opt.load_state_dict(state["optimizer"])
 
 

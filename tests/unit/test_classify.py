@@ -106,13 +106,13 @@ def test_text_examples_put_every_token_in_the_loss(tok) -> None:
 def test_task_adaptation_lowers_text_loss_and_both_lm_methods_start_from_it(tok, init: Path, tmp_path: Path) -> None:
     train, validation, test = make(120, 0), make(24, 1), make(30, 2)
     adapted = adapt_lm(init, config(max_steps=30), train[0], validation[0], tok, tmp_path / "alone")
-    before, after = text_loss(init, tok, validation[0]), text_loss(Path(adapted["checkpoint"]), tok, validation[0])
+    before, after = text_loss(init, tok, validation[0]), text_loss(Path(adapted.checkpoint), tok, validation[0])
     assert after < before - 1.0, f"validation text loss {before:.3f} -> {after:.3f}"
     records: list[dict] = []
     cfg = ClassifyConfig(label_lm=config(max_steps=5), head=config(max_steps=5), adapt=config(max_steps=30))
     results = evaluate_all(init, tok, train, validation, test, tmp_path / "all", cfg, callback=records.append)
     start = results["adaptation"]["checkpoint"]
-    assert results["adaptation"]["val_loss"] == pytest.approx(adapted["val_loss"]), "same data, config and seed"
+    assert results["adaptation"]["val_loss"] == pytest.approx(adapted.val_loss), "same data, config and seed"
     for method in ("label_lm", "head"):
         assert read_meta(results[method]["train"]["checkpoint"])["data"]["init_checkpoint"] == start
     assert ("adapt", "train") in {(r["method"], r["stage"]) for r in records}
@@ -210,5 +210,5 @@ def test_head_training_resumes_identically(tok, init: Path, tmp_path: Path) -> N
     with pytest.raises(Crash):
         train_head(init, cfg, train, validation, tok, labels, tmp_path / "run", callback=crash_at_5)
     resumed = train_head(init, cfg, train, validation, tok, labels, tmp_path / "run")
-    assert resumed["resumed_from"] == 3 and resumed["loss_history"] == reference["loss_history"]
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    assert resumed.resumed_from == 3 and resumed.loss_history == reference.loss_history
+    assert resumed.checkpoint_sha256 == reference.checkpoint_sha256

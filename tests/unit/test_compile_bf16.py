@@ -13,7 +13,7 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from torch._dynamo.utils import counters
 
 from lmcore.data.shards import TokenShardWriter, encode_documents, token_dtype, write_manifest
 from lmcore.model.checkpoint import list_checkpoints, load_trained_model
-from lmcore.model.generate import generate, generate_text
+from lmcore.model.generate import generate, generate_text, greedy
 from lmcore.model.gpt import GPT, tiny
 from lmcore.train.config import TrainConfig
 from lmcore.train.loop import train
@@ -102,8 +102,8 @@ def runs(tmp_path_factory, text_shards, tok):
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_bf16_run_learns(runs, compile: bool, tok) -> None:
     summary = runs(compile).reference
-    losses = [v for _, v in summary["loss_history"]]
-    assert summary["dtype"] == "bfloat16" and summary["step"] == 30 and len(losses) == 30
+    losses = [v for _, v in summary.loss_history]
+    assert summary.dtype == "bfloat16" and summary.step == 30 and len(losses) == 30
     assert losses[0] == pytest.approx(math.log(tok.get_vocab_size()), abs=0.3), "starts near uniform"
     assert np.mean(losses[-5:]) < losses[0] - 0.8, losses  # measured: 5.72 -> 4.61
 
@@ -111,17 +111,17 @@ def test_bf16_run_learns(runs, compile: bool, tok) -> None:
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_bf16_resume_gives_the_uninterrupted_curve(runs, compile: bool) -> None:
     r = runs(compile)
-    assert r.resumed_from_steps == [10] and r.resumed["resumed_from"] == 10
+    assert r.resumed_from_steps == [10] and r.resumed.resumed_from == 10
     # bit for bit: on CPU with one thread every op, compiled or not, computes the same way each time
-    assert r.resumed["loss_history"] == r.reference["loss_history"]
-    assert r.resumed["checkpoint_sha256"] == r.reference["checkpoint_sha256"]
+    assert r.resumed.loss_history == r.reference.loss_history
+    assert r.resumed.checkpoint_sha256 == r.reference.checkpoint_sha256
 
 
 def test_compile_captures_the_model_whole_and_follows_the_eager_curve(runs) -> None:
     r = runs(True)
     assert r.graphs >= 1 and r.graph_breaks == {}, "a graph break splits the GPU kernels and costs speed"
-    eager = np.array(runs(False).reference["loss_history"])
-    compiled = np.array(r.reference["loss_history"])
+    eager = np.array(runs(False).reference.loss_history)
+    compiled = np.array(r.reference.loss_history)
     # Not bit for bit: inductor fuses ops and keeps the fused intermediates in float32 where eager autocast
     # rounds each op's output to bf16 (~3 significant digits). Measured gap 6e-4 over these 30 steps (and
     # 5e-7 in float32, where only the order of float operations differs).
@@ -131,7 +131,7 @@ def test_compile_captures_the_model_whole_and_follows_the_eager_curve(runs) -> N
 
 def test_compiled_bf16_checkpoint_loads_and_generates(runs, tok, text_shards) -> None:
     summary = runs(True).reference
-    model, meta = load_trained_model(summary["checkpoint"])  # strict: a compiled run saves plain GPT weights
+    model, meta = load_trained_model(summary.checkpoint)  # strict: a compiled run saves plain GPT weights
     assert meta["config"]["train"]["compile"] and meta["config"]["train"]["dtype"] == "bfloat16"
     assert all(p.dtype == torch.float32 for p in model.parameters()), "bf16 is autocast: float32 master weights"
     ids = tok.encode("The model reads the text, and then it writes more of the same.", add_special_tokens=False).ids
@@ -143,15 +143,16 @@ def test_compiled_bf16_checkpoint_loads_and_generates(runs, tok, text_shards) ->
         trained_loss, fresh_loss = (m(x[:, :-1], x[:, 1:])[1].item() for m in (model, untrained))
     assert trained_loss < fresh_loss - 0.5, "the checkpoint holds the trained weights"
 
-    text = generate_text(model, tok, "The", max_new_tokens=12, temperature=0)
+    text = generate_text(model, tok, "The", greedy(), max_new_tokens=12)
     prompt = tok.encode("The", add_special_tokens=False).ids
-    assert text == tok.decode(generate(model, prompt, max_new_tokens=12, temperature=0, stop_ids=[tok.eot_id]),
+    assert text == tok.decode(generate(model, prompt, greedy(), max_new_tokens=12, stop_ids=[tok.eot_id]),
                               skip_special_tokens=False) and text  # fmt: skip
-    sampled = generate(model, prompt, max_new_tokens=12, seed=3)
-    assert sampled == generate(model, prompt, max_new_tokens=12, seed=3), "a seed fixes the sample"
+    seeded = replace(greedy(), temperature=1.0, seed=3)
+    sampled = generate(model, prompt, seeded, max_new_tokens=12)
+    assert sampled == generate(model, prompt, seeded, max_new_tokens=12), "a seed fixes the sample"
 
     half = model.to(torch.bfloat16)  # a bf16 copy decodes too (its KV cache follows the weights' dtype)
-    out = generate(half, prompt, max_new_tokens=20, temperature=0)
+    out = generate(half, prompt, greedy(), max_new_tokens=20)
     assert len(out) == 20 and all(0 <= t < model.config.vocab_size for t in out)
 
 

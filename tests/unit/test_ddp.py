@@ -14,6 +14,7 @@ import pytest
 
 from lmcore.data.shards import TokenShardWriter, write_manifest
 from lmcore.model.checkpoint import MODEL_FILE, list_checkpoints, read_meta, verify_checkpoint
+from lmcore.train.job import WINDOW_LOG_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -30,11 +31,14 @@ def write_shards(root: Path, train_tokens: int, val_tokens: int) -> Path:
     return root
 
 
-def torchrun(spec: dict, tmp_path: Path, name: str) -> list[dict]:
+def torchrun(spec: dict, tmp_path: Path, name: str, windows: Path | None = None) -> list[dict]:
+    """The JSON lines rank 0 printed; with ``windows``, each rank logs the windows it draws there."""
     config = tmp_path / f"{name}.json"
     config.write_text(json.dumps(spec))
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "lmcore.train.entry", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if windows is not None:
+        env[WINDOW_LOG_ENV] = str(windows)
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if line.startswith("[rank"))[
         -4000:
@@ -47,8 +51,8 @@ def test_two_ranks_split_each_epoch_and_resume_together(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", train_tokens=32 * 50 + 1, val_tokens=32 * 20)
     train = dict(max_steps=9, batch_size=4, lr=1e-3, checkpoint_every=3, eval_batches=1, log_every=1, device="cpu")
     spec = {"model": {"preset": "tiny", "vocab_size": 64, "context_length": 32}, "train": train}
-    spec.update(shard_root=str(shards), runs_dir=str(tmp_path / "run"), window_log_dir=str(tmp_path / "windows"))
-    events = torchrun(spec, tmp_path, "first")
+    spec.update(shard_root=str(shards), runs_dir=str(tmp_path / "run"))
+    events = torchrun(spec, tmp_path, "first", windows=tmp_path / "windows")
 
     # rank 0 alone reports: 9 metrics lines and one summary
     assert [e["event"] for e in events] == ["metrics"] * 9 + ["summary"]
@@ -74,7 +78,6 @@ def test_two_ranks_split_each_epoch_and_resume_together(tmp_path: Path) -> None:
 
     # drop the last checkpoint: both ranks resume from step 6 and reach the same weights
     shutil.rmtree(ckpt)
-    spec.pop("window_log_dir")
     resumed = torchrun(spec, tmp_path, "again")[-1]
     assert resumed["resumed_from"] == 6 and resumed["step"] == 9
     assert resumed["checkpoint_sha256"] == summary["checkpoint_sha256"]

@@ -123,16 +123,16 @@ def test_pretraining_builds_an_encoder_and_resumes_exactly(shards: Path, tmp_pat
     reference, resumed = crash_and_resume(
         lambda d, **kw: pretrain_encoder(lm_config(), pretrain_config(), shards, d, **kw), tmp_path, 8
     )
-    meta = read_meta(reference["checkpoint"])
+    meta = read_meta(reference.checkpoint)
     model = meta["config"]["model"]
-    assert model["attention"] == "bidirectional" and model["vocab_size"] == reference["mask_id"] + 1
+    assert model["attention"] == "bidirectional" and model["vocab_size"] == reference.mask_id + 1
     assert meta["config"]["train"]["objective"] == "masked"
     assert_resumed_exactly(reference, resumed, 6)
 
 
 def test_the_encoder_head_run_resumes_exactly_after_a_crash(tok, shards: Path, tmp_path: Path) -> None:
     encoder = pretrain_encoder(lm_config(), pretrain_config(max_steps=4), shards, tmp_path / "pretrain")
-    init = Path(encoder["checkpoint"])
+    init = Path(encoder.checkpoint)
     train, validation = make(64, 0), make(16, 1)
     labels = sorted(set(KEYS.values()))
     cfg = config(max_steps=8, checkpoint_every=3, log_every=1)
@@ -140,22 +140,22 @@ def test_the_encoder_head_run_resumes_exactly_after_a_crash(tok, shards: Path, t
         lambda d, **kw: train_head(init, cfg, train, validation, tok, labels, d, **kw), tmp_path, 5
     )
     assert_resumed_exactly(reference, resumed, 3)
-    classifier, _ = load_classifier(resumed["checkpoint"])
+    classifier, _ = load_classifier(resumed.checkpoint)
     assert not classifier.config.causal, "the classifier keeps the encoder's attention"
 
 
 def test_evaluate_encoder_is_deterministic_and_bounded(shards: Path, tmp_path: Path) -> None:
     summary = pretrain_encoder(lm_config(), pretrain_config(max_steps=4), shards, tmp_path)
-    model, _ = load_trained_model(summary["checkpoint"])
+    model, _ = load_trained_model(summary.checkpoint)
     arrays = open_split(shards, "test").arrays
-    first = evaluate_encoder(model, arrays, summary["mask_id"], max_windows=8, pll_rows=1)
-    again = evaluate_encoder(model, (shards, "test"), summary["mask_id"], max_windows=8, pll_rows=1, batch_size=3)
+    first = evaluate_encoder(model, arrays, summary.mask_id, max_windows=8, pll_rows=1)
+    again = evaluate_encoder(model, (shards, "test"), summary.mask_id, max_windows=8, pll_rows=1, batch_size=3)
     assert again["masked_tokens"] == first["masked_tokens"], "each window's mask is its own: batching changes none"
     assert again["masked_accuracy"] == pytest.approx(first["masked_accuracy"], abs=1e-9)
     assert first["windows"] == 8 and first["pll_rows"] == 1 and first["masked_tokens"] > 0
     assert 0 <= first["masked_accuracy"] <= 1 and 1 < first["pseudo_perplexity"] < 10 * model.config.vocab_size
-    assert evaluate_encoder(model, arrays, summary["mask_id"], max_windows=8, pll_rows=1) == first
-    assert evaluate_encoder(model, arrays, summary["mask_id"], max_windows=2, pll_rows=0)["pseudo_perplexity"] is None
+    assert evaluate_encoder(model, arrays, summary.mask_id, max_windows=8, pll_rows=1) == first
+    assert evaluate_encoder(model, arrays, summary.mask_id, max_windows=2, pll_rows=0)["pseudo_perplexity"] is None
 
 
 def test_encoder_and_bow_end_to_end(tok, init: Path, shards: Path, tmp_path: Path) -> None:

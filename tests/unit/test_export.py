@@ -85,6 +85,7 @@ def test_chat_export_generates_the_same_greedy_reply_as_lmcore(tmp_path, tokeniz
     from lmcore.data.tokenizer import load_tokenizer
     from lmcore.finetune.chat import prompt_ids
     from lmcore.finetune.sft import chat_generate
+    from lmcore.model.generate import greedy
 
     tok = load_tokenizer(tokenizer_path)
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "where did the cat sit?"}]
@@ -92,7 +93,7 @@ def test_chat_export_generates_the_same_greedy_reply_as_lmcore(tmp_path, tokeniz
     answer = tok.encode("on the mat.").ids
     torch.manual_seed(0)
     model = _memorize(GPT(tiny(vocab_size=320, context_length=64)), prompt + answer + [tok.im_end_id])
-    ours = chat_generate(model, tok, messages, max_new_tokens=20, temperature=0.0)
+    ours = chat_generate(model, tok, messages, greedy(), max_new_tokens=20)
     assert ours == "on the mat.", "the model stops at <|im_end|> before max_new_tokens, so stopping is compared too"
 
     out = export_hf(model, tokenizer_path, tmp_path / "hf", end_token="<|im_end|>")

@@ -45,6 +45,11 @@ def test_the_ngram_table_is_linear_in_the_text():
     assert time.perf_counter() - start < 5.0
 
 
+def _greedy(**overrides) -> GenerationConfig:
+    """:func:`greedy` (every control off), then ``overrides``."""
+    return dataclasses.replace(greedy(), **overrides)
+
+
 def _ngram_repeats(ids: list[int], n: int) -> int:
     grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
     return len(grams) - len(set(grams))
@@ -54,10 +59,10 @@ def test_no_repeat_ngram_size_stops_a_greedy_loop():
     torch.manual_seed(0)
     model = GPT(tiny()).eval()
     prompt = [1, 2, 3, 4, 5]
-    plain = generate(model, prompt, max_new_tokens=60, temperature=0)
+    plain = generate(model, prompt, greedy(), max_new_tokens=60)
     assert _ngram_repeats(prompt + plain, 3) > 10, "a random tiny model decoded greedily loops"
     for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}):
-        out = generate(model, prompt, max_new_tokens=60, no_repeat_ngram_size=3, **kw)
+        out = generate(model, prompt, _greedy(no_repeat_ngram_size=3, **kw), max_new_tokens=60)
         assert len(out) == 60 and _ngram_repeats(prompt + out, 3) == 0
 
 
@@ -90,28 +95,28 @@ def _stop_after_b() -> _Bigram:
 def test_a_stop_id_is_neither_banned_nor_penalised_for_being_in_the_prompt():
     model, a, b, stop, other = _stop_after_b(), 0, 1, 2, 3
     prompt = [b, stop, a]  # the bigram (b, stop) and the token stop are in the prompt
-    assert generate(model, prompt, max_new_tokens=5, temperature=0, no_repeat_ngram_size=2, stop_ids=[stop]) == [b]
-    assert generate(model, prompt, max_new_tokens=2, temperature=0, no_repeat_ngram_size=2) == [b, other]
-    assert generate(model, prompt, max_new_tokens=5, temperature=0, repetition_penalty=100.0, stop_ids=[stop]) == [b]
+    assert generate(model, prompt, _greedy(no_repeat_ngram_size=2), max_new_tokens=5, stop_ids=[stop]) == [b]
+    assert generate(model, prompt, _greedy(no_repeat_ngram_size=2), max_new_tokens=2) == [b, other]
+    assert generate(model, prompt, _greedy(repetition_penalty=100.0), max_new_tokens=5, stop_ids=[stop]) == [b]
 
 
 def test_generation_ends_when_the_ban_leaves_no_token():
     model = _stop_after_b()
-    assert len(generate(model, [0, 1, 2, 3], max_new_tokens=10, temperature=0, no_repeat_ngram_size=1)) == 0
+    assert len(generate(model, [0, 1, 2, 3], _greedy(no_repeat_ngram_size=1), max_new_tokens=10)) == 0
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens():
     logits = torch.tensor([2.0, -1.0, 1.0, 0.5])
     seen = torch.tensor([True, True, False, False])
-    out = next_token_probs(logits, torch.zeros(4), repetition_penalty=2.0, seen=seen)
+    out = next_token_probs(logits, torch.zeros(4), _greedy(temperature=1.0, repetition_penalty=2.0), seen=seen)
     torch.testing.assert_close(out, torch.softmax(torch.tensor([1.0, -2.0, 1.0, 0.5]), -1))
     # without ``seen`` it applies to the generated tokens (counts > 0); banned tokens get no mass at all
     counts = torch.tensor([0.0, 0.0, 1.0, 0.0])
-    out = next_token_probs(logits, counts, repetition_penalty=2.0, banned={0})
+    out = next_token_probs(logits, counts, _greedy(temperature=1.0, repetition_penalty=2.0), banned={0})
     torch.testing.assert_close(out, torch.softmax(torch.tensor([float("-inf"), -1.0, 0.5, 0.5]), -1))
 
 
-def test_generation_config_validates_each_field_by_name_and_maps_onto_generate():
+def test_generation_config_validates_each_field_by_name_and_holds_the_only_decoding_defaults():
     with pytest.raises(ValueError, match=r"temperature must be >= 0.*; repetition_penalty must be > 0"):
         GenerationConfig(temperature=-1.0, repetition_penalty=0.0)
     for field, value in (
@@ -122,9 +127,9 @@ def test_generation_config_validates_each_field_by_name_and_maps_onto_generate()
     ):
         with pytest.raises(ValueError, match=field):
             GenerationConfig(**{field: value})
-    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
-        generate(GPT(tiny()), [1], max_new_tokens=2, no_repeat_ngram_size=-1)
-    assert set(inspect.signature(generate).parameters) >= {f.name for f in dataclasses.fields(GenerationConfig)}
+    knobs = {f.name for f in dataclasses.fields(GenerationConfig)}
+    for fn in (generate, next_token_probs):  # they take a GenerationConfig: no second set of keyword defaults
+        assert not set(inspect.signature(fn).parameters) & knobs, fn.__name__
     assert greedy().is_greedy() and not GenerationConfig().is_greedy()
     assert GenerationConfig(
         temperature=0.0, top_p=0.5, seed=9, no_repeat_ngram_size=0, repetition_penalty=1.0
@@ -135,13 +140,11 @@ def test_default_and_sampled_generation_are_reproducible_and_do_not_repeat_a_3gr
     torch.manual_seed(0)
     model = GPT(tiny()).eval()
     for config in (GenerationConfig(), GenerationConfig(temperature=0.8)):
-        kw = dataclasses.asdict(config)
-        a = generate(model, [1, 2, 3], max_new_tokens=60, **kw)
-        assert a == generate(model, [1, 2, 3], max_new_tokens=60, **kw), "deterministic, or seed 0 by default"
+        a = generate(model, [1, 2, 3], config, max_new_tokens=60)
+        assert a == generate(model, [1, 2, 3], config, max_new_tokens=60), "deterministic, or seed 0 by default"
         assert _ngram_repeats([1, 2, 3] + a, 3) == 0
-    assert generate(model, [1, 2, 3], max_new_tokens=30, **dataclasses.asdict(greedy())) == generate(
-        model, [1, 2, 3], max_new_tokens=30, temperature=0
-    )
+    logits, _ = model(torch.tensor([[1, 2, 3]]))
+    assert generate(model, [1, 2, 3], greedy(), max_new_tokens=1) == [int(logits[0, -1].argmax())]
 
 
 def test_repetition_figures_flag_a_looping_answer():

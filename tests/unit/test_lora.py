@@ -9,6 +9,8 @@ import torch
 
 from lmcore.model.gpt import GPT, tiny
 from lmcore.model.lora import LoraConfig, LoRALinear, apply_lora, lora_layers, merge_lora, merged_copy
+from lmcore.train.config import TrainConfig
+from lmcore.train.optim import build_optimizer
 
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc")
 
@@ -23,7 +25,7 @@ def _tokens() -> torch.Tensor:
 
 
 def _train(model: GPT, steps: int = 3) -> None:
-    opt = model.configure_optimizer(lr=1e-2, weight_decay=0.1)
+    opt = build_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.1))
     x = _tokens()
     model.train()
     for _ in range(steps):

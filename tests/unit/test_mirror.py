@@ -40,10 +40,10 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_mirror(shards: 
 
     # machine b: an empty runs directory and the same mirror
     resumed = train(MODEL, config(), shards, tmp_path / "machine-b", outlets=mirror)
-    assert resumed["resumed_from"] == 6 and resumed["step"] == 12
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"], "same weights as the uninterrupted run"
-    assert resumed["loss_history"] == reference["loss_history"]
-    assert resumed["checkpoint_url"] == f"{bucket}/{key}/step-00000012"
+    assert resumed.resumed_from == 6 and resumed.step == 12
+    assert resumed.checkpoint_sha256 == reference.checkpoint_sha256, "same weights as the uninterrupted run"
+    assert resumed.loss_history == reference.loss_history
+    assert resumed.checkpoint_url == f"{bucket}/{key}/step-00000012"
     steps = [json.loads(line)["step"] for line in (only_run(tmp_path / "machine-b") / METRICS_FILE).open()]
     assert steps == list(range(1, 13)), "the metrics of machine a's steps came along"
     assert [s for s, _ in list_checkpoints(only_run(tmp_path / "machine-b"))] == [9, 12]
@@ -63,7 +63,7 @@ def test_a_torn_or_corrupt_remote_checkpoint_is_passed_over(shards: Path, tmp_pa
     assert CheckpointMirror(bucket, remote.name).steps() == [3, 6, 9], "a step without meta.json is not a checkpoint"
 
     resumed = train(MODEL, config(keep_checkpoints=3), shards, tmp_path / "b", outlets=mirror)
-    assert resumed["resumed_from"] == 6, "the corrupt step 9 is skipped for step 6"
+    assert resumed.resumed_from == 6, "the corrupt step 9 is skipped for step 6"
     assert not list((tmp_path / "b").glob("*/.step-*")), "nothing half-downloaded is left behind"
 
 
@@ -75,4 +75,4 @@ def test_a_newer_local_checkpoint_wins_over_the_mirror(shards: Path, tmp_path: P
     with pytest.raises(Crash):
         train(MODEL, config(), shards, tmp_path / "other", outlets=mirror, callback=crash_at(5))  # the mirror has 3
     resumed = train(MODEL, config(), shards, tmp_path / "a", outlets=mirror)
-    assert resumed["resumed_from"] == 6
+    assert resumed.resumed_from == 6

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from lmcore.model.gpt import GPT, PRESETS, ModelConfig, gpt2_124m, tiny
+from lmcore.train.config import TrainConfig
+from lmcore.train.optim import build_optimizer
 
 ARCHES = [pytest.param(dict(arch="modern", n_kv_head=2), id="modern-gqa"), pytest.param(dict(arch="gpt2"), id="gpt2")]
 
@@ -145,7 +147,7 @@ def test_segment_ids_keep_attention_inside_each_example():
 
 def test_optimizer_decays_matrices_only():
     model = _model(arch="gpt2", qkv_bias=True)
-    opt = model.configure_optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
@@ -163,7 +165,7 @@ def test_tied_embeddings_share_storage_and_untied_do_not():
 @pytest.mark.parametrize("overrides", ARCHES)
 def test_a_few_steps_overfit_one_batch(overrides):
     model = _model(**overrides).train()
-    opt = model.configure_optimizer(lr=3e-3, weight_decay=0.0, betas=(0.9, 0.95))
+    opt = build_optimizer(model, TrainConfig(lr=3e-3, weight_decay=0.0))
     idx = torch.randint(0, 512, (2, 32))
     first = None
     for _ in range(30):

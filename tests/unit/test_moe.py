@@ -153,9 +153,9 @@ def test_moe_training_resumes_exactly_after_a_crash(routing, shards: Path, tmp_p
 def test_moe_learns_and_reports_its_experts(shards: Path, tmp_path: Path):
     model = tiny(vocab_size=64, context_length=32, n_experts=4, expert_top_k=2)
     summary = train(model, config(max_steps=40, checkpoint_every=0, log_every=5, eval_every=20), shards, tmp_path)
-    history = summary["loss_history"]
+    history = summary.loss_history
     assert history[-1][1] < history[0][1] - 0.5, history
-    trained, _ = load_trained_model(summary["checkpoint"])
+    trained, _ = load_trained_model(summary.checkpoint)
     trained.train()
     val = TokenLoader.from_split(shards, "val", context_length=32, batch_size=4)
     report = expert_report(trained, [val.next_batch() for _ in range(3)])

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lmcore.finetune.sft import epoch_seed, rank_share
+from lmcore.train.job import WINDOW_LOG_ENV
 from lmcore.train.launch import LaunchConfig, torchrun_argv
 from tests.unit.test_ddp import write_shards
 
@@ -109,8 +110,8 @@ def _tagged(tag: str) -> list[int]:
     return found
 
 
-def _run_agents(argvs: list[list[str]], tmp_path: Path) -> list[str]:
-    """Run torchrun agents side by side; their stdouts.
+def _run_agents(argvs: list[list[str]], tmp_path: Path, windows: Path | None = None) -> list[str]:
+    """Run torchrun agents side by side; their stdouts. With ``windows``, each rank logs the windows it draws there.
 
     They run in a network namespace with only loopback where the machine allows one (c10d's TCP stores listen on
     every interface; there, no other machine can reach them); gloo and the agents' addresses are 127.0.0.1 anyway.
@@ -120,6 +121,8 @@ def _run_agents(argvs: list[list[str]], tmp_path: Path) -> list[str]:
     tag = uuid.uuid4().hex
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PET_LOCAL_ADDR": "127.0.0.1",
            "LMCORE_TEST_TAG": tag}  # fmt: skip
+    if windows is not None:
+        env[WINDOW_LOG_ENV] = str(windows)
     files = [
         (tmp_path / f"{tag}-{i}.out", tmp_path / f"{tag}-{i}.err", tmp_path / f"{tag}-{i}.rc")
         for i in range(len(argvs))
@@ -173,7 +176,7 @@ def test_two_nodes_train_each_window_once_per_epoch_and_match_one_node(tmp_path:
 
     def spec(name: str) -> list[str]:
         path = tmp_path / f"{name}.json"
-        runs = {"runs_dir": str(tmp_path / name / "runs"), "window_log_dir": str(tmp_path / name / "windows")}
+        runs = {"runs_dir": str(tmp_path / name / "runs")}
         path.write_text(json.dumps({"model": model, "train": train, "shard_root": str(shards), **runs}))
         return [*ENTRY, "--config", str(path)]
 
@@ -184,8 +187,9 @@ def test_two_nodes_train_each_window_once_per_epoch_and_match_one_node(tmp_path:
         for r in (0, 1)
     ]
     assert all("--nnodes=2" in argv and "--rdzv-backend=c10d" in argv for argv in nodes)
-    two_nodes = [e for out in _run_agents(nodes, tmp_path) for e in _events(out)]
-    (one_node,) = _run_agents([torchrun_argv(LaunchConfig(nproc_per_node=2), spec("one_node"))], tmp_path)
+    two_nodes = [e for out in _run_agents(nodes, tmp_path, tmp_path / "two_nodes" / "windows") for e in _events(out)]
+    one = [torchrun_argv(LaunchConfig(nproc_per_node=2), spec("one_node"))]
+    (one_node,) = _run_agents(one, tmp_path, tmp_path / "one_node" / "windows")
 
     # rank 0 (on whichever node the rendezvous put it) alone reports: 9 metrics lines and one summary
     assert [e["event"] for e in two_nodes] == ["metrics"] * 9 + ["summary"]

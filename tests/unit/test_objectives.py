@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmcore.data.shards import load_manifest
-from lmcore.model.generate import generate
+from lmcore.model.generate import generate, greedy
 from lmcore.model.gpt import GPT, tiny
 from lmcore.train.config import TrainConfig
 from lmcore.train.loop import train
@@ -153,7 +153,7 @@ def test_an_encoder_sees_the_whole_row_and_cannot_generate(position: str):
     with pytest.raises(ValueError, match="encoder"):
         model(x, kv_cache=model.new_kv_cache())
     with pytest.raises(ValueError, match="does not generate"):
-        generate(model, [1, 2, 3], max_new_tokens=2)
+        generate(model, [1, 2, 3], greedy(), max_new_tokens=2)
     rows = torch.randint(0, BASE, (2, 16))
     assert 1.0 < pseudo_perplexity(model, rows, mask_id=BASE) < 10 * BASE
 
@@ -162,7 +162,7 @@ def test_generation_from_a_prefix_lm_reads_the_prompt_both_ways():
     torch.manual_seed(0)
     model = GPT(tiny(vocab_size=BASE, context_length=16, attention="prefix")).eval()
     prompt = torch.randint(0, BASE, (6,)).tolist()
-    out = generate(model, prompt, max_new_tokens=14, temperature=0)  # slides past the context too
+    out = generate(model, prompt, greedy(), max_new_tokens=14)  # slides past the context too
     ids = prompt + out
     first = model(torch.tensor([prompt]), prefix=torch.ones(1, 6, dtype=torch.bool))[0][0, -1].argmax().item()
     assert out[0] == first
@@ -203,15 +203,15 @@ def test_each_objective_learns_and_resumes_exactly_after_a_crash(shards: Path, t
 def test_each_objective_learns(shards: Path, tmp_path: Path, objective: str):
     mc = model_for(objective)
     run = train(mc, config(objective=objective, max_steps=60, checkpoint_every=0, eval_every=20), shards, tmp_path)
-    (_, first), *_, (_, last) = run["val_history"]
-    assert last < first - 0.1 and last < math.log(mc.vocab_size) - 0.2, run["val_history"]
+    (_, first), *_, (_, last) = run.val_history
+    assert last < first - 0.1 and last < math.log(mc.vocab_size) - 0.2, run.val_history
 
 
 def test_the_masked_objective_differs_from_causal_on_the_same_data(shards: Path, tmp_path: Path):
     """The objective is part of the run's identity: a masked run never resumes a causal one's checkpoint."""
     causal = train(tiny(vocab_size=BASE + 1, context_length=32), config(), shards, tmp_path / "runs")
     masked = train(model_for("masked"), config(objective="masked"), shards, tmp_path / "runs")
-    assert masked["run_dir"] != causal["run_dir"] and masked["resumed_from"] is None
+    assert masked.run_dir != causal.run_dir and masked.resumed_from is None
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")

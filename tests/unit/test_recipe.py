@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmcore.finetune.head import SequenceClassifier
 from lmcore.model import gpt as model_module
 from lmcore.model.export import export_hf
 from lmcore.model.gpt import GPT, ModelConfig, tiny
@@ -65,6 +66,19 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert [g["lr_scale"] for g in opt.param_groups] == pytest.approx([20.0, 1.0, 1.0])
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_classifier_is_grouped_as_its_lm_and_its_head_follows_adamw(optimizer):
+    clf = SequenceClassifier(GPT(tiny(vocab_size=64)), num_labels=3, pad_id=0)
+    opt = build_optimizer(clf, TrainConfig(optimizer=optimizer, weight_decay=0.05, betas=(0.8, 0.9)))
+    group = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert len(group) == len(list(clf.parameters()))  # every parameter once
+    assert group[id(clf.head.weight)]["weight_decay"] == 0.05 and group[id(clf.head.bias)]["weight_decay"] == 0.0
+    assert all(g["betas"] == (0.8, 0.9) for g in opt.param_groups)
+    block_matrix = clf.lm.transformer.h[0].attn.c_attn.weight
+    assert group[id(block_matrix)].get("muon", False) == (optimizer == "muon")
+    assert not any(group[id(p)].get("muon") for p in (clf.head.weight, clf.lm.transformer.wte.weight))
+
+
 def test_model_options_change_the_model_as_documented():
     x = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -87,7 +101,7 @@ def test_model_options_change_the_model_as_documented():
 def test_the_recipe_learns_faster_than_adamw_on_the_same_steps(shards: Path, tmp_path: Path):
     base = train(tiny(vocab_size=64, context_length=32), config(checkpoint_every=0), shards, tmp_path / "base")
     recipe = train(RECIPE_MODEL, config(checkpoint_every=0, **SPEEDRUN), shards, tmp_path / "recipe")
-    assert recipe["val_loss"] < base["val_loss"], (recipe["val_history"], base["val_history"])
+    assert recipe.val_loss < base.val_loss, (recipe.val_history, base.val_history)
 
 
 def test_the_recipe_resumes_exactly_after_a_crash(shards: Path, tmp_path: Path):
@@ -101,9 +115,9 @@ def test_the_recipe_resumes_exactly_after_a_crash(shards: Path, tmp_path: Path):
     with pytest.raises(Crash):
         train(RECIPE_MODEL, cfg, shards, tmp_path / "run", callback=crash_at_8)
     resumed = train(RECIPE_MODEL, cfg, shards, tmp_path / "run")
-    assert resumed["resumed_from"] == 6
-    assert losses(resumed) == losses(reference) and resumed["val_history"] == reference["val_history"]
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    assert resumed.resumed_from == 6
+    assert losses(resumed) == losses(reference) and resumed.val_history == reference.val_history
+    assert resumed.checkpoint_sha256 == reference.checkpoint_sha256
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")

@@ -14,6 +14,7 @@ from lmcore.finetune.chat import render_chatml
 from lmcore.finetune.sft import chat_generate, finetune
 from lmcore.finetune.sft_data import SFTExample, pack_examples
 from lmcore.model.checkpoint import MODEL_FILE, list_checkpoints, load_trained_model, save_checkpoint
+from lmcore.model.generate import greedy
 from lmcore.model.gpt import GPT, tiny
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
@@ -57,19 +58,19 @@ def test_learns_to_answer_and_stop(tok, init: Path, tmp_path: Path) -> None:
     assert len(train) < len(PAIRS)
     cfg = config(max_steps=50, batch_size=4, lr=1e-2, checkpoint_every=0, log_every=5, weight_decay=0.0)
     summary = finetune(init, cfg, train, examples(tok)[:2], tmp_path / "run", pad_id=PAD)
-    history = summary["loss_history"]
+    history = summary.loss_history
     assert history[-1][1] < 0.1 * history[0][1], history
-    assert summary["trainable_params"] == summary["params"] and summary["step"] == 50
-    model, meta = load_trained_model(summary["checkpoint"])
+    assert summary.trainable_params == summary.params and summary.step == 50
+    model, meta = load_trained_model(summary.checkpoint)
     assert meta["config"]["init_checkpoint"] == json.loads((init / "meta.json").read_text())["files"][MODEL_FILE]
     for question, answer in PAIRS:
-        reply = chat_generate(model, tok, [{"role": "user", "content": question}], max_new_tokens=20, temperature=0)
+        reply = chat_generate(model, tok, [{"role": "user", "content": question}], greedy(), max_new_tokens=20)
         assert reply == answer, "the exact answer, then <|im_end|> stopped generation (else 20 tokens came out)"
 
 
 def _first_loss(tok, init: Path, run: Path, train: list[SFTExample]) -> float:
     summary = finetune(init, config(max_steps=1, warmup_steps=0, eval_batches=0), train, [], run, pad_id=PAD)
-    return summary["loss_history"][0][1]
+    return summary.loss_history[0][1]
 
 
 def test_loss_is_taken_on_the_answers_only(tok, init: Path, tmp_path: Path) -> None:
@@ -109,16 +110,16 @@ def test_resume_after_a_crash_continues_identically(tok, init: Path, tmp_path: P
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     assert [s for s, _ in list_checkpoints(run)] == [3, 6]
     resumed = finetune(init, config(), train, val, runs, pad_id=PAD, lora=lora)
-    assert Path(resumed["run_dir"]) == run
-    assert resumed["resumed_from"] == 6
-    assert resumed["loss_history"] == reference["loss_history"] and resumed["val_history"] == reference["val_history"]
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
-    model, _ = load_trained_model(resumed["checkpoint"])  # LoRA merged: a plain GPT
+    assert Path(resumed.run_dir) == run
+    assert resumed.resumed_from == 6
+    assert resumed.loss_history == reference.loss_history and resumed.val_history == reference.val_history
+    assert resumed.checkpoint_sha256 == reference.checkpoint_sha256
+    model, _ = load_trained_model(resumed.checkpoint)  # LoRA merged: a plain GPT
     assert type(model) is GPT
     if lora is not None:
         c = model.config
         per_layer = 2 * (c.d_model + 3 * c.d_model) + 2 * (c.d_model + c.d_model)  # c_attn (d->3d), c_proj (d->d)
-        assert resumed["trainable_params"] == c.n_layer * per_layer < resumed["params"]
+        assert resumed.trainable_params == c.n_layer * per_layer < resumed.params
 
 
 def test_another_init_is_another_run(tok, init: Path, tmp_path: Path) -> None:
@@ -126,9 +127,9 @@ def test_another_init_is_another_run(tok, init: Path, tmp_path: Path) -> None:
     first = finetune(init, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
     other = write_init(tmp_path / "other", seed=1)
     second = finetune(other, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
-    assert second["run_dir"] != first["run_dir"] and second["resumed_from"] is None
+    assert second.run_dir != first.run_dir and second.resumed_from is None
     again = finetune(init, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
-    assert again["run_dir"] == first["run_dir"] and again["resumed_from"] == 3
+    assert again.run_dir == first.run_dir and again.resumed_from == 3
 
 
 def test_bad_examples_are_named(tok, init: Path, tmp_path: Path) -> None:
@@ -157,7 +158,7 @@ def test_a_prefix_lm_fine_tunes_with_its_prompt_as_prefix_and_resumes(tok, tmp_p
     init = save_checkpoint(tmp_path / "init", 0, GPT(mc), {}, {"config": {"model": mc.to_dict()}})
     train, val = pack_examples(examples(tok) * 3, 64), examples(tok)[:2]
     reference = finetune(init, config(), train, val, tmp_path / "ref", pad_id=PAD)
-    assert reference["loss_history"][-1][1] < reference["loss_history"][0][1]
+    assert reference.loss_history[-1][1] < reference.loss_history[0][1]
 
     def crash_at_8(record: dict) -> None:
         if record["step"] == 8:
@@ -166,11 +167,11 @@ def test_a_prefix_lm_fine_tunes_with_its_prompt_as_prefix_and_resumes(tok, tmp_p
     with pytest.raises(RuntimeError, match="crash"):
         finetune(init, config(), train, val, tmp_path / "run", pad_id=PAD, callback=crash_at_8)
     resumed = finetune(init, config(), train, val, tmp_path / "run", pad_id=PAD)
-    assert resumed["resumed_from"] == 6 and resumed["loss_history"] == reference["loss_history"]
-    model, _ = load_trained_model(Path(reference["checkpoint"]), "cpu")
+    assert resumed.resumed_from == 6 and resumed.loss_history == reference.loss_history
+    model, _ = load_trained_model(Path(reference.checkpoint), "cpu")
     assert (
         model.config.attention == "prefix"
-        and chat_generate(model, tok, [{"role": "user", "content": "hi"}], max_new_tokens=4, temperature=0) is not None
+        and chat_generate(model, tok, [{"role": "user", "content": "hi"}], greedy(), max_new_tokens=4) is not None
     )
 
 
@@ -197,13 +198,13 @@ def test_a_prefix_lms_multi_turn_prompt_is_two_way_up_to_the_first_reply_only(to
     for length in (first, len(ids)):
         prefix = (torch.arange(len(ids)) < length)[None]
         logits = model(torch.tensor([ids]), prefix=prefix)[0][0, -1]
-        out = generate(model, ids, max_new_tokens=1, temperature=0, prefix_length=length)
+        out = generate(model, ids, greedy(), max_new_tokens=1, prefix_length=length)
         assert out == [logits.argmax().item()], length
     seen = {}
-    monkeypatch.setattr(sft_module, "generate", lambda m, p, **kw: seen.update(kw) or [])
-    chat_generate(model, tok, chat, max_new_tokens=1)
+    monkeypatch.setattr(sft_module, "generate", lambda m, p, c, **kw: seen.update(kw) or [])
+    chat_generate(model, tok, chat, greedy(), max_new_tokens=1)
     assert seen["prefix_length"] == first  # what fine-tuning's prompt_prefix makes two-way
-    chat_generate(model, tok, chat[:1], max_new_tokens=1)
+    chat_generate(model, tok, chat[:1], greedy(), max_new_tokens=1)
     assert seen["prefix_length"] == first  # the whole single-turn prompt
 
 

@@ -11,6 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from assets.tracking import TrackerResource
+from lmcore.train.summary import TrainSummary
 from lmcore.train.tracking import RunInfo, open_tracker
 
 CONFIG = {"model": {"n_layer": 2, "n_embd": 32}, "train": {"lr": 0.001, "betas": [0.9, 0.95], "log_every": 1},
@@ -29,9 +30,29 @@ def records(steps: range, offset: float = 0.0) -> list[dict]:
     return out
 
 
-def summary(step: int) -> dict:
-    return {"step": step, "train_loss": 4.2, "val_loss": 4.5, "tokens_seen": 64 * step, "tokens_per_s": 1000.0,
-            "mfu": None, "params": 12345, "checkpoint": "/runs/k/step-x", "loss_history": [[1, 4.9]]}  # fmt: skip
+def summary(step: int) -> TrainSummary:
+    return TrainSummary(
+        step=step,
+        train_loss=4.2,
+        val_loss=4.5,
+        tokens_seen=64 * step,
+        tokens_per_s=1000.0,
+        mfu=None,
+        params=12345,
+        flops_per_token=6.0e4,
+        checkpoint=Path("/runs/k/step-x"),
+        checkpoint_url=None,
+        run_dir=Path("/runs/k"),
+        checkpoint_sha256="ab" * 32,
+        resumed_from=None,
+        device="cpu",
+        dtype="float32",
+        world_size=1,
+        loss_history=[[1, 4.9]],
+        val_history=[],
+        realized_mixture=None,
+        data={},
+    )
 
 
 def session(spec: dict, run_dir: Path, steps: range, resumed_from: int | None, offset: float = 0.0,

@@ -23,6 +23,7 @@ from lmcore.model.checkpoint import MODEL_FILE, latest_valid_checkpoint, list_ch
 from lmcore.model.gpt import tiny
 from lmcore.train.config import TrainConfig, lr_at
 from lmcore.train.loop import METRICS_FILE, train
+from lmcore.train.summary import TrainSummary
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = tiny(vocab_size=64, context_length=32)
@@ -55,8 +56,8 @@ def config(**overrides) -> TrainConfig:
     return TrainConfig(**{**base, "checkpoint_every": 3, "device": "cpu", **overrides})
 
 
-def losses(summary: dict) -> list[list[float]]:
-    return summary["loss_history"]
+def losses(summary: TrainSummary) -> list[list[float]]:
+    return summary.loss_history
 
 
 def only_run(runs: Path) -> Path:
@@ -72,21 +73,21 @@ def test_learns_and_reports(shards: Path, tmp_path: Path) -> None:
     history = losses(summary)
     assert [s for s, _ in history] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert history[-1][1] < history[0][1] - 0.7, history
-    assert summary["val_loss"] < 3.5 and summary["step"] == 40
-    assert summary["tokens_seen"] == 40 * 4 * 32
-    assert summary["tokens_per_s"] > 0 and summary["params"] > 0
-    ckpt = Path(summary["checkpoint"])
+    assert summary.val_loss < 3.5 and summary.step == 40
+    assert summary.tokens_seen == 40 * 4 * 32
+    assert summary.tokens_per_s > 0 and summary.params > 0
+    ckpt = Path(summary.checkpoint)
     assert ckpt.name == "step-00000040" and verify_checkpoint(ckpt) == []
     meta = json.loads((ckpt / "meta.json").read_text())
-    assert meta["files"][MODEL_FILE] == summary["checkpoint_sha256"]
+    assert meta["files"][MODEL_FILE] == summary.checkpoint_sha256
     assert meta["tokenizer"] == "abc" and meta["config"]["model"]["n_layer"] == 2 and meta["seed"] == 0
     assert meta["progress"]["loss_history"] == history
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert "val_loss" in records[3] and "val_loss" not in records[2]
     r = records[-1]
-    assert r["mfu"] == pytest.approx(summary["flops_per_token"] * r["tokens_per_s"] / 1e9)
+    assert r["mfu"] == pytest.approx(summary.flops_per_token * r["tokens_per_s"] / 1e9)
     assert set(r) >= {"step", "loss", "lr", "tokens_per_s", "mfu", "val_loss", "checkpoint"}
-    assert Path(summary["run_dir"]) == ckpt.parent == only_run(tmp_path / "run")
+    assert Path(summary.run_dir) == ckpt.parent == only_run(tmp_path / "run")
     on_disk = [json.loads(line) for line in (ckpt.parent / METRICS_FILE).read_text().splitlines()]
     assert on_disk == records
 
@@ -94,8 +95,8 @@ def test_learns_and_reports(shards: Path, tmp_path: Path) -> None:
 def test_same_config_twice_gives_identical_losses(shards: Path, tmp_path: Path) -> None:
     a = train(MODEL, config(), shards, tmp_path / "a")
     b = train(MODEL, config(), shards, tmp_path / "b")
-    assert losses(a) == losses(b) and a["val_history"] == b["val_history"]
-    assert a["checkpoint_sha256"] == b["checkpoint_sha256"]
+    assert losses(a) == losses(b) and a.val_history == b.val_history
+    assert a.checkpoint_sha256 == b.checkpoint_sha256
     c = train(MODEL, config(seed=1), shards, tmp_path / "c")
     assert losses(c) != losses(a)
 
@@ -110,7 +111,7 @@ class Crash(RuntimeError):
     pass
 
 
-def crash_and_resume(run: Callable[..., dict], root: Path, crash_at: int) -> tuple[dict, dict]:
+def crash_and_resume(run: Callable[..., TrainSummary], root: Path, crash_at: int) -> tuple[TrainSummary, TrainSummary]:
     """``run(runs_dir, callback=None)`` straight through in ``root/ref``, and in ``root/run`` crashed at step
     ``crash_at`` then run again: (the reference summary, the resumed one)."""
     reference = run(root / "ref")
@@ -124,10 +125,10 @@ def crash_and_resume(run: Callable[..., dict], root: Path, crash_at: int) -> tup
     return reference, run(root / "run")
 
 
-def assert_resumed_exactly(reference: dict, resumed: dict, resumed_from: int) -> None:
-    assert resumed["resumed_from"] == resumed_from
-    assert resumed["loss_history"] == reference["loss_history"] and resumed["val_history"] == reference["val_history"]
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+def assert_resumed_exactly(reference: TrainSummary, resumed: TrainSummary, resumed_from: int) -> None:
+    assert resumed.resumed_from == resumed_from
+    assert resumed.loss_history == reference.loss_history and resumed.val_history == reference.val_history
+    assert resumed.checkpoint_sha256 == reference.checkpoint_sha256
 
 
 def test_resume_after_a_crash_continues_the_same_curve(shards: Path, tmp_path: Path) -> None:
@@ -143,10 +144,10 @@ def test_resume_after_a_crash_continues_the_same_curve(shards: Path, tmp_path: P
     run = only_run(runs)
     assert [s for s, _ in list_checkpoints(run)] == [3, 6]
     resumed = train(MODEL, config(log_every=2, checkpoint_every=4, keep_checkpoints=3), shards, runs)
-    assert resumed["resumed_from"] == 6 and Path(resumed["run_dir"]) == run, "reporting fields keep the run dir"
+    assert resumed.resumed_from == 6 and Path(resumed.run_dir) == run, "reporting fields keep the run dir"
     ref_by_step = dict((s, v) for s, v in losses(reference))
     assert all(ref_by_step[s] == v for s, v in losses(resumed)), "no jump: the resumed curve is the reference curve"
-    assert resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    assert resumed.checkpoint_sha256 == reference.checkpoint_sha256
     steps = [json.loads(line)["step"] for line in (run / METRICS_FILE).read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 8, 10, 12], "metrics.jsonl drops the steps after the checkpoint and goes on"
 
@@ -177,29 +178,29 @@ def test_sigkill_and_rerun_matches_an_uninterrupted_run(shards: Path, tmp_path: 
     assert summary["event"] == "summary" and summary["step"] == 100
     assert summary["resumed_from"] == int(killed_at.name[5:])
     assert events[0]["step"] == summary["resumed_from"] + 1
-    assert losses(summary) == losses(reference), f"killed after step {kill_after}; the curves must be identical"
-    assert summary["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    assert summary["loss_history"] == losses(reference), f"killed after step {kill_after}; the curves must be identical"
+    assert summary["checkpoint_sha256"] == reference.checkpoint_sha256
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(shards: Path, tmp_path: Path) -> None:
     cfg = config(max_steps=9)
     reference = train(MODEL, cfg, shards, tmp_path / "run")
-    run = Path(reference["run_dir"])
+    run = Path(reference.run_dir)
     weights = run / "step-00000009" / MODEL_FILE
     weights.write_bytes(weights.read_bytes()[:-1000])  # truncated
     resumed = train(MODEL, cfg, shards, tmp_path / "run")
-    assert resumed["resumed_from"] == 6
-    assert losses(resumed) == losses(reference) and resumed["checkpoint_sha256"] == reference["checkpoint_sha256"]
+    assert resumed.resumed_from == 6
+    assert losses(resumed) == losses(reference) and resumed.checkpoint_sha256 == reference.checkpoint_sha256
     assert len(list(run.glob("step-00000009.corrupt-*"))) == 1, "the corrupt one is set aside, not deleted"
 
 
 def test_all_checkpoints_corrupt_starts_clean(shards: Path, tmp_path: Path) -> None:
     cfg = config(max_steps=6)
     reference = train(MODEL, cfg, shards, tmp_path / "run")
-    for _, path in list_checkpoints(reference["run_dir"]):
+    for _, path in list_checkpoints(reference.run_dir):
         (path / "optimizer.pt").write_bytes(b"garbage")
     again = train(MODEL, cfg, shards, tmp_path / "run")
-    assert again["resumed_from"] is None and losses(again) == losses(reference)
+    assert again.resumed_from is None and losses(again) == losses(reference)
 
 
 def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(
@@ -228,15 +229,15 @@ def test_run_dir_is_decided_by_what_the_compatibility_check_compares(shards: Pat
     runs = tmp_path / "runs"
     first = train(MODEL, config(max_steps=3), shards, runs)
     done = train(MODEL, config(max_steps=3, log_every=3, eval_every=0), shards, runs)  # reporting may change
-    assert done["run_dir"] == first["run_dir"] and done["resumed_from"] == 3 and done["step"] == 3
+    assert done.run_dir == first.run_dir and done.resumed_from == 3 and done.step == 3
     other_lr = train(MODEL, config(max_steps=3, lr=1e-3), shards, runs)
     other_shape = train(replace(MODEL, n_layer=3), config(max_steps=3), shards, runs)
-    dirs = {first["run_dir"], other_lr["run_dir"], other_shape["run_dir"]}
-    assert len(dirs) == 3 and other_lr["resumed_from"] is None, "a loss-relevant change is a new run, not a refusal"
+    dirs = {first.run_dir, other_lr.run_dir, other_shape.run_dir}
+    assert len(dirs) == 3 and other_lr.resumed_from is None, "a loss-relevant change is a new run, not a refusal"
     # A checkpoint of another config under this run's key (copied by hand) is refused, naming the fields.
-    planted = Path(other_lr["run_dir"])
+    planted = Path(other_lr.run_dir)
     shutil.rmtree(planted)
-    shutil.copytree(first["run_dir"], planted)
+    shutil.copytree(first.run_dir, planted)
     with pytest.raises(ValueError, match=r"train.lr=0.003.*this run asks.*train.lr=0.001.*new run dir"):
         train(MODEL, config(max_steps=3, lr=1e-3), shards, runs)
 

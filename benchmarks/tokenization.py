@@ -9,34 +9,29 @@ Figures (final JSON line, all ratios measured side by side in this one process r
   shard_rss_growth       peak RSS of sharding 4x the corpus / peak RSS of sharding 1x, each in a
                          fresh subprocess. Goal <= 1.2.
 
-    python benchmarks/tokenize.py [--corpus DIR] [--repeats 3]
+    python benchmarks/tokenization.py [--corpus DIR] [--repeats 3]
 """
 
-import os
+import argparse
+import json
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-# benchmarks/tokenize.py shares its name with the stdlib module: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from lmcore.data.shards import tokenize_splits  # noqa: E402
-from lmcore.data.tokenizer import TokenizerConfig, _trainer, new_tokenizer, train_tokenizer  # noqa: E402
-from lmcore.io import ParquetShardWriter, iter_texts  # noqa: E402
+from lmcore.data.shards import tokenize_splits
+from lmcore.data.tokenizer import TokenizerConfig, _trainer, new_tokenizer, train_tokenizer
+from lmcore.io import ParquetShardWriter, iter_texts
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "gutenberg"
 CHUNK_CHARS = 20_000
 
 _RSS_CHILD = """
-import json, sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from lmcore.data.shards import tokenize_splits  # noqa: E402
-from lmcore.data.tokenizer import load_tokenizer  # noqa: E402
+import json, sys
+from pathlib import Path
+from lmcore.data.shards import tokenize_splits
+from lmcore.data.tokenizer import load_tokenizer
 tok = load_tokenizer(sys.argv[1])
 paths = [Path(p) for p in json.loads(sys.argv[3])]
 tokenize_splits(tok, {"train": paths}, sys.argv[2], shard_tokens=1 << 22)
