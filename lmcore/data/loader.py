@@ -9,7 +9,7 @@ the window indices from a generator seeded by ``(seed, epoch)``; rank ``r`` of
 dropped so every rank has the same number of windows. ``state_dict`` holds
 ``(epoch, position)``, so a resumed run continues with exactly the next batch.
 
-Weighted mixing (``groups`` labels each array, ``weights`` maps group -> weight): each
+Weighted mixing (a :class:`Mixture`: ``groups`` labels each array, ``weights`` maps group -> weight): each
 group is its own concatenation of its arrays, cut into windows the same way, so no
 window crosses a group. An epoch still has ``N`` = all groups' windows; group ``g``
 gets ``n_g`` of them, the largest-remainder rounding of ``N * w_g / sum(w)`` (ties to
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -81,17 +82,40 @@ def check_weights(weights: Mapping[str, float], tokens: Mapping[str, int], conte
         raise ValueError("bad mixing weights: " + "; ".join(problems))
 
 
+def _check_layout(
+    arrays: int, context_length: int, batch_size: int, rank: int, world_size: int, mixture: Mixture | None
+) -> None:
+    if context_length < 1:
+        raise ValueError(f"context_length must be >= 1, got {context_length}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
+    if mixture is not None and len(mixture.groups) != arrays:
+        raise ValueError(
+            f"groups has {len(mixture.groups)} labels but there are {arrays} arrays: give one label per array"
+        )
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Groups of a split's arrays: ``groups[i]`` labels array ``i``; ``weights`` (group -> weight) mixes them.
+
+    Without ``weights`` the groups only feed ``TokenLoader.realized_mixture`` and everything else is as if
+    they were not given. With ``weights`` the arrays are regrouped (groups in sorted name order, each
+    group's arrays in the given order) and window indices count through the groups in that order.
+    """
+
+    groups: Sequence[str]
+    weights: Mapping[str, float] | None = None
+
+
 class TokenLoader:
     """Infinite iterator of ``(x, y)`` int64 batches of shape ``(batch_size, context_length)``.
 
     Epochs roll over on their own; ``epoch`` and ``position`` (batches already drawn by
-    this rank in the current epoch) say where the next batch comes from.
-    ``window_log`` (a test aid) appends one line ``epoch position idx idx ...`` per batch.
-
-    ``groups[i]`` labels ``arrays[i]``. Without ``weights`` the groups only feed
-    ``realized_mixture`` and everything else is as if they were not given. With
-    ``weights`` the arrays are regrouped (groups in sorted name order, each group's arrays
-    in the given order) and window indices count through the groups in that order.
+    this rank in the current epoch) say where the next batch comes from. ``mixture`` groups
+    (and with weights, mixes) the arrays; :meth:`log_windows` (a test aid) logs each batch's windows.
     """
 
     def __init__(
@@ -104,23 +128,11 @@ class TokenLoader:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
-        window_log: str | Path | None = None,
-        groups: Sequence[str] | None = None,
-        weights: Mapping[str, float] | None = None,
+        mixture: Mixture | None = None,
     ) -> None:
-        if context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {context_length}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
-        if groups is not None and len(groups) != len(arrays):
-            raise ValueError(
-                f"groups has {len(groups)} labels but there are {len(arrays)} arrays: give one label per array"
-            )
-        if weights is not None and groups is None:
-            raise ValueError("weights need groups: pass groups= with one label per array")
-        labels = list(groups) if groups is not None else [UNGROUPED] * len(arrays)
+        _check_layout(len(arrays), context_length, batch_size, rank, world_size, mixture)
+        labels = list(mixture.groups) if mixture is not None else [UNGROUPED] * len(arrays)
+        weights = mixture.weights if mixture is not None else None
         kept = [(label, a) for label, a in zip(labels, arrays, strict=True) if a.size > 0]
         self.group_names = sorted({label for label, _ in kept})
         tokens = {g: sum(int(a.size) for label, a in kept if label == g) for g in self.group_names}
@@ -134,7 +146,7 @@ class TokenLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.window_log = Path(window_log) if window_log is not None else None
+        self.window_log: Path | None = None
         self.num_windows = self._index_windows([label for label, _ in kept], tokens)
         self.windows_per_rank = self.num_windows // world_size
         if drop_last:
@@ -181,6 +193,10 @@ class TokenLoader:
             self._token_base = self._offsets[np.searchsorted(self._labels, np.arange(segments.size))]
         self._window_base = np.concatenate([[0], np.cumsum(segments)[:-1]]).astype(np.int64)  # first ids
         return int(segments.sum())
+
+    def log_windows(self, path: str | Path) -> None:
+        """Append one line ``epoch position idx idx ...`` per batch drawn to ``path`` (a test aid)."""
+        self.window_log = Path(path)
 
     @classmethod
     def from_split(cls, root: str | Path, split: str, **kwargs: Any) -> TokenLoader:

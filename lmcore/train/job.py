@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from lmcore.data.loader import TokenLoader
+from lmcore.data.loader import Mixture, TokenLoader
 from lmcore.data.shards import MANIFEST, load_manifest
 from lmcore.io import sha256_file
 from lmcore.model.gpt import GPT, ModelConfig
@@ -117,8 +117,8 @@ class WarmStart:
                    trained_shards=tuple(d["trained_shards"]))  # fmt: skip
 
 
-def train_mixture(manifest: dict[str, Any], init: WarmStart | None) -> tuple[list[str] | None, dict[str, float] | None]:
-    """The group of each train shard and the groups' weights, or ``(None, None)`` for plain shuffling.
+def train_mixture(manifest: dict[str, Any], init: WarmStart | None) -> Mixture | None:
+    """The group of each train shard and the groups' weights, or None for plain shuffling.
 
     Groups are the shard's source spec when the corpus gives mixing weights (``manifest["weights"]``), and
     ``new`` or ``replay`` (whether the previous model was trained on the shard) with ``init``; with both, a
@@ -127,7 +127,7 @@ def train_mixture(manifest: dict[str, Any], init: WarmStart | None) -> tuple[lis
     shards = manifest["splits"]["train"]["shards"]
     by_spec: dict[str, float] | None = manifest.get("weights")
     if by_spec is None and init is None:
-        return None, None
+        return None
     groups, weights = [], {}
     seen = set(init.trained_shards) if init is not None else set()
     for shard in shards:
@@ -144,7 +144,7 @@ def train_mixture(manifest: dict[str, Any], init: WarmStart | None) -> tuple[lis
         weights[groups[-1]] = weight
     if init is not None and len({g.rsplit("|", 1)[-1] for g in groups}) == 1:
         weights = {g: (by_spec or {}).get(g.rsplit("|", 1)[0], 1.0) for g in weights}  # only new, or only old
-    return groups, weights
+    return Mixture(groups, weights)
 
 
 def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, *, init: WarmStart | None = None) -> Job:
@@ -163,17 +163,15 @@ def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, *, init: Warm
     if cfg.eval_batches and "val" not in manifest["splits"]:
         raise ValueError(f"{shard_root} has no 'val' split; add one or set eval_batches=0")
     version = sha256_file(shard_root / MANIFEST)
-    groups, weights = train_mixture(manifest, init)
+    mixture = train_mixture(manifest, init)
     start = _warm_start(mc, init) if init is not None else None
 
     def sources(*, validation: bool, **kw: Any) -> tuple[BatchSource, BatchSource | None]:
-        window_log = None
+        loader = TokenLoader.from_split(shard_root, "train", mixture=mixture, **kw)
         if window_log_dir := os.environ.get(WINDOW_LOG_ENV):
             Path(window_log_dir).mkdir(parents=True, exist_ok=True)
-            window_log = Path(window_log_dir) / f"rank-{kw['rank']}.txt"
-        train: BatchSource = TokenLoader.from_split(
-            shard_root, "train", window_log=window_log, groups=groups, weights=weights, **kw
-        )
+            loader.log_windows(Path(window_log_dir) / f"rank-{kw['rank']}.txt")
+        train: BatchSource = loader
         val: BatchSource | None = TokenLoader.from_split(shard_root, "val", **kw) if validation else None
         if objective is not None:
             train = ObjectiveSource(train, objective, kw["seed"], kw["rank"])
@@ -182,7 +180,7 @@ def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, *, init: Warm
 
     trained = [s["sha256"] for s in manifest["splits"]["train"]["shards"]]
     data = {"shard_root": str(shard_root), "manifest_sha256": version, "base_vocab": base_vocab,
-            "train_shards": trained, "mixture_weights": weights}  # fmt: skip
+            "train_shards": trained, "mixture_weights": mixture.weights if mixture else None}  # fmt: skip
     config: dict[str, Any] = {"data_version": version}
     if start is not None:
         assert init is not None

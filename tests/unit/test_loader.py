@@ -107,7 +107,8 @@ def test_too_little_data_names_the_fix(root: Path) -> None:
 
 def test_window_log_records_each_batch(root: Path, tmp_path: Path) -> None:
     log = tmp_path / "windows.txt"
-    loader = TokenLoader.from_split(root, "train", context_length=8, batch_size=4, window_log=log)
+    loader = TokenLoader.from_split(root, "train", context_length=8, batch_size=4)
+    loader.log_windows(log)
     batches = drain(loader, 3)
     lines = log.read_text().splitlines()
     assert [line.split()[:2] for line in lines] == [["0", "0"], ["0", "1"], ["0", "2"]]

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmcore.data.loader import TokenLoader, largest_remainder
+from lmcore.data.loader import Mixture, TokenLoader, largest_remainder
+
+
+def make_loader(arrays, *, groups=None, weights=None, **kw) -> TokenLoader:
+    """A TokenLoader whose mixture is given as ``groups`` and ``weights``, as these tests write it."""
+    return TokenLoader(arrays, mixture=None if groups is None else Mixture(groups, weights), **kw)
+
 
 T = 8
 CODE = 100_000
@@ -64,7 +70,7 @@ def test_largest_remainder_sums_exactly_and_breaks_ties_by_name() -> None:
 
 def test_epoch_shares_follow_the_weights_and_upsample_the_small_group() -> None:
     arrays, labels = grouped(BIG_SMALL)
-    loader = TokenLoader(
+    loader = make_loader(
         arrays, groups=labels, weights={"big": 0.7, "small": 0.3}, context_length=T, batch_size=16, drop_last=False
     )
     assert loader.group_windows == {"big": 200, "small": 11} and loader.num_windows == 211
@@ -82,7 +88,7 @@ def test_epoch_shares_follow_the_weights_and_upsample_the_small_group() -> None:
 
 def test_each_epoch_downsamples_a_fresh_subset_and_follows_the_documented_recipe() -> None:
     arrays, labels = grouped(BIG_SMALL)
-    loader = TokenLoader(arrays, groups=labels, weights={"big": 0.7, "small": 0.3}, context_length=T, batch_size=1)
+    loader = make_loader(arrays, groups=labels, weights={"big": 0.7, "small": 0.3}, context_length=T, batch_size=1)
     seen: set[int] = set()
     for epoch in range(10):
         # per group (sorted names): permutations seeded (seed, epoch, index), cycled; then one shuffle (seed, epoch)
@@ -99,7 +105,7 @@ def test_each_epoch_downsamples_a_fresh_subset_and_follows_the_documented_recipe
 
 def test_zero_weight_group_is_never_drawn() -> None:
     arrays, labels = grouped(BIG_SMALL)
-    loader = TokenLoader(arrays, groups=labels, weights={"big": 0.0, "small": 1.0}, context_length=T, batch_size=8)
+    loader = make_loader(arrays, groups=labels, weights={"big": 0.0, "small": 1.0}, context_length=T, batch_size=8)
     batches = drain(loader, 3 * loader.batches_per_epoch)
     assert not (np.concatenate(batches) // CODE == 1).any()
     assert loader.realized_mixture() == {"big": 0, "small": 3 * loader.batches_per_epoch * 8 * T}
@@ -107,14 +113,14 @@ def test_zero_weight_group_is_never_drawn() -> None:
 
 def test_windows_never_cross_a_group_but_run_across_its_arrays() -> None:
     arrays, labels = grouped([("a", 37), ("b", 29), ("a", 63), ("b", 50), ("a", 45), ("b", 23)])
-    weighted = TokenLoader(arrays, groups=labels, weights={"a": 1.0, "b": 1.0}, context_length=T, batch_size=2)
+    weighted = make_loader(arrays, groups=labels, weights={"a": 1.0, "b": 1.0}, context_length=T, batch_size=2)
     rows = np.concatenate(drain(weighted, 2 * weighted.batches_per_epoch))
     assert ((rows // CODE) == (rows[:, :1] // CODE)).all(), "a row mixes tokens of two groups"
     np.testing.assert_array_equal(rows, rows[:, :1] + np.arange(T))  # contiguous within the group
     local, bounds = rows[:, :1] % CODE, np.where(rows[:, :1] // CODE == 1, [[37, 100]], [[29, 79]])
     assert ((local < bounds) & (bounds < local + T)).any(), "no row spans two arrays of one group"
     # the same arrays without weights do pack windows across groups, so the check above can fail
-    plain = np.concatenate(drain(TokenLoader(arrays, context_length=T, batch_size=2), weighted.batches_per_epoch))
+    plain = np.concatenate(drain(make_loader(arrays, context_length=T, batch_size=2), weighted.batches_per_epoch))
     assert ((plain // CODE) != (plain[:, :1] // CODE)).any()
 
 
@@ -122,7 +128,7 @@ def test_two_ranks_draw_disjoint_windows_within_an_epoch() -> None:
     # weights in proportion to the groups' windows (200:11) need no upsampling, so every window is drawn once
     arrays, labels = grouped(BIG_SMALL)
     kw: dict[str, Any] = dict(groups=labels, weights={"big": 200, "small": 11}, context_length=T, batch_size=5)
-    ranks = [TokenLoader(arrays, rank=r, world_size=2, seed=3, **kw) for r in (0, 1)]
+    ranks = [make_loader(arrays, rank=r, world_size=2, seed=3, **kw) for r in (0, 1)]
     assert ranks[0].windows_per_rank == 105 and ranks[0].batches_per_epoch == 21
     for _ in range(2):
         starts = [np.concatenate(drain(r, r.batches_per_epoch))[:, 0].tolist() for r in ranks]
@@ -136,45 +142,45 @@ def test_resume_mid_epoch_continues_with_the_same_batches_and_mixture() -> None:
     kw: dict[str, Any] = dict(
         groups=labels, weights={"big": 0.7, "small": 0.3}, context_length=T, batch_size=4, seed=11, world_size=2
     )
-    full = TokenLoader(arrays, rank=1, **kw)
+    full = make_loader(arrays, rank=1, **kw)
     reference = drain(full, 70)  # 26 batches per epoch: crosses into the third epoch
-    first = TokenLoader(arrays, rank=1, **kw)
+    first = make_loader(arrays, rank=1, **kw)
     before = drain(first, 33)
     assert first.realized_mixture() == hand_mixture(before, labels)
     state = json.loads(json.dumps(first.state_dict()))
     assert (state["epoch"], state["position"]) == (1, 7)
-    resumed = TokenLoader(arrays, rank=1, **kw)
+    resumed = make_loader(arrays, rank=1, **kw)
     resumed.load_state_dict(state)
     assert resumed.realized_mixture() == hand_mixture(before, labels)
     after = drain(resumed, 37)
     for x0, x1 in zip(reference[33:], after, strict=True):
         np.testing.assert_array_equal(x0, x1)
     assert resumed.realized_mixture() == full.realized_mixture() == hand_mixture(reference, labels)
-    other_seed = drain(TokenLoader(arrays, rank=1, **{**kw, "seed": 12}), 5)
+    other_seed = drain(make_loader(arrays, rank=1, **{**kw, "seed": 12}), 5)
     assert not all(np.array_equal(a, b) for a, b in zip(reference, other_seed, strict=False))
 
 
 def test_load_state_refuses_other_weights_or_groups() -> None:
     arrays, labels = grouped(BIG_SMALL)
     kw: dict[str, Any] = dict(groups=labels, context_length=T, batch_size=4)
-    state = TokenLoader(arrays, weights={"big": 0.7, "small": 0.3}, **kw).state_dict()
+    state = make_loader(arrays, weights={"big": 0.7, "small": 0.3}, **kw).state_dict()
     with pytest.raises(ValueError, match=r"weights \{'big': 0.7, 'small': 0.3\} in the saved state but"):
-        TokenLoader(arrays, weights={"big": 0.5, "small": 0.5}, **kw).load_state_dict(state)
+        make_loader(arrays, weights={"big": 0.5, "small": 0.5}, **kw).load_state_dict(state)
     renamed = ["old" if g == "small" else g for g in labels]
     with pytest.raises(ValueError, match="group_windows"):
-        TokenLoader(arrays, **{**kw, "groups": renamed}, weights={"big": 0.7, "old": 0.3}).load_state_dict(state)
+        make_loader(arrays, **{**kw, "groups": renamed}, weights={"big": 0.7, "old": 0.3}).load_state_dict(state)
     with pytest.raises(
         ValueError, match=r"^loader state does not fit this loader: weights \{.*\} in the saved state but None now"
     ):
-        TokenLoader(arrays, context_length=T, batch_size=4).load_state_dict(state)  # same num_windows, no weights
+        make_loader(arrays, context_length=T, batch_size=4).load_state_dict(state)  # same num_windows, no weights
 
 
 def test_realized_mixture_without_weights_counts_tokens_per_group() -> None:
     arrays, labels = grouped([("a", 37), ("b", 29), ("a", 63), ("b", 50)])
-    loader = TokenLoader(arrays, groups=labels, context_length=T, batch_size=3, seed=2)
+    loader = make_loader(arrays, groups=labels, context_length=T, batch_size=3, seed=2)
     batches = drain(loader, loader.batches_per_epoch + 2)
     assert loader.realized_mixture() == hand_mixture(batches, labels)
-    ungrouped = TokenLoader(arrays, context_length=T, batch_size=3, seed=2)
+    ungrouped = make_loader(arrays, context_length=T, batch_size=3, seed=2)
     drain(ungrouped, 4)
     assert ungrouped.realized_mixture() == {"all": 4 * 3 * T}
 
@@ -182,8 +188,10 @@ def test_realized_mixture_without_weights_counts_tokens_per_group() -> None:
 def test_groups_without_weights_change_nothing(tmp_path: Path) -> None:
     arrays, labels = grouped([("a", 37), ("b", 0), ("a", 63), ("b", 50), ("c", 0)])
     logs = tmp_path / "grouped.txt", tmp_path / "plain.txt"
-    a = TokenLoader(arrays, groups=labels, context_length=T, batch_size=3, seed=4, window_log=logs[0])
-    b = TokenLoader(arrays, context_length=T, batch_size=3, seed=4, window_log=logs[1])
+    a = make_loader(arrays, groups=labels, context_length=T, batch_size=3, seed=4)
+    b = make_loader(arrays, context_length=T, batch_size=3, seed=4)
+    a.log_windows(logs[0])
+    b.log_windows(logs[1])
     assert len(a.arrays) == 3 and a.num_windows == b.num_windows == 149 // T
     for x0, x1 in zip(drain(a, 10), drain(b, 10), strict=True):
         np.testing.assert_array_equal(x0, x1)
@@ -196,7 +204,6 @@ def test_groups_without_weights_change_nothing(tmp_path: Path) -> None:
     ("sizes", "groups", "weights", "match"),
     [
         ([("a", 100), ("b", 100)], ["a"], None, "groups has 1 labels but there are 2 arrays"),
-        ([("a", 100), ("b", 100)], None, {"a": 1.0}, "weights need groups"),
         ([("a", 100), ("b", 100), ("c", 99)], ["a", "b", "c"], {"a": 1.0}, r"no weight for group\(s\) \['b', 'c'\]"),
         ([("a", 100), ("b", 0)], ["a", "b"], {"a": 1.0, "b": 1.0}, r"group\(s\) \['b'\] that have no tokens"),
         ([("a", 100)], ["a"], {"a": 1.0, "z": 0.0}, r"group\(s\) \['z'\] that have no tokens"),
@@ -211,10 +218,10 @@ def test_bad_groups_or_weights_name_the_problem(
 ) -> None:
     arrays, _ = grouped(sizes)
     with pytest.raises(ValueError, match=match):
-        TokenLoader(arrays, groups=groups, weights=weights, context_length=T, batch_size=2)
+        make_loader(arrays, groups=groups, weights=weights, context_length=T, batch_size=2)
 
 
 def test_missing_and_empty_weights_are_reported_together() -> None:
     arrays, labels = grouped([("a", 100), ("b", 100), ("c", 0)])
     with pytest.raises(ValueError, match=r"no weight for group\(s\) \['b'\].*group\(s\) \['c'\] that have no tokens"):
-        TokenLoader(arrays, groups=labels, weights={"a": 1.0, "c": 1.0}, context_length=T, batch_size=2)
+        make_loader(arrays, groups=labels, weights={"a": 1.0, "c": 1.0}, context_length=T, batch_size=2)
