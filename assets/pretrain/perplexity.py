@@ -14,7 +14,7 @@ from assets.config import RnnSettings
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
-from lmcore.eval.perplexity import perplexity_comparison
+from lmcore.eval.perplexity import Scoring, perplexity_comparison
 
 _COLUMNS = [dg.TableColumn("split"), dg.TableColumn("model"), dg.TableColumn("perplexity", "float"),
             dg.TableColumn("bits_per_byte", "float"), dg.TableColumn("tokens", "int")]  # fmt: skip
@@ -63,8 +63,9 @@ def perplexity_report(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     figures = perplexity_comparison(
         pretrained_model.load(device), tokenizer.tokenizer, {s: token_shards.split(s).arrays for s in ("val", "test")},
-        token_shards.split("train").arrays, ngram_order=config.ngram_order, max_tokens=config.max_eval_tokens,
-        batch_size=config.batch_size, device=device, per_document=("test",), rnn=config.rnn.to_lmcore(),
+        token_shards.split("train").arrays, ngram_order=config.ngram_order, rnn=config.rnn.to_lmcore(),
+        scoring=Scoring(max_tokens=config.max_eval_tokens, batch_size=config.batch_size, device=device,
+                        per_document=("test",)),
     )  # fmt: skip
     report = {"checkpoint": pretrained_model.location, "token_shards": token_shards.data_version,
               "ngram_order": config.ngram_order, "splits": figures, "previous": previous}  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -263,24 +264,32 @@ def subset_figures(documents: dict[str, list], keep: Sequence[bool]) -> dict[str
     return out
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a split is scored: at most ``max_tokens`` target tokens (None: all), ``batch_size`` windows per forward
+    pass on ``device``; the splits named in ``per_document`` are also scored document by document."""
+
+    max_tokens: int | None = None
+    batch_size: int = 8
+    device: torch.device | str = "cpu"
+    per_document: Collection[str] = ()
+
+
 def perplexity_comparison(
     model: GPT,
     tokenizer: Tokenizer,
     split_arrays: dict[str, Sequence[np.ndarray]],
     train_arrays: Sequence[np.ndarray],
     *,
+    scoring: Scoring = Scoring(),  # noqa: B008 (frozen, so one shared default is safe)
     ngram_order: int = 3,
-    max_tokens: int | None = None,
-    batch_size: int = 8,
-    device: torch.device | str = "cpu",
-    per_document: Collection[str] = (),
     rnn: RnnConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{split: {"model": figures, "ngram": figures}}``: the model against an n-gram fitted on ``train_arrays``.
 
     Both are scored on the same target tokens and divided by the same UTF-8 byte count, so
     their bits per byte are directly comparable. For each split in ``per_document`` (documents
-    separated by the tokenizer's ``<|endoftext|>``), ``"documents"`` also holds, per document in
+    separated by the tokenizer's ``<|endoftext|>``; see :class:`Scoring`), ``"documents"`` also holds, per document in
     order, ``tokens``, ``bytes``, ``model_nats`` and ``ngram_nats``, whose sums are the split's
     figures, so that :func:`subset_figures` scores any subset of documents without a new pass.
     ``rnn`` (unless None or ``cell="none"``) also fits an RNN on ``train_arrays`` and scores it on the
@@ -293,10 +302,11 @@ def perplexity_comparison(
     recurrent = None if rnn is None else fit_rnn(train_arrays, model.config.vocab_size, rnn)
     out: dict[str, dict[str, Any]] = {}
     for split, arrays in split_arrays.items():
-        groups = document_of_tokens(arrays, tokenizer.eot_id) if split in per_document else None
+        groups = document_of_tokens(arrays, tokenizer.eot_id) if split in scoring.per_document else None
+        max_tokens = scoring.max_tokens
         n_bytes = target_bytes(arrays, token_bytes, groups=groups, max_tokens=max_tokens)
         model_nats, tokens = lm_nats(
-            model, arrays, groups=groups, batch_size=batch_size, max_tokens=max_tokens, device=device
+            model, arrays, groups=groups, batch_size=scoring.batch_size, max_tokens=max_tokens, device=scoring.device
         )
         baseline_nats, _ = ngram_nats(ngram, arrays, groups=groups, max_tokens=max_tokens)
         total = int(n_bytes.sum())

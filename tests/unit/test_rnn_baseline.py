@@ -10,7 +10,7 @@ import torch
 
 from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer
 from lmcore.eval.ngram import NGramLM
-from lmcore.eval.perplexity import evaluate_ngram, perplexity_comparison, subset_figures
+from lmcore.eval.perplexity import Scoring, evaluate_ngram, perplexity_comparison, subset_figures
 from lmcore.eval.rnn import RnnConfig
 from lmcore.model.gpt import GPT, tiny
 
@@ -37,7 +37,9 @@ def _compare(data, **rnn):
     tok, train, splits = data
     torch.manual_seed(0)
     model = GPT(tiny(vocab_size=tok.get_vocab_size()))
-    return perplexity_comparison(model, tok, splits, train, per_document=("test",), rnn=RnnConfig(**{**FAST, **rnn}))
+    return perplexity_comparison(
+        model, tok, splits, train, scoring=Scoring(per_document=("test",)), rnn=RnnConfig(**{**FAST, **rnn})
+    )
 
 
 @pytest.mark.parametrize("cell", ["lstm", "elman"])
