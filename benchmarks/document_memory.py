@@ -8,7 +8,8 @@ after its imports) is that stage's own. Shapes, each one document:
 
 Stages: ``raw`` (the file read into a raw shard), ``clean`` (default config: split into 20,000-character chunks),
 ``clean_whole`` (``max_doc_chars=0``: never split). The last line is JSON: per stage the largest memory
-multiple over the shapes, and the largest time ratio of the doubled size to the base size (2.0 is linear).
+multiple over the shapes, and the largest ratio of CPU time (the child's own, so other processes on the machine
+count little) at the doubled size to the base size (2.0 is linear).
 
 Usage: python benchmarks/document_memory.py [--mib 16]
 """
@@ -35,14 +36,14 @@ from lmcore.data.corpus import CorpusConfig, build_raw_corpus
 stage, work = sys.argv[1], Path(sys.argv[2])
 def rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-base, start = rss(), time.perf_counter()
+base, start = rss(), time.process_time()
 if stage == "raw":
     build_raw_corpus(CorpusConfig(sources=(str(work / "corpus"),), max_document_bytes=1 << 30), work / "raw",
                      work / "cache")
 else:
     config = CleanConfig(max_doc_chars=0 if stage == "clean_whole" else 20_000)
     clean_corpus(config, sorted((work / "raw").glob("part-*.parquet")), work / stage)
-print(json.dumps({"seconds": time.perf_counter() - start, "extra_bytes": rss() - base}))
+print(json.dumps({"seconds": time.process_time() - start, "extra_bytes": rss() - base}))
 """
 
 
