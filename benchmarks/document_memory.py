@@ -11,7 +11,7 @@ Stages: ``raw`` (the file read into a raw shard), ``clean`` (default config: spl
 multiple over the shapes, and the largest ratio of CPU time (the child's own, so other processes on the machine
 count little) at the doubled size to the base size (2.0 is linear).
 
-Usage: python benchmarks/document_memory.py [--mib 16]
+Usage: python benchmarks/document_memory.py [--mib 16] [--shapes prose paragraph unbroken]
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ def measure(shape: str, mib: int, root: Path) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=16, help="base document size; it is measured at this and twice")
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
     args = parser.parse_args()
     summary: dict[str, dict[str, float]] = {s: {"max_multiple": 0.0, "max_time_ratio": 0.0} for s in STAGES}
     with tempfile.TemporaryDirectory(prefix="document-memory-") as tmp:
-        for shape in SHAPES:
+        for shape in args.shapes:
             small, large = measure(shape, args.mib, Path(tmp)), measure(shape, 2 * args.mib, Path(tmp))
             for stage in STAGES:
                 entry = summary[stage]
