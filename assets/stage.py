@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import json
@@ -96,3 +97,9 @@ def training_metadata(summary: TrainSummary, title: str) -> dict[str, Any]:
         "resumed_from": str(summary.resumed_from),  # the checkpoint step a killed run carried on from, or None
         "loss_curve": line_chart(title, curves, xlabel="step", ylabel="cross-entropy (nats/token)"),
     }
+
+
+def upstream_ins(upstream: type) -> dict[str, dg.AssetIn]:
+    """One input per field of the dataclass ``upstream``, typed as the field is, for an asset that takes its many
+    inputs as ``**upstream`` and reads them as ``upstream(**upstream)``."""
+    return {f.name: dg.AssetIn(dagster_type=f.type) for f in dataclasses.fields(upstream)}

@@ -55,7 +55,7 @@ from lmcore.data.tokenizer import Tokenizer, load_tokenizer
 from lmcore.eval.rouge import rouge_batch
 from lmcore.finetune.chat import render_chatml
 from lmcore.finetune.records import content_key, is_heldout, iter_records, record_to_messages
-from lmcore.finetune.sft import chat_generate, finetune
+from lmcore.finetune.sft import FinetuneRun, chat_generate, finetune
 from lmcore.finetune.sft_data import SFTExample, pack_examples
 from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.generate import GenerationConfig, greedy
@@ -149,8 +149,8 @@ def run_arm(name: str, attention: str, shards: Path, tok: Tokenizer, train_rows:
     say(f"{name}: pretrain val {pre.val_loss:.4f} after {pre.step} steps, {seconds['pretrain']:.0f}s; "
         + " ".join(f"{s}:{v:.3f}" for s, v in pre.val_history))  # fmt: skip
     t1 = time.perf_counter()
-    sft = finetune(Path(pre.checkpoint), sft_config(args, len(val)), train_rows, val, tmp / name / "sft",
-                   pad_id=tok.pad_id)  # fmt: skip
+    run = FinetuneRun(init_checkpoint=pre.checkpoint, train=sft_config(args, len(val)), runs_dir=tmp / name / "sft")
+    sft = finetune(run, train_rows, val, pad_id=tok.pad_id)
     seconds["sft"] = time.perf_counter() - t1
     say(f"{name}: sft val {sft.val_loss:.4f} (train {sft.train_loss:.4f}) after {sft.step} steps, "
         f"{seconds['sft']:.0f}s")  # fmt: skip

@@ -33,7 +33,7 @@ from assets.config import config_from
 from assets.evaluation.answers import score_answers
 from assets.progress import reporter
 from assets.resources import ArtifactStore
-from assets.stage import result
+from assets.stage import result, upstream_ins
 from assets.versions import code_version_of
 from lmcore.eval.contamination import ContaminationConfig, chatml_text, conversation_text, shard_texts
 from lmcore.eval.report import EvaluationReport, EvaluationSets, ReportSettings, build_report
@@ -139,7 +139,7 @@ class _Upstream:
     group_name="evaluation",
     kinds={"json"},
     code_version=code_version_of(__name__),
-    ins={f.name: dg.AssetIn(dagster_type=f.type) for f in dataclasses.fields(_Upstream)},
+    ins=upstream_ins(_Upstream),
 )
 def evaluation_report(
     context: dg.AssetExecutionContext, config: EvaluationConfig, store: ArtifactStore, **upstream: Artifact

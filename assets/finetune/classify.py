@@ -7,16 +7,17 @@ One process by default; with more (``launch``) every training run goes under tor
 """
 
 import base64
+import dataclasses
 from typing import Any
 
 import dagster as dg
 
-from assets.artifacts import Checkpoint, LabeledData, Report, TokenizerFile, TokenShards
+from assets.artifacts import Artifact, Checkpoint, LabeledData, Report, TokenizerFile, TokenShards
 from assets.config import LaunchSettings, config_from
 from assets.launch import TrainingLauncher, outlets, run_training
 from assets.progress import reporter
 from assets.resources import ArtifactStore
-from assets.stage import result
+from assets.stage import result, upstream_ins
 from assets.tracking import TrackerResource
 from assets.versions import code_version_of
 from lmcore.eval.baselines import confusion_plot
@@ -61,20 +62,34 @@ def _metadata(results: dict[str, Any], methods: tuple[str, ...], test_examples: 
     return metadata
 
 
-@dg.asset(group_name="finetune", kinds={"pytorch", "sklearn"}, pool="gpu", code_version=code_version_of(__name__))
+@dataclasses.dataclass(frozen=True)
+class _Upstream:
+    """classifier_report's upstream artifacts, as the IO manager loads them."""
+
+    pretrained_model: Checkpoint
+    labeled_data: LabeledData
+    tokenizer: TokenizerFile
+    token_shards: TokenShards
+
+
+@dg.asset(
+    group_name="finetune",
+    kinds={"pytorch", "sklearn"},
+    pool="gpu",
+    code_version=code_version_of(__name__),
+    ins=upstream_ins(_Upstream),
+)
 def classifier_report(
     context: dg.AssetExecutionContext,
     config: ClassifierConfig,
-    pretrained_model: Checkpoint,
-    labeled_data: LabeledData,
-    tokenizer: TokenizerFile,
-    token_shards: TokenShards,
     store: ArtifactStore,
     launcher: TrainingLauncher,
     tracker: TrackerResource,
+    **upstream: Artifact,
 ) -> Report:
     """Accuracy, macro-F1 and confusion of the classifiers (label_lm, head, encoder, bow: ``methods``) on the same
     test split; the encoder's masked-token accuracy and pseudo-perplexity on the shards' test split too."""
+    up = _Upstream(**upstream)
     cfg = config.to_lmcore()
     progress, total = reporter(context, "classifier_report"), steps(cfg)
 
@@ -85,18 +100,17 @@ def classifier_report(
             progress(f"{event['method']} {event['stage']}", event["done"], event["total"])
 
     spec = ClassifySpec(
-        init_checkpoint=pretrained_model.path,
+        init_checkpoint=up.pretrained_model.path,
         config=cfg,
-        labeled={n: labeled_data.path / f"{n}.jsonl" for n in LabeledData.PARTS},
-        tokenizer=tokenizer.file,
+        labeled={n: up.labeled_data.path / f"{n}.jsonl" for n in LabeledData.PARTS},
+        tokenizer=up.tokenizer.file,
         runs_dir=store.run_dir("classifier_report"),
         outlets=outlets("classifier_report", store, tracker),
-        shard_root=token_shards.path,
+        shard_root=up.token_shards.path,
     )
     launch = config.launch.to_lmcore()
     results = run_training(context, launcher, launch, spec, callback=on_event)
     report = Report.write(store, "classifier_report", results)
-    metadata = {**_metadata(results, cfg.methods, len(labeled_data.part("test")[0])), "world_size": launch.world_size}
-    inputs = {"pretrained_model": pretrained_model, "labeled_data": labeled_data, "tokenizer": tokenizer,
-              "token_shards": token_shards}  # fmt: skip
-    return result(context, report, metadata, config=config, inputs=inputs)
+    test_examples = len(up.labeled_data.part("test")[0])
+    metadata = {**_metadata(results, cfg.methods, test_examples), "world_size": launch.world_size}
+    return result(context, report, metadata, config=config, inputs=vars(up))

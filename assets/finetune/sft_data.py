@@ -6,6 +6,7 @@ training); other profiles read JSONL records (Alpaca, {instruction, solution}, {
 and hold out a seeded fraction.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,24 +14,27 @@ from typing import Any
 import dagster as dg
 
 from assets.artifacts import Checkpoint, SftData, Splits, TokenizerFile
+from assets.config import config_from
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
 from lmcore.data.splits import SPLITS
 from lmcore.finetune.chat import check_example, render_chatml
-from lmcore.finetune.sft_data import build_sft_dataset, write_sft_dataset
+from lmcore.finetune.sft_data import SftDataConfig, build_sft_dataset, write_sft_dataset
 from lmcore.finetune.tasks import DERIVED, instruction_pairs
 
+SftDataSettings = config_from(SftDataConfig)
 
-class SftDatasetConfig(dg.Config):
+
+class SftDatasetConfig(SftDataSettings):
+    """Every SftDataConfig field, and the records to read."""
+
     records: list[str] = [DERIVED]
     """JSONL records files, or derived:python-docs (instruction pairs from the corpus' own docs)."""
-    holdout_fraction: float = 0.1
-    """Seeded share of records held out for ROUGE (JSONL records; derived pairs follow the splits)."""
-    seed: int = 0
-    pack: bool = True
-    """Pack several short examples into one window (attention stays inside each)."""
-    system_prompt: str | None = None
+
+    def to_lmcore(self) -> SftDataConfig:
+        """The SftDataConfig of every field but ``records`` (validated too)."""
+        return SftDataSettings(**self.model_dump(exclude={"records"})).to_lmcore()
 
 
 def _derive(splits: Splits, out: Path) -> tuple[list[Path], list[Path], dict[str, Any]]:
@@ -57,16 +61,15 @@ def sft_dataset(
     context_length = pretrained_model.model_config.context_length
 
     def build(out: Path) -> None:
-        derived = {}
+        derived, cfg = {}, config.to_lmcore()
         if config.records == [DERIVED]:
             train_files, heldout_files, derived = _derive(splits, out)
-            fraction = 0.0
+            cfg = dataclasses.replace(cfg, holdout_fraction=0.0)
         else:
-            train_files, heldout_files, fraction = [Path(p) for p in config.records], [], config.holdout_fraction
+            train_files, heldout_files = [Path(p) for p in config.records], []
         train, heldout, stats = build_sft_dataset(
-            train_files, tokenizer.tokenizer, context_length=context_length, holdout_fraction=fraction,
-            seed=config.seed, pack=config.pack, system_prompt=config.system_prompt, heldout_paths=heldout_files,
-        )  # fmt: skip
+            train_files, tokenizer.tokenizer, cfg, context_length=context_length, heldout_paths=heldout_files
+        )
         write_sft_dataset(out, train, heldout, {**stats, "derived": derived})
 
     data = SftData.publish(store, "sft_dataset", build)

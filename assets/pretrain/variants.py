@@ -10,14 +10,14 @@ materialize it only for a profile that configures it (the ``seeds`` profile) or 
 import dagster as dg
 
 from assets.artifacts import Report, TokenizerFile, TokenShards
-from assets.config import ModelOverrides, TrainSettings
+from assets.config import ModelOverrides, config_from
 from assets.plots import line_chart, utilization_chart
 from assets.progress import training_reporter
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
 from lmcore.eval.perplexity import token_byte_lengths
-from lmcore.finetune.variants import VARIANTS, compare_variants
+from lmcore.finetune.variants import VariantsConfig, VariantsRun, compare_variants
 from lmcore.model.gpt import PRESETS
 
 OPTIONAL = {"lmpipe/optional": "true"}
@@ -29,19 +29,20 @@ _COLUMNS = [dg.TableColumn("model"), dg.TableColumn("objective"), dg.TableColumn
             dg.TableColumn("pseudo_perplexity", "float"), dg.TableColumn("train_seconds", "float")]  # fmt: skip
 
 
-class VariantsConfig(dg.Config):
-    variants: list[str] = list(VARIANTS)
-    """Which of lmcore.finetune.variants.VARIANTS to train: dense, moe_token, moe_expert, prefix, span, masked."""
+VariantsSettings = config_from(VariantsConfig)
+
+
+class VariantsReportConfig(VariantsSettings):
+    """Every VariantsConfig field, and the base model: a preset and its overrides."""
+
     preset: str = "demo"
     """The base model's preset; every variant changes it only as VARIANTS says."""
     model: ModelOverrides = ModelOverrides()
     """Fields of the base ModelConfig to replace (n_layer, d_model, ...)."""
-    train: TrainSettings = TrainSettings()
-    """The run every variant makes (its objective comes from the variant)."""
-    max_eval_tokens: int | None = None
-    """Score at most this many test tokens (None: all)."""
-    pseudo_perplexity_rows: int = 4
-    """Test rows of the context length for the encoder's pseudo-perplexity (context_length forwards each)."""
+
+    def to_lmcore(self) -> VariantsConfig:
+        """The VariantsConfig of every field but ``preset`` and ``model`` (validated too)."""
+        return VariantsSettings(**self.model_dump(exclude={"preset", "model"})).to_lmcore()
 
 
 def _reference_rows(ppl: dict) -> list[dg.TableRecord]:
@@ -70,7 +71,7 @@ def _row(name: str, f: dict) -> dg.TableRecord:
 @dg.asset(group_name="pretrain", kinds={"pytorch"}, pool="gpu", tags=OPTIONAL, code_version=code_version_of(__name__))
 def variants_report(
     context: dg.AssetExecutionContext,
-    config: VariantsConfig,
+    config: VariantsReportConfig,
     token_shards: TokenShards,
     tokenizer: TokenizerFile,
     perplexity_report: Report,
@@ -79,17 +80,19 @@ def variants_report(
     """Each variant's own validation loss, test bits per byte, masked-LM figures and expert utilization."""
     if config.preset not in PRESETS:
         raise ValueError(f"preset={config.preset!r}: choose one of {', '.join(sorted(PRESETS))}")
-    base_model = PRESETS[config.preset](vocab_size=token_shards.vocab_size, **config.model.overrides())
-    base_train = config.train.to_lmcore()
-    reporters = {n: training_reporter(context, "variants_report", f"{n} train steps", base_train.max_steps)
-                 for n in config.variants}  # fmt: skip
-    figures = compare_variants(
-        config.variants, base_model, base_train, token_shards.path, store.run_dir("variants_report"),
-        token_shards.split("test").arrays, token_byte_lengths(tokenizer.tokenizer), base_vocab=token_shards.vocab_size,
-        max_eval_tokens=config.max_eval_tokens, pseudo_perplexity_rows=config.pseudo_perplexity_rows,
-        callback=lambda name, record: reporters[name](record),
+    cfg = config.to_lmcore()
+    run = VariantsRun(
+        config=cfg,
+        base_model=PRESETS[config.preset](vocab_size=token_shards.vocab_size, **config.model.overrides()),
+        base_vocab=token_shards.vocab_size,
+        shard_root=token_shards.path,
+        runs_dir=store.run_dir("variants_report"),
         meta_extra={"tokenizer_sha256": tokenizer.sha256, "data_versions": {"token_shards": token_shards.data_version}},
-    )  # fmt: skip
+    )
+    reporters = {n: training_reporter(context, "variants_report", f"{n} train steps", cfg.train.max_steps)
+                 for n in cfg.variants}  # fmt: skip
+    test, token_bytes = token_shards.split("test").arrays, token_byte_lengths(tokenizer.tokenizer)
+    figures = compare_variants(run, test, token_bytes, callback=lambda name, record: reporters[name](record))
     ppl = perplexity_report.manifest
     report = Report.write(store, "variants_report", {"variants": figures, "reference": ppl["splits"]["test"]},
                           name="variants")  # fmt: skip

@@ -9,14 +9,12 @@ pretraining, packed several texts to a row with attention kept inside each
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from lmcore.data.tokenizer import Tokenizer
 from lmcore.finetune.chat import encode_plain
-from lmcore.finetune.sft import finetune, init_model_config
+from lmcore.finetune.sft import FinetuneRun, finetune, init_model_config
 from lmcore.finetune.sft_data import SFTExample, pack_examples
-from lmcore.train.config import TrainConfig
-from lmcore.train.job import NO_OUTLETS, Callback, Outlets
+from lmcore.train.job import Callback
 from lmcore.train.summary import TrainSummary
 
 
@@ -31,22 +29,17 @@ def text_examples(texts: Sequence[str], tokenizer: Tokenizer, context_length: in
 
 
 def adapt_lm(
-    init_checkpoint: Path,
-    train_config: TrainConfig,
+    run: FinetuneRun,
     train_texts: Sequence[str],
     validation_texts: Sequence[str],
     tokenizer: Tokenizer,
-    runs_dir: Path,
     *,
     callback: Callback | None = None,
-    outlets: Outlets = NO_OUTLETS,
 ) -> TrainSummary:
     """Continue next-token training on the task's texts (labels unused), packed; returns ``finetune``'s summary."""
-    mc, _ = init_model_config(init_checkpoint)
+    mc, _ = init_model_config(run.init_checkpoint)
     splits = [
         pack_examples(text_examples(t, tokenizer, mc.context_length), mc.context_length)
         for t in (train_texts, validation_texts)
     ]
-    return finetune(
-        init_checkpoint, train_config, *splits, runs_dir, pad_id=tokenizer.pad_id, callback=callback, outlets=outlets
-    )
+    return finetune(run, *splits, pad_id=tokenizer.pad_id, callback=callback)

@@ -7,7 +7,7 @@
 * ``encoder`` (:mod:`lmcore.finetune.encoder`): a masked-LM encoder of the LM's shape,
   pretrained from scratch on the token shards, then fine-tuned with the ``head`` code path,
   the head on the prompt's first position ([CLS]). Not in the default ``methods``: it needs
-  the shards (``evaluate_all(shard_root=)``) and a second pretraining run.
+  the shards (``ClassifyRun.shard_root``) and a second pretraining run.
 * ``bow``: the bag-of-words baseline of ``lmcore.eval.baselines`` (C tuned on validation).
 
 Optionally, the two decoder methods (label_lm, head) start from a task-adapted LM
@@ -37,7 +37,7 @@ from lmcore.finetune.encoder import encoder_train_config, evaluate_encoder, pret
 from lmcore.finetune.head import load_classifier, predict_head, train_head
 from lmcore.finetune.label_lm import evaluate_label_lm, train_label_lm
 from lmcore.finetune.prompts import INSTRUCTION, Labeled
-from lmcore.finetune.sft import init_model_config
+from lmcore.finetune.sft import FinetuneRun, init_model_config
 from lmcore.model.checkpoint import load_trained_model
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
@@ -117,20 +117,57 @@ class ClassifyConfig:
         return cls(**{**d, **nested})
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClassifyRun:
+    """The classifiers of :func:`evaluate_all` trained from one pretrained checkpoint.
+
+    ``lmcore.finetune.specs.ClassifySpec`` is one, with the paths of its labeled data and tokenizer added.
+    """
+
+    init_checkpoint: Path
+    """The pretrained LM every method starts from (the encoder takes its shape from it)."""
+    config: ClassifyConfig
+    runs_dir: Path
+    """Each LM run lives in ``runs_dir/<method>/<run key>`` (the encoder's pretraining in
+    ``runs_dir/encoder_pretrain``), so changing one method's config retrains that method only."""
+    outlets: Outlets = NO_OUTLETS
+    """Where every LM run's records and checkpoints go besides its run directory."""
+    shard_root: Path | None = None
+    """The token shards the LM was pretrained on (the ``encoder`` method pretrains on them); None without it."""
+
+    def __post_init__(self) -> None:
+        if "encoder" in self.config.methods and self.shard_root is None:
+            raise ValueError(
+                "method 'encoder' pretrains a masked-LM encoder on the token shards: pass shard_root (the "
+                "token_shards directory; in a classify spec the key shard_root), or drop 'encoder' from methods"
+            )
+
+
 @dataclass(frozen=True)
 class _Task:
     """What every method of one ``evaluate_all`` call shares."""
 
+    run: ClassifyRun
     tokenizer: Tokenizer
     train: Labeled
     validation: Labeled
     test: Labeled
     labels: list[str]
-    runs_dir: Path
-    config: ClassifyConfig
     callback: Events | None
-    outlets: Outlets
-    shard_root: Path | None = None
+
+    def finetune_run(
+        self, method: str, init_checkpoint: Path, train: TrainConfig, *, adapters: bool = True
+    ) -> FinetuneRun:
+        """``method``'s training run from ``init_checkpoint`` in ``runs_dir/<method>``; with the config's LoRA
+        adapters unless ``adapters`` is False (every weight)."""
+        run = self.run
+        return FinetuneRun(
+            init_checkpoint=init_checkpoint,
+            train=train,
+            runs_dir=run.runs_dir / method,
+            lora=run.config.lora if adapters else None,
+            outlets=run.outlets,
+        )
 
     def on_train(self, method: str) -> Callback | None:
         cb = self.callback
@@ -146,17 +183,13 @@ class _Task:
 
 
 def evaluate_all(
-    init_checkpoint: Path,
+    run: ClassifyRun,
     tokenizer: Tokenizer,
     train: Labeled,
     validation: Labeled,
     test: Labeled,
-    runs_dir: Path,
-    config: ClassifyConfig,
     *,
     callback: Events | None = None,
-    outlets: Outlets = NO_OUTLETS,
-    shard_root: Path | None = None,
 ) -> dict[str, Any] | None:
     """Train each method on ``train`` and score it on the same ``test``; returns ``{"labels", method: metrics}``.
 
@@ -166,43 +199,26 @@ def evaluate_all(
     (the training summary, trimmed; for bow the chosen C). label_lm adds generation_exact_match
     and generation_valid. encoder adds masked_accuracy and pseudo_perplexity (of the pretrained
     encoder on the shards' "test" split, :func:`~lmcore.finetune.encoder.evaluate_encoder`),
-    encoder_val_loss (its pretraining run's), and ``train["pretrain"]`` (that run, trimmed); it
-    needs ``shard_root`` (the token shards the LM was pretrained on), else ValueError.
-    Each LM run lives in ``runs_dir/<method>/<run key>`` (``lmcore.train.runs``; the encoder's
-    pretraining in ``runs_dir/encoder_pretrain``), so changing one
-    method's config retrains that method only, and a run on other data gets its own
-    directory. With ``config.adapt``, label_lm and head start from :func:`adapt_lm`, whose summary is
-    returned under ``"adaptation"``. ``callback`` gets ``{"method", "stage": "train", ...loop
-    record}`` (method ``adapt`` and ``encoder_pretrain`` too) and ``{"method", "stage": "score" |
-    "generate", "done", "total"}``.
-    Every LM run also sends its records and checkpoints to ``outlets``.
+    encoder_val_loss (its pretraining run's), and ``train["pretrain"]`` (that run, trimmed).
+    Each LM run lives in ``run.runs_dir/<method>/<run key>`` (``lmcore.train.runs``), so a run on
+    other data gets its own directory. With ``run.config.adapt``, label_lm and head start from
+    :func:`adapt_lm`, whose summary is returned under ``"adaptation"``. ``callback`` gets ``{"method",
+    "stage": "train", ...loop record}`` (method ``adapt`` and ``encoder_pretrain`` too) and ``{"method",
+    "stage": "score" | "generate", "done", "total"}``. Every LM run also sends its records and
+    checkpoints to ``run.outlets``.
     Under torchrun every rank trains the LM methods, one after the other, then rank 0 scores every
     method and returns the results; the other ranks return None. ``seconds`` is training plus scoring.
     """
-    if "encoder" in config.methods and shard_root is None:
-        raise ValueError(
-            "method 'encoder' pretrains a masked-LM encoder on the token shards: pass shard_root (the token_shards "
-            "directory; in a classify spec the key shard_root), or drop 'encoder' from methods"
-        )
-    root = None if shard_root is None else Path(shard_root)
-    task = _Task(
-        tokenizer, train, validation, test, sorted(set(train[1])), Path(runs_dir), config, callback, outlets, root
-    )
+    task = _Task(run, tokenizer, train, validation, test, sorted(set(train[1])), callback)
     results: dict[str, Any] = {"labels": task.labels}
-    methods = [m for m in METHODS if m in config.methods]
-    pretrained = Path(init_checkpoint)  # the encoder takes its shape from it, adapted or not
-    if config.adapt is not None and set(ADAPTED) & set(methods):
-        start = time.perf_counter()
-        summary = adapt_lm(
-            init_checkpoint, config.adapt, train[0], validation[0], tokenizer, task.runs_dir / "adapt",
-            callback=task.on_train("adapt"), outlets=outlets,
-        )  # fmt: skip
-        init_checkpoint = summary.checkpoint
-        results["adaptation"] = {**_brief(summary), "seconds": time.perf_counter() - start}
+    methods = [m for m in METHODS if m in run.config.methods]
+    pretrained = adapted = Path(run.init_checkpoint)  # the encoder takes its shape from the pretrained LM
+    if run.config.adapt is not None and set(ADAPTED) & set(methods):
+        adapted, results["adaptation"] = _adapt(task)
     trained: dict[str, tuple[Any, float]] = {}
     for method in (m for m in methods if m in TRAIN):  # every rank: training is collective
         start = time.perf_counter()
-        init = pretrained if method not in ADAPTED else Path(init_checkpoint)
+        init = adapted if method in ADAPTED else pretrained
         trained[method] = TRAIN[method](task, init), time.perf_counter() - start
     if not dist_env().is_main:
         return None
@@ -214,27 +230,33 @@ def evaluate_all(
     return results
 
 
+def _adapt(task: _Task) -> tuple[Path, dict[str, Any]]:
+    """Task-adaptive pretraining (every weight) on the train texts: the adapted checkpoint and the run's figures."""
+    start = time.perf_counter()
+    run = task.finetune_run("adapt", task.run.init_checkpoint, task.run.config.adapt, adapters=False)
+    summary = adapt_lm(run, task.train[0], task.validation[0], task.tokenizer, callback=task.on_train("adapt"))
+    return summary.checkpoint, {**_brief(summary), "seconds": time.perf_counter() - start}
+
+
 def _bow(task: _Task, _: None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit (C tuned on validation) and score the bag-of-words baseline: no torch, so no collective."""
     model, chosen = tune_bow_baseline(
         (list(task.train[0]), list(task.train[1])),
         (list(task.validation[0]), list(task.validation[1])),
-        seed=task.config.bow_seed,
+        seed=task.run.config.bow_seed,
     )
     predicted = [str(p) for p in model.predict(list(task.test[0]))]
     return {**evaluate_classifier(task.test[1], predicted, task.labels), "predictions": predicted}, chosen
 
 
 def _train_label_lm(task: _Task, init_checkpoint: Path) -> TrainSummary:
-    cfg = task.config
-    return train_label_lm(
-        init_checkpoint, cfg.label_lm, task.train, task.validation, task.tokenizer, task.runs_dir / "label_lm",
-        lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("label_lm"), outlets=task.outlets,
-    )  # fmt: skip
+    run = task.finetune_run("label_lm", init_checkpoint, task.run.config.label_lm)
+    instruction, callback = task.run.config.instruction, task.on_train("label_lm")
+    return train_label_lm(run, task.train, task.validation, task.tokenizer, instruction=instruction, callback=callback)
 
 
 def _score_label_lm(task: _Task, summary: TrainSummary) -> tuple[dict[str, Any], dict[str, Any]]:
-    cfg = task.config
+    cfg = task.run.config
     lm, _ = load_trained_model(summary.checkpoint)
     metrics = evaluate_label_lm(
         lm, task.tokenizer, task.test, task.labels, instruction=cfg.instruction, batch_size=cfg.score_batch_size,
@@ -243,16 +265,16 @@ def _score_label_lm(task: _Task, summary: TrainSummary) -> tuple[dict[str, Any],
     return metrics, _brief(summary)
 
 
-def _train_head(task: _Task, init_checkpoint: Path) -> TrainSummary:
-    cfg = task.config
-    return train_head(
-        init_checkpoint, cfg.head, task.train, task.validation, task.tokenizer, task.labels, task.runs_dir / "head",
-        lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("head"), outlets=task.outlets,
-    )  # fmt: skip
+def _train_head(task: _Task, init_checkpoint: Path, method: str = "head") -> TrainSummary:
+    """The head run of ``method`` (head, or encoder from the pretrained encoder) from ``init_checkpoint``."""
+    cfg = task.run.config
+    run = task.finetune_run(method, init_checkpoint, cfg.head if method == "head" else cfg.encoder)
+    data = (task.train, task.validation, task.tokenizer, task.labels)
+    return train_head(run, *data, instruction=cfg.instruction, callback=task.on_train(method))
 
 
 def _score_head(task: _Task, summary: TrainSummary) -> tuple[dict[str, Any], dict[str, Any]]:
-    cfg = task.config
+    cfg = task.run.config
     classifier, _ = load_classifier(summary.checkpoint)
     predicted = predict_head(
         classifier, task.tokenizer, task.test[0], task.labels, instruction=cfg.instruction,
@@ -265,8 +287,8 @@ def _score_head(task: _Task, summary: TrainSummary) -> tuple[dict[str, Any], dic
 def _train_encoder(task: _Task, init_checkpoint: Path) -> tuple[TrainSummary, TrainSummary]:
     """Pretrain the encoder (shaped like the LM at ``init_checkpoint``) on the shards, then its head run; the
     summaries of the head run and of the pretraining."""
-    cfg, root = task.config, task.shard_root
-    assert root is not None  # evaluate_all checked
+    run, root = task.run, task.run.shard_root
+    assert root is not None  # ClassifyRun checked
     if (base := shard_vocab(root)) < task.tokenizer.vocab_size:
         raise ValueError(
             f"{root}: the shards' vocabulary ({base}) is smaller than the tokenizer's ({task.tokenizer.vocab_size}); "
@@ -274,23 +296,18 @@ def _train_encoder(task: _Task, init_checkpoint: Path) -> tuple[TrainSummary, Tr
         )
     lm_config, _ = init_model_config(init_checkpoint)
     pretrain = pretrain_encoder(
-        lm_config, cfg.encoder_pretrain, root, task.runs_dir / "encoder_pretrain",
-        callback=task.on_train("encoder_pretrain"), outlets=task.outlets,
+        lm_config, run.config.encoder_pretrain, root, run.runs_dir / "encoder_pretrain",
+        callback=task.on_train("encoder_pretrain"), outlets=run.outlets,
     )  # fmt: skip
-    head = train_head(
-        pretrain.checkpoint, cfg.encoder, task.train, task.validation, task.tokenizer, task.labels,
-        task.runs_dir / "encoder", lora=cfg.lora, instruction=cfg.instruction, callback=task.on_train("encoder"),
-        outlets=task.outlets,
-    )  # fmt: skip
-    return head, pretrain
+    return _train_head(task, pretrain.checkpoint, "encoder"), pretrain
 
 
 def _score_encoder(task: _Task, runs: tuple[TrainSummary, TrainSummary]) -> tuple[dict[str, Any], dict[str, Any]]:
-    (head, pretrain), cfg = runs, task.config
+    (head, pretrain), cfg = runs, task.run.config
     encoder, _ = load_trained_model(pretrain.checkpoint)
-    assert task.shard_root is not None
+    assert task.run.shard_root is not None
     measured = evaluate_encoder(
-        encoder, (task.shard_root, "test"), pretrain.mask_id, mask_rate=cfg.encoder_pretrain.mask_rate,
+        encoder, (task.run.shard_root, "test"), pretrain.mask_id, mask_rate=cfg.encoder_pretrain.mask_rate,
         max_windows=cfg.encoder_eval_windows, pll_rows=cfg.encoder_pll_rows, batch_size=cfg.score_batch_size,
     )  # fmt: skip
     metrics, brief = _score_head(task, head)

@@ -24,6 +24,7 @@ from lmcore.data.tokenizer import Tokenizer
 from lmcore.finetune.prompts import INSTRUCTION, Labeled, by_length, device_of, pad_right, prompts
 from lmcore.finetune.sft import (
     EpochSource,
+    FinetuneRun,
     epoch_seed,
     init_model_config,
     rank_share,
@@ -33,9 +34,7 @@ from lmcore.finetune.sft import (
 from lmcore.io import digest_of
 from lmcore.model.checkpoint import load_checkpoint, read_meta
 from lmcore.model.gpt import GPT, ModelConfig
-from lmcore.model.lora import LoraConfig
-from lmcore.train.config import TrainConfig
-from lmcore.train.job import NO_OUTLETS, Batch, BatchSource, Callback, Outlets
+from lmcore.train.job import Batch, BatchSource, Callback
 from lmcore.train.summary import TrainSummary
 
 
@@ -126,25 +125,21 @@ def head_source(
 
 
 def train_head(
-    init_checkpoint: Path,
-    train_config: TrainConfig,
+    run: FinetuneRun,
     train: Labeled,
     validation: Labeled,
     tokenizer: Tokenizer,
     labels: Sequence[str],
-    runs_dir: Path,
     *,
-    lora: LoraConfig | None = None,
     instruction: str = INSTRUCTION,
     callback: Callback | None = None,
-    meta_extra: dict[str, Any] | None = None,
-    outlets: Outlets = NO_OUTLETS,
 ) -> TrainSummary:
-    """Train a :class:`SequenceClassifier` from the init checkpoint (whole model, or head + LoRA); returns the summary.
+    """Train a :class:`SequenceClassifier` from ``run.init_checkpoint`` (whole model, or head + ``run.lora``);
+    returns the summary.
 
     The final checkpoint holds the merged classifier; read it with :func:`load_classifier`.
     """
-    mc, _ = init_model_config(init_checkpoint)
+    mc, _ = init_model_config(run.init_checkpoint)
     pad_id = tokenizer.pad_id
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({y for y in [*train[1], *validation[1]] if y not in index})
@@ -160,17 +155,12 @@ def train_head(
         return head_source(data[0], pad_id=pad_id, **kw), val
 
     return run_from_init(
-        init_checkpoint,
-        train_config,
-        runs_dir,
+        run,
         sources=sources,
         data_version=_digest(data),
-        lora=lora,
         wrap=lambda lm: SequenceClassifier(lm, len(labels), pad_id),
         config={"head": {"labels": list(labels), "pad_id": pad_id}},
         callback=callback,
-        meta_extra=meta_extra,
-        outlets=outlets,
     )
 
 

@@ -14,7 +14,6 @@ the context keep their last tokens. This module knows nothing of Dagster.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,17 +24,11 @@ from lmcore.data.tokenizer import Tokenizer
 from lmcore.eval.baselines import evaluate_classifier
 from lmcore.finetune.chat import encode_plain, render_chatml
 from lmcore.finetune.prompts import INSTRUCTION, Labeled, by_length, device_of, pad_right, prompt_messages, prompts
-from lmcore.finetune.sft import (
-    chat_generate,
-    finetune,
-    init_model_config,
-)
+from lmcore.finetune.sft import FinetuneRun, chat_generate, finetune, init_model_config
 from lmcore.finetune.sft_data import SFTExample, pack_examples
 from lmcore.model.generate import greedy
 from lmcore.model.gpt import GPT
-from lmcore.model.lora import LoraConfig
-from lmcore.train.config import TrainConfig
-from lmcore.train.job import NO_OUTLETS, Callback, Outlets
+from lmcore.train.job import Callback
 from lmcore.train.summary import TrainSummary
 
 
@@ -59,39 +52,24 @@ def label_examples(
 
 
 def train_label_lm(
-    init_checkpoint: Path,
-    train_config: TrainConfig,
+    run: FinetuneRun,
     train: Labeled,
     validation: Labeled,
     tokenizer: Tokenizer,
-    runs_dir: Path,
     *,
-    lora: LoraConfig | None = None,
     instruction: str = INSTRUCTION,
     callback: Callback | None = None,
-    meta_extra: dict[str, Any] | None = None,
-    outlets: Outlets = NO_OUTLETS,
 ) -> TrainSummary:
-    """Fine-tune the init checkpoint to write each text's label (examples packed); returns ``finetune``'s summary."""
-    mc, _ = init_model_config(init_checkpoint)
+    """Fine-tune ``run.init_checkpoint`` to write each text's label (examples packed); returns ``finetune``'s
+    summary."""
+    mc, _ = init_model_config(run.init_checkpoint)
     splits = [
         pack_examples(
             label_examples(*s, tokenizer, context_length=mc.context_length, instruction=instruction), mc.context_length
         )
         for s in (train, validation)
     ]
-    pad_id = tokenizer.pad_id
-    return finetune(
-        init_checkpoint,
-        train_config,
-        *splits,
-        runs_dir,
-        pad_id=pad_id,
-        lora=lora,
-        callback=callback,
-        meta_extra=meta_extra,
-        outlets=outlets,
-    )
+    return finetune(run, *splits, pad_id=tokenizer.pad_id, callback=callback)
 
 
 @torch.no_grad()

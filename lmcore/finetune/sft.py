@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -170,35 +171,53 @@ def init_model_config(init_checkpoint: str | Path) -> tuple[ModelConfig, str]:
     return ModelConfig.from_dict(meta["config"]["model"]), meta["files"][MODEL_FILE]
 
 
+@dataclass(frozen=True, kw_only=True)
+class FinetuneRun:
+    """One training run from a pretrained checkpoint: what every fine-tuning entry point takes first
+    (:func:`finetune`, ``head.train_head``, ``label_lm.train_label_lm``, ``adapt.adapt_lm``).
+
+    ``lmcore.finetune.specs.SftSpec`` is one, with the paths of its inputs added.
+    """
+
+    init_checkpoint: Path
+    """The checkpoint whose model (and tokenizer's vocabulary) the run starts from."""
+    train: TrainConfig
+    """The run's settings (objective causal: the task's own targets are the loss)."""
+    runs_dir: Path
+    """The run lives in ``runs_dir/<run key>`` (keyed by the init weights, the data, the config and LoRA)."""
+    lora: LoraConfig | None = None
+    """LoRA adapters (merged into the final checkpoint); None: every weight."""
+    meta_extra: dict[str, Any] | None = None
+    """Fields added to every checkpoint's meta.json (e.g. the tokenizer's path and digest)."""
+    outlets: Outlets = NO_OUTLETS
+    """Where the records and checkpoints go besides the run directory (a tracker, a mirror)."""
+
+
 def run_from_init(
-    init_checkpoint: Path,
-    train_config: TrainConfig,
-    runs_dir: Path,
+    run: FinetuneRun,
     *,
     sources: Callable[..., tuple[BatchSource, BatchSource | None]],
     data_version: str,
-    lora: LoraConfig | None = None,
     wrap: Callable[[GPT], torch.nn.Module] | None = None,
     config: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    meta_extra: dict[str, Any] | None = None,
-    outlets: Outlets = NO_OUTLETS,
 ) -> TrainSummary:
     """Run the training loop on the init checkpoint's model; returns its summary with ``trainable_params`` and
     ``init_checkpoint`` set.
 
     ``wrap`` turns the pretrained GPT into the module to train (e.g. a classifier; default:
-    the GPT itself); ``lora`` then adapts the GPT inside it and freezes the rest of the GPT.
+    the GPT itself); ``run.lora`` then adapts the GPT inside it and freezes the rest of the GPT.
     ``config`` and ``data`` add fields to the run's identity and to ``meta["data"]``.
     """
+    train_config, lora = run.train, run.lora
     if train_config.objective != "causal":
         raise ValueError(
             f"train.objective={train_config.objective!r}: fine-tuning learns the task's own targets (replies, "
             "labels); the objective is pretraining's (a prefix LM reads its prompt as its prefix by itself); "
             "leave it causal"
         )
-    init = Path(init_checkpoint)
+    init = Path(run.init_checkpoint)
     mc, init_sha = init_model_config(init)
     counts: dict[str, int] = {}
 
@@ -223,42 +242,37 @@ def run_from_init(
         data={"init_checkpoint": str(init), "init_sha256": init_sha, "examples_sha256": data_version, **(data or {})},
         export=merged_copy if lora else None,
     )
-    summary = run_job(lambda: job, train_config, runs_dir, callback=callback, meta_extra=meta_extra, outlets=outlets)
+    summary = run_job(
+        lambda: job, train_config, run.runs_dir, callback=callback, meta_extra=run.meta_extra, outlets=run.outlets
+    )
     return dataclasses.replace(summary, trainable_params=counts["trainable"], init_checkpoint=init)
 
 
 def finetune(
-    init_checkpoint: Path,
-    train_config: TrainConfig,
+    run: FinetuneRun,
     train_examples: Sequence[SFTExample],
     val_examples: Sequence[SFTExample],
-    runs_dir: Path,
     *,
     pad_id: int,
-    lora: LoraConfig | None = None,
     callback: Callback | None = None,
-    meta_extra: dict[str, Any] | None = None,
-    outlets: Outlets = NO_OUTLETS,
 ) -> TrainSummary:
-    """Fine-tune (or resume fine-tuning) the model of ``init_checkpoint`` on chat examples; return a summary.
-
-    The run lives in ``runs_dir/<run key>`` (keyed by the init weights, the examples, the config and LoRA).
+    """Fine-tune (or resume fine-tuning) the model of ``run.init_checkpoint`` on chat examples; return a summary.
 
     The summary is :func:`lmcore.train.loop.train`'s with ``trainable_params`` and
     ``init_checkpoint`` set. Examples may be packed (``pack_examples``); each must fit the
     model's context and hold at least one assistant token. ``val_examples`` are used when
-    ``train_config.eval_batches`` > 0 (cycled if there are fewer batches). The final
+    ``run.train.eval_batches`` > 0 (cycled if there are fewer batches). The final
     checkpoint is a plain GPT (LoRA merged) for ``load_trained_model``.
     """
-    mc, _ = init_model_config(init_checkpoint)
+    mc, _ = init_model_config(run.init_checkpoint)
     problems = _check_examples("train_examples", train_examples, mc)
     problems += _check_examples("val_examples", val_examples, mc)
     if not train_examples:
         problems.append("train_examples is empty")
-    if train_config.eval_batches and not val_examples:
+    if run.train.eval_batches and not val_examples:
         problems.append("val_examples is empty; pass some or set eval_batches=0")
     if mc.attention == "bidirectional":
-        problems.append(f"{init_checkpoint} is an encoder (a masked LM); chat fine-tuning needs a decoder")
+        problems.append(f"{run.init_checkpoint} is an encoder (a masked LM); chat fine-tuning needs a decoder")
     if problems:
         raise ValueError("cannot fine-tune: " + "; ".join(problems))
 
@@ -270,16 +284,11 @@ def finetune(
         return train, val
 
     return run_from_init(
-        init_checkpoint,
-        train_config,
-        runs_dir,
+        run,
         sources=sources,
         data_version=examples_digest(train_examples, val_examples),
-        lora=lora,
         data={"train_examples": len(train_examples), "val_examples": len(val_examples)},
         callback=callback,
-        meta_extra=meta_extra,
-        outlets=outlets,
     )
 
 

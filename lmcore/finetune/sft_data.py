@@ -67,14 +67,30 @@ class SFTExample:
         return self.lengths or (len(self.ids),)
 
 
-def _check_build_args(paths: list[Path], forced: list[Path], context_length: int, holdout_fraction: float) -> None:
+@dataclass(frozen=True, kw_only=True)
+class SftDataConfig:
+    """How :func:`build_sft_dataset` turns instruction records into a data set."""
+
+    holdout_fraction: float = 0.1
+    """Seeded share of records held out for ROUGE (JSONL records; derived pairs follow the splits)."""
+    seed: int = 0
+    """Seed of the hash that decides which records are held out."""
+    pack: bool = True
+    """Pack several short examples into one window (attention stays inside each)."""
+    system_prompt: str | None = None
+    """A system message for every record that brings none; None: no system message."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+def _check_build_args(paths: list[Path], forced: list[Path], context_length: int) -> None:
     problems = [f"{p}: no such file; give the path of a .jsonl records file" for p in paths + forced if not p.is_file()]
     if not paths:
         problems.append("records_paths is empty; give at least one .jsonl file")
     if context_length < 2:
         problems.append(f"context_length must be >= 2, got {context_length}")
-    if not 0.0 <= holdout_fraction < 1.0:
-        problems.append(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -123,19 +139,16 @@ def _example(messages: list[dict[str, str]], ids: list[int], mask: list[int], ke
 def build_sft_dataset(
     records_paths: str | Path | Sequence[str | Path],
     tokenizer: Tokenizer,
+    config: SftDataConfig,
     *,
     context_length: int,
-    holdout_fraction: float,
-    seed: int,
-    pack: bool,
-    system_prompt: str | None = None,
     heldout_paths: Sequence[str | Path] = (),
     report_lines: int = 5,
 ) -> tuple[list[SFTExample], list[SFTExample], dict[str, Any]]:
-    """Read records, render them as ChatML and split them; returns ``(train, heldout, stats)``.
+    """Read records, render them as ChatML and split them as ``config`` says; returns ``(train, heldout, stats)``.
 
     Conversations are cut to ``context_length + 1`` tokens (see ``chat.render_chatml``).
-    ``pack`` packs the train examples into rows of at most ``context_length`` positions
+    ``config.pack`` packs the train examples into rows of at most ``context_length`` positions
     (:func:`pack_examples`); held-out examples stay one per row and carry their prompt and
     reference text. Every record of ``heldout_paths`` is held out (e.g. examples derived from
     the corpus's test documents); they are read first, so a train record repeating one is
@@ -145,7 +158,7 @@ def build_sft_dataset(
     """
     paths = [Path(p) for p in ([records_paths] if isinstance(records_paths, (str, Path)) else records_paths)]
     forced = [Path(p) for p in heldout_paths]
-    _check_build_args(paths, forced, context_length, holdout_fraction)
+    _check_build_args(paths, forced, context_length)
     tally = _Tally(report_lines)
     seen: set[str] = set()
     splits: tuple[list[SFTExample], list[SFTExample]] = ([], [])
@@ -154,7 +167,9 @@ def build_sft_dataset(
             tally.records += 1
             messages = None
             if reason is None:
-                messages, reason = record_to_messages(record, system_prompt=system_prompt, repaired=tally.repaired)
+                messages, reason = record_to_messages(
+                    record, system_prompt=config.system_prompt, repaired=tally.repaired
+                )
             key = content_key(messages) if messages else ""
             if reason is None and key in seen:
                 reason = "duplicate"
@@ -168,11 +183,11 @@ def build_sft_dataset(
                 tally.dropped += 1
                 tally.skip(rendered.dropped, where)
                 continue
-            held = path in forced or is_heldout(key, holdout_fraction, seed)
+            held = path in forced or is_heldout(key, config.holdout_fraction, config.seed)
             splits[held].append(_example(messages, rendered.ids, rendered.mask, key, held))
     train, heldout = splits
     stats = tally.stats(train, heldout)
-    if pack:
+    if config.pack:
         train = pack_examples(train, context_length)
         positions = sum(len(r.ids) - len(r.segments) for r in train)
         stats["rows"] = len(train)

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lmcore.data.tokenizer import load_tokenizer
-from lmcore.finetune.classify import ClassifyConfig, evaluate_all
+from lmcore.finetune.classify import ClassifyConfig, ClassifyRun, evaluate_all
 from lmcore.finetune.prompts import Labeled
-from lmcore.finetune.sft import finetune
+from lmcore.finetune.sft import FinetuneRun, finetune
 from lmcore.finetune.sft_data import read_sft_dataset
 from lmcore.model.lora import LoraConfig
 from lmcore.train.config import TrainConfig
-from lmcore.train.job import NO_OUTLETS, Callback, Outlets
+from lmcore.train.job import Callback, Outlets
 from lmcore.train.spec import OnWait, SummaryResult, check_keys
 from lmcore.train.summary import TrainSummary
 
@@ -28,24 +28,18 @@ PARTS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SftSpec(SummaryResult):
-    """Chat fine-tuning (:func:`lmcore.finetune.sft.finetune`) from a pretrained checkpoint on an SFT data set.
+class SftSpec(FinetuneRun, SummaryResult):
+    """Chat fine-tuning (:func:`lmcore.finetune.sft.finetune`) from a pretrained checkpoint on an SFT data set:
+    the run (:class:`~lmcore.finetune.sft.FinetuneRun`) and the paths of its inputs.
 
     The first half of the held-out examples validates; the rest is left for the evaluation's ROUGE set.
     """
 
     task: ClassVar[str] = "sft"
-    init_checkpoint: Path
-    train: TrainConfig
-    lora: LoraConfig | None
-    """LoRA adapters (merged into the final checkpoint); None: every weight."""
     sft_dataset: Path
     """The directory ``lmcore.finetune.sft_data.read_sft_dataset`` reads."""
     tokenizer: Path
     """``tokenizer.json`` (its pad id pads the batches)."""
-    runs_dir: Path
-    meta_extra: dict[str, Any] | None = None
-    outlets: Outlets = NO_OUTLETS
 
     def train_configs(self) -> dict[str, TrainConfig]:
         return {"train": self.train}
@@ -53,18 +47,8 @@ class SftSpec(SummaryResult):
     def run(self, *, callback: Callback | None = None, on_wait: OnWait | None = None) -> TrainSummary:
         """``finetune``'s summary (``on_wait`` is unused: fine-tuning does not report waiting)."""
         examples, heldout, _ = read_sft_dataset(self.sft_dataset)
-        return finetune(
-            self.init_checkpoint,
-            self.train,
-            examples,
-            heldout[: max(1, len(heldout) // 2)],
-            self.runs_dir,
-            pad_id=load_tokenizer(self.tokenizer).pad_id,
-            lora=self.lora,
-            callback=callback,
-            meta_extra=self.meta_extra,
-            outlets=self.outlets,
-        )
+        validation = heldout[: max(1, len(heldout) // 2)]
+        return finetune(self, examples, validation, pad_id=load_tokenizer(self.tokenizer).pad_id, callback=callback)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,7 +69,7 @@ class SftSpec(SummaryResult):
         return cls(
             init_checkpoint=Path(d["init_checkpoint"]),
             train=TrainConfig.from_dict(d["train"]),
-            lora=LoraConfig.from_dict(d["lora"]) if d["lora"] else None,
+            lora=LoraConfig.from_dict(d["lora"]) if d.get("lora") else None,
             sft_dataset=Path(d["sft_dataset"]),
             tokenizer=Path(d["tokenizer"]),
             runs_dir=Path(d["runs_dir"]),
@@ -101,22 +85,18 @@ def read_labeled(path: str | Path) -> Labeled:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClassifySpec:
+class ClassifySpec(ClassifyRun):
     """The classifiers (:func:`lmcore.finetune.classify.evaluate_all`) trained from a pretrained checkpoint and
-    scored on one test split; the result is ``evaluate_all``'s dict (None on ranks other than 0)."""
+    scored on one test split: the run (:class:`~lmcore.finetune.classify.ClassifyRun`) and the paths of its
+    labeled data and tokenizer. The result is ``evaluate_all``'s dict (None on ranks other than 0)."""
 
     task: ClassVar[str] = "classify"
-    init_checkpoint: Path
-    config: ClassifyConfig
     labeled: dict[str, Path]
     """The JSONL file of each of :data:`PARTS`."""
     tokenizer: Path
-    runs_dir: Path
-    outlets: Outlets = NO_OUTLETS
-    shard_root: Path | None = None
-    """The token shards (the ``encoder`` method pretrains on them); None without that method."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if sorted(self.labeled) != sorted(PARTS):
             raise ValueError(f"labeled must name the files {list(PARTS)}, got {sorted(self.labeled)}")
 
@@ -129,16 +109,8 @@ class ClassifySpec:
 
     def run(self, *, callback: Callback | None = None, on_wait: OnWait | None = None) -> dict[str, Any] | None:
         """``evaluate_all``'s results (``callback`` gets its events; ``on_wait`` is unused)."""
-        return evaluate_all(
-            self.init_checkpoint,
-            load_tokenizer(self.tokenizer),
-            *(read_labeled(self.labeled[part]) for part in PARTS),
-            self.runs_dir,
-            self.config,
-            callback=callback,
-            outlets=self.outlets,
-            shard_root=self.shard_root,
-        )
+        parts = (read_labeled(self.labeled[part]) for part in PARTS)
+        return evaluate_all(self, load_tokenizer(self.tokenizer), *parts, callback=callback)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,34 +55,64 @@ def variant_configs(
     return dataclasses.replace(mc, vocab_size=base_vocab + len(extra_token_ids(tc, base_vocab, mc.context_length))), tc
 
 
+@dataclass(frozen=True, kw_only=True)
+class VariantsConfig:
+    """Which variants :func:`compare_variants` trains, the run each makes, and how they are scored."""
+
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    """Which of lmcore.finetune.variants.VARIANTS to train: dense, moe_token, moe_expert, prefix, span, masked."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The run every variant makes (its objective comes from the variant)."""
+    max_eval_tokens: int | None = None
+    """Score at most this many test tokens (None: all)."""
+    pseudo_perplexity_rows: int = 4
+    """Test rows of the context length for the encoder's pseudo-perplexity (context_length forwards each)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variants", tuple(self.variants))  # lists from YAML/Dagster config
+        if unknown := [name for name in self.variants if name not in VARIANTS]:
+            raise ValueError(f"variants {unknown} are unknown; choose from {', '.join(VARIANTS)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariantsRun:
+    """What :func:`compare_variants` trains, from what base, on which shards, and where."""
+
+    config: VariantsConfig
+    base_model: ModelConfig
+    """The model each variant changes only as :data:`VARIANTS` says."""
+    base_vocab: int
+    """The tokenizer's vocabulary size; an objective's special tokens (``<|mask|>``, sentinels) follow it."""
+    shard_root: Path
+    """The token shards: "train" to train on, "val" to validate (and to measure the experts on)."""
+    runs_dir: Path
+    """Each variant trains (or resumes) in ``runs_dir/<run key>``."""
+    meta_extra: dict[str, Any] | None = None
+    """Fields added to every checkpoint's meta.json."""
+
+
 def compare_variants(
-    names: Sequence[str],
-    base_model: ModelConfig,
-    base_train: TrainConfig,
-    shard_root: Path,
-    runs_dir: Path,
+    run: VariantsRun,
     test_arrays: Sequence[np.ndarray],
     token_bytes: np.ndarray,
     *,
-    base_vocab: int,
-    max_eval_tokens: int | None = None,
-    pseudo_perplexity_rows: int = 4,
     callback: Callable[[str, dict[str, Any]], None] | None = None,
-    meta_extra: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Train (or resume) each variant in ``runs_dir`` and score it; figures by variant name.
+    """Train (or resume) each variant of ``run`` and score it on ``test_arrays``; figures by variant name.
 
-    ``callback(name, record)`` gets every training record. ``pseudo_perplexity_rows`` rows of the
-    context length are scored for the encoder's pseudo-perplexity (context_length forwards per row).
+    ``token_bytes`` gives each token id's length in bytes (for bits per byte). ``callback(name, record)``
+    gets every training record.
     """
     from lmcore.model.moe import expert_report
 
+    cfg, shard_root = run.config, run.shard_root
+    max_eval_tokens = cfg.max_eval_tokens
     total_bytes = count_target_bytes(test_arrays, token_bytes, max_eval_tokens)
     out: dict[str, dict[str, Any]] = {}
-    for name in names:
-        mc, tc = variant_configs(name, base_model, base_train, base_vocab)
+    for name in cfg.variants:
+        mc, tc = variant_configs(name, run.base_model, cfg.train, run.base_vocab)
         on_record = (lambda r, n=name: callback(n, r)) if callback else None
-        summary = train(mc, tc, shard_root, runs_dir, callback=on_record, meta_extra=meta_extra)
+        summary = train(mc, tc, shard_root, run.runs_dir, callback=on_record, meta_extra=run.meta_extra)
         model, _ = load_trained_model(summary.checkpoint, "cpu")
         model.eval()
         figures: dict[str, Any] = {
@@ -99,8 +130,8 @@ def compare_variants(
             test = evaluate_lm(model, test_arrays, total_bytes=total_bytes, max_tokens=max_eval_tokens)
             figures.update(test_perplexity=test["perplexity"], test_bits_per_byte=test["bits_per_byte"])
         if tc.objective == "masked":  # <|mask|> is the first id after the tokenizer's
-            masked = evaluate_encoder(model, test_arrays, base_vocab, mask_rate=tc.mask_rate, max_windows=None,
-                                      pll_rows=pseudo_perplexity_rows)  # fmt: skip
+            masked = evaluate_encoder(model, test_arrays, run.base_vocab, mask_rate=tc.mask_rate, max_windows=None,
+                                      pll_rows=cfg.pseudo_perplexity_rows)  # fmt: skip
             figures.update({k: masked[k] for k in ("masked_accuracy", "masked_tokens", "pseudo_perplexity")})
         if mc.n_experts:
             val = TokenLoader.from_split(shard_root, "val", context_length=mc.context_length, batch_size=8, seed=0)

@@ -14,6 +14,7 @@ import pytest
 
 import lmcore.finetune.sft
 import lmcore.train.loop
+import lmcore.train.spec
 from lmcore.train.config import TrainConfig
 from pipelines.cli import main
 from tests.integration.conftest import make_corpus, write_profile
@@ -62,8 +63,8 @@ def _reached(monkeypatch, tmp_path, sources, extra, asset, config, name) -> list
         seen.append(train_config)
         raise Reached
 
-    monkeypatch.setattr(lmcore.train.loop, "run_job", recorder)
-    monkeypatch.setattr(lmcore.finetune.sft, "run_job", recorder)
+    for module in (lmcore.train.loop, lmcore.train.spec, lmcore.finetune.sft):  # each calls run_job by its name
+        monkeypatch.setattr(module, "run_job", recorder)
     profile = write_profile(tmp_path / f"{name}.yaml", sources, **{**TINY, **extra, asset: config})
     assert main(["run", "--config", str(profile), "--select", asset]) == 1, "the recorder stops the run"
     return seen

@@ -12,7 +12,7 @@ import torch
 from lmcore.data.tokenizer import EOT, IM_END
 from lmcore.finetune.adapt import adapt_lm, text_examples
 from lmcore.finetune.chat import encode_plain, prompt_ids
-from lmcore.finetune.classify import ClassifyConfig, evaluate_all
+from lmcore.finetune.classify import ClassifyConfig, ClassifyRun, evaluate_all
 from lmcore.finetune.head import SequenceClassifier, load_classifier, predict_head, train_head
 from lmcore.finetune.label_lm import score_labels
 from lmcore.finetune.prompts import INSTRUCTION, pad_right, prompt_messages, prompts
@@ -20,7 +20,7 @@ from lmcore.model.checkpoint import load_trained_model, read_meta
 from lmcore.model.gpt import GPT, tiny
 from lmcore.model.lora import LoraConfig, lora_layers
 from lmcore.train.config import TrainConfig
-from tests.unit.test_sft import write_init
+from tests.unit.test_sft import from_init, write_init
 
 WORDS = "the a small big old new red quiet happy slow fast green near far".split()
 KEYS = {"apple": "fruit", "river": "water", "stone": "rock"}
@@ -45,6 +45,11 @@ def init(tmp_path_factory) -> Path:
     return write_init(tmp_path_factory.mktemp("init"))
 
 
+def classify(init: Path, cfg: ClassifyConfig, runs_dir: Path, **kw) -> ClassifyRun:
+    """The classifiers of ``cfg`` from ``init`` in ``runs_dir``."""
+    return ClassifyRun(init_checkpoint=init, config=cfg, runs_dir=runs_dir, **kw)
+
+
 def config(**overrides) -> TrainConfig:
     base = dict(max_steps=40, batch_size=8, lr=1e-2, warmup_steps=4, eval_batches=1, log_every=10, weight_decay=0.0)
     return TrainConfig(**{**base, "device": "cpu", "peak_flops": 1e12, **overrides})
@@ -54,7 +59,7 @@ def test_each_method_beats_chance(tok, init: Path, tmp_path: Path) -> None:
     train, validation, test = make(120, 0), make(24, 1), make(60, 2)
     records: list[dict] = []
     cfg = ClassifyConfig(label_lm=config(), head=config(max_steps=30, batch_size=16))
-    results = evaluate_all(init, tok, train, validation, test, tmp_path, cfg, callback=records.append)
+    results = evaluate_all(classify(init, cfg, tmp_path), tok, train, validation, test, callback=records.append)
     labels = sorted(set(KEYS.values()))
     assert results["labels"] == labels
     for method in ("label_lm", "head", "bow"):
@@ -78,7 +83,7 @@ def test_each_method_beats_chance(tok, init: Path, tmp_path: Path) -> None:
 def test_lora_trains_adapters_only_and_merges_them(tok, init: Path, tmp_path: Path) -> None:
     train, validation, test = make(40, 0), make(8, 1), make(8, 2)
     cfg = ClassifyConfig(label_lm=config(max_steps=4), head=config(max_steps=4), lora=LoraConfig(rank=4, alpha=8))
-    results = evaluate_all(init, tok, train, validation, test, tmp_path, cfg)
+    results = evaluate_all(classify(init, cfg, tmp_path), tok, train, validation, test)
     for method in ("label_lm", "head"):
         trained = results[method]["train"]
         assert trained["trainable_params"] < trained["params"], f"{method} + LoRA: the LM itself stays frozen"
@@ -105,26 +110,19 @@ def test_text_examples_put_every_token_in_the_loss(tok) -> None:
 
 def test_task_adaptation_lowers_text_loss_and_both_lm_methods_start_from_it(tok, init: Path, tmp_path: Path) -> None:
     train, validation, test = make(120, 0), make(24, 1), make(30, 2)
-    adapted = adapt_lm(init, config(max_steps=30), train[0], validation[0], tok, tmp_path / "alone")
+    adapted = adapt_lm(from_init(init, config(max_steps=30), tmp_path / "alone"), train[0], validation[0], tok)
     before, after = text_loss(init, tok, validation[0]), text_loss(Path(adapted.checkpoint), tok, validation[0])
     assert after < before - 1.0, f"validation text loss {before:.3f} -> {after:.3f}"
     records: list[dict] = []
     cfg = ClassifyConfig(label_lm=config(max_steps=5), head=config(max_steps=5), adapt=config(max_steps=30))
-    results = evaluate_all(init, tok, train, validation, test, tmp_path / "all", cfg, callback=records.append)
+    results = evaluate_all(classify(init, cfg, tmp_path / "all"), tok, train, validation, test, callback=records.append)
     start = results["adaptation"]["checkpoint"]
     assert results["adaptation"]["val_loss"] == pytest.approx(adapted.val_loss), "same data, config and seed"
     for method in ("label_lm", "head"):
         assert read_meta(results[method]["train"]["checkpoint"])["data"]["init_checkpoint"] == start
     assert ("adapt", "train") in {(r["method"], r["stage"]) for r in records}
-    only_bow = evaluate_all(
-        init,
-        tok,
-        train,
-        validation,
-        test,
-        tmp_path / "bow",
-        ClassifyConfig(adapt=config(max_steps=30), methods=["bow"]),
-    )
+    bow = ClassifyConfig(adapt=config(max_steps=30), methods=["bow"])
+    only_bow = evaluate_all(classify(init, bow, tmp_path / "bow"), tok, train, validation, test)
     assert "adaptation" not in only_bow, "no LM method, nothing to adapt"
 
 
@@ -136,7 +134,7 @@ def test_changing_one_methods_config_retrains_that_method_only(tok, init: Path, 
         cfg = ClassifyConfig(
             label_lm=config(max_steps=4), head=config(max_steps=head_steps), methods=["label_lm", "head"]
         )
-        results = evaluate_all(init, tok, train, validation, test, tmp_path, cfg, callback=records.append)
+        results = evaluate_all(classify(init, cfg, tmp_path), tok, train, validation, test, callback=records.append)
         trained = {r["method"] for r in records if r["stage"] == "train" and "loss" in r}
         runs.append((results["label_lm"]["train"]["checkpoint"], results["head"]["train"]["checkpoint"], trained))
     assert runs[0][2] == {"label_lm", "head"} and runs[1][2] == {"head"}, "label_lm's finished run is reused"
@@ -145,9 +143,9 @@ def test_changing_one_methods_config_retrains_that_method_only(tok, init: Path, 
 
 def test_other_data_trains_in_its_own_run_dir_and_leaves_the_first_alone(tok, init: Path, tmp_path: Path) -> None:
     cfg = ClassifyConfig(label_lm=config(max_steps=4), methods=["label_lm"])
-    first = evaluate_all(init, tok, make(40, 0), make(8, 1), make(8, 2), tmp_path, cfg)["label_lm"]["train"]
+    first = evaluate_all(classify(init, cfg, tmp_path), tok, make(40, 0), make(8, 1), make(8, 2))["label_lm"]["train"]
     before = read_meta(first["checkpoint"])
-    other = evaluate_all(init, tok, make(40, 5), make(8, 1), make(8, 2), tmp_path, cfg)["label_lm"]["train"]
+    other = evaluate_all(classify(init, cfg, tmp_path), tok, make(40, 5), make(8, 1), make(8, 2))["label_lm"]["train"]
     assert Path(other["checkpoint"]).parent != Path(first["checkpoint"]).parent
     assert read_meta(first["checkpoint"]) == before, "the first run's checkpoint is untouched"
     assert read_meta(other["checkpoint"])["config"]["data_version"] != before["config"]["data_version"]
@@ -201,14 +199,14 @@ def test_head_training_resumes_identically(tok, init: Path, tmp_path: Path) -> N
     train, validation = make(64, 0), make(16, 1)
     labels = sorted(set(KEYS.values()))
     cfg = config(max_steps=8, checkpoint_every=3, log_every=1)
-    reference = train_head(init, cfg, train, validation, tok, labels, tmp_path / "ref")
+    reference = train_head(from_init(init, cfg, tmp_path / "ref"), train, validation, tok, labels)
 
     def crash_at_5(record: dict) -> None:
         if record["step"] == 5:
             raise Crash
 
     with pytest.raises(Crash):
-        train_head(init, cfg, train, validation, tok, labels, tmp_path / "run", callback=crash_at_5)
-    resumed = train_head(init, cfg, train, validation, tok, labels, tmp_path / "run")
+        train_head(from_init(init, cfg, tmp_path / "run"), train, validation, tok, labels, callback=crash_at_5)
+    resumed = train_head(from_init(init, cfg, tmp_path / "run"), train, validation, tok, labels)
     assert resumed.resumed_from == 3 and resumed.loss_history == reference.loss_history
     assert resumed.checkpoint_sha256 == reference.checkpoint_sha256

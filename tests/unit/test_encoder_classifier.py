@@ -19,8 +19,8 @@ from lmcore.finetune.prompts import pad_right, prompts
 from lmcore.model.checkpoint import load_trained_model, read_meta
 from lmcore.model.gpt import GPT, tiny
 from lmcore.train.config import TrainConfig
-from tests.unit.test_classify import KEYS, PAD, config, make
-from tests.unit.test_sft import write_init
+from tests.unit.test_classify import KEYS, PAD, classify, config, make
+from tests.unit.test_sft import from_init, write_init
 from tests.unit.test_train import assert_resumed_exactly, crash_and_resume
 
 
@@ -115,7 +115,7 @@ def test_asking_for_the_encoder_without_shards_names_the_fix(tok, init: Path, tm
     data = make(12, 0)
     cfg = ClassifyConfig(methods=["encoder", "bow"])
     with pytest.raises(ValueError, match="pass shard_root"):
-        evaluate_all(init, tok, data, data, data, tmp_path, cfg)
+        evaluate_all(classify(init, cfg, tmp_path), tok, data, data, data)
     assert not any(tmp_path.iterdir()), "refused before any run"
 
 
@@ -137,7 +137,7 @@ def test_the_encoder_head_run_resumes_exactly_after_a_crash(tok, shards: Path, t
     labels = sorted(set(KEYS.values()))
     cfg = config(max_steps=8, checkpoint_every=3, log_every=1)
     reference, resumed = crash_and_resume(
-        lambda d, **kw: train_head(init, cfg, train, validation, tok, labels, d, **kw), tmp_path, 5
+        lambda d, **kw: train_head(from_init(init, cfg, d), train, validation, tok, labels, **kw), tmp_path, 5
     )
     assert_resumed_exactly(reference, resumed, 3)
     classifier, _ = load_classifier(resumed.checkpoint)
@@ -169,9 +169,8 @@ def test_encoder_and_bow_end_to_end(tok, init: Path, shards: Path, tmp_path: Pat
         encoder_eval_windows=8,
         encoder_pll_rows=1,
     )
-    results = evaluate_all(
-        init, tok, train, validation, test, tmp_path, cfg, callback=records.append, shard_root=shards
-    )
+    run = classify(init, cfg, tmp_path, shard_root=shards)
+    results = evaluate_all(run, tok, train, validation, test, callback=records.append)
     assert set(results) == {"labels", "encoder", "bow"}
     r = results["encoder"]
     assert r["accuracy"] > 0.7, f"encoder: {r['accuracy']} (chance is 1/3)"

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from lmcore.finetune.chat import render_chatml
-from lmcore.finetune.sft import chat_generate, finetune
+from lmcore.finetune.sft import FinetuneRun, chat_generate, finetune
 from lmcore.finetune.sft_data import SFTExample, pack_examples
 from lmcore.model.checkpoint import MODEL_FILE, list_checkpoints, load_trained_model, save_checkpoint
 from lmcore.model.generate import greedy
@@ -48,6 +48,11 @@ def examples(tok, pairs=PAIRS) -> list[SFTExample]:
     return out
 
 
+def from_init(init: Path, cfg: TrainConfig, runs_dir: Path, **kw) -> FinetuneRun:
+    """The fine-tuning run of ``cfg`` from ``init`` in ``runs_dir``."""
+    return FinetuneRun(init_checkpoint=init, train=cfg, runs_dir=runs_dir, **kw)
+
+
 def config(**overrides) -> TrainConfig:
     base = dict(max_steps=12, batch_size=2, lr=3e-3, warmup_steps=2, eval_batches=1, eval_every=0, log_every=1)
     return TrainConfig(**{**base, "checkpoint_every": 3, "device": "cpu", "peak_flops": 1e12, **overrides})
@@ -57,7 +62,7 @@ def test_learns_to_answer_and_stop(tok, init: Path, tmp_path: Path) -> None:
     train = pack_examples(examples(tok), 64)  # 4 conversations in 2 packed rows: segment_ids on the way
     assert len(train) < len(PAIRS)
     cfg = config(max_steps=50, batch_size=4, lr=1e-2, checkpoint_every=0, log_every=5, weight_decay=0.0)
-    summary = finetune(init, cfg, train, examples(tok)[:2], tmp_path / "run", pad_id=PAD)
+    summary = finetune(from_init(init, cfg, tmp_path / "run"), train, examples(tok)[:2], pad_id=PAD)
     history = summary.loss_history
     assert history[-1][1] < 0.1 * history[0][1], history
     assert summary.trainable_params == summary.params and summary.step == 50
@@ -69,7 +74,7 @@ def test_learns_to_answer_and_stop(tok, init: Path, tmp_path: Path) -> None:
 
 
 def _first_loss(tok, init: Path, run: Path, train: list[SFTExample]) -> float:
-    summary = finetune(init, config(max_steps=1, warmup_steps=0, eval_batches=0), train, [], run, pad_id=PAD)
+    summary = finetune(from_init(init, config(max_steps=1, warmup_steps=0, eval_batches=0), run), train, [], pad_id=PAD)
     return summary.loss_history[0][1]
 
 
@@ -98,7 +103,7 @@ class Crash(RuntimeError):
 @pytest.mark.parametrize("lora", [None, LoraConfig(rank=2, alpha=4)], ids=["full", "lora"])
 def test_resume_after_a_crash_continues_identically(tok, init: Path, tmp_path: Path, lora) -> None:
     train, val = examples(tok), examples(tok)[:2]
-    reference = finetune(init, config(), train, val, tmp_path / "ref", pad_id=PAD, lora=lora)
+    reference = finetune(from_init(init, config(), tmp_path / "ref", lora=lora), train, val, pad_id=PAD)
 
     def crash_at_8(record: dict) -> None:
         if record["step"] == 8:
@@ -106,10 +111,10 @@ def test_resume_after_a_crash_continues_identically(tok, init: Path, tmp_path: P
 
     runs = tmp_path / "run"
     with pytest.raises(Crash):
-        finetune(init, config(), train, val, runs, pad_id=PAD, lora=lora, callback=crash_at_8)
+        finetune(from_init(init, config(), runs, lora=lora), train, val, pad_id=PAD, callback=crash_at_8)
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     assert [s for s, _ in list_checkpoints(run)] == [3, 6]
-    resumed = finetune(init, config(), train, val, runs, pad_id=PAD, lora=lora)
+    resumed = finetune(from_init(init, config(), runs, lora=lora), train, val, pad_id=PAD)
     assert Path(resumed.run_dir) == run
     assert resumed.resumed_from == 6
     assert resumed.loss_history == reference.loss_history and resumed.val_history == reference.val_history
@@ -124,11 +129,11 @@ def test_resume_after_a_crash_continues_identically(tok, init: Path, tmp_path: P
 
 def test_another_init_is_another_run(tok, init: Path, tmp_path: Path) -> None:
     runs = tmp_path / "run"
-    first = finetune(init, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
+    first = finetune(from_init(init, config(max_steps=3), runs), examples(tok), examples(tok), pad_id=PAD)
     other = write_init(tmp_path / "other", seed=1)
-    second = finetune(other, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
+    second = finetune(from_init(other, config(max_steps=3), runs), examples(tok), examples(tok), pad_id=PAD)
     assert second.run_dir != first.run_dir and second.resumed_from is None
-    again = finetune(init, config(max_steps=3), examples(tok), examples(tok), runs, pad_id=PAD)
+    again = finetune(from_init(init, config(max_steps=3), runs), examples(tok), examples(tok), pad_id=PAD)
     assert again.run_dir == first.run_dir and again.resumed_from == 3
 
 
@@ -136,9 +141,9 @@ def test_bad_examples_are_named(tok, init: Path, tmp_path: Path) -> None:
     long = SFTExample(ids=[5] * 80, mask=[1] * 80)
     silent = SFTExample(ids=[5] * 10, mask=[0] * 10)
     with pytest.raises(ValueError, match=r"train_examples \[0\] exceed context_length=64.*\[1\] have no assistant"):
-        finetune(init, config(), [long, silent], [], tmp_path / "run", pad_id=PAD)
+        finetune(from_init(init, config(), tmp_path / "run"), [long, silent], [], pad_id=PAD)
     with pytest.raises(ValueError, match="val_examples is empty"):
-        finetune(init, config(), examples(tok), [], tmp_path / "run", pad_id=PAD)
+        finetune(from_init(init, config(), tmp_path / "run"), examples(tok), [], pad_id=PAD)
 
 
 def test_prompt_prefix_is_each_segments_prompt_only() -> None:
@@ -157,7 +162,7 @@ def test_a_prefix_lm_fine_tunes_with_its_prompt_as_prefix_and_resumes(tok, tmp_p
     mc = tiny(vocab_size=300, context_length=64, attention="prefix")
     init = save_checkpoint(tmp_path / "init", 0, GPT(mc), {}, {"config": {"model": mc.to_dict()}})
     train, val = pack_examples(examples(tok) * 3, 64), examples(tok)[:2]
-    reference = finetune(init, config(), train, val, tmp_path / "ref", pad_id=PAD)
+    reference = finetune(from_init(init, config(), tmp_path / "ref"), train, val, pad_id=PAD)
     assert reference.loss_history[-1][1] < reference.loss_history[0][1]
 
     def crash_at_8(record: dict) -> None:
@@ -165,8 +170,8 @@ def test_a_prefix_lm_fine_tunes_with_its_prompt_as_prefix_and_resumes(tok, tmp_p
             raise RuntimeError("crash")
 
     with pytest.raises(RuntimeError, match="crash"):
-        finetune(init, config(), train, val, tmp_path / "run", pad_id=PAD, callback=crash_at_8)
-    resumed = finetune(init, config(), train, val, tmp_path / "run", pad_id=PAD)
+        finetune(from_init(init, config(), tmp_path / "run"), train, val, pad_id=PAD, callback=crash_at_8)
+    resumed = finetune(from_init(init, config(), tmp_path / "run"), train, val, pad_id=PAD)
     assert resumed.resumed_from == 6 and resumed.loss_history == reference.loss_history
     model, _ = load_trained_model(Path(reference.checkpoint), "cpu")
     assert (
@@ -177,11 +182,11 @@ def test_a_prefix_lm_fine_tunes_with_its_prompt_as_prefix_and_resumes(tok, tmp_p
 
 def test_fine_tuning_refuses_an_objective_or_an_encoder(tok, init: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="leave it causal"):
-        finetune(init, config(objective="prefix"), examples(tok), examples(tok), tmp_path / "a", pad_id=PAD)
+        finetune(from_init(init, config(objective="prefix"), tmp_path / "a"), examples(tok), examples(tok), pad_id=PAD)
     mc = tiny(vocab_size=301, context_length=64, attention="bidirectional")
     encoder = save_checkpoint(tmp_path / "enc", 0, GPT(mc), {}, {"config": {"model": mc.to_dict()}})
     with pytest.raises(ValueError, match="encoder"):
-        finetune(encoder, config(), examples(tok), examples(tok), tmp_path / "b", pad_id=PAD)
+        finetune(from_init(encoder, config(), tmp_path / "b"), examples(tok), examples(tok), pad_id=PAD)
 
 
 def test_a_prefix_lms_multi_turn_prompt_is_two_way_up_to_the_first_reply_only(tok, monkeypatch) -> None:
@@ -212,4 +217,6 @@ def test_every_fine_tuning_run_refuses_a_pretraining_objective(tok, init: Path, 
     from lmcore.finetune.head import train_head
 
     with pytest.raises(ValueError, match="leave it causal"):
-        train_head(init, config(objective="masked"), (["x"], ["a"]), (["y"], ["a"]), tok, ["a"], tmp_path / "head")
+        train_head(
+            from_init(init, config(objective="masked"), tmp_path / "head"), (["x"], ["a"]), (["y"], ["a"]), tok, ["a"]
+        )

@@ -11,6 +11,7 @@ import torch
 from lmcore.finetune.chat import ChatExample, check_example, decode_chatml, prompt_ids, render_chatml
 from lmcore.finetune.records import is_heldout, record_to_messages
 from lmcore.finetune.sft_data import (
+    SftDataConfig,
     SFTExample,
     build_sft_dataset,
     pack_examples,
@@ -26,9 +27,11 @@ RECORDS = FIXTURES / "sft" / "records.jsonl"
 PAD = 1
 
 
-def _build(tok, paths=RECORDS, **kw):
-    args = dict(context_length=64, holdout_fraction=0.0, seed=0, pack=False) | kw
-    return build_sft_dataset(paths, tok, **args)
+def _build(tok, paths=RECORDS, *, context_length=64, heldout_paths=(), report_lines=5, **config):
+    config = SftDataConfig(**{"holdout_fraction": 0.0, "seed": 0, "pack": False, **config})
+    return build_sft_dataset(
+        paths, tok, config, context_length=context_length, heldout_paths=heldout_paths, report_lines=report_lines
+    )
 
 
 def test_bad_records_are_counted_by_reason_with_their_lines(tok):
@@ -211,3 +214,13 @@ def test_packed_forward_equals_each_example_alone(tok):
     with torch.no_grad():
         leaky, _ = model(x)
     assert not torch.allclose(leaky, packed, atol=1e-5)
+
+
+def test_the_assets_config_is_the_lmcore_config_plus_the_records():
+    from assets.finetune.sft_data import SftDatasetConfig
+
+    assert SftDatasetConfig().to_lmcore() == SftDataConfig(), "one set of defaults"
+    config = SftDatasetConfig(records=["a.jsonl"], holdout_fraction=0.4, pack=False, system_prompt="Be nice.")
+    assert config.to_lmcore() == SftDataConfig(holdout_fraction=0.4, pack=False, system_prompt="Be nice.")
+    with pytest.raises(ValueError, match="holdout_fraction must be in"):
+        SftDatasetConfig(holdout_fraction=1.0).to_lmcore()

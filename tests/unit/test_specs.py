@@ -74,6 +74,7 @@ def specs(tmp_path: Path) -> list:
             tokenizer=tmp_path / "tok.json",
             runs_dir=tmp_path / "r",
             outlets=OUTLETS,
+            shard_root=tmp_path / "shards",
         ),
     ]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from lmcore.data.shards import open_split
-from lmcore.finetune.variants import VARIANTS, compare_variants, variant_configs
+from lmcore.finetune.variants import VARIANTS, VariantsConfig, VariantsRun, compare_variants, variant_configs
 from lmcore.model.gpt import GPT, tiny
+from lmcore.train.config import TrainConfig
 from tests.unit.test_train import config, write_synthetic_shards
 
 BASE = 64
@@ -41,17 +42,19 @@ def test_objectives_get_their_tokens_and_attention():
     assert (mc.attention, tc.objective) == ("prefix", "span") and mc.vocab_size > BASE
     with pytest.raises(ValueError, match="choose from"):
         variant_configs("rnn", base, config(), BASE)
+    with pytest.raises(ValueError, match=r"variants \['rnn'\] are unknown; choose from"):
+        VariantsConfig(variants=["dense", "rnn"])
 
 
 def test_every_variant_trains_and_is_scored_on_the_same_test_tokens(shards: Path, tmp_path: Path):
     base = tiny(vocab_size=BASE, context_length=32)
     test = open_split(shards, "test" if (shards / "test").exists() else "val").arrays
     seen: dict[str, int] = {}
+    cfg = VariantsConfig(train=config(max_steps=6, checkpoint_every=0), pseudo_perplexity_rows=1)
+    run = VariantsRun(config=cfg, base_model=base, base_vocab=BASE, shard_root=shards, runs_dir=tmp_path / "runs")
     figures = compare_variants(
-        list(VARIANTS), base, config(max_steps=6, checkpoint_every=0), shards, tmp_path / "runs", test,
-        np.ones(BASE, dtype=np.int64), base_vocab=BASE, pseudo_perplexity_rows=1,
-        callback=lambda name, record: seen.__setitem__(name, record["step"]),
-    )  # fmt: skip
+        run, test, np.ones(BASE, dtype=np.int64), callback=lambda name, record: seen.__setitem__(name, record["step"])
+    )
     assert list(figures) == list(VARIANTS) and seen == dict.fromkeys(VARIANTS, 6)
     for name in ("dense", "moe_token", "moe_expert", "prefix"):
         assert 0 < figures[name]["test_bits_per_byte"] < 8, name  # one byte per token: bpb = nats / ln 2
@@ -65,3 +68,13 @@ def test_every_variant_trains_and_is_scored_on_the_same_test_tokens(shards: Path
         assert all(sum(layer["utilization"]) == pytest.approx(1.0) for layer in layers)
     runs = {Path(f["checkpoint"]).parent for f in figures.values()}
     assert len(runs) == len(VARIANTS)  # each variant in its own run directory
+
+
+def test_the_assets_config_is_the_lmcore_config_plus_the_base_model():
+    from assets.pretrain.variants import VariantsReportConfig
+
+    assert VariantsReportConfig().to_lmcore() == VariantsConfig(), "one set of defaults"
+    config = VariantsReportConfig(variants=["dense", "masked"], preset="tiny", train={"max_steps": 3})
+    assert config.to_lmcore() == VariantsConfig(variants=("dense", "masked"), train=TrainConfig(max_steps=3))
+    with pytest.raises(ValueError, match="are unknown"):
+        VariantsReportConfig(variants=["rnn"]).to_lmcore()
