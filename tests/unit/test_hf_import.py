@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer
 from lmcore.model.export import export_hf
 from lmcore.model.gpt import GPT, tiny
 from lmcore.model.hf_import import load_hf
@@ -104,13 +103,6 @@ def test_gpt2_saved_as_base_model_with_mask_buffers_loads(tmp_path):
     save_file(tensors, tmp_path / "hub" / "model.safetensors")
     shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "hub")
     assert _max_logits_diff(hf, load_hf(tmp_path / "hub")) < ATOL
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_tokenizer(TokenizerConfig(vocab_size=300), ["the cat sat on the mat. the dog sat on the log."] * 20, path)
-    return path
 
 
 @pytest.mark.parametrize(

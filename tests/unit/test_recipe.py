@@ -140,15 +140,6 @@ def test_the_recipe_under_ddp_matches_fsdp_which_resumes_exactly(tmp_path: Path)
     assert resumed["checkpoint_sha256"] == fsdp["checkpoint_sha256"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    from lmcore.data.tokenizer import TokenizerConfig, train_tokenizer
-
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_tokenizer(TokenizerConfig(vocab_size=300), ["the cat sat on the mat. the dog sat on the log."] * 20, path)
-    return path
-
-
 @pytest.mark.parametrize(
     "overrides, named",
     [
