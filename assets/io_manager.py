@@ -41,8 +41,11 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Artifact | dict[str, Artifact]) -> None:
         name = context.asset_key.to_user_string()
-        built = {"config_sha256": config_digest(context.step_context.op_config), "run_id": context.run_id,
-                 "profile": str(context.asset_spec.metadata.get(PROFILE_KEY, ""))}  # fmt: skip
+        built = {
+            "config_sha256": config_digest(context.step_context.op_config),
+            "run_id": context.run_id,
+            "profile": str(context.asset_spec.metadata.get(PROFILE_KEY, "")),
+        }
         if context.has_asset_partitions:  # a partitioned asset returns {partition key: handle}
             for key in context.asset_partition_keys:
                 ref = _checked(name, obj[key]).ref() | built  # type: ignore[index]
@@ -55,8 +58,10 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         upstream = context.upstream_output
         expected = upstream.asset_spec.metadata.get(CONFIG_SHA_KEY) if upstream is not None else None
         if context.has_asset_partitions:
-            return {key: self._open(partition_ref(name, key), expected, f"{name} partition {key}", context)
-                    for key in context.asset_partition_keys}  # fmt: skip
+            return {
+                key: self._open(partition_ref(name, key), expected, f"{name} partition {key}", context)
+                for key in context.asset_partition_keys
+            }
         return self._open(name, expected, name, context)
 
     def _open(self, location: str, expected: str | None, what: str, context: dg.InputContext) -> Artifact:

@@ -40,8 +40,12 @@ def _environment() -> dict[str, Any]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
-            "versions": versions, "cpu_dispatch": dispatch_level()}  # fmt: skip
+    return {
+        "git_commit": git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(git("status", "--porcelain")),
+        "versions": versions,
+        "cpu_dispatch": dispatch_level(),
+    }
 
 
 def reproducibility(

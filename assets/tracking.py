@@ -41,8 +41,12 @@ class TrackerResource(dg.ConfigurableResource):
         if self.kind == "tensorboard":
             spec: dict[str, Any] = {"kind": "tensorboard"}
         else:
-            spec = {"kind": "mlflow", "tracking_uri": self.tracking_uri, "experiment": self.experiment,
-                    "tags": {"lmpipe.asset": asset}}  # fmt: skip
+            spec = {
+                "kind": "mlflow",
+                "tracking_uri": self.tracking_uri,
+                "experiment": self.experiment,
+                "tags": {"lmpipe.asset": asset},
+            }
         try:
             check_spec(spec)
         except ValueError as e:

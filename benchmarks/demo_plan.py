@@ -92,10 +92,13 @@ def main() -> None:
                 "bits_per_byte": round(ngram["bits_per_byte"], 4),
             }
             out["arms"][name] = {
-                "wall_s": round(wall, 1), "tokens": summary.tokens_seen, "val_loss": round(summary.val_loss, 4),
-                "test_perplexity": round(m["perplexity"], 2), "test_bits_per_byte": round(m["bits_per_byte"], 4),
+                "wall_s": round(wall, 1),
+                "tokens": summary.tokens_seen,
+                "val_loss": round(summary.val_loss, 4),
+                "test_perplexity": round(m["perplexity"], 2),
+                "test_bits_per_byte": round(m["bits_per_byte"], 4),
                 "bpb_gap": round(m["bits_per_byte"] - ngram["bits_per_byte"], 4),
-            }  # fmt: skip
+            }
             say(f"{name}: {out['arms'][name]} (trigram {out['ngram']})")
     print(json.dumps(out))
 

@@ -39,8 +39,13 @@ from books import say
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LMPIPE = [sys.executable, "-m", "pipelines.cli"]
-TRAINING = ("pretrained_model.train", "sft_model.train", "classifier_report.adapt", "classifier_report.label_lm",
-            "classifier_report.head")  # fmt: skip
+TRAINING = (
+    "pretrained_model.train",
+    "sft_model.train",
+    "classifier_report.adapt",
+    "classifier_report.label_lm",
+    "classifier_report.head",
+)
 WEIGHT_ARMS = {
     "pinned": {},
     "forced_avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
@@ -85,8 +90,12 @@ def weight_arm(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
         raise RuntimeError(f"arm {name} failed:\n{out.stderr[-3000:]}")
     summary = next(json.loads(line) for line in out.stdout.splitlines() if '"event": "summary"' in line)
     dispatch = [line for line in out.stderr.splitlines() if "dispatches CPU kernels" in line]
-    return {"checkpoint_sha256": summary["checkpoint_sha256"], "tokens_per_s": summary["tokens_per_s"],
-            "train_loss": summary["train_loss"], "warning": dispatch[0] if dispatch else None}  # fmt: skip
+    return {
+        "checkpoint_sha256": summary["checkpoint_sha256"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "train_loss": summary["train_loss"],
+        "warning": dispatch[0] if dispatch else None,
+    }
 
 
 def weights(work: Path, steps: int, repeats: int) -> dict[str, Any]:
@@ -96,8 +105,11 @@ def weights(work: Path, steps: int, repeats: int) -> dict[str, Any]:
         raise RuntimeError(f"building the demo's shards failed; see {work / 'data.log'}")
     demo = yaml.safe_load((Path(ROOT) / "pipelines/profiles/demo.yaml").read_text())["assets"]["pretrained_model"]
     train = {**demo["train"], "max_steps": steps, "eval_every": 0, "checkpoint_every": 0, "device": "cpu"}
-    spec = {"model": {"preset": demo["preset"], **demo["model"]}, "train": train,
-            "shard_root": str(_latest(home, "token_shards"))}  # fmt: skip
+    spec = {
+        "model": {"preset": demo["preset"], **demo["model"]},
+        "train": train,
+        "shard_root": str(_latest(home, "token_shards")),
+    }
     arms: dict[str, Any] = {}
     speeds: dict[str, list[float]] = {"pinned": [], "native": []}
     for r in range(repeats):
@@ -128,11 +140,19 @@ def gate_arm(name: str, work: Path) -> dict[str, Any]:
     start = time.perf_counter()
     code = _lmpipe(["run", "--profile", "demo", *sets], _env(changes, home), work / f"{name}.log")
     report = json.loads((home / "reports" / "evaluation.json").read_text())
-    rows = {r["metric"]: {k: r[k] for k in ("value", "baseline_value", "improvement", "low", "high", "p_value",
-                                             "rule", "passes")} for r in report["table"]}  # fmt: skip
+    rows = {
+        r["metric"]: {
+            k: r[k] for k in ("value", "baseline_value", "improvement", "low", "high", "p_value", "rule", "passes")
+        }
+        for r in report["table"]
+    }
     gated = [r for r in rows.values() if r["rule"]]
-    return {"exit_code": code, "wall_s": round(time.perf_counter() - start), "passes": all(r["passes"] for r in gated),
-            "rows": rows}  # fmt: skip
+    return {
+        "exit_code": code,
+        "wall_s": round(time.perf_counter() - start),
+        "passes": all(r["passes"] for r in gated),
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -155,9 +175,10 @@ def main() -> None:
             out["gate"] = gate
             out["gate_flips"] = sum(arm["passes"] != reference for arm in gate.values())
         w = out["weights"]
-        out["summary"] = {k: w[k] for k in ("identical_across_dispatch", "identical_across_threads", "native_differs",
-                                             "pinned_slowdown")} | ({"gate_flips": out["gate_flips"]}
-                                                                    if "gate_flips" in out else {})  # fmt: skip
+        out["summary"] = {
+            k: w[k]
+            for k in ("identical_across_dispatch", "identical_across_threads", "native_differs", "pinned_slowdown")
+        } | ({"gate_flips": out["gate_flips"]} if "gate_flips" in out else {})
     print(json.dumps(out))
 
 

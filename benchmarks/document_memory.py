@@ -76,8 +76,12 @@ def measure(shape: str, mib: int, root: Path) -> dict[str, dict[str, float]]:
     for stage in STAGES:
         r = run_stage(stage, work)
         results[stage] = {"multiple": round(r["extra_bytes"] / size, 2), "seconds": round(r["seconds"], 2)}
-        print(f"{shape:9s} {mib:4d} MiB {stage:11s} peak {results[stage]['multiple']:5.2f}x its size, "
-              f"{results[stage]['seconds']:6.2f} s", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"{shape:9s} {mib:4d} MiB {stage:11s} peak {results[stage]['multiple']:5.2f}x its size, "
+            f"{results[stage]['seconds']:6.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return results
 
 

@@ -64,8 +64,11 @@ def eval_figures(tokens: int, batch_size: int) -> dict:
         loss.backward()
         seen += b[:, 1:].numel()
     train_tps = seen / (time.perf_counter() - t0)
-    return {"eval_tokens_per_s": round(eval_tps), "train_fwd_bwd_tokens_per_s": round(train_tps),
-            "eval_vs_train_forward": round(eval_tps / train_tps, 2)}  # fmt: skip
+    return {
+        "eval_tokens_per_s": round(eval_tps),
+        "train_fwd_bwd_tokens_per_s": round(train_tps),
+        "eval_vs_train_forward": round(eval_tps / train_tps, 2),
+    }
 
 
 def main() -> None:

@@ -46,9 +46,20 @@ ARMS: dict[str, dict[str, Any]] = {
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=1e-3, warmup_steps=round(0.1 * args.steps),
-                       eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=1, checkpoint_every=0,
-                       keep_checkpoints=1, dtype="float32", device="cpu", seed=0)  # fmt: skip
+    return TrainConfig(
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=1e-3,
+        warmup_steps=round(0.1 * args.steps),
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        log_every=1,
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        dtype="float32",
+        device="cpu",
+        seed=0,
+    )
 
 
 def run_arm(name: str, mc: ModelConfig, tc: TrainConfig, shards: Path, tmp: Path) -> dict[str, Any]:
@@ -59,16 +70,20 @@ def run_arm(name: str, mc: ModelConfig, tc: TrainConfig, shards: Path, tmp: Path
     # steady-state steps: skip the first 5 and any interval that may hold an evaluation
     evals = {e + d for e in range(0, tc.max_steps + 1, tc.eval_every) for d in (0, 1)} if tc.eval_every else set()
     deltas = [marks[i] - marks[i - 1] for i in sorted(marks) if i > 5 and i - 1 in marks and i not in evals]
-    out: dict[str, Any] = {"val_loss": s.val_loss, "val_history": s.val_history,
-                           "cpu_s_per_step": statistics.median(deltas)}  # fmt: skip
+    out: dict[str, Any] = {
+        "val_loss": s.val_loss,
+        "val_history": s.val_history,
+        "cpu_s_per_step": statistics.median(deltas),
+    }
     model, _ = load_trained_model(s.checkpoint)
     out |= {"active_params": model.num_params(active=True), "total_params": model.num_params()}
     if mc.n_experts:
         val = TokenLoader.from_split(shards, "val", context_length=mc.context_length, batch_size=tc.batch_size)
         out["report"] = expert_report(model, [val.next_batch() for _ in range(tc.eval_batches)])
-    say(f"{name}: val {s['val_loss']:.4f} after {s['step']} steps, {time.perf_counter() - t0:.0f}s, "
-        f"{out['cpu_s_per_step']:.4f} cpu s/step; "
-        + " ".join(f"{step}:{v:.3f}" for step, v in s.val_history))  # fmt: skip
+    say(
+        f"{name}: val {s['val_loss']:.4f} after {s['step']} steps, {time.perf_counter() - t0:.0f}s, "
+        f"{out['cpu_s_per_step']:.4f} cpu s/step; " + " ".join(f"{step}:{v:.3f}" for step, v in s.val_history)
+    )
     return out
 
 
@@ -82,8 +97,10 @@ def main() -> None:
     args = ap.parse_args()
     shards = build_shards(args.cache)
     manifest = load_manifest(shards)
-    say(f"train {manifest['splits']['train']['tokens']} tokens, val {manifest['splits']['val']['tokens']} tokens, "
-        f"{torch.get_num_threads()} thread(s)")  # fmt: skip
+    say(
+        f"train {manifest['splits']['train']['tokens']} tokens, val {manifest['splits']['val']['tokens']} tokens, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     configs = {name: ModelConfig(**{**MODEL, **over}) for name, over in ARMS.items()}
     # equal active parameters: each MoE arm is the dense model plus its router (n_experts * d_model per layer)
     dense_n = GPT(configs["dense"]).num_params()
@@ -98,19 +115,26 @@ def main() -> None:
     dense = arms["dense"]
     moe = {name: a for name, a in arms.items() if name != "dense"}
     figures: dict[str, Any] = {
-        "threads": torch.get_num_threads(), "steps": args.steps, "batch_size": args.batch_size,
-        "tokens": args.steps * args.batch_size * MODEL["context_length"], "model": MODEL, "moe": MOE,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "tokens": args.steps * args.batch_size * MODEL["context_length"],
+        "model": MODEL,
+        "moe": MOE,
         "val_loss": {name: round(a["val_loss"], 4) for name, a in arms.items()},
         "val_loss_delta": {name: round(a["val_loss"] - dense["val_loss"], 4) for name, a in moe.items()},
         "cpu_s_per_step": {name: round(a["cpu_s_per_step"], 4) for name, a in arms.items()},
         "step_time_ratio": {name: round(a["cpu_s_per_step"] / dense["cpu_s_per_step"], 3) for name, a in moe.items()},
         "active_params": {name: a["active_params"] for name, a in arms.items()},
         "total_params": {name: a["total_params"] for name, a in arms.items()},
-        "utilization": {name: [[round(u, 3) for u in layer["utilization"]] for layer in a["report"]["layers"]]
-                        for name, a in moe.items()},
-        "dropped_fraction": {name: [round(layer["dropped_fraction"], 4) for layer in a["report"]["layers"]]
-                             for name, a in moe.items()},
-    }  # fmt: skip
+        "utilization": {
+            name: [[round(u, 3) for u in layer["utilization"]] for layer in a["report"]["layers"]]
+            for name, a in moe.items()
+        },
+        "dropped_fraction": {
+            name: [round(layer["dropped_fraction"], 4) for layer in a["report"]["layers"]] for name, a in moe.items()
+        },
+    }
     print(json.dumps(figures))
 
 

@@ -98,36 +98,69 @@ def sft_examples(tok: Tokenizer, args: argparse.Namespace) -> tuple[list[SFTExam
             continue
         if is_heldout(key, args.holdout_fraction, args.seed):
             users = [m["content"] for m in messages if m["role"] == "user"]
-            ex = SFTExample(ids=rendered.ids, mask=rendered.mask, key=key, prompt=users[-1],
-                            prompt_messages=messages[:-1], reference=messages[-1]["content"])  # fmt: skip
+            ex = SFTExample(
+                ids=rendered.ids,
+                mask=rendered.mask,
+                key=key,
+                prompt=users[-1],
+                prompt_messages=messages[:-1],
+                reference=messages[-1]["content"],
+            )
             held.append((_rank(key, args.seed), ex))
         else:
             train_ex.append(SFTExample(ids=rendered.ids, mask=rendered.mask, key=key))
     heldout = [ex for _, ex in sorted(held, key=lambda t: t[0])]
-    stats = {"train": len(train_ex), "heldout": len(heldout), "skipped": dict(sorted(skipped.items())),
-             "train_tokens": sum(len(e.ids) for e in train_ex),
-             "train_loss_tokens": sum(sum(e.mask) for e in train_ex)}  # fmt: skip
+    stats = {
+        "train": len(train_ex),
+        "heldout": len(heldout),
+        "skipped": dict(sorted(skipped.items())),
+        "train_tokens": sum(len(e.ids) for e in train_ex),
+        "train_loss_tokens": sum(sum(e.mask) for e in train_ex),
+    }
     return train_ex, heldout, stats
 
 
 def pretrain_config(args: argparse.Namespace, objective: str) -> TrainConfig:
-    return TrainConfig(max_steps=args.pretrain_steps, batch_size=args.pretrain_batch, lr=args.pretrain_lr,
-                       warmup_steps=min(args.pretrain_warmup, args.pretrain_steps), optimizer="adamw",
-                       eval_every=args.pretrain_eval_every, eval_batches=args.pretrain_eval_batches,
-                       log_every=max(1, args.pretrain_steps // 10), checkpoint_every=0, keep_checkpoints=1,
-                       dtype="float32", device="cpu", seed=args.seed, objective=objective)  # fmt: skip
+    return TrainConfig(
+        max_steps=args.pretrain_steps,
+        batch_size=args.pretrain_batch,
+        lr=args.pretrain_lr,
+        warmup_steps=min(args.pretrain_warmup, args.pretrain_steps),
+        optimizer="adamw",
+        eval_every=args.pretrain_eval_every,
+        eval_batches=args.pretrain_eval_batches,
+        log_every=max(1, args.pretrain_steps // 10),
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        dtype="float32",
+        device="cpu",
+        seed=args.seed,
+        objective=objective,
+    )
 
 
 def sft_config(args: argparse.Namespace, val_examples: int) -> TrainConfig:
-    return TrainConfig(max_steps=args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr,
-                       warmup_steps=round(0.1 * args.sft_steps), optimizer="adamw", eval_every=0,
-                       eval_batches=math.ceil(val_examples / args.sft_batch),  # every val example once
-                       log_every=max(1, args.sft_steps // 10), checkpoint_every=0, keep_checkpoints=1,
-                       dtype="float32", device="cpu", seed=args.seed, objective="causal")  # fmt: skip
+    return TrainConfig(
+        max_steps=args.sft_steps,
+        batch_size=args.sft_batch,
+        lr=args.sft_lr,
+        warmup_steps=round(0.1 * args.sft_steps),
+        optimizer="adamw",
+        eval_every=0,
+        eval_batches=math.ceil(val_examples / args.sft_batch),  # every val example once
+        log_every=max(1, args.sft_steps // 10),
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        dtype="float32",
+        device="cpu",
+        seed=args.seed,
+        objective="causal",
+    )
 
 
-def answer(model: torch.nn.Module, tok: Tokenizer, heldout: list[SFTExample], gen: GenerationConfig,
-           max_new_tokens: int) -> list[str]:  # fmt: skip
+def answer(
+    model: torch.nn.Module, tok: Tokenizer, heldout: list[SFTExample], gen: GenerationConfig, max_new_tokens: int
+) -> list[str]:
     """Each prompt's reply (as assets/evaluation/answers.py: answer i seeded gen.seed + i, <|im_end|> removed)."""
     out = []
     for i, ex in enumerate(heldout):
@@ -137,23 +170,34 @@ def answer(model: torch.nn.Module, tok: Tokenizer, heldout: list[SFTExample], ge
     return out
 
 
-def run_arm(name: str, attention: str, shards: Path, tok: Tokenizer, train_rows: list[SFTExample],
-            val: list[SFTExample], rouge_set: list[SFTExample], args: argparse.Namespace,
-            tmp: Path) -> dict[str, Any]:  # fmt: skip
+def run_arm(
+    name: str,
+    attention: str,
+    shards: Path,
+    tok: Tokenizer,
+    train_rows: list[SFTExample],
+    val: list[SFTExample],
+    rouge_set: list[SFTExample],
+    args: argparse.Namespace,
+    tmp: Path,
+) -> dict[str, Any]:
     """Pretrain, fine-tune and answer with one arm; its figures."""
     mc = ModelConfig(**{**MODEL, "attention": attention})
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     pre = train(mc, pretrain_config(args, objective=attention), shards, tmp / name / "pretrain")
     seconds["pretrain"] = time.perf_counter() - t0
-    say(f"{name}: pretrain val {pre.val_loss:.4f} after {pre.step} steps, {seconds['pretrain']:.0f}s; "
-        + " ".join(f"{s}:{v:.3f}" for s, v in pre.val_history))  # fmt: skip
+    say(
+        f"{name}: pretrain val {pre.val_loss:.4f} after {pre.step} steps, {seconds['pretrain']:.0f}s; "
+        + " ".join(f"{s}:{v:.3f}" for s, v in pre.val_history)
+    )
     t1 = time.perf_counter()
     run = FinetuneRun(init_checkpoint=pre.checkpoint, train=sft_config(args, len(val)), runs_dir=tmp / name / "sft")
     sft = finetune(run, train_rows, val, pad_id=tok.pad_id)
     seconds["sft"] = time.perf_counter() - t1
-    say(f"{name}: sft val {sft.val_loss:.4f} (train {sft.train_loss:.4f}) after {sft.step} steps, "
-        f"{seconds['sft']:.0f}s")  # fmt: skip
+    say(
+        f"{name}: sft val {sft.val_loss:.4f} (train {sft.train_loss:.4f}) after {sft.step} steps, {seconds['sft']:.0f}s"
+    )
     model, _ = load_trained_model(sft.checkpoint)
     assert model.config.attention == attention, (name, model.config.attention)
     t2 = time.perf_counter()
@@ -202,8 +246,10 @@ def main() -> None:
     shards = build_shards(args.cache)
     manifest = load_manifest(shards)
     tok = load_tokenizer(shards / "tokenizer.json")
-    say(f"train {manifest['splits']['train']['tokens']} tokens, val {manifest['splits']['val']['tokens']} tokens, "
-        f"{torch.get_num_threads()} thread(s)")  # fmt: skip
+    say(
+        f"train {manifest['splits']['train']['tokens']} tokens, val {manifest['splits']['val']['tokens']} tokens, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     train_ex, heldout, stats = sft_examples(tok, args)
     val, rouge_set = heldout[: args.sft_val_examples], heldout[: args.rouge_examples]
     if len(rouge_set) < args.rouge_examples or not val:
@@ -219,21 +265,29 @@ def main() -> None:
     }
     say(f"sft: {stats}")
     with tempfile.TemporaryDirectory() as tmp:
-        arms = {name: run_arm(name, att, shards, tok, rows, val, rouge_set, args, Path(tmp))
-                for name, att in ARMS.items()}  # fmt: skip
+        arms = {
+            name: run_arm(name, att, shards, tok, rows, val, rouge_set, args, Path(tmp)) for name, att in ARMS.items()
+        }
     figures: dict[str, Any] = {
-        "threads": torch.get_num_threads(), "model": MODEL,
-        "pretrain": {"steps": args.pretrain_steps, "batch_size": args.pretrain_batch, "lr": args.pretrain_lr,
-                     "warmup_steps": args.pretrain_warmup,
-                     "tokens": args.pretrain_steps * args.pretrain_batch * MODEL["context_length"]},
+        "threads": torch.get_num_threads(),
+        "model": MODEL,
+        "pretrain": {
+            "steps": args.pretrain_steps,
+            "batch_size": args.pretrain_batch,
+            "lr": args.pretrain_lr,
+            "warmup_steps": args.pretrain_warmup,
+            "tokens": args.pretrain_steps * args.pretrain_batch * MODEL["context_length"],
+        },
         "sft": {"steps": args.sft_steps, "batch_size": args.sft_batch, "lr": args.sft_lr, "packed": True, **stats},
-        "max_new_tokens": args.max_new_tokens, "decodings": {k: dataclasses.asdict(g) for k, g in DECODINGS.items()},
+        "max_new_tokens": args.max_new_tokens,
+        "decodings": {k: dataclasses.asdict(g) for k, g in DECODINGS.items()},
         "pretrain_val_loss_note": "not comparable across arms: the prefix arm's covers only suffix tokens",
         "arms": arms,
-        "rouge_l_delta": {d: round(arms["prefix"]["rouge"][d]["rougeL"] - arms["causal"]["rouge"][d]["rougeL"], 4)
-                          for d in DECODINGS},
+        "rouge_l_delta": {
+            d: round(arms["prefix"]["rouge"][d]["rougeL"] - arms["causal"]["rouge"][d]["rougeL"], 4) for d in DECODINGS
+        },
         "sft_val_loss_delta": round(arms["prefix"]["sft_val_loss"] - arms["causal"]["sft_val_loss"], 4),
-    }  # fmt: skip
+    }
     print(json.dumps(figures))
 
 

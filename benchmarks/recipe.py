@@ -45,9 +45,19 @@ ABLATION_MODEL = dict(logit_softcap=15.0, tie_embeddings=False)  # tried, not in
 
 
 def configs(steps: int, model: dict, train_over: dict, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
-    base = dict(max_steps=steps, batch_size=args.batch_size, lr=CURRENT["lr"], eval_every=args.eval_every,
-                eval_batches=args.eval_batches, log_every=steps, checkpoint_every=0, keep_checkpoints=1,
-                dtype="float32", device="cpu", seed=0)  # fmt: skip
+    base = dict(
+        max_steps=steps,
+        batch_size=args.batch_size,
+        lr=CURRENT["lr"],
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        log_every=steps,
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        dtype="float32",
+        device="cpu",
+        seed=0,
+    )
     over = dict(train_over)
     warmup = over.pop("warmup_fraction", CURRENT["warmup_fraction"])
     base["warmup_steps"] = round(warmup * steps)
@@ -59,8 +69,10 @@ def run_arm(name: str, shards: Path, tmp: Path, mc: ModelConfig, tc: TrainConfig
     s = train(mc, tc, shards, tmp / name)
     tokens_per_step = tc.batch_size * mc.context_length
     val = [(step * tokens_per_step, loss) for step, loss in s.val_history]
-    say(f"{name}: val {s['val_loss']:.4f} after {s['step']} steps, {time.perf_counter() - t0:.0f}s; "
-        + " ".join(f"{t // 1000}k:{v:.3f}" for t, v in val))  # fmt: skip
+    say(
+        f"{name}: val {s['val_loss']:.4f} after {s['step']} steps, {time.perf_counter() - t0:.0f}s; "
+        + " ".join(f"{t // 1000}k:{v:.3f}" for t, v in val)
+    )
     return {"val": val, "final": s.val_loss, "tokens": s.tokens_seen}
 
 
@@ -79,8 +91,15 @@ def tokens_to_reach(val: list[tuple[int, float]], target: float) -> float | None
 def cpu_seconds_per_step(shards: Path, tmp: Path, name: str, mc: ModelConfig, tc: TrainConfig) -> float:
     """process_time per step over TIMING_STEPS steady-state steps (after TIMING_WARMUP), no evaluation."""
     marks: dict[int, float] = {}
-    tc = TrainConfig(**{**tc.to_dict(), "max_steps": TIMING_WARMUP + TIMING_STEPS, "eval_batches": 0,
-                        "log_every": TIMING_WARMUP, "warmup_steps": 0})  # fmt: skip
+    tc = TrainConfig(
+        **{
+            **tc.to_dict(),
+            "max_steps": TIMING_WARMUP + TIMING_STEPS,
+            "eval_batches": 0,
+            "log_every": TIMING_WARMUP,
+            "warmup_steps": 0,
+        }
+    )
     train(mc, tc, shards, tmp / name, callback=lambda r: marks.__setitem__(r["step"], time.process_time()))
     last = max(marks)
     return (marks[last] - marks[TIMING_WARMUP]) / (last - TIMING_WARMUP)
@@ -100,10 +119,18 @@ def main() -> None:
     args = ap.parse_args()
     shards = build_shards(args.cache)
     manifest = load_manifest(shards)
-    say(f"train {manifest['splits']['train']['tokens']} tokens, val {manifest['splits']['val']['tokens']} tokens, "
-        f"{torch.get_num_threads()} thread(s)")  # fmt: skip
-    figures: dict[str, Any] = {"threads": torch.get_num_threads(), "steps": args.steps, "batch_size": args.batch_size,
-                               "model": MODEL, "recipe_train": RECIPE_TRAIN, "recipe_model": RECIPE_MODEL}  # fmt: skip
+    say(
+        f"train {manifest['splits']['train']['tokens']} tokens, val {manifest['splits']['val']['tokens']} tokens, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
+    figures: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "model": MODEL,
+        "recipe_train": RECIPE_TRAIN,
+        "recipe_model": RECIPE_MODEL,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cur_cfg = configs(args.steps, {}, {}, args)
@@ -113,16 +140,22 @@ def main() -> None:
         if cur and new:
             reach = tokens_to_reach(new["val"], cur["final"])
             ratio = None if reach is None else round(reach / cur["tokens"], 3)
-            figures.update(current_val_loss=round(cur["final"], 4), recipe_val_loss=round(new["final"], 4),
-                           tokens=cur["tokens"], recipe_tokens_to_current_loss=reach,
-                           tokens_to_baseline_loss_ratio=ratio)  # fmt: skip
+            figures.update(
+                current_val_loss=round(cur["final"], 4),
+                recipe_val_loss=round(new["final"], 4),
+                tokens=cur["tokens"],
+                recipe_tokens_to_current_loss=reach,
+                tokens_to_baseline_loss_ratio=ratio,
+            )
             times = {"current": [], "recipe": []}
             for r in range(2):  # alternate, keep the best of each
                 for name, cfg in (("current", cur_cfg), ("recipe", new_cfg)):
                     times[name].append(cpu_seconds_per_step(shards, tmp, f"t-{name}-{r}", *cfg))
-            figures.update(current_cpu_s_per_step=round(min(times["current"]), 4),
-                           recipe_cpu_s_per_step=round(min(times["recipe"]), 4),
-                           step_time_ratio=round(min(times["recipe"]) / min(times["current"]), 3))  # fmt: skip
+            figures.update(
+                current_cpu_s_per_step=round(min(times["current"]), 4),
+                recipe_cpu_s_per_step=round(min(times["recipe"]), 4),
+                step_time_ratio=round(min(times["recipe"]) / min(times["current"]), 3),
+            )
         if args.ablations or args.only == "ablations":
             figures["ablations"] = ablations(shards, tmp, args)
         if args.leave_one_out:
@@ -141,8 +174,9 @@ def ablations(shards: Path, tmp: Path, args: argparse.Namespace) -> dict[str, fl
     options.update(schedule=({}, schedule), muon=({}, muon), adamw_lr=({}, {"lr": RECIPE_TRAIN["lr"]}))
     out = {}
     for name, (model, train_over) in options.items():
-        out[name] = round(run_arm(f"abl-{name}", shards, tmp, *configs(steps, model, train_over, args))["final"]
-                          - base, 4)  # fmt: skip
+        out[name] = round(
+            run_arm(f"abl-{name}", shards, tmp, *configs(steps, model, train_over, args))["final"] - base, 4
+        )
     return {"current_val_loss": round(base, 4), **out}
 
 

@@ -68,8 +68,18 @@ def ours_tokens_per_s(shards: Path, run_dir: Path, steps: int, batch_size: int) 
     def on_metrics(record: dict) -> None:
         marks[record["step"]] = time.perf_counter()
 
-    tc = TrainConfig(max_steps=WARMUP + steps, batch_size=batch_size, lr=1e-3, warmup_steps=0, eval_batches=0,
-                     checkpoint_every=0, log_every=WARMUP, dtype="float32", device="cpu", seed=0)  # fmt: skip
+    tc = TrainConfig(
+        max_steps=WARMUP + steps,
+        batch_size=batch_size,
+        lr=1e-3,
+        warmup_steps=0,
+        eval_batches=0,
+        checkpoint_every=0,
+        log_every=WARMUP,
+        dtype="float32",
+        device="cpu",
+        seed=0,
+    )
     summary = train(cfg, tc, shards, run_dir, callback=on_metrics)
     # log_every=WARMUP gives a mark at step WARMUP; the last mark is taken before the final checkpoint.
     last = max(marks)

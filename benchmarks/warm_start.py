@@ -30,12 +30,26 @@ BOOKS = ROOT.parent / "shared" / "data" / "corpus" / "gutenberg"
 
 def profile(path: Path, corpus: Path, steps: int) -> Path:
     model = {"n_layer": 4, "n_head": 4, "d_model": 128, "context_length": 128, "zero_init_proj": True}
-    train = {"max_steps": steps, "batch_size": 16, "warmup_steps": 30, "optimizer": "muon", "muon_lr": 0.02,
-             "lr": 0.003, "schedule": "wsd", "decay_fraction": 0.4, "min_lr_ratio": 0.0, "eval_every": 100,
-             "eval_batches": 20, "checkpoint_every": 100}  # fmt: skip
-    assets = {"raw_corpus": {"sources": [str(corpus)]}, "tokenizer": {"vocab_size": 4096},
-              "splits": {"val_fraction": 0.1, "test_fraction": 0.1},
-              "pretrained_model": {"preset": "demo", "model": model, "train": train}}  # fmt: skip
+    train = {
+        "max_steps": steps,
+        "batch_size": 16,
+        "warmup_steps": 30,
+        "optimizer": "muon",
+        "muon_lr": 0.02,
+        "lr": 0.003,
+        "schedule": "wsd",
+        "decay_fraction": 0.4,
+        "min_lr_ratio": 0.0,
+        "eval_every": 100,
+        "eval_batches": 20,
+        "checkpoint_every": 100,
+    }
+    assets = {
+        "raw_corpus": {"sources": [str(corpus)]},
+        "tokenizer": {"vocab_size": 4096},
+        "splits": {"val_fraction": 0.1, "test_fraction": 0.1},
+        "pretrained_model": {"preset": "demo", "model": model, "train": train},
+    }
     path.write_text(yaml.safe_dump({"description": "warm-start benchmark", "assets": assets}))
     return path
 
@@ -100,11 +114,18 @@ def main() -> None:
                 "pretrained_model.warm_start.init=scratch",
                 f"pretrained_model.train.max_steps={2 * args.steps}",
             ),
-        }.items():  # fmt: skip  (warm first: it starts from the first model, the latest one until it runs)
+        }.items():  # warm first: it starts from the first model, the latest one until it runs
             run(home, prof, "key:pretrained_model", *sets)
             arms[name] = latest(home, "pretrained_model")
-        figures = {name: {"val_loss": round(m["val_loss"], 4), "steps": m["steps"], "init": m["init"],
-                          "started_from": m["started_from"]} for name, m in arms.items()}  # fmt: skip
+        figures = {
+            name: {
+                "val_loss": round(m["val_loss"], 4),
+                "steps": m["steps"],
+                "init": m["init"],
+                "started_from": m["started_from"],
+            }
+            for name, m in arms.items()
+        }
         result = {
             "benchmark": "warm_start",
             "books": {"first": len(first), "added": len(second)},

@@ -45,8 +45,9 @@ def wanted_level(environ: os._Environ[str] | dict[str, str] = os.environ) -> str
     """The level ``LMPIPE_CPU_DISPATCH`` asks for (``avx2`` when unset); ValueError naming it when invalid."""
     level = environ.get(DISPATCH_ENV, "").strip().lower() or DEFAULT_LEVEL
     if level not in LEVELS:
-        raise ValueError(f"{DISPATCH_ENV}={environ[DISPATCH_ENV]!r}: must be one of {', '.join(LEVELS)} "
-                         f"({DEFAULT_LEVEL} when unset)")  # fmt: skip
+        raise ValueError(
+            f"{DISPATCH_ENV}={environ[DISPATCH_ENV]!r}: must be one of {', '.join(LEVELS)} ({DEFAULT_LEVEL} when unset)"
+        )
     return level
 
 
@@ -65,9 +66,13 @@ def pin_cpu_dispatch() -> str:
 
     actual = torch.backends.cpu.get_cpu_capability()
     if level != "native" and actual.lower() != level:
-        log.warning("torch dispatches CPU kernels to %s, not %s (%s): this CPU lacks it, or a torch kernel ran "
-                    "before pin_cpu_dispatch; trained weights may differ from other machines'",
-                    actual, level, DISPATCH_ENV)  # fmt: skip
+        log.warning(
+            "torch dispatches CPU kernels to %s, not %s (%s): this CPU lacks it, or a torch kernel ran "
+            "before pin_cpu_dispatch; trained weights may differ from other machines'",
+            actual,
+            level,
+            DISPATCH_ENV,
+        )
     return actual
 
 

@@ -71,8 +71,10 @@ def verify_dir(root: str | Path) -> None:
     except FileNotFoundError:
         return
     asset = root.parent.name
-    fix = (f"materialize {asset} again (lmpipe run --select '{asset}+'): a damaged version is rebuilt, not reused; "
-           "if the message then names an upstream asset's file, materialize that one first")  # fmt: skip
+    fix = (
+        f"materialize {asset} again (lmpipe run --select '{asset}+'): a damaged version is rebuilt, not reused; "
+        "if the message then names an upstream asset's file, materialize that one first"
+    )
     for line in lines:
         expected, rel = line.split("  ", 1)
         verify_file(root / rel, expected, f"{root / INVENTORY} lists every file. {fix}")

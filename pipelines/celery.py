@@ -65,8 +65,9 @@ class CeleryConfig:
 
     def run_config(self) -> dict[str, Any]:
         """The run config's ``execution`` block for a job on the Celery executor."""
-        return {"execution": {"config": {"broker": self.broker, "backend": self.backend,
-                                         "config_source": self.settings()}}}  # fmt: skip
+        return {
+            "execution": {"config": {"broker": self.broker, "backend": self.backend, "config_source": self.settings()}}
+        }
 
 
 def celery_job(module: str, job_name: str, attr: str = "defs") -> dg.ReconstructableJob:

@@ -74,8 +74,12 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
         def parse(text: str, kind: type = kind) -> object:
             return None if text.lower() == "none" else kind(text)
 
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=parse, default=f.default,
-                            help=f"{field_docs(GenerationConfig).get(f.name, '')} (default: {f.default})")  # fmt: skip
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=parse,
+            default=f.default,
+            help=f"{field_docs(GenerationConfig).get(f.name, '')} (default: {f.default})",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,8 +156,17 @@ def ui_command(port: int) -> list[str]:
     from pathlib import Path
 
     dg = shutil.which("dg", path=str(Path(sys.executable).parent)) or shutil.which("dg") or "dg"
-    return [dg, "dev", "--use-active-venv", "--target-path", str(PROJECT_ROOT), "--host", "127.0.0.1",
-            "--port", str(port)]  # fmt: skip
+    return [
+        dg,
+        "dev",
+        "--use-active-venv",
+        "--target-path",
+        str(PROJECT_ROOT),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 def _ui(port: int) -> int:
@@ -260,12 +273,15 @@ def _reproduce(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/red] run {old.run_id} materialized no assets")
         return 2
     if PROFILE_TAG not in old.tags:
-        console.print(f"[red]error:[/red] run {old.run_id} does not record its profile (tag {PROFILE_TAG}): it was not "
-                      "started by lmpipe run; re-launch it from the UI instead")  # fmt: skip
+        console.print(
+            f"[red]error:[/red] run {old.run_id} does not record its profile (tag {PROFILE_TAG}): it was not "
+            "started by lmpipe run; re-launch it from the UI instead"
+        )
         return 2
     # the code location the run had: its profile, --set overrides applied, as recorded
-    profile = Profile(name=old.tags.get("lmpipe/profile", "reproduced"), description="",
-                      assets=json.loads(old.tags[PROFILE_TAG]))  # fmt: skip
+    profile = Profile(
+        name=old.tags.get("lmpipe/profile", "reproduced"), description="", assets=json.loads(old.tags[PROFILE_TAG])
+    )
     tags = {**{k: v for k, v in old.tags.items() if k.startswith("lmpipe/")}, "lmpipe/reproduces": old.run_id}
     run_config = {k: v for k, v in old.run_config.items() if k != "loggers"}
     defs, keys = build_definitions(profile), set(old.asset_selection)

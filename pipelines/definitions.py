@@ -94,8 +94,12 @@ def resources() -> dict[str, Any]:
     torchrun for training assets with more than one process (this machine's subprocess; a cluster swaps it here),
     and the experiment tracker every training run logs to."""
     store = artifact_store()
-    return {"store": store, "io_manager": ArtifactIOManager(store=store), "launcher": SubprocessLauncher(),
-            "tracker": tracker()}  # fmt: skip
+    return {
+        "store": store,
+        "io_manager": ArtifactIOManager(store=store),
+        "launcher": SubprocessLauncher(),
+        "tracker": tracker(),
+    }
 
 
 def tracker() -> TrackerResource:

@@ -143,8 +143,14 @@ class Bars(_Display):
 
     def __init__(self, console: Any, stages: set[str], clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(console, stages, clock)
-        self.bar = Progress(_Spinner(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console)  # fmt: skip
+        self.bar = Progress(
+            _Spinner(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
         self.tasks: dict[tuple[str, str], Any] = {}
 
     def progress(self, asset: str, what: str, done: int, total: int | None) -> None:

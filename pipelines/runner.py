@@ -304,9 +304,12 @@ def _step_failures(result: Any, table: Any, problems: list[str]) -> None:
         if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
             continue
         if _is_interrupt(error):
-            problems.insert(0, f"{event.step_key} stopped: the run was interrupted (Ctrl-C or SIGTERM) and is "
-                            "marked canceled; what it had published is kept, and the same command carries on "
-                            "(a training asset from its last checkpoint)")  # fmt: skip
+            problems.insert(
+                0,
+                f"{event.step_key} stopped: the run was interrupted (Ctrl-C or SIGTERM) and is "
+                "marked canceled; what it had published is kept, and the same command carries on "
+                "(a training asset from its last checkpoint)",
+            )
             table.add_row(f"[yellow]{event.step_key}[/yellow]", "[yellow]stopped[/yellow] (below)", "")
             continue
         message = error.cause.message if error and error.cause else (error.message if error else "")

@@ -32,8 +32,13 @@ def _per_partition(docs: Documents) -> dict:
     return metadata
 
 
-@dg.asset(group_name="data", kinds={"polars", "parquet"}, code_version=CODE_VERSION, partitions_def=DATA_PARTITIONS,
-          backfill_policy=BACKFILL)  # fmt: skip
+@dg.asset(
+    group_name="data",
+    kinds={"polars", "parquet"},
+    code_version=CODE_VERSION,
+    partitions_def=DATA_PARTITIONS,
+    backfill_policy=BACKFILL,
+)
 def clean_corpus(
     context: dg.AssetExecutionContext, config: CleanCorpusConfig, raw_corpus: dict[str, Documents], store: ArtifactStore
 ) -> dg.MaterializeResult:

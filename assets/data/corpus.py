@@ -27,8 +27,14 @@ def _per_partition(docs: Documents) -> dict:
     }
 
 
-@dg.asset(group_name="data", kinds={"parquet"}, deps=["corpus_source"], code_version=CODE_VERSION,
-          partitions_def=DATA_PARTITIONS, backfill_policy=BACKFILL)  # fmt: skip
+@dg.asset(
+    group_name="data",
+    kinds={"parquet"},
+    deps=["corpus_source"],
+    code_version=CODE_VERSION,
+    partitions_def=DATA_PARTITIONS,
+    backfill_policy=BACKFILL,
+)
 def raw_corpus(
     context: dg.AssetExecutionContext, config: RawCorpusConfig, store: ArtifactStore
 ) -> dg.MaterializeResult:

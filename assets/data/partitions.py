@@ -135,8 +135,10 @@ def build_partitions(
             for k, e in failures:
                 by_error.setdefault(str(e), []).append(k)
             each = "; ".join(f"partition{'s' * (len(ks) > 1)} {', '.join(ks)}: {e}" for e, ks in by_error.items())
-            raise ValueError(f"{asset}: {len(failures)} of {len(work)} partitions failed (the others are published "
-                             f"and will not be built again): {each}")  # fmt: skip
+            raise ValueError(
+                f"{asset}: {len(failures)} of {len(work)} partitions failed (the others are published "
+                f"and will not be built again): {each}"
+            )
     return {key: handles[key] for key in work}, built
 
 
@@ -167,11 +169,19 @@ def partition_result(
     """The partitions' handles with each one's metadata (its own figures, ``rebuilt``, its data version) and the
     run's shared ``metadata``."""
     for key, handle in handles.items():
-        own = {**per_partition(handle), "rebuilt": key in built, "data_version": handle.data_version,
-               "artifact_path": dg.MetadataValue.path(handle.location)}  # fmt: skip
+        own = {
+            **per_partition(handle),
+            "rebuilt": key in built,
+            "data_version": handle.data_version,
+            "artifact_path": dg.MetadataValue.path(handle.location),
+        }
         context.add_asset_metadata(own, partition_key=key)
     manifest = reproducibility(context, config, {})
-    shared = {**metadata, "partitions_rebuilt": len(built), "partitions": len(handles),
-              "config_sha256": manifest["config_sha256"],
-              "reproducibility": dg.MetadataValue.json(manifest)}  # fmt: skip
+    shared = {
+        **metadata,
+        "partitions_rebuilt": len(built),
+        "partitions": len(handles),
+        "config_sha256": manifest["config_sha256"],
+        "reproducibility": dg.MetadataValue.json(manifest),
+    }
     return dg.MaterializeResult(value=handles, metadata=shared)

@@ -28,8 +28,13 @@ def _per_partition(part: TokenShards) -> dict:
     }
 
 
-@dg.asset(group_name="data", kinds={"arrow"}, code_version=CODE_VERSION, partitions_def=DATA_PARTITIONS,
-          backfill_policy=BACKFILL)  # fmt: skip
+@dg.asset(
+    group_name="data",
+    kinds={"arrow"},
+    code_version=CODE_VERSION,
+    partitions_def=DATA_PARTITIONS,
+    backfill_policy=BACKFILL,
+)
 def tokenized(
     context: dg.AssetExecutionContext,
     config: TokenShardsConfig,
@@ -48,10 +53,20 @@ def tokenized(
             splits_of[partition][doc] = split
     work = {}
     for key, docs in clean_corpus.items():
-        inputs = {"config": config.model_dump(), "clean_corpus": docs.data_version, "tokenizer": tokenizer.sha256,
-                  "index": splits.manifest["partitions"][key]["index_sha256"]}  # fmt: skip
-        build = functools.partial(tokenize_partition, tokenizer.file, docs.shard_paths, splits_of[key],
-                                  shard_tokens=config.shard_tokens, tokenizer_sha256=tokenizer.sha256)  # fmt: skip
+        inputs = {
+            "config": config.model_dump(),
+            "clean_corpus": docs.data_version,
+            "tokenizer": tokenizer.sha256,
+            "index": splits.manifest["partitions"][key]["index_sha256"],
+        }
+        build = functools.partial(
+            tokenize_partition,
+            tokenizer.file,
+            docs.shard_paths,
+            splits_of[key],
+            shard_tokens=config.shard_tokens,
+            tokenizer_sha256=tokenizer.sha256,
+        )
         work[key] = PartitionWork(build=build, inputs=inputs)
     handles, built = build_partitions(context, store, "tokenized", TokenShards, work, CODE_VERSION)
     retokenized = sum(_per_partition(h)["documents"] for k, h in handles.items() if k in built)
@@ -72,10 +87,16 @@ def token_shards(
     uint16/uint32 token ids per split, <|endoftext|> after each document, tokens per source."""
     weights = splits.manifest.get("weights")
     shards = TokenShards.publish(
-        store, "token_shards",
-        lambda out: assemble_shards({k: t.path for k, t in tokenized.items()}, out, tokenizer_sha256=tokenizer.sha256,
-                                    weights=weights, partitions={k: t.data_version for k, t in tokenized.items()}),
-    )  # fmt: skip
+        store,
+        "token_shards",
+        lambda out: assemble_shards(
+            {k: t.path for k, t in tokenized.items()},
+            out,
+            tokenizer_sha256=tokenizer.sha256,
+            weights=weights,
+            partitions={k: t.data_version for k, t in tokenized.items()},
+        ),
+    )
     by_split = shards.manifest["splits"]
     tokens = {s: by_split[s]["tokens"] for s in SPLITS}
     metadata = {f"{s}_tokens": n for s, n in tokens.items()}

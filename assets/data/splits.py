@@ -31,16 +31,24 @@ def splits(
     sources = upstream[0]["corpus_sources"] if upstream else []
     check_sources(sources, upstream)
     weights = CorpusConfig(sources=tuple(sources)).weights if sources else None
-    out = Splits.publish(store, "splits", lambda d: split_corpus(cfg, {k: c.path for k, c in clean_corpus.items()}, d,
-                                                                 progress=progress, weights=weights))  # fmt: skip
+    out = Splits.publish(
+        store,
+        "splits",
+        lambda d: split_corpus(
+            cfg, {k: c.path for k, c in clean_corpus.items()}, d, progress=progress, weights=weights
+        ),
+    )
     by_split = out.manifest["splits"]
     docs = {s: by_split[s]["documents"] for s in SPLITS}
     dropped = out.manifest["dropped"]
     metadata = {f"{s}_documents": n for s, n in docs.items()}
     metadata |= {f"{s}_bytes": by_split[s]["bytes"] for s in SPLITS}
-    metadata |= {"documents_per_split": bar_chart("Documents per split", docs),
-                 "duplicates": dg.MetadataValue.json(dropped), "duplicates_total": sum(dropped.values()),
-                 "partitions": len(clean_corpus)}  # fmt: skip
+    metadata |= {
+        "documents_per_split": bar_chart("Documents per split", docs),
+        "duplicates": dg.MetadataValue.json(dropped),
+        "duplicates_total": sum(dropped.values()),
+        "partitions": len(clean_corpus),
+    }
     inputs = {f"clean_corpus[{k}]": d for k, d in clean_corpus.items()}
     return result(context, out, metadata, config=config, inputs=inputs)
 

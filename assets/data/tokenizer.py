@@ -68,8 +68,13 @@ def tokenizer(
             trained = load_tokenizer(out / TOKENIZER_FILE)
             stats = tokenizer_stats(trained, out / TOKENIZER_FILE, sample)
             sampled = {"documents": len(chosen), "splits_version": splits.data_version}
-            manifest = {"file": TOKENIZER_FILE, "config": cfg.__dict__, "trained_with": _trained_with(cfg),
-                        "sample": sampled, **stats}  # fmt: skip
+            manifest = {
+                "file": TOKENIZER_FILE,
+                "config": cfg.__dict__,
+                "trained_with": _trained_with(cfg),
+                "sample": sampled,
+                **stats,
+            }
             write_json(out / "manifest.json", manifest)
 
         tok = TokenizerFile.publish(store, "tokenizer", build)

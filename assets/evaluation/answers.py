@@ -19,8 +19,15 @@ from lmcore.io import ProgressFn
 from lmcore.model.generate import GenerationConfig, greedy
 
 
-def answers(model: Any, tok: Tokenizer, heldout: list, gen: GenerationConfig, max_new_tokens: int,
-            progress: ProgressFn, what: str) -> list[str]:  # fmt: skip
+def answers(
+    model: Any,
+    tok: Tokenizer,
+    heldout: list,
+    gen: GenerationConfig,
+    max_new_tokens: int,
+    progress: ProgressFn,
+    what: str,
+) -> list[str]:
     """``model``'s answer to each held-out prompt, decoded with ``gen`` (answer i with seed ``gen.seed + i``)."""
     out = []
     for i, ex in enumerate(heldout):
@@ -32,8 +39,14 @@ def answers(model: Any, tok: Tokenizer, heldout: list, gen: GenerationConfig, ma
     return out
 
 
-def score_answers(models: dict[str, Any], tok: Tokenizer, heldout: list, gen: GenerationConfig, max_new_tokens: int,
-                  progress: ProgressFn) -> dict[str, Any]:  # fmt: skip
+def score_answers(
+    models: dict[str, Any],
+    tok: Tokenizer,
+    heldout: list,
+    gen: GenerationConfig,
+    max_new_tokens: int,
+    progress: ProgressFn,
+) -> dict[str, Any]:
     """Per decoding (``generation``: ``gen``; ``greedy``): each model's answers, ROUGE and repetition; 4 samples."""
     refs = [ex.reference for ex in heldout]
     out: dict[str, Any] = {"examples": len(heldout), "decoding": dataclasses.asdict(gen), "samples": []}
@@ -56,4 +69,3 @@ def score_answers(models: dict[str, Any], tok: Tokenizer, heldout: list, gen: Ge
             sample.update({name + suffix: g[i] for name, g in out[decoding]["generations"].items()})
         out["samples"].append(sample)
     return out
-

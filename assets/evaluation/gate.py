@@ -20,8 +20,13 @@ from assets.evaluation.report import EvaluationConfig, evaluation_report
 from lmcore.eval.table import METRICS, changes_since, gate_failures, rows_of
 
 _DATA_VERSION_TAG = "dagster/data_version"
-_CHANGE_COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("previous", "float"), dg.TableColumn("new", "float"),
-                   dg.TableColumn("worse_by", "float"), dg.TableColumn("regressed", "bool")]  # fmt: skip
+_CHANGE_COLUMNS = [
+    dg.TableColumn("metric"),
+    dg.TableColumn("previous", "float"),
+    dg.TableColumn("new", "float"),
+    dg.TableColumn("worse_by", "float"),
+    dg.TableColumn("regressed", "bool"),
+]
 
 
 def _published(

@@ -42,10 +42,19 @@ from lmcore.eval.table import METRICS, ClassifierResults, ReportInputs, rules
 from lmcore.finetune.classify import METHODS
 from lmcore.model.generate import GenerationConfig
 
-_COLUMNS = [dg.TableColumn("metric"), dg.TableColumn("model"), dg.TableColumn("value", "float"),
-            dg.TableColumn("baseline"), dg.TableColumn("baseline_value", "float"),
-            dg.TableColumn("improvement", "float"), dg.TableColumn("low", "float"), dg.TableColumn("high", "float"),
-            dg.TableColumn("p_value", "float"), dg.TableColumn("rule"), dg.TableColumn("passes", "bool")]  # fmt: skip
+_COLUMNS = [
+    dg.TableColumn("metric"),
+    dg.TableColumn("model"),
+    dg.TableColumn("value", "float"),
+    dg.TableColumn("baseline"),
+    dg.TableColumn("baseline_value", "float"),
+    dg.TableColumn("improvement", "float"),
+    dg.TableColumn("low", "float"),
+    dg.TableColumn("high", "float"),
+    dg.TableColumn("p_value", "float"),
+    dg.TableColumn("rule"),
+    dg.TableColumn("passes", "bool"),
+]
 
 
 ContaminationSettings = config_from(ContaminationConfig)
@@ -89,8 +98,9 @@ class EvaluationConfig(dg.Config):
     def _one_rule_per_metric(self) -> "EvaluationConfig":
         both = sorted(set(self.must_beat or []) & set(self.must_not_lose))
         if both:
-            raise ValueError(f"{', '.join(map(repr, both))} in both must_beat and must_not_lose; give each metric "
-                             "one rule")  # fmt: skip
+            raise ValueError(
+                f"{', '.join(map(repr, both))} in both must_beat and must_not_lose; give each metric one rule"
+            )
         return self
 
     def rules(self) -> dict[str, str | None]:
@@ -215,7 +225,7 @@ def evaluation_uncontaminated(evaluation_report: Report) -> dg.AssetCheckResult:
             "examples or raise the threshold"
         )
         if over
-        else None,  # fmt: skip
+        else None,
         metadata={
             "threshold": c["threshold"],
             "over_threshold": dg.MetadataValue.json(over),

@@ -43,6 +43,10 @@ def hf_export(
         "architecture": pretrained_model.model_config.arch,
         "promoted_by_evaluation": evaluation_report.data_version,
     }
-    inputs = {"pretrained_model": pretrained_model, "sft_model": sft_model, "tokenizer": tokenizer,
-              "evaluation_report": evaluation_report}  # fmt: skip
+    inputs = {
+        "pretrained_model": pretrained_model,
+        "sft_model": sft_model,
+        "tokenizer": tokenizer,
+        "evaluation_report": evaluation_report,
+    }
     return result(context, published, metadata, inputs=inputs)

@@ -58,11 +58,17 @@ def sft_model(
         outlets=outlets("sft_model", store, tracker),
     )
     summary: TrainSummary = run_training(
-        context, launcher, config.launch.to_lmcore(), spec,
+        context,
+        launcher,
+        config.launch.to_lmcore(),
+        spec,
         callback=training_reporter(context, "sft_model", "sft steps", train_cfg.max_steps),
-    )  # fmt: skip
+    )
     model = Checkpoint.of_run(summary)
-    metadata = {**training_metadata(summary, "SFT loss (assistant tokens)"), "world_size": summary.world_size,
-                "run_dir": str(summary.run_dir)}  # fmt: skip
+    metadata = {
+        **training_metadata(summary, "SFT loss (assistant tokens)"),
+        "world_size": summary.world_size,
+        "run_dir": str(summary.run_dir),
+    }
     inputs = {"pretrained_model": pretrained_model, "sft_dataset": sft_dataset, "tokenizer": tokenizer}
     return result(context, model, metadata, config=config, inputs=inputs)

@@ -86,10 +86,13 @@ def pretrained_model(
         outlets=outlets("pretrained_model", store, tracker),
     )
     summary: TrainSummary = run_training(
-        context, launcher, config.launch.to_lmcore(), spec,
+        context,
+        launcher,
+        config.launch.to_lmcore(),
+        spec,
         callback=training_reporter(context, "pretrained_model", "train steps", train_cfg.max_steps),
         on_wait=lambda d: context.log.warning(f"another run is training in {d}; waiting for it to finish"),
-    )  # fmt: skip
+    )
     checkpoint = Checkpoint.of_run(summary)
     metadata = {
         **training_metadata(summary, "Loss"),

@@ -16,8 +16,13 @@ from assets.stage import result
 from assets.versions import code_version_of
 from lmcore.eval.perplexity import Scoring, perplexity_comparison
 
-_COLUMNS = [dg.TableColumn("split"), dg.TableColumn("model"), dg.TableColumn("perplexity", "float"),
-            dg.TableColumn("bits_per_byte", "float"), dg.TableColumn("tokens", "int")]  # fmt: skip
+_COLUMNS = [
+    dg.TableColumn("split"),
+    dg.TableColumn("model"),
+    dg.TableColumn("perplexity", "float"),
+    dg.TableColumn("bits_per_byte", "float"),
+    dg.TableColumn("tokens", "int"),
+]
 
 
 class PerplexityConfig(dg.Config):
@@ -41,6 +46,19 @@ def _previous_test_bpb(context: dg.AssetExecutionContext) -> dict[str, Any] | No
     return {"test_bits_per_byte_model": meta["test_bits_per_byte_model"].value, "run_id": event.run_id}
 
 
+def _row(split: str, who: str, figures: dict[str, Any]) -> dg.TableRecord:
+    """One row of the report's table (the baselines' rows come first, then the model's)."""
+    return dg.TableRecord(
+        {
+            "split": split,
+            "model": who,
+            "perplexity": round(figures["perplexity"], 3),
+            "bits_per_byte": round(figures["bits_per_byte"], 4),
+            "tokens": figures["tokens"],
+        }
+    )
+
+
 @dg.asset(
     group_name="pretrain",
     kinds={"pytorch"},
@@ -62,19 +80,30 @@ def perplexity_report(
     previous = _previous_test_bpb(context)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     figures = perplexity_comparison(
-        pretrained_model.load(device), tokenizer.tokenizer, {s: token_shards.split(s).arrays for s in ("val", "test")},
-        token_shards.split("train").arrays, ngram_order=config.ngram_order, rnn=config.rnn.to_lmcore(),
-        scoring=Scoring(max_tokens=config.max_eval_tokens, batch_size=config.batch_size, device=device,
-                        per_document=("test",)),
-    )  # fmt: skip
-    report = {"checkpoint": pretrained_model.location, "token_shards": token_shards.data_version,
-              "ngram_order": config.ngram_order, "splits": figures, "previous": previous}  # fmt: skip
+        pretrained_model.load(device),
+        tokenizer.tokenizer,
+        {s: token_shards.split(s).arrays for s in ("val", "test")},
+        token_shards.split("train").arrays,
+        ngram_order=config.ngram_order,
+        rnn=config.rnn.to_lmcore(),
+        scoring=Scoring(
+            max_tokens=config.max_eval_tokens, batch_size=config.batch_size, device=device, per_document=("test",)
+        ),
+    )
+    report = {
+        "checkpoint": pretrained_model.location,
+        "token_shards": token_shards.data_version,
+        "ngram_order": config.ngram_order,
+        "splits": figures,
+        "previous": previous,
+    }
     published = Report.write(store, "perplexity_report", report, name="perplexity")
     rows = [
-        dg.TableRecord({"split": s, "model": who, "perplexity": round(f["perplexity"], 3),
-                        "bits_per_byte": round(f["bits_per_byte"], 4), "tokens": f["tokens"]})
-        for s, by in figures.items() for who in ("ngram", "rnn", "model") if (f := by.get(who)) is not None
-    ]  # the baselines first, then the model  # fmt: skip
+        _row(s, who, f)
+        for s, by in figures.items()
+        for who in ("ngram", "rnn", "model")
+        if (f := by.get(who)) is not None
+    ]
     test_bpb = {who: f["bits_per_byte"] for who, f in figures["test"].items() if who in ("model", "ngram", "rnn")}
     before = previous["test_bits_per_byte_model"] if previous else None
     metadata = {

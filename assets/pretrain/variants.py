@@ -23,10 +23,17 @@ from lmcore.model.gpt import PRESETS
 OPTIONAL = {"lmpipe/optional": "true"}
 """Tag of assets that ``lmpipe run`` leaves out unless the profile configures them."""
 
-_COLUMNS = [dg.TableColumn("model"), dg.TableColumn("objective"), dg.TableColumn("active_params", "int"),
-            dg.TableColumn("params", "int"), dg.TableColumn("val_loss", "float"),
-            dg.TableColumn("test_bits_per_byte", "float"), dg.TableColumn("masked_accuracy", "float"),
-            dg.TableColumn("pseudo_perplexity", "float"), dg.TableColumn("train_seconds", "float")]  # fmt: skip
+_COLUMNS = [
+    dg.TableColumn("model"),
+    dg.TableColumn("objective"),
+    dg.TableColumn("active_params", "int"),
+    dg.TableColumn("params", "int"),
+    dg.TableColumn("val_loss", "float"),
+    dg.TableColumn("test_bits_per_byte", "float"),
+    dg.TableColumn("masked_accuracy", "float"),
+    dg.TableColumn("pseudo_perplexity", "float"),
+    dg.TableColumn("train_seconds", "float"),
+]
 
 
 VariantsSettings = config_from(VariantsConfig)
@@ -50,22 +57,31 @@ def _reference_rows(ppl: dict) -> list[dg.TableRecord]:
     names = {"ngram": f"{ppl['ngram_order']}-gram", "rnn": "rnn", "model": "pretrained_model"}
     empty = dict.fromkeys(c.name for c in _COLUMNS)  # a table's records share their fields
     return [
-        dg.TableRecord({**empty, "model": names[who], "objective": "causal",
-                        "test_bits_per_byte": round(f["bits_per_byte"], 4)})
-        for who in ("ngram", "rnn", "model") if (f := test.get(who)) is not None
-    ]  # fmt: skip
+        dg.TableRecord(
+            {**empty, "model": names[who], "objective": "causal", "test_bits_per_byte": round(f["bits_per_byte"], 4)}
+        )
+        for who in ("ngram", "rnn", "model")
+        if (f := test.get(who)) is not None
+    ]
 
 
 def _row(name: str, f: dict) -> dg.TableRecord:
     def r(key: str, digits: int = 4) -> float | None:
         return round(f[key], digits) if f.get(key) is not None else None
 
-    return dg.TableRecord({
-        "model": name, "objective": f["objective"], "active_params": f["active_params"], "params": f["params"],
-        "val_loss": r("val_loss"), "test_bits_per_byte": r("test_bits_per_byte"),
-        "masked_accuracy": r("masked_accuracy"), "pseudo_perplexity": r("pseudo_perplexity", 2),
-        "train_seconds": r("train_seconds", 1),
-    })  # fmt: skip
+    return dg.TableRecord(
+        {
+            "model": name,
+            "objective": f["objective"],
+            "active_params": f["active_params"],
+            "params": f["params"],
+            "val_loss": r("val_loss"),
+            "test_bits_per_byte": r("test_bits_per_byte"),
+            "masked_accuracy": r("masked_accuracy"),
+            "pseudo_perplexity": r("pseudo_perplexity", 2),
+            "train_seconds": r("train_seconds", 1),
+        }
+    )
 
 
 @dg.asset(group_name="pretrain", kinds={"pytorch"}, pool="gpu", tags=OPTIONAL, code_version=code_version_of(__name__))
@@ -89,13 +105,15 @@ def variants_report(
         runs_dir=store.run_dir("variants_report"),
         meta_extra={"tokenizer_sha256": tokenizer.sha256, "data_versions": {"token_shards": token_shards.data_version}},
     )
-    reporters = {n: training_reporter(context, "variants_report", f"{n} train steps", cfg.train.max_steps)
-                 for n in cfg.variants}  # fmt: skip
+    reporters = {
+        n: training_reporter(context, "variants_report", f"{n} train steps", cfg.train.max_steps) for n in cfg.variants
+    }
     test, token_bytes = token_shards.split("test").arrays, token_byte_lengths(tokenizer.tokenizer)
     figures = compare_variants(run, test, token_bytes, callback=lambda name, record: reporters[name](record))
     ppl = perplexity_report.manifest
-    report = Report.write(store, "variants_report", {"variants": figures, "reference": ppl["splits"]["test"]},
-                          name="variants")  # fmt: skip
+    report = Report.write(
+        store, "variants_report", {"variants": figures, "reference": ppl["splits"]["test"]}, name="variants"
+    )
     rows = _reference_rows(ppl) + [_row(name, f) for name, f in figures.items()]
     metadata: dict = {"report": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=_COLUMNS))}
     curves = {name: f["val_history"] for name, f in figures.items() if f["objective"] == "causal"}

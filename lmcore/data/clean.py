@@ -254,9 +254,13 @@ def near_deduper(config: CleanConfig) -> NearDeduper | None:
 def signature_schema(config: CleanConfig) -> pa.Schema:
     """``signatures.parquet``: per kept document its ids, spec, UTF-8 bytes, content digest and, with near
     dedup, its MinHash values."""
-    fields = [pa.field("doc_id", pa.string(), nullable=False), pa.field(SOURCE_DOC_ID, pa.string(), nullable=False),
-              pa.field("spec", pa.string(), nullable=False), pa.field("bytes", pa.int64(), nullable=False),
-              pa.field("digest", pa.binary(16), nullable=False)]  # fmt: skip
+    fields = [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field(SOURCE_DOC_ID, pa.string(), nullable=False),
+        pa.field("spec", pa.string(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("digest", pa.binary(16), nullable=False),
+    ]
     if config.dedup_near:
         fields.append(pa.field("minhash", pa.list_(pa.uint32(), config.num_perm), nullable=False))
     return pa.schema(fields)

@@ -144,8 +144,15 @@ def doc_id(key: str) -> str:
 def fetcher_for(config: CorpusConfig, cache_dir: Path | None, scope: str | None = None) -> Fetcher:
     """A :class:`Fetcher` with ``config``'s retries, timeouts and download limits (``cache_dir=None``: a private
     temporary cache; ``scope``: a run's name, in which each URL is fetched once)."""
-    return Fetcher(cache_dir, retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s,
-                   max_bytes=config.max_download_bytes, deadline_s=config.download_deadline_s, scope=scope)  # fmt: skip
+    return Fetcher(
+        cache_dir,
+        retries=config.retries,
+        backoff_s=config.backoff_s,
+        timeout_s=config.timeout_s,
+        max_bytes=config.max_download_bytes,
+        deadline_s=config.download_deadline_s,
+        scope=scope,
+    )
 
 
 def source_version(spec: str, config: CorpusConfig, cache_dir: Path | None = None, scope: str | None = None) -> str:
@@ -180,9 +187,14 @@ def partition_sources(
     each remote file is reached and downloaded once, whatever the partition."""
     with fetcher_for(config, Path(cache_dir) if download or scope else None, scope) as fetcher:
         sources = open_sources(
-            config.specs, ctx, fetcher, hf_split=config.hf_split, cache_dir=Path(cache_dir) if cache_dir else None,
-            download=download, hf_streaming=config.hf_streaming,
-        )  # fmt: skip
+            config.specs,
+            ctx,
+            fetcher,
+            hf_split=config.hf_split,
+            cache_dir=Path(cache_dir) if cache_dir else None,
+            download=download,
+            hf_streaming=config.hf_streaming,
+        )
     if partition is None:
         return sources
     narrowed = (s.only({k for k in s.claims if partition_of(k) == partition}) for s in sources)

@@ -137,8 +137,14 @@ def _read_signatures(partitions: Mapping[str, Path], manifests: Mapping[str, dic
         tables.append(table.append_column("partition", pa.array([p] * table.num_rows, pa.string())))
     if tables:
         return pa.concat_tables(tables)
-    empty = {"doc_id": pa.string(), SOURCE_DOC_ID: pa.string(), "spec": pa.string(), "bytes": pa.int64(),
-             "digest": pa.binary(16), "partition": pa.string()}  # fmt: skip
+    empty = {
+        "doc_id": pa.string(),
+        SOURCE_DOC_ID: pa.string(),
+        "spec": pa.string(),
+        "bytes": pa.int64(),
+        "digest": pa.binary(16),
+        "partition": pa.string(),
+    }
     return pa.table({name: pa.array([], kind) for name, kind in empty.items()})
 
 
@@ -193,8 +199,10 @@ def _dedup_config(manifests: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
         seen.setdefault(json.dumps(settings, sort_keys=True), []).append(p)
     if len(seen) > 1:
         groups = "; ".join(f"partitions {', '.join(ps)}: {s}" for s, ps in seen.items())
-        raise ValueError(f"the cleaned partitions were deduplicated with different settings ({groups}); "
-                         "re-materialize every partition of clean_corpus with one config")  # fmt: skip
+        raise ValueError(
+            f"the cleaned partitions were deduplicated with different settings ({groups}); "
+            "re-materialize every partition of clean_corpus with one config"
+        )
     return json.loads(next(iter(seen))) if seen else {}
 
 
@@ -217,8 +225,9 @@ def _check_inputs(dirs: Mapping[str, Path], manifests: Mapping[str, dict[str, An
         )
 
 
-def split_rows(root: Path, manifest: dict[str, Any], split: str, columns: list[str] | None = None,
-               ids: set[str] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+def split_rows(
+    root: Path, manifest: dict[str, Any], split: str, columns: list[str] | None = None, ids: set[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """The rows (every CLEAN_SCHEMA column, or ``columns``) of one split, partition by partition in cleaning
     order; with ``ids``, only those documents."""
     if split not in SPLITS:
@@ -254,8 +263,10 @@ def tokenizer_sample(root: Path, sample_bytes: int) -> set[str]:
     """The train documents a tokenizer learns from: in order of sha256 of their ``doc_id`` (so the choice does not
     depend on partitions or run order), as many as fit in ``sample_bytes`` (at least one)."""
     index = pq.read_table(Path(root) / INDEX, columns=["doc_id", "bytes", "split"], filters=[("split", "=", "train")])
-    rows = sorted(zip(index.column("doc_id").to_pylist(), index.column("bytes").to_pylist(), strict=True),
-                  key=lambda r: hashlib.sha256(r[0].encode()).digest())  # fmt: skip
+    rows = sorted(
+        zip(index.column("doc_id").to_pylist(), index.column("bytes").to_pylist(), strict=True),
+        key=lambda r: hashlib.sha256(r[0].encode()).digest(),
+    )
     chosen, total = set(), 0
     for doc, size in rows:
         if chosen and total + size > sample_bytes:

@@ -154,8 +154,12 @@ class NGramIndex:
         return sum(a.nbytes for a in self.hashes.values()) + self.whole.nbytes
 
     def summary(self) -> dict[str, int]:
-        return {"texts": self.texts, "words": self.words, "ngrams": int(sum(a.size for a in self.hashes.values())),
-                "bytes": self.nbytes}  # fmt: skip
+        return {
+            "texts": self.texts,
+            "words": self.words,
+            "ngrams": int(sum(a.size for a in self.hashes.values())),
+            "bytes": self.nbytes,
+        }
 
     def contains(self, n: int, hashes: np.ndarray) -> np.ndarray:
         """Whether each hash of an n-gram is in the index (boolean array)."""
@@ -242,8 +246,15 @@ def contamination_report(
         assert m is not None
         text = " ".join(texts[i].split())
         snippet = text if len(text) <= config.snippet_chars else text[: config.snippet_chars - 1] + "…"
-        listed.append({"index": i, **({"id": ids[i]} if ids is not None else {}), "text": snippet,
-                       "ngram": m.ngram, "source": m.source})  # fmt: skip
+        listed.append(
+            {
+                "index": i,
+                **({"id": ids[i]} if ids is not None else {}),
+                "text": snippet,
+                "ngram": m.ngram,
+                "source": m.source,
+            }
+        )
     return {
         "examples": len(texts),
         "contaminated": len(bad),

@@ -110,9 +110,17 @@ def paired_bootstrap(
     low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     tail = min(int((diffs <= 0).sum()), int((diffs >= 0).sum()))
     p = min(1.0, 2 * (tail + 1) / (len(diffs) + 1))
-    return Comparison(model=point_model, baseline=point_base, improvement=sign * (point_model - point_base),
-                      low=float(low), high=float(high), p_value=p, confidence=cfg.confidence, items=n,
-                      method=method)  # fmt: skip
+    return Comparison(
+        model=point_model,
+        baseline=point_base,
+        improvement=sign * (point_model - point_base),
+        low=float(low),
+        high=float(high),
+        p_value=p,
+        confidence=cfg.confidence,
+        items=n,
+        method=method,
+    )
 
 
 def _array(values: Sequence[float], n: int, name: str) -> np.ndarray:
@@ -143,18 +151,21 @@ def ratio_of_sums(
     return paired_bootstrap(n, side(m), side(b), higher_is_better=False, cfg=cfg, method="paired bootstrap, documents")
 
 
-def bits_per_byte(model_nats: Sequence[float], baseline_nats: Sequence[float], n_bytes: Sequence[float],
-                  cfg: SignificanceConfig) -> Comparison:  # fmt: skip
+def bits_per_byte(
+    model_nats: Sequence[float], baseline_nats: Sequence[float], n_bytes: Sequence[float], cfg: SignificanceConfig
+) -> Comparison:
     return ratio_of_sums(model_nats, baseline_nats, n_bytes, transform=lambda x: x / math.log(2), cfg=cfg)
 
 
-def perplexity(model_nats: Sequence[float], baseline_nats: Sequence[float], tokens: Sequence[float],
-               cfg: SignificanceConfig) -> Comparison:  # fmt: skip
+def perplexity(
+    model_nats: Sequence[float], baseline_nats: Sequence[float], tokens: Sequence[float], cfg: SignificanceConfig
+) -> Comparison:
     return ratio_of_sums(model_nats, baseline_nats, tokens, transform=np.exp, cfg=cfg)
 
 
-def means(model: Sequence[float], baseline: Sequence[float], *, higher_is_better: bool,
-          cfg: SignificanceConfig) -> Comparison:  # fmt: skip
+def means(
+    model: Sequence[float], baseline: Sequence[float], *, higher_is_better: bool, cfg: SignificanceConfig
+) -> Comparison:
     """Per-item scores (e.g. ROUGE F of each answer): the mean of each side, items resampled."""
     n = len(model)
     m, b = _array(model, n, "model"), _array(baseline, n, "baseline")
@@ -162,8 +173,9 @@ def means(model: Sequence[float], baseline: Sequence[float], *, higher_is_better
     def side(x: np.ndarray) -> Statistic:
         return lambda w: (w @ x) / n
 
-    return paired_bootstrap(n, side(m), side(b), higher_is_better=higher_is_better, cfg=cfg,
-                            method="paired bootstrap, examples")  # fmt: skip
+    return paired_bootstrap(
+        n, side(m), side(b), higher_is_better=higher_is_better, cfg=cfg, method="paired bootstrap, examples"
+    )
 
 
 def mcnemar_p(model_right: Sequence[bool], baseline_right: Sequence[bool]) -> float:
@@ -188,8 +200,9 @@ def accuracy(
     m = np.array([p == t for p, t in zip(model, truth, strict=True)], dtype=np.float64)
     b = np.array([p == t for p, t in zip(baseline, truth, strict=True)], dtype=np.float64)
     c = means(m, b, higher_is_better=True, cfg=cfg)
-    return Comparison(**{**c.to_dict(), "p_value": mcnemar_p(m > 0, b > 0),
-                         "method": "paired bootstrap, texts; McNemar exact p"})  # fmt: skip
+    return Comparison(
+        **{**c.to_dict(), "p_value": mcnemar_p(m > 0, b > 0), "method": "paired bootstrap, texts; McNemar exact p"}
+    )
 
 
 def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> Statistic:
@@ -205,8 +218,9 @@ def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> Statistic:
     return f1
 
 
-def macro_f1(truth: Sequence[str], model: Sequence[str], baseline: Sequence[str], labels: Sequence[str],
-             cfg: SignificanceConfig) -> Comparison:  # fmt: skip
+def macro_f1(
+    truth: Sequence[str], model: Sequence[str], baseline: Sequence[str], labels: Sequence[str], cfg: SignificanceConfig
+) -> Comparison:
     """Macro-F1 over ``labels`` of two classifiers on the same texts (zero for a class with no true or predicted
     text, as sklearn's ``zero_division=0``), texts resampled."""
     n = len(truth)
@@ -222,5 +236,11 @@ def macro_f1(truth: Sequence[str], model: Sequence[str], baseline: Sequence[str]
         return out
 
     t = one_hot(truth)
-    return paired_bootstrap(n, _macro_f1(t, one_hot(model)), _macro_f1(t, one_hot(baseline)), higher_is_better=True,
-                            cfg=cfg, method="paired bootstrap, texts")  # fmt: skip
+    return paired_bootstrap(
+        n,
+        _macro_f1(t, one_hot(model)),
+        _macro_f1(t, one_hot(baseline)),
+        higher_is_better=True,
+        cfg=cfg,
+        method="paired bootstrap, texts",
+    )

@@ -259,9 +259,14 @@ def _score_label_lm(task: _Task, summary: TrainSummary) -> tuple[dict[str, Any],
     cfg = task.run.config
     lm, _ = load_trained_model(summary.checkpoint)
     metrics = evaluate_label_lm(
-        lm, task.tokenizer, task.test, task.labels, instruction=cfg.instruction, batch_size=cfg.score_batch_size,
+        lm,
+        task.tokenizer,
+        task.test,
+        task.labels,
+        instruction=cfg.instruction,
+        batch_size=cfg.score_batch_size,
         progress=task.on_progress("label_lm"),
-    )  # fmt: skip
+    )
     return metrics, _brief(summary)
 
 
@@ -277,9 +282,13 @@ def _score_head(task: _Task, summary: TrainSummary) -> tuple[dict[str, Any], dic
     cfg = task.run.config
     classifier, _ = load_classifier(summary.checkpoint)
     predicted = predict_head(
-        classifier, task.tokenizer, task.test[0], task.labels, instruction=cfg.instruction,
+        classifier,
+        task.tokenizer,
+        task.test[0],
+        task.labels,
+        instruction=cfg.instruction,
         batch_size=cfg.score_batch_size,
-    )  # fmt: skip
+    )
     metrics = {**evaluate_classifier(task.test[1], predicted, task.labels), "predictions": list(predicted)}
     return metrics, _brief(summary)
 
@@ -296,9 +305,13 @@ def _train_encoder(task: _Task, init_checkpoint: Path) -> tuple[TrainSummary, Tr
         )
     lm_config, _ = init_model_config(init_checkpoint)
     pretrain = pretrain_encoder(
-        lm_config, run.config.encoder_pretrain, root, run.runs_dir / "encoder_pretrain",
-        callback=task.on_train("encoder_pretrain"), outlets=run.outlets,
-    )  # fmt: skip
+        lm_config,
+        run.config.encoder_pretrain,
+        root,
+        run.runs_dir / "encoder_pretrain",
+        callback=task.on_train("encoder_pretrain"),
+        outlets=run.outlets,
+    )
     return _train_head(task, pretrain.checkpoint, "encoder"), pretrain
 
 
@@ -307,9 +320,14 @@ def _score_encoder(task: _Task, runs: tuple[TrainSummary, TrainSummary]) -> tupl
     encoder, _ = load_trained_model(pretrain.checkpoint)
     assert task.run.shard_root is not None
     measured = evaluate_encoder(
-        encoder, (task.run.shard_root, "test"), pretrain.mask_id, mask_rate=cfg.encoder_pretrain.mask_rate,
-        max_windows=cfg.encoder_eval_windows, pll_rows=cfg.encoder_pll_rows, batch_size=cfg.score_batch_size,
-    )  # fmt: skip
+        encoder,
+        (task.run.shard_root, "test"),
+        pretrain.mask_id,
+        mask_rate=cfg.encoder_pretrain.mask_rate,
+        max_windows=cfg.encoder_eval_windows,
+        pll_rows=cfg.encoder_pll_rows,
+        batch_size=cfg.score_batch_size,
+    )
     metrics, brief = _score_head(task, head)
     encoder_metrics = {
         "masked_accuracy": measured["masked_accuracy"],

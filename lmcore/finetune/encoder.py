@@ -92,9 +92,14 @@ def pretrain_encoder(
     base = shard_vocab(shard_root)
     cfg = encoder_train_config(train_config)
     summary = train(
-        encoder_config(lm_config, base), cfg, shard_root, Path(runs_dir),
-        callback=callback, meta_extra=meta_extra, outlets=outlets,
-    )  # fmt: skip
+        encoder_config(lm_config, base),
+        cfg,
+        shard_root,
+        Path(runs_dir),
+        callback=callback,
+        meta_extra=meta_extra,
+        outlets=outlets,
+    )
     return dataclasses.replace(summary, mask_id=extra_token_ids(cfg, base, lm_config.context_length)[MASK])
 
 

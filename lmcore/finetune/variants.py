@@ -130,8 +130,14 @@ def compare_variants(
             test = evaluate_lm(model, test_arrays, total_bytes=total_bytes, max_tokens=max_eval_tokens)
             figures.update(test_perplexity=test["perplexity"], test_bits_per_byte=test["bits_per_byte"])
         if tc.objective == "masked":  # <|mask|> is the first id after the tokenizer's
-            masked = evaluate_encoder(model, test_arrays, run.base_vocab, mask_rate=tc.mask_rate, max_windows=None,
-                                      pll_rows=cfg.pseudo_perplexity_rows)  # fmt: skip
+            masked = evaluate_encoder(
+                model,
+                test_arrays,
+                run.base_vocab,
+                mask_rate=tc.mask_rate,
+                max_windows=None,
+                pll_rows=cfg.pseudo_perplexity_rows,
+            )
             figures.update({k: masked[k] for k in ("masked_accuracy", "masked_tokens", "pseudo_perplexity")})
         if mc.n_experts:
             val = TokenLoader.from_split(shard_root, "val", context_length=mc.context_length, batch_size=8, seed=0)

@@ -108,13 +108,19 @@ class WarmStart:
     trained_shards: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checkpoint": str(self.checkpoint), "replay_fraction": self.replay_fraction,
-                "trained_shards": list(self.trained_shards)}  # fmt: skip
+        return {
+            "checkpoint": str(self.checkpoint),
+            "replay_fraction": self.replay_fraction,
+            "trained_shards": list(self.trained_shards),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WarmStart:
-        return cls(checkpoint=Path(d["checkpoint"]), replay_fraction=float(d["replay_fraction"]),
-                   trained_shards=tuple(d["trained_shards"]))  # fmt: skip
+        return cls(
+            checkpoint=Path(d["checkpoint"]),
+            replay_fraction=float(d["replay_fraction"]),
+            trained_shards=tuple(d["trained_shards"]),
+        )
 
 
 def train_mixture(manifest: dict[str, Any], init: WarmStart | None) -> Mixture | None:
@@ -179,14 +185,22 @@ def shard_job(mc: ModelConfig, cfg: TrainConfig, shard_root: Path, *, init: Warm
         return train, val
 
     trained = [s["sha256"] for s in manifest["splits"]["train"]["shards"]]
-    data = {"shard_root": str(shard_root), "manifest_sha256": version, "base_vocab": base_vocab,
-            "train_shards": trained, "mixture_weights": mixture.weights if mixture else None}  # fmt: skip
+    data = {
+        "shard_root": str(shard_root),
+        "manifest_sha256": version,
+        "base_vocab": base_vocab,
+        "train_shards": trained,
+        "mixture_weights": mixture.weights if mixture else None,
+    }
     config: dict[str, Any] = {"data_version": version}
     if start is not None:
         assert init is not None
         config["init_checkpoint"] = start[1]
-        data |= {"init_checkpoint": str(init.checkpoint), "init_sha256": start[1],
-                 "replay_fraction": init.replay_fraction}  # fmt: skip
+        data |= {
+            "init_checkpoint": str(init.checkpoint),
+            "init_sha256": start[1],
+            "replay_fraction": init.replay_fraction,
+        }
     return Job(
         model_config=mc,
         build_model=start[0] if start is not None else (lambda: GPT(mc)),

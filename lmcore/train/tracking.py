@@ -234,8 +234,9 @@ class MlflowTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             tags |= {f"resumed.{k}": v for k, v in params.items() if found.data.params.get(k, v) != v}
             params = {k: v for k, v in params.items() if k not in found.data.params}  # params are write-once
-            self.logged = {k: max(m.step for m in self.client.get_metric_history(self.run_id, k))
-                           for k in found.data.metrics}  # fmt: skip
+            self.logged = {
+                k: max(m.step for m in self.client.get_metric_history(self.run_id, k)) for k in found.data.metrics
+            }
         if run.resumed_from is not None:
             tags["lmpipe.resumed_from"] = str(run.resumed_from)
         self._batch(params=params, tags=tags)
@@ -262,15 +263,19 @@ class MlflowTracker:
                     raise
                 experiment = self.client.get_experiment_by_name(name)
         if experiment.lifecycle_stage == "deleted":
-            raise ValueError(f"MLflow experiment {name!r} at {uri} is deleted; restore it "
-                             f"(mlflow experiments restore) or set another experiment")  # fmt: skip
+            raise ValueError(
+                f"MLflow experiment {name!r} at {uri} is deleted; restore it "
+                f"(mlflow experiments restore) or set another experiment"
+            )
         return experiment.experiment_id
 
     def _find(self, experiment_id: str, run_key: str) -> Any:
         runs = self.client.search_runs(
-            [experiment_id], f"tags.`{RUN_KEY_TAG}` = '{run_key}'", order_by=["attributes.start_time DESC"],
+            [experiment_id],
+            f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+            order_by=["attributes.start_time DESC"],
             max_results=1,
-        )  # fmt: skip
+        )
         return runs[0] if runs else None
 
     def _metrics(self, values: dict[str, float], step: int) -> None:
@@ -279,8 +284,13 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         self._batch(metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
-    def _batch(self, *, params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
-               metrics: list[Any] | None = None) -> None:  # fmt: skip
+    def _batch(
+        self,
+        *,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        metrics: list[Any] | None = None,
+    ) -> None:
         """log_batch in chunks MLflow accepts (100 params or tags, 1000 metrics per call)."""
         from mlflow.entities import Param, RunTag
 

@@ -108,13 +108,17 @@ def check_services(config: CeleryConfig) -> list[str]:
         with Connection(config.broker, connect_timeout=3) as conn:
             conn.ensure_connection(max_retries=1)
     except Exception as exc:  # any failure to connect is reported, with its text
-        problems.append(f"RabbitMQ at {maybe_sanitize_url(config.broker)} ({exc}): start it "
-                        f"(`service rabbitmq-server start`) or point ${BROKER_ENV} at a running broker")  # fmt: skip
+        problems.append(
+            f"RabbitMQ at {maybe_sanitize_url(config.broker)} ({exc}): start it "
+            f"(`service rabbitmq-server start`) or point ${BROKER_ENV} at a running broker"
+        )
     try:
         redis.Redis.from_url(config.backend, socket_connect_timeout=3).ping()
     except Exception as exc:
-        problems.append(f"Redis at {maybe_sanitize_url(config.backend)} ({exc}): start it "
-                        f"(`redis-server --daemonize yes`) or point ${BACKEND_ENV} at a running server")  # fmt: skip
+        problems.append(
+            f"Redis at {maybe_sanitize_url(config.backend)} ({exc}): start it "
+            f"(`redis-server --daemonize yes`) or point ${BACKEND_ENV} at a running server"
+        )
     return problems
 
 
@@ -187,9 +191,28 @@ def worker_command(name: str, queue: str, pool: str = "solo") -> list[str]:
     process in between, so SIGTERM reaches the worker itself. No gossip or mingle: workers of other sessions on
     the broker stay out of it, and startup is a second faster.
     """
-    return [sys.executable, "-m", "celery", "-A", "dagster_celery.app", "worker", "--hostname", name,
-            "--queues", queue, "--concurrency", "1", "--pool", pool, "--prefetch-multiplier", "1",
-            "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "dagster_celery.app",
+        "worker",
+        "--hostname",
+        name,
+        "--queues",
+        queue,
+        "--concurrency",
+        "1",
+        "--pool",
+        pool,
+        "--prefetch-multiplier",
+        "1",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 def step_workers(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
@@ -213,9 +236,15 @@ def _write_config_module(config: CeleryConfig, path: Path) -> None:
 def _start_worker(name: str, queue: str, pool: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            worker_command(name, queue, pool), cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_term_with_parent,
-        )  # fmt: skip
+            worker_command(name, queue, pool),
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_term_with_parent,
+        )
 
 
 def _term_with_parent() -> None:

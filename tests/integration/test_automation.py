@@ -106,17 +106,20 @@ def test_the_schedule_requests_the_whole_pipeline_after_its_cron_tick(home, tmp_
     before = dt.datetime(2026, 11, 23, 2, 59, tzinfo=dt.timezone.utc)  # a Monday; the default cron is Mon 03:00
     first = dg.evaluate_automation_conditions(defs, instance, evaluation_time=before)
     assert _requested(first) == {}
-    after = dg.evaluate_automation_conditions(defs, instance, evaluation_time=before + dt.timedelta(minutes=2),
-                                              cursor=first.cursor)  # fmt: skip
+    after = dg.evaluate_automation_conditions(
+        defs, instance, evaluation_time=before + dt.timedelta(minutes=2), cursor=first.cursor
+    )
     # the roots first (a partitioned stage with its partitioned parent in one run); each later asset once its
     # parents have run since the tick, on the ticks after
     assert _requested(after) == {"raw_corpus": 16, "clean_corpus": 16}
-    again = dg.evaluate_automation_conditions(defs, instance, evaluation_time=before + dt.timedelta(minutes=3),
-                                              cursor=after.cursor)  # fmt: skip
+    again = dg.evaluate_automation_conditions(
+        defs, instance, evaluation_time=before + dt.timedelta(minutes=3), cursor=after.cursor
+    )
     assert _requested(again) == {}  # requested once per tick
     for key in ("raw_corpus", "clean_corpus"):  # as if that run had materialized them
         for partition in ALL_PARTITIONS_KEYS:
             instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=partition))
-    later = dg.evaluate_automation_conditions(defs, instance, evaluation_time=before + dt.timedelta(minutes=4),
-                                              cursor=again.cursor)  # fmt: skip
+    later = dg.evaluate_automation_conditions(
+        defs, instance, evaluation_time=before + dt.timedelta(minutes=4), cursor=again.cursor
+    )
     assert _requested(later) == {"splits": 1, "tokenizer": 1, "labeled_data": 1}  # those whose parents will be new

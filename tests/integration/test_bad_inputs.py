@@ -208,8 +208,9 @@ def test_retries_timeout_and_max_document_bytes_are_real_fields_that_reach_the_r
     profile = write_profile(tmp_path / "p.yaml", [str(docs)], raw_corpus=fields)
     assert main(["run", "--config", str(profile), "--select", "raw_corpus"]) == 0
     records = _instance(home).fetch_materializations(dg.AssetKey("raw_corpus"), limit=16).records  # one per partition
-    manifests = [read_json(Path(r.asset_materialization.metadata["artifact_path"].value) / "manifest.json")
-                 for r in records]  # fmt: skip
+    manifests = [
+        read_json(Path(r.asset_materialization.metadata["artifact_path"].value) / "manifest.json") for r in records
+    ]
     assert sum(m["documents"] for m in manifests) == 1
     assert [m["skipped"] for m in manifests if m["skipped"]] == [{"too_large": 1}]
     closed = _free_port()  # nothing listens there once it is closed

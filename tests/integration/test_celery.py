@@ -97,12 +97,26 @@ def test_data_partitions_on_celery_workers_give_the_in_process_shards(
     profile_config = load_profile_config(profile)
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         with workers(celery_config, 2, log_dir=logs, env=env) as names:
-            front = execute_partitions(instance, celery_config, module, "partitions_front", HALVES,
-                                       run_config=profile_config(celery_data.FRONT), timeout_s=400)  # fmt: skip
+            front = execute_partitions(
+                instance,
+                celery_config,
+                module,
+                "partitions_front",
+                HALVES,
+                run_config=profile_config(celery_data.FRONT),
+                timeout_s=400,
+            )
             assert all(run.is_success for run in front), f"worker logs in {logs}"
             assert main(["run", "--config", str(profile), "--select", "key:splits or key:tokenizer"]) == 0
-            back = execute_partitions(instance, celery_config, module, "partitions_back", HALVES,
-                                      run_config=profile_config(celery_data.BACK), timeout_s=400)  # fmt: skip
+            back = execute_partitions(
+                instance,
+                celery_config,
+                module,
+                "partitions_back",
+                HALVES,
+                run_config=profile_config(celery_data.BACK),
+                timeout_s=400,
+            )
             assert all(run.is_success for run in back), f"worker logs in {logs}"
         ran_on = {w for run in front + back for w in step_workers(instance, run.run_id).values()}
     assert ran_on == set(names)  # both workers executed partition steps

@@ -165,9 +165,16 @@ SYNTHETIC = {
     "assets/x.py": "import dagster as dg\n\nimport lmcore.a\n",
 }
 REACHED = {
-    "assets", "assets.x", "lmcore", "lmcore.a", "lmcore.b", "lmcore.nested", "lmcore.sub", "lmcore.sub.leaf",
+    "assets",
+    "assets.x",
+    "lmcore",
+    "lmcore.a",
+    "lmcore.b",
+    "lmcore.nested",
+    "lmcore.sub",
+    "lmcore.sub.leaf",
     "lmcore.lazy",
-}  # fmt: skip
+}
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:

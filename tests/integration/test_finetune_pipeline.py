@@ -14,16 +14,35 @@ from pipelines.cli import main
 from tests.integration.conftest import write_profile
 
 TINY = {
-    "pretrained_model": {"preset": "tiny", "model": {"context_length": 64},
-                         "train": {"max_steps": 8, "batch_size": 4, "warmup_steps": 1, "eval_every": 4,
-                                   "eval_batches": 1, "checkpoint_every": 8}},
-    "sft_model": {"train": {"max_steps": 4, "batch_size": 2, "warmup_steps": 1, "eval_every": 2, "eval_batches": 1,
-                            "checkpoint_every": 4},
-                  "lora": {"rank": 2}},
-    "classifier_report": {"label_lm": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1},
-                          "head": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1}},
+    "pretrained_model": {
+        "preset": "tiny",
+        "model": {"context_length": 64},
+        "train": {
+            "max_steps": 8,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 4,
+            "eval_batches": 1,
+            "checkpoint_every": 8,
+        },
+    },
+    "sft_model": {
+        "train": {
+            "max_steps": 4,
+            "batch_size": 2,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "eval_batches": 1,
+            "checkpoint_every": 4,
+        },
+        "lora": {"rank": 2},
+    },
+    "classifier_report": {
+        "label_lm": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1},
+        "head": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1},
+    },
     "evaluation_report": {"rouge_examples": 2, "max_new_tokens": 8},
-}  # fmt: skip
+}
 
 
 def _labels(path, rows):
@@ -36,8 +55,11 @@ def _tasks(tmp_path):
     words = {"joy": "happy glad smile", "anger": "angry mad furious", "fear": "scared afraid dark"}
     paths = {}
     for offset, name in enumerate(("train", "validation", "test")):
-        rows = [{"text": f"i feel {w.split()[i % 3]} today number {100 * offset + i}", "label": label}
-                for label, w in words.items() for i in range(12)]  # fmt: skip
+        rows = [
+            {"text": f"i feel {w.split()[i % 3]} today number {100 * offset + i}", "label": label}
+            for label, w in words.items()
+            for i in range(12)
+        ]
         paths[name] = _labels(tmp_path / f"{name}.jsonl", rows)
     words = ("hello", "yes", "blue", "cat", "tree", "river", "stone", "cloud", "lamp", "road", "bird", "door")
     sft = [{"instruction": f"Say {w}", "input": "", "output": f"{w} indeed"} for w in words]
@@ -68,9 +90,12 @@ def test_raw_corpus_to_evaluation_report(home, tmp_path, corpus_dir, capsys):
     labels, sft = _tasks(tmp_path)
     copied = _plant(labels, corpus_dir)
     profile = write_profile(
-        tmp_path / "p.yaml", [str(corpus_dir)], **TINY, labeled_data=labels,
+        tmp_path / "p.yaml",
+        [str(corpus_dir)],
+        **TINY,
+        labeled_data=labels,
         sft_dataset={"records": [sft], "holdout_fraction": 0.4, "pack": True},
-    )  # fmt: skip
+    )
     assert main(["run", "--config", str(profile)]) == 1, "the planted contamination fails the blocking check"
     contamination = read_json(home / "reports" / "evaluation.json")["contamination"]
     labeled = contamination["sets"]["labeled_test"]
@@ -90,8 +115,14 @@ def test_raw_corpus_to_evaluation_report(home, tmp_path, corpus_dir, capsys):
     assert "labeled_test" in check.description and "threshold 0.05" in check.description
 
     # a high threshold passes; must_beat=[]: the tiny model loses to its baselines, which the promotion gate checks
-    sets = ["--set", "evaluation_report.contamination.threshold=1.0", "--set", "evaluation_report.must_beat=[]",
-            "--set", "evaluation_report.generation.top_k=5"]  # fmt: skip
+    sets = [
+        "--set",
+        "evaluation_report.contamination.threshold=1.0",
+        "--set",
+        "evaluation_report.must_beat=[]",
+        "--set",
+        "evaluation_report.generation.top_k=5",
+    ]
     assert main(["run", "--config", str(profile), "--select", "evaluation_report", *sets]) == 0
     assert _check(home, "evaluation_uncontaminated").passed
     out = capsys.readouterr().out

@@ -33,16 +33,52 @@ from tests.integration.conftest import make_corpus, write_profile
 from tests.integration.test_finetune_pipeline import TINY, _tasks
 
 ROWS = [
-    MetricRow(metric="perplexity (test)", model="model", value=90.0, baseline="n-gram", baseline_value=100.0,
-              beats_baseline=True, improvement=10.0, low=4.0, high=16.0, p_value=0.001, items=30, rule="must_beat",
-              passes=True),
-    MetricRow(metric="ROUGE-L F", model="fine-tuned", value=0.07, baseline="base", baseline_value=0.06,
-              beats_baseline=True, improvement=0.01, low=-0.01, high=0.03, p_value=0.3, items=20, rule="must_beat",
-              passes=False),
-    MetricRow(metric="accuracy", model="head", value=0.5, baseline="bag of words", baseline_value=0.52,
-              beats_baseline=False, improvement=-0.02, low=-0.06, high=0.02, p_value=0.4, items=60,
-              rule="must_not_lose", passes=True),
-]  # fmt: skip
+    MetricRow(
+        metric="perplexity (test)",
+        model="model",
+        value=90.0,
+        baseline="n-gram",
+        baseline_value=100.0,
+        beats_baseline=True,
+        improvement=10.0,
+        low=4.0,
+        high=16.0,
+        p_value=0.001,
+        items=30,
+        rule="must_beat",
+        passes=True,
+    ),
+    MetricRow(
+        metric="ROUGE-L F",
+        model="fine-tuned",
+        value=0.07,
+        baseline="base",
+        baseline_value=0.06,
+        beats_baseline=True,
+        improvement=0.01,
+        low=-0.01,
+        high=0.03,
+        p_value=0.3,
+        items=20,
+        rule="must_beat",
+        passes=False,
+    ),
+    MetricRow(
+        metric="accuracy",
+        model="head",
+        value=0.5,
+        baseline="bag of words",
+        baseline_value=0.52,
+        beats_baseline=False,
+        improvement=-0.02,
+        low=-0.06,
+        high=0.02,
+        p_value=0.4,
+        items=60,
+        rule="must_not_lose",
+        passes=True,
+    ),
+]
 
 
 def test_the_gate_names_each_row_that_misses_its_rule():
@@ -53,8 +89,10 @@ def test_the_gate_names_each_row_that_misses_its_rule():
     assert rules["ROUGE-L F"] == "must_beat" and rules["accuracy"] == "must_not_lose" and rules["macro-F1"] is None
     assert EvaluationConfig(must_not_lose=["accuracy"]).rules()["macro-F1"] == "must_beat", "None: all the others"
     failed = gate_failures(ROWS, None, [])
-    assert failed == ["ROUGE-L F (must_beat): fine-tuned 0.07 vs base 0.06, improvement +0.0100 [-0.0100, +0.0300] "
-                      "p=0.3; needs the whole interval above 0"]  # fmt: skip
+    assert failed == [
+        "ROUGE-L F (must_beat): fine-tuned 0.07 vs base 0.06, improvement +0.0100 [-0.0100, +0.0300] "
+        "p=0.3; needs the whole interval above 0"
+    ]
     assert gate_failures(ROWS, ["perplexity (test)", "macro-F1"], [])[0] == (
         "macro-F1: not in the report (its inputs produced no such row)"
     )
@@ -81,21 +119,40 @@ def test_a_regression_is_measured_in_the_direction_of_each_metric():
 
 
 def test_every_table_metric_has_a_direction_and_an_interval():
-    docs = {"tokens": [100] * 30, "bytes": [330] * 30, "model_nats": [300.0 + i % 7 for i in range(30)],
-            "ngram_nats": [340.0 + i % 5 for i in range(30)]}  # fmt: skip
-    ppl = {"model": {"perplexity": 9.0, "bits_per_byte": 1.1}, "ngram": {"perplexity": 10.0, "bits_per_byte": 1.2},
-           "documents": docs}  # fmt: skip
+    docs = {
+        "tokens": [100] * 30,
+        "bytes": [330] * 30,
+        "model_nats": [300.0 + i % 7 for i in range(30)],
+        "ngram_nats": [340.0 + i % 5 for i in range(30)],
+    }
+    ppl = {
+        "model": {"perplexity": 9.0, "bits_per_byte": 1.1},
+        "ngram": {"perplexity": 10.0, "bits_per_byte": 1.2},
+        "documents": docs,
+    }
     refs = [f"the answer number {i} is here" for i in range(20)]
     gens = {"fine_tuned": [f"the answer number {i}" for i in range(20)], "base": ["nothing"] * 20}
-    decoded = {"generations": gens, "rouge": {n: rouge_batch(g, refs) for n, g in gens.items()},
-               "repetition": {"fine_tuned": {}, "base": {}}}  # fmt: skip
+    decoded = {
+        "generations": gens,
+        "rouge": {n: rouge_batch(g, refs) for n, g in gens.items()},
+        "repetition": {"fine_tuned": {}, "base": {}},
+    }
     rouge = {"generation": decoded, "greedy": decoded, "examples": 20, "decoding": {}, "samples": []}
     truth = ["a", "b"] * 30
-    cls = {"labels": ["a", "b"], "head": {"accuracy": 0.9, "macro_f1": 0.9, "predictions": truth},
-           "bow": {"accuracy": 0.5, "macro_f1": 0.5, "predictions": ["a"] * 60}}  # fmt: skip
+    cls = {
+        "labels": ["a", "b"],
+        "head": {"accuracy": 0.9, "macro_f1": 0.9, "predictions": truth},
+        "bow": {"accuracy": 0.5, "macro_f1": 0.5, "predictions": ["a"] * 60},
+    }
+
     def inputs(cls):
-        return ReportInputs(perplexity=ppl, answers=rouge, references=refs,
-                            classifiers=ClassifierResults.from_report(cls, METHODS), truth=truth)  # fmt: skip
+        return ReportInputs(
+            perplexity=ppl,
+            answers=rouge,
+            references=refs,
+            classifiers=ClassifierResults.from_report(cls, METHODS),
+            truth=truth,
+        )
 
     rules = EvaluationConfig(must_not_lose=["ROUGE-1 F"]).rules()
     rows = metric_rows(inputs(cls), rules, SignificanceConfig())
@@ -135,13 +192,22 @@ def gated(tmp_path_factory):
         labels, sft = _tasks(tmp)
         assets = {**TINY, "evaluation_report": {**TINY["evaluation_report"], "must_beat": None}}
         profile = write_profile(
-            tmp / "p.yaml", [str(make_corpus(tmp / "corpus"))], **assets, labeled_data=labels,
+            tmp / "p.yaml",
+            [str(make_corpus(tmp / "corpus"))],
+            **assets,
+            labeled_data=labels,
             sft_dataset={"records": [sft], "holdout_fraction": 0.4, "pack": True},
-        )  # fmt: skip
+        )
         code = main(["run", "--config", str(profile)])
         instance = _instance(tmp / "home")
-        yield {"tmp": tmp, "home": tmp / "home", "profile": profile, "code": code, "instance": instance,
-               "run_id": _latest_run(instance)}  # fmt: skip
+        yield {
+            "tmp": tmp,
+            "home": tmp / "home",
+            "profile": profile,
+            "code": code,
+            "instance": instance,
+            "run_id": _latest_run(instance),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -239,11 +305,32 @@ def test_lm_evaluation_harness_scores_the_export_offline(promoted, tmp_path):
         'test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
         "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
     )
-    offline = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}  # fmt: skip
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={meta['sft_dir'].value}",
-           "--tasks", "lmpipe_test_split", "--include_path", str(tmp_path), "--device", "cpu", "--batch_size", "1",
-           "--output_path", str(tmp_path / "out")]  # fmt: skip
+    offline = {
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={meta['sft_dir'].value}",
+        "--tasks",
+        "lmpipe_test_split",
+        "--include_path",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--batch_size",
+        "1",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(cmd, env={**os.environ, **offline}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]

@@ -39,8 +39,15 @@ def _no_run_outlives_its_test():
 def _cli(home: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "LMPIPE_HOME": str(home), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pipelines.cli", "run", *args]
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     _STARTED.append(proc)
     return proc
 
@@ -132,13 +139,26 @@ def test_kill_9_during_sft_and_the_classifiers_the_rerun_resumes_to_the_uninterr
     from tests.integration.test_finetune_pipeline import _tasks
 
     labels, sft = _tasks(tmp_path)
-    steps = {"max_steps": STEPS, "batch_size": 2, "warmup_steps": 1, "eval_every": 20, "eval_batches": 1,
-             "checkpoint_every": 4, "log_every": 4}  # fmt: skip
-    profile = str(write_profile(
-        tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model={**MODEL, "train": {**TRAIN, "max_steps": 8}},
-        labeled_data=labels, sft_dataset={"records": [sft], "holdout_fraction": 0.4, "pack": True},
-        sft_model={"train": steps}, classifier_report={"methods": ["head", "bow"], "head": steps},
-    ))  # fmt: skip
+    steps = {
+        "max_steps": STEPS,
+        "batch_size": 2,
+        "warmup_steps": 1,
+        "eval_every": 20,
+        "eval_batches": 1,
+        "checkpoint_every": 4,
+        "log_every": 4,
+    }
+    profile = str(
+        write_profile(
+            tmp_path / "p.yaml",
+            [str(corpus_dir)],
+            pretrained_model={**MODEL, "train": {**TRAIN, "max_steps": 8}},
+            labeled_data=labels,
+            sft_dataset={"records": [sft], "holdout_fraction": 0.4, "pack": True},
+            sft_model={"train": steps},
+            classifier_report={"methods": ["head", "bow"], "head": steps},
+        )
+    )
     home, reference = tmp_path / "home", tmp_path / "reference"
     before = "group:data or key:pretrained_model or key:sft_dataset or key:labeled_data"
     _finish(_cli(home, "--config", profile, "--select", before))
@@ -210,8 +230,10 @@ def test_sigterm_stops_a_run_within_seconds_in_tokenizer_training_and_in_pretrai
     the same command then resumes from the last checkpoint."""
     letters = "".join("abcdefghijklmnop"[(i * i + i // 7) % 16] for i in range(600_000))
     (corpus_dir / "no_spaces.txt").write_text(letters)  # unbounded (max_word_chars: 0), BPE on it takes minutes
-    slow = {"clean_corpus": {"min_doc_chars": 20, "max_doc_chars": 0}, "tokenizer": {"vocab_size": 2000,
-            "max_word_chars": 0}}  # fmt: skip
+    slow = {
+        "clean_corpus": {"min_doc_chars": 20, "max_doc_chars": 0},
+        "tokenizer": {"vocab_size": 2000, "max_word_chars": 0},
+    }
     profile = str(write_profile(tmp_path / "slow.yaml", [str(corpus_dir)], **slow))
     home = tmp_path / "slow"
     started = time.monotonic()

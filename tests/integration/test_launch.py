@@ -35,9 +35,12 @@ def test_sft_and_the_classifiers_train_under_torchrun(home, tmp_path, corpus_dir
         "classifier_report": {**TINY["classifier_report"], **TWO},
     }
     profile = write_profile(
-        tmp_path / "p.yaml", [str(corpus_dir)], **assets, labeled_data=labels,
+        tmp_path / "p.yaml",
+        [str(corpus_dir)],
+        **assets,
+        labeled_data=labels,
         sft_dataset={"records": [sft], "holdout_fraction": 0.4},
-    )  # fmt: skip
+    )
     selection = "group:data or key:pretrained_model or key:sft_dataset or key:labeled_data or key:sft_model"
     assert main(["run", "--config", str(profile), "--select", f"{selection} or key:classifier_report"]) == 0
 

@@ -67,8 +67,11 @@ def test_a_profile_edit_changes_the_code_version_of_that_asset_only(tmp_path, co
     before = build_definitions(load_profile(config_file=path)).resolve_asset_graph()
     path = write_profile(tmp_path / "p.yaml", [str(corpus_dir)], tokenizer={"vocab_size": 320})
     after = build_definitions(load_profile(config_file=path)).resolve_asset_graph()
-    changed = {k.to_user_string() for k in after.materializable_asset_keys
-               if after.get(k).code_version != before.get(k).code_version}  # fmt: skip
+    changed = {
+        k.to_user_string()
+        for k in after.materializable_asset_keys
+        if after.get(k).code_version != before.get(k).code_version
+    }
     assert changed == {"tokenizer"}
     assert (
         after.get(dg.AssetKey("tokenizer")).metadata[CONFIG_SHA_KEY]
@@ -115,8 +118,12 @@ def test_a_downstream_asset_refuses_an_upstream_built_with_another_config(home, 
     prepare_home()
     edited = {"ops": {"raw_corpus": {"config": {"invalid_utf8": "replace"}}}}
     job = defs.resolve_implicit_global_asset_job_def()
-    other = job.execute_in_process(run_config=edited, instance=dg.DagsterInstance.get(),
-                                   asset_selection=[dg.AssetKey("raw_corpus")], tags=ALL_PARTITIONS)  # fmt: skip
+    other = job.execute_in_process(
+        run_config=edited,
+        instance=dg.DagsterInstance.get(),
+        asset_selection=[dg.AssetKey("raw_corpus")],
+        tags=ALL_PARTITIONS,
+    )
     assert other.success
     capsys.readouterr()
 
@@ -228,10 +235,16 @@ def test_a_dg_project_whose_launch_runs_the_profile(home, tmp_path, corpus_dir):
     profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)])
     prepare_home()  # the instance dg launch runs against: $LMPIPE_HOME/dagster
     # ATEN_CPU_CAPABILITY: the code location pins torch's kernels whatever the shell forced
-    env = {**os.environ, "LMPIPE_PROFILE": str(profile), "VIRTUAL_ENV": sys.prefix, "OMP_NUM_THREADS": "1",
-           "ATEN_CPU_CAPABILITY": "default"}  # fmt: skip
-    checked = subprocess.run([str(dg_cli), "check", "defs"], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+    env = {
+        **os.environ,
+        "LMPIPE_PROFILE": str(profile),
+        "VIRTUAL_ENV": sys.prefix,
+        "OMP_NUM_THREADS": "1",
+        "ATEN_CPU_CAPABILITY": "default",
+    }
+    checked = subprocess.run(
+        [str(dg_cli), "check", "defs"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout, checked.stderr
     launch = [str(dg_cli), "launch", "--assets", "raw_corpus", "--partition-range", "00...15"]
     launched = subprocess.run(launch, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -130,10 +130,24 @@ def test_retrain_job_warm_starts_from_the_previous_model(home, tmp_path, corpus_
 def test_the_derived_tasks_read_every_split_of_the_builtin_corpus(home, tmp_path):
     """labeled_data's derived examples (docstring -> stdlib family) come from the split index's rows, each in its
     document's split."""
-    profile = write_profile(tmp_path / "p.yaml", ["builtin:python-docs"], clean_corpus={"min_doc_chars": 200},
-                            splits={"val_fraction": 0.05, "test_fraction": 0.05})  # fmt: skip
-    assert main(["run", "--config", str(profile), "--select", "key:raw_corpus or key:clean_corpus or key:splits "
-                 "or key:labeled_data"]) == 0  # fmt: skip
+    profile = write_profile(
+        tmp_path / "p.yaml",
+        ["builtin:python-docs"],
+        clean_corpus={"min_doc_chars": 200},
+        splits={"val_fraction": 0.05, "test_fraction": 0.05},
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(profile),
+                "--select",
+                "key:raw_corpus or key:clean_corpus or key:splits or key:labeled_data",
+            ]
+        )
+        == 0
+    )
     mat = _latest(home, "labeled_data")
     rows = {part: _value(mat, f"{part}_rows") for part in ("train", "validation", "test")}
     assert rows["train"] > 10 * rows["test"] > 0 and rows["validation"] > 0, rows

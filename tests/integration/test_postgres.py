@@ -25,9 +25,22 @@ def test_runs_are_recorded_in_postgres(home, tmp_path, corpus_dir, postgres):
     assert len(runs) == 1 and runs[0].is_success
     assert instance.get_latest_materialization_event(dg.AssetKey("clean_corpus")) is not None
     out = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-p", str(postgres), "-U", "postgres", "-d", "lmpipe", "-tAc",
-         "select count(*) from runs"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(postgres),
+            "-U",
+            "postgres",
+            "-d",
+            "lmpipe",
+            "-tAc",
+            "select count(*) from runs",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert out.strip() == "1"
     assert not Path(home / "dagster" / "storage" / "runs.db").exists()

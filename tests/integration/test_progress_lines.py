@@ -24,8 +24,16 @@ _STAMP = r"\d\d:\d\d:\d\d"
 def test_a_run_piped_to_a_log_prints_each_stage_and_training_step_as_it_happens(tmp_path, corpus_dir):
     profile = write_profile(tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model=TINY)
     env = {**os.environ, "LMPIPE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--config", str(profile), "--select",
-           "group:data or group:pretrain"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "run",
+        "--config",
+        str(profile),
+        "--select",
+        "group:data or group:pretrain",
+    ]
     with open(tmp_path / "stderr", "w") as err:
         proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
         lines, running_at = [], {}
@@ -97,9 +105,13 @@ def test_lines_throttle_progress_and_print_training_records_at_the_log_interval(
     lines.metrics("pretrained_model", "train steps", {"step": 3, "checkpoint": "x"}, 12)
     lines.metrics("pretrained_model", "train steps", {"step": 10, "loss": 5.5123, "lr": 0.001, "mfu": None}, 12)
     printed = [x.split(" ", 1)[1] for x in lines.console.file.getvalue().splitlines()]
-    assert printed == ["token_shards started", "token_shards: tokenize documents 200",
-                       "token_shards: tokenize documents 403", "token_shards finished in 1m15s",
-                       "pretrained_model: train steps 10/12 loss=5.512 lr=0.001"]  # fmt: skip
+    assert printed == [
+        "token_shards started",
+        "token_shards: tokenize documents 200",
+        "token_shards: tokenize documents 403",
+        "token_shards finished in 1m15s",
+        "pretrained_model: train steps 10/12 loss=5.512 lr=0.001",
+    ]
 
 
 def test_the_display_follows_the_terminal_and_names_steps_after_their_assets():

@@ -21,13 +21,36 @@ from tests.integration.conftest import make_corpus, write_profile
 from tests.integration.test_finetune_pipeline import TINY, _tasks
 
 WALK = {
-    "max_steps": 7, "batch_size": 3, "grad_accum_steps": 2, "lr": 0.0123, "min_lr_ratio": 0.2, "warmup_steps": 2,
-    "weight_decay": 0.05, "betas": [0.8, 0.9], "grad_clip": 0.5, "eval_every": 3, "eval_batches": 2,
-    "checkpoint_every": 4, "keep_checkpoints": 3, "seed": 5, "dtype": "float32", "compile": True, "device": "cpu",
-    "log_every": 2, "peak_flops": 1e12, "data_parallel": "fsdp", "schedule": "wsd", "decay_fraction": 0.5,
-    "optimizer": "muon", "muon_lr": 0.01, "muon_momentum": 0.9, "objective": "masked", "mask_rate": 0.2,
-    "corruption_rate": 0.25, "mean_span_length": 2.5,
-}  # fmt: skip
+    "max_steps": 7,
+    "batch_size": 3,
+    "grad_accum_steps": 2,
+    "lr": 0.0123,
+    "min_lr_ratio": 0.2,
+    "warmup_steps": 2,
+    "weight_decay": 0.05,
+    "betas": [0.8, 0.9],
+    "grad_clip": 0.5,
+    "eval_every": 3,
+    "eval_batches": 2,
+    "checkpoint_every": 4,
+    "keep_checkpoints": 3,
+    "seed": 5,
+    "dtype": "float32",
+    "compile": True,
+    "device": "cpu",
+    "log_every": 2,
+    "peak_flops": 1e12,
+    "data_parallel": "fsdp",
+    "schedule": "wsd",
+    "decay_fraction": 0.5,
+    "optimizer": "muon",
+    "muon_lr": 0.01,
+    "muon_momentum": 0.9,
+    "objective": "masked",
+    "mask_rate": 0.2,
+    "corruption_rate": 0.25,
+    "mean_span_length": 2.5,
+}
 CAUSAL = {**WALK, "objective": "causal"}  # fine-tuning runs learn replies or labels: they refuse another objective
 
 
@@ -73,15 +96,18 @@ def _reached(monkeypatch, tmp_path, sources, extra, asset, config, name) -> list
 @pytest.mark.parametrize(
     "name,asset,config",
     [
-        ("pretrain", "pretrained_model",
-         {"preset": "tiny", "model": {"context_length": 64, "attention": "bidirectional"}, "train": WALK}),
+        (
+            "pretrain",
+            "pretrained_model",
+            {"preset": "tiny", "model": {"context_length": 64, "attention": "bidirectional"}, "train": WALK},
+        ),
         ("sft", "sft_model", {"train": CAUSAL}),
         ("label_lm", "classifier_report", {"label_lm": CAUSAL, "methods": ["label_lm"]}),
         ("head", "classifier_report", {"head": CAUSAL, "methods": ["head"]}),
         ("adapt", "classifier_report", {"adapt": CAUSAL, "methods": ["label_lm"]}),  # adaptation runs first
         ("encoder_pretrain", "classifier_report", {"encoder_pretrain": WALK, "methods": ["encoder"]}),  # on the shards
     ],
-)  # fmt: skip
+)
 def test_every_field_reaches_the_loop(upstream, monkeypatch, name, asset, config):
     tmp_path, sources, extra = upstream
     seen = _reached(monkeypatch, tmp_path, sources, extra, asset, config, name)

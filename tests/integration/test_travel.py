@@ -25,8 +25,9 @@ MODEL = {"preset": "tiny", "model": {"context_length": 32}, "train": TRAIN}
 def cli(home: Path, bucket: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "LMPIPE_HOME": str(home), "LMPIPE_ARTIFACTS_URL": f"file://{bucket}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pipelines.cli", "run", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def finish(proc: subprocess.Popen) -> None:
@@ -74,8 +75,14 @@ def test_pretraining_killed_on_one_machine_resumes_on_another(tmp_path: Path, co
     spec = {"model": model, "train": TRAIN, "shard_root": str(shards), "runs_dir": str(tmp_path / "reference")}
     (tmp_path / "ref.json").write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "lmcore.train.entry", "--config", str(tmp_path / "ref.json")],
-                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "lmcore.train.entry", "--config", str(tmp_path / "ref.json")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     reference = json.loads(out.splitlines()[-1])
     assert mat.metadata["checkpoint_sha256"].value == reference["checkpoint_sha256"], "same weights as uninterrupted"
     assert read_json(run / "step-00000040" / "meta.json")["progress"]["loss_history"] == reference["loss_history"]

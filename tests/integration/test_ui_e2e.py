@@ -274,8 +274,11 @@ def _materialize_pretrained_model(page, server: UiServer, tmp_path: Path, shots:
     page.get_by_role("button", name=re.compile(r"Materialize$")).first.click()  # its name starts with an icon
     deadline = time.monotonic() + 300
     while True:
-        runs = [r for r in server.graphql(_RUNS)["runsOrError"]["results"]
-                if [a["path"] for a in r["assetSelection"] or []] == [["pretrained_model"]]]  # fmt: skip
+        runs = [
+            r
+            for r in server.graphql(_RUNS)["runsOrError"]["results"]
+            if [a["path"] for a in r["assetSelection"] or []] == [["pretrained_model"]]
+        ]
         if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
             break
         if time.monotonic() > deadline:

@@ -17,12 +17,20 @@ RUN = {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1, "c
 
 
 def test_variants_train_and_report_beside_the_baselines(home, tmp_path, corpus_dir, capsys):
-    variants = {"preset": "tiny", "model": {"context_length": 64}, "train": RUN, "pseudo_perplexity_rows": 1,
-                "variants": ["dense", "moe_token", "moe_expert", "span", "masked"]}  # fmt: skip
+    variants = {
+        "preset": "tiny",
+        "model": {"context_length": 64},
+        "train": RUN,
+        "pseudo_perplexity_rows": 1,
+        "variants": ["dense", "moe_token", "moe_expert", "span", "masked"],
+    }
     profile = write_profile(
-        tmp_path / "p.yaml", [str(corpus_dir)], pretrained_model=TINY["pretrained_model"],
-        perplexity_report={"rnn": {"steps": 5}}, variants_report=variants,
-    )  # fmt: skip
+        tmp_path / "p.yaml",
+        [str(corpus_dir)],
+        pretrained_model=TINY["pretrained_model"],
+        perplexity_report={"rnn": {"steps": 5}},
+        variants_report=variants,
+    )
     assert main(["run", "--config", str(profile), "--select", "*variants_report"]) == 0
     out = capsys.readouterr().out
     assert "variants_report: moe_token train steps 4/4" in out  # progress per variant

@@ -298,16 +298,26 @@ def test_clean_corpus_outputs_and_manifest(corpus, tmp_path):
     assert manifest["dropped"] == {"empty": 1, "too_short": 1, "repetition": 1}
     assert {r["doc_id"] for r in dropped} == {"tiny", "spam", "hollow"}
     assert [r["doc_id"] for r in kept] == [
-        "book-0000", "book-0001", "essay-0000", "essay-0001", "essay-copy-0000", "essay-copy-0001"
-    ]  # fmt: skip
+        "book-0000",
+        "book-0001",
+        "essay-0000",
+        "essay-0001",
+        "essay-copy-0000",
+        "essay-copy-0001",
+    ]
     assert all(r["source"] == "test" and "\r" not in r["text"] for r in kept)
     assert [r["spec"] for r in kept] == ["test-spec"] * 4 + ["other-spec"] * 2  # each row keeps its source spec
     for s in manifest["shards"] + manifest["dropped_shards"]:
         assert sha256_file(out / s["path"]) == s["sha256"]
     assert pq.read_schema(out / manifest["shards"][0]["path"]).equals(CLEAN_SCHEMA)
     assert pq.read_schema(out / manifest["dropped_shards"][0]["path"]).names == [
-        "doc_id", "source", "spec", "text", "source_doc_id", "reason"
-    ]  # fmt: skip
+        "doc_id",
+        "source",
+        "spec",
+        "text",
+        "source_doc_id",
+        "reason",
+    ]
     assert [r["source_doc_id"] for r in kept] == ["book", "book", "essay", "essay", "essay-copy", "essay-copy"]
 
 

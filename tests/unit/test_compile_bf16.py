@@ -40,8 +40,9 @@ def config(compile: bool, **overrides) -> TrainConfig:
     # peak_flops is given so that no run times a bf16 matmul to find the CPU's peak (this CPU has no native
     # bf16: a 256-wide probe and a few timings, a fraction of a second, but nothing these tests need).
     base = dict(max_steps=30, batch_size=4, lr=3e-3, warmup_steps=2, eval_batches=0, log_every=1, checkpoint_every=10)
-    return TrainConfig(**{**base, "dtype": "bfloat16", "compile": compile, "device": "cpu", "peak_flops": 1e12,
-                          **overrides})  # fmt: skip
+    return TrainConfig(
+        **{**base, "dtype": "bfloat16", "compile": compile, "device": "cpu", "peak_flops": 1e12, **overrides}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +146,13 @@ def test_compiled_bf16_checkpoint_loads_and_generates(runs, tok, text_shards) ->
 
     text = generate_text(model, tok, "The", greedy(), max_new_tokens=12)
     prompt = tok.encode("The", add_special_tokens=False).ids
-    assert text == tok.decode(generate(model, prompt, greedy(), max_new_tokens=12, stop_ids=[tok.eot_id]),
-                              skip_special_tokens=False) and text  # fmt: skip
+    assert (
+        text
+        == tok.decode(
+            generate(model, prompt, greedy(), max_new_tokens=12, stop_ids=[tok.eot_id]), skip_special_tokens=False
+        )
+        and text
+    )
     seeded = replace(greedy(), temperature=1.0, seed=3)
     sampled = generate(model, prompt, seeded, max_new_tokens=12)
     assert sampled == generate(model, prompt, seeded, max_new_tokens=12), "a seed fixes the sample"

@@ -71,8 +71,12 @@ def test_the_index_counts_its_memory_and_merges_in_batches(monkeypatch):
     # shared 13-grams once; then "... light number" (shared) and "... light number i" (one per text)
     distinct = len(normalize_words(BOOK)) - 12 + 1 + 5
     assert at_once.hashes[13].size == distinct and at_once.nbytes == 8 * (distinct + 5)  # + one hash per text
-    assert at_once.summary() == {"texts": 5, "words": 5 * (len(normalize_words(BOOK)) + 2), "ngrams": distinct,
-                                 "bytes": at_once.nbytes}  # fmt: skip
+    assert at_once.summary() == {
+        "texts": 5,
+        "words": 5 * (len(normalize_words(BOOK)) + 2),
+        "ngrams": distinct,
+        "bytes": at_once.nbytes,
+    }
 
 
 def test_short_examples_are_checked_whole():
@@ -98,9 +102,12 @@ def test_report_lists_contaminated_examples_capped():
     texts = [BOOK] * 3 + ["nothing to see here"]
     cfg = ContaminationConfig(max_listed=2, snippet_chars=30)
     report = contamination_report(
-        texts, find_contamination(texts, {"pretraining": index}, cfg), cfg, checked_against=["pretraining"],
+        texts,
+        find_contamination(texts, {"pretraining": index}, cfg),
+        cfg,
+        checked_against=["pretraining"],
         ids=["a", "b", "c", "d"],
-    )  # fmt: skip
+    )
     assert report["examples"] == 4 and report["contaminated"] == 3 and report["fraction"] == 0.75
     assert [x["id"] for x in report["listed"]] == ["a", "b"] and len(report["listed"][0]["text"]) == 30
     assert report["listed"][0]["source"] == "pretraining" and report["short_examples"] == 1

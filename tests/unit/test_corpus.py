@@ -52,9 +52,12 @@ def test_fixture_sources_read_back_with_manifest(tmp_path):
     assert manifest["sources"][1]["version"] == f"sha256:{sha256_file(FIXTURES / 'chat.jsonl')}"
     assert "python_version" not in manifest and manifest["partition"] is None
     assert [u["key"] for u in manifest["units"]] == [
-        "gutenberg/11-0.txt", "gutenberg/1342-0.txt", "gutenberg/more/84-0.txt", "sources/chat.jsonl",
+        "gutenberg/11-0.txt",
+        "gutenberg/1342-0.txt",
+        "gutenberg/more/84-0.txt",
+        "sources/chat.jsonl",
         "sources/quotes.csv",
-    ]  # fmt: skip
+    ]
     assert manifest["units"][3] == {
         "spec": specs[1],
         "key": "sources/chat.jsonl",

@@ -50,18 +50,25 @@ def test_a_bad_level_is_refused_naming_the_variable():
     with pytest.raises(ValueError, match=r"LMPIPE_CPU_DISPATCH='avx9': must be one of avx2, avx512, default, native"):
         wanted_level({DISPATCH_ENV: "avx9"})
     assert wanted_level({}) == "avx2" and wanted_level({DISPATCH_ENV: " AVX512 "}) == "avx512"
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--select", "raw_corpus"], cwd=REPO,
-                         env=_env(LMPIPE_CPU_DISPATCH="avx9", LMPIPE_HOME="/nonexistent/never-made"),
-                         capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--select", "raw_corpus"],
+        cwd=REPO,
+        env=_env(LMPIPE_CPU_DISPATCH="avx9", LMPIPE_HOME="/nonexistent/never-made"),
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "LMPIPE_CPU_DISPATCH='avx9'" in out.stdout + out.stderr
     assert not Path("/nonexistent/never-made").exists(), "nothing was created"
 
 
 def _train(tmp: Path, name: str, shards: Path, **changes: str) -> dict:
     """A short training run through the torchrun entry, in a fresh process with ``changes`` in its environment."""
-    spec = {"model": {"preset": "tiny", "vocab_size": 64, "context_length": 32}, "shard_root": str(shards),
-            "train": config(max_steps=12, eval_every=0, checkpoint_every=0).to_dict(),
-            "runs_dir": str(tmp / f"runs-{name}")}  # fmt: skip
+    spec = {
+        "model": {"preset": "tiny", "vocab_size": 64, "context_length": 32},
+        "shard_root": str(shards),
+        "train": config(max_steps=12, eval_every=0, checkpoint_every=0).to_dict(),
+        "runs_dir": str(tmp / f"runs-{name}"),
+    }
     (tmp / f"{name}.json").write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "lmcore.train.entry", "--config", str(tmp / f"{name}.json")]
     out = subprocess.run(cmd, cwd=REPO, env=_env(**changes), capture_output=True, text=True, check=True)
@@ -75,9 +82,11 @@ def test_forced_dispatch_and_other_threads_train_the_same_weights(tmp_path):
     assert other_level["checkpoint_sha256"] != pinned["checkpoint_sha256"], (
         "precondition: the kernel level changes this run's weights (else this test could not fail)"
     )
-    for name, changes in {"forced_avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
-                          "forced_default": {"ATEN_CPU_CAPABILITY": "default"},
-                          "one_thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}.items():  # fmt: skip
+    for name, changes in {
+        "forced_avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
+        "forced_default": {"ATEN_CPU_CAPABILITY": "default"},
+        "one_thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    }.items():
         run = _train(tmp_path, name, shards, **changes)
         assert run["checkpoint_sha256"] == pinned["checkpoint_sha256"], name
         assert run["loss_history"] == pinned["loss_history"], name

@@ -98,22 +98,32 @@ def _inputs(seed: int, docs: dict[str, str], near: bool) -> tuple[list[str], lis
 
 
 def test_resolve_duplicates_keeps_the_smallest_doc_id_in_any_order():
-    docs = {"m-copy": "same", "c-first": "same", "x-copy": "same", "b-near": NEAR, "z-base": " ".join(BASE),
-            "f-far": FAR, "a-alone": "alone"}  # fmt: skip
+    docs = {
+        "m-copy": "same",
+        "c-first": "same",
+        "x-copy": "same",
+        "b-near": NEAR,
+        "z-base": " ".join(BASE),
+        "f-far": FAR,
+        "a-alone": "alone",
+    }
     want = {"m-copy": "exact_duplicate", "x-copy": "exact_duplicate", "z-base": "near_duplicate"}
     for seed in range(5):
         ids, digests, signatures = _inputs(seed, docs, near=True)
         assert resolve_duplicates(ids, digests, signatures, exact=True, near=NearDeduper()) == want
     ids, digests, _ = _inputs(0, docs, near=False)
     assert resolve_duplicates(ids, digests, None, exact=True, near=None) == {
-        "m-copy": "exact_duplicate", "x-copy": "exact_duplicate"
-    }  # fmt: skip
+        "m-copy": "exact_duplicate",
+        "x-copy": "exact_duplicate",
+    }
     assert resolve_duplicates(ids, digests, None, exact=False, near=None) == {}
     ids, digests, signatures = _inputs(1, docs, near=True)
     # without exact dedup identical texts are near duplicates of each other (similarity 1)
     assert resolve_duplicates(ids, digests, signatures, exact=False, near=NearDeduper()) == {
-        "m-copy": "near_duplicate", "x-copy": "near_duplicate", "z-base": "near_duplicate"
-    }  # fmt: skip
+        "m-copy": "near_duplicate",
+        "x-copy": "near_duplicate",
+        "z-base": "near_duplicate",
+    }
 
 
 def test_clean_writes_near_signatures_and_split_corpus_drops_the_near_copy(tmp_path: Path):

@@ -171,9 +171,13 @@ def test_moe_learns_and_reports_its_experts(shards: Path, tmp_path: Path):
 
 @pytest.mark.parametrize(
     "overrides, named",
-    [(dict(n_experts=2, expert_top_k=3), "expert_top_k"), (dict(n_experts=2, routing="x"), "routing"),
-     (dict(n_experts=-1), "n_experts"), (dict(n_experts=2, capacity_factor=-1.0), "capacity_factor")],
-)  # fmt: skip
+    [
+        (dict(n_experts=2, expert_top_k=3), "expert_top_k"),
+        (dict(n_experts=2, routing="x"), "routing"),
+        (dict(n_experts=-1), "n_experts"),
+        (dict(n_experts=2, capacity_factor=-1.0), "capacity_factor"),
+    ],
+)
 def test_bad_moe_configs_are_named(overrides, named):
     with pytest.raises(ValueError, match=named):
         tiny(**overrides)
@@ -183,8 +187,14 @@ def test_bad_moe_configs_are_named(overrides, named):
 def test_moe_trains_under_ddp(shards: Path, tmp_path: Path) -> None:
     """Two ranks: every expert parameter gets a gradient every step (no unused parameters), the loss falls."""
     train_cfg = dict(max_steps=6, batch_size=4, lr=3e-3, checkpoint_every=0, eval_batches=1, log_every=1, device="cpu")
-    model = {"preset": "tiny", "vocab_size": 64, "context_length": 32, "n_experts": 4, "expert_top_k": 1,
-             "capacity_factor": 1.0}  # fmt: skip
+    model = {
+        "preset": "tiny",
+        "vocab_size": 64,
+        "context_length": 32,
+        "n_experts": 4,
+        "expert_top_k": 1,
+        "capacity_factor": 1.0,
+    }
     spec = {"model": model, "shard_root": str(shards), "train": train_cfg, "runs_dir": str(tmp_path / "ddp")}
     summary = torchrun(spec, tmp_path, "ddp")[-1]
     assert summary["world_size"] == 2 and summary["loss_history"][-1][1] < summary["loss_history"][0][1]

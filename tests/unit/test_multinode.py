@@ -52,14 +52,27 @@ def test_one_node_is_standalone_and_several_meet_at_the_endpoint():
     one = LaunchConfig(nproc_per_node=4)
     assert not one.in_process and one.world_size == 4 and LaunchConfig().in_process
     assert torchrun_argv(one, program, python="py") == [
-        "py", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", *program,
-    ]  # fmt: skip
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=4",
+        "--standalone",
+        *program,
+    ]
     node = LaunchConfig(nproc_per_node=8, nnodes=4, node_rank=3, rdzv_endpoint="trainer-0.trainer:29500")
     assert node.world_size == 32
     assert torchrun_argv(node, program, job_id="run-1", python="py") == [
-        "py", "-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=4", "--node-rank=3",
-        "--rdzv-backend=c10d", "--rdzv-endpoint=trainer-0.trainer:29500", "--rdzv-id=run-1", *program,
-    ]  # fmt: skip
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=8",
+        "--nnodes=4",
+        "--node-rank=3",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=trainer-0.trainer:29500",
+        "--rdzv-id=run-1",
+        *program,
+    ]
     fixed = LaunchConfig(nnodes=2, rdzv_endpoint="[::1]:29500", rdzv_id="mine", rdzv_backend="static")
     assert "--rdzv-id=mine" in torchrun_argv(fixed, program, job_id="ignored")
     with pytest.raises(ValueError, match="rdzv_id"):
@@ -119,8 +132,13 @@ def _run_agents(argvs: list[list[str]], tmp_path: Path, windows: Path | None = N
     agent passes on to its workers (sessions of their own), then anything left with this run's tag gets SIGKILL.
     """
     tag = uuid.uuid4().hex
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PET_LOCAL_ADDR": "127.0.0.1",
-           "LMCORE_TEST_TAG": tag}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "PET_LOCAL_ADDR": "127.0.0.1",
+        "LMCORE_TEST_TAG": tag,
+    }
     if windows is not None:
         env[WINDOW_LOG_ENV] = str(windows)
     files = [

@@ -122,8 +122,16 @@ def corpus(tmp_path_factory) -> dict:
         clean_corpus(CLEAN, [tmp / "raw" / p / s["path"] for s in manifest["shards"]], tmp / "clean" / p)
         clean[p] = tmp / "clean" / p
     splits = split_corpus(SPLIT, clean, tmp / "splits")
-    return {"tmp": tmp, "config": config, "whole": whole, "raw": raw, "clean": clean, "splits": splits,
-            "root": tmp / "splits", "rows": _rows(tmp / "whole", whole)}  # fmt: skip
+    return {
+        "tmp": tmp,
+        "config": config,
+        "whole": whole,
+        "raw": raw,
+        "clean": clean,
+        "splits": splits,
+        "root": tmp / "splits",
+        "rows": _rows(tmp / "whole", whole),
+    }
 
 
 # ---------------------------------------------------------------- buckets
@@ -133,8 +141,11 @@ def test_partition_of_is_stable_and_spreads_keys_over_every_bucket():
     assert PARTITIONS == tuple(f"{i:02d}" for i in range(16)) and PARTITION_COUNT == 16
     # fixed forever: a unit that moved bucket would rebuild two partitions and orphan its old outputs
     assert [partition_of(k) for k in ("books/f00.txt", "gutenberg/11-0.txt", "python-docs", "src/notes.jsonl")] == [
-        "02", "06", "04", "08"
-    ]  # fmt: skip
+        "02",
+        "06",
+        "04",
+        "08",
+    ]
     keys = [f"corpus/file-{i}.txt" for i in range(1600)]
     counts = Counter(partition_of(k) for k in keys)
     assert set(counts) == set(PARTITIONS)
@@ -249,9 +260,7 @@ def test_an_unchanged_partition_keeps_its_index_digest_when_another_grows(corpus
     clean[grown] = _clean_groups({grown: [*rows, extra]}, tmp_path)[grown]
     manifest = split_corpus(SPLIT, clean, tmp_path / "splits")
     before = corpus["splits"]["partitions"]
-    assert {p for p in PARTITIONS if manifest["partitions"][p]["index_sha256"] != before[p]["index_sha256"]} == {
-        grown
-    }  # fmt: skip
+    assert {p for p in PARTITIONS if manifest["partitions"][p]["index_sha256"] != before[p]["index_sha256"]} == {grown}
 
 
 # ---------------------------------------------------------------- the tokenizer's sample

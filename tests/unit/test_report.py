@@ -30,22 +30,45 @@ def _text(i: int, n: int = 20) -> str:
 
 
 def _inputs(cls: dict | None = None) -> ReportInputs:
-    docs = {"tokens": [100] * 10, "bytes": [330] * 10, "model_nats": [300.0 + i for i in range(10)],
-            "ngram_nats": [340.0 + i % 3 for i in range(10)]}  # fmt: skip
-    ppl = {"model": {"perplexity": 20.0, "bits_per_byte": 1.3}, "ngram": {"perplexity": 30.0, "bits_per_byte": 1.5},
-           "documents": docs}  # fmt: skip
+    docs = {
+        "tokens": [100] * 10,
+        "bytes": [330] * 10,
+        "model_nats": [300.0 + i for i in range(10)],
+        "ngram_nats": [340.0 + i % 3 for i in range(10)],
+    }
+    ppl = {
+        "model": {"perplexity": 20.0, "bits_per_byte": 1.3},
+        "ngram": {"perplexity": 30.0, "bits_per_byte": 1.5},
+        "documents": docs,
+    }
     refs = [f"the answer number {i} is here" for i in range(8)]
     gens = {"fine_tuned": [f"the answer number {i}" for i in range(6)], "base": ["nothing"] * 6}
-    decoded = {"generations": gens, "rouge": {n: rouge_batch(g, refs[:6]) for n, g in gens.items()},
-               "repetition": {n: repetition_figures(g) for n, g in gens.items()}}  # fmt: skip
-    answers = {"generation": decoded, "greedy": decoded, "examples": 6, "samples": [],
-               "decoding": {"temperature": 0.0, "seed": 0}}  # fmt: skip
+    decoded = {
+        "generations": gens,
+        "rouge": {n: rouge_batch(g, refs[:6]) for n, g in gens.items()},
+        "repetition": {n: repetition_figures(g) for n, g in gens.items()},
+    }
+    answers = {
+        "generation": decoded,
+        "greedy": decoded,
+        "examples": 6,
+        "samples": [],
+        "decoding": {"temperature": 0.0, "seed": 0},
+    }
     truth = ["a", "b"] * 6
-    cls = cls or {"labels": ["a", "b"], "seconds": 1.0,
-                  "head": {"accuracy": 1.0, "macro_f1": 1.0, "predictions": truth},
-                  "bow": {"accuracy": 0.5, "macro_f1": 1 / 3, "predictions": ["a"] * 12}}  # fmt: skip
-    return ReportInputs(perplexity=ppl, answers=answers, references=refs,
-                        classifiers=ClassifierResults.from_report(cls, METHODS), truth=truth)  # fmt: skip
+    cls = cls or {
+        "labels": ["a", "b"],
+        "seconds": 1.0,
+        "head": {"accuracy": 1.0, "macro_f1": 1.0, "predictions": truth},
+        "bow": {"accuracy": 0.5, "macro_f1": 1 / 3, "predictions": ["a"] * 12},
+    }
+    return ReportInputs(
+        perplexity=ppl,
+        answers=answers,
+        references=refs,
+        classifiers=ClassifierResults.from_report(cls, METHODS),
+        truth=truth,
+    )
 
 
 def test_a_row_reads_back_as_it_was_published():
@@ -82,8 +105,11 @@ def test_each_set_is_scored_again_on_its_clean_part():
         sft_train=iter([_text(200)]),  # the first held-out instruction was trained on
         labeled_train=[_text(300 + i) for i in (1, 3, 5)],
     )
-    settings = ReportSettings(contamination=ContaminationConfig(threshold=0.1), max_new_tokens=8,
-                              significance=SignificanceConfig(resamples=200))  # fmt: skip
+    settings = ReportSettings(
+        contamination=ContaminationConfig(threshold=0.1),
+        max_new_tokens=8,
+        significance=SignificanceConfig(resamples=200),
+    )
     report = build_report(inputs, sets, settings)
     assert report.contaminated_fractions() == {"test_split": 0.2, "sft_heldout": 0.125, "labeled_test": 0.25}
     c = report.figures["contamination"]["sets"]

@@ -22,8 +22,10 @@ def data(tmp_path_factory: pytest.TempPathFactory):
     """A tokenizer and train/val/test token arrays of sentences drawn from a small grammar."""
     rng = np.random.default_rng(0)
     subjects, verbs, objects = ["the cat", "a dog", "my bird"], ["sees", "eats", "likes"], ["the fish.", "a bone."]
-    docs = [" ".join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}" for _ in range(n))
-            for n in rng.integers(2, 12, 300)]  # fmt: skip
+    docs = [
+        " ".join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}" for _ in range(n))
+        for n in rng.integers(2, 12, 300)
+    ]
     tok = train_tokenizer(TokenizerConfig(vocab_size=300), docs, tmp_path_factory.mktemp("tok") / "tokenizer.json")
 
     def arrays(texts: list[str]) -> list[np.ndarray]:

@@ -196,8 +196,11 @@ def test_a_prefix_lms_multi_turn_prompt_is_two_way_up_to_the_first_reply_only(to
 
     torch.manual_seed(0)
     model = GPT(tiny(vocab_size=300, context_length=64, attention="prefix")).eval()
-    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"},
-            {"role": "user", "content": "more"}]  # fmt: skip
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "more"},
+    ]
     ids = prompt_ids(chat, tok)
     first = len(prompt_ids(chat[:1], tok))
     for length in (first, len(ids)):

@@ -18,8 +18,12 @@ def _docs(seed: int, n: int, model_shift: float) -> dict[str, list]:
     tokens = rng.integers(50, 400, n)
     base = tokens * rng.normal(3.0, 0.4, n)
     model = base + tokens * (model_shift + rng.normal(0, 0.3, n))
-    return {"tokens": tokens.tolist(), "bytes": (tokens * 3.3).round().tolist(), "model_nats": model.tolist(),
-            "ngram_nats": base.tolist()}  # fmt: skip
+    return {
+        "tokens": tokens.tolist(),
+        "bytes": (tokens * 3.3).round().tolist(),
+        "model_nats": model.tolist(),
+        "ngram_nats": base.tolist(),
+    }
 
 
 @pytest.mark.parametrize(

@@ -14,16 +14,27 @@ from assets.tracking import TrackerResource
 from lmcore.train.summary import TrainSummary
 from lmcore.train.tracking import RunInfo, open_tracker
 
-CONFIG = {"model": {"n_layer": 2, "n_embd": 32}, "train": {"lr": 0.001, "betas": [0.9, 0.95], "log_every": 1},
-          "world_size": 1, "data_version": "ab" * 300}  # fmt: skip
+CONFIG = {
+    "model": {"n_layer": 2, "n_embd": 32},
+    "train": {"lr": 0.001, "betas": [0.9, 0.95], "log_every": 1},
+    "world_size": 1,
+    "data_version": "ab" * 300,
+}
 
 
 def records(steps: range, offset: float = 0.0) -> list[dict]:
     """What the loop appends to metrics.jsonl: every step logged, val and a checkpoint every 2nd."""
     out = []
     for s in steps:
-        r = {"step": s, "loss": 5.0 - 0.1 * s + offset, "lr": 1e-3, "grad_norm": 0.5, "tokens": 64 * s,
-             "tokens_per_s": 1000.0 + s, "mfu": None}  # fmt: skip
+        r = {
+            "step": s,
+            "loss": 5.0 - 0.1 * s + offset,
+            "lr": 1e-3,
+            "grad_norm": 0.5,
+            "tokens": 64 * s,
+            "tokens_per_s": 1000.0 + s,
+            "mfu": None,
+        }
         if s % 2 == 0:
             r |= {"val_loss": 6.0 - 0.1 * s + offset, "checkpoint": f"/runs/k/step-{s:08d}"}
         out.append(r)
@@ -55,8 +66,15 @@ def summary(step: int) -> TrainSummary:
     )
 
 
-def session(spec: dict, run_dir: Path, steps: range, resumed_from: int | None, offset: float = 0.0,
-            done: bool = True, config: dict = CONFIG) -> None:  # fmt: skip
+def session(
+    spec: dict,
+    run_dir: Path,
+    steps: range,
+    resumed_from: int | None,
+    offset: float = 0.0,
+    done: bool = True,
+    config: dict = CONFIG,
+) -> None:
     run = RunInfo(run_dir=run_dir, run_key="0123456789abcdef", config=config, resumed_from=resumed_from)
     tracker = open_tracker(spec, run)
     for r in records(steps, offset):
@@ -189,7 +207,11 @@ def test_resource_spec_and_failing_before_training(tmp_path):
     assert TrackerResource(kind="none").spec("pretrained_model") is None
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     assert TrackerResource(kind="mlflow", tracking_uri=uri, experiment="e").spec("sft_model") == {
-        "kind": "mlflow", "tracking_uri": uri, "experiment": "e", "tags": {"lmpipe.asset": "sft_model"}}  # fmt: skip
+        "kind": "mlflow",
+        "tracking_uri": uri,
+        "experiment": "e",
+        "tags": {"lmpipe.asset": "sft_model"},
+    }
     with pytest.raises(Exception, match="kind"):  # pydantic names the field and the allowed values
         TrackerResource(kind="wandb")
 

@@ -199,8 +199,9 @@ class Fetcher:
         url_dir = self.cache_dir / _short(url, 24)
         staging = self._cache_path(url, validator) if validator else url_dir / f".download-{uuid.uuid4().hex[:12]}"
         if expected is not None and expected > self.max_bytes:
-            raise ValueError(f"{url}: {expected:,} bytes, over max_download_bytes={self.max_bytes:,}; raise it to "
-                             "read this file")  # fmt: skip
+            raise ValueError(
+                f"{url}: {expected:,} bytes, over max_download_bytes={self.max_bytes:,}; raise it to read this file"
+            )
         digest, size, deadline = hashlib.sha256(), 0, time.monotonic() + self.deadline_s
         with atomic_path(staging) as tmp, open(tmp, "wb") as f:
             for chunk in chunks:
@@ -208,11 +209,15 @@ class Fetcher:
                 digest.update(chunk)
                 size += len(chunk)
                 if size > self.max_bytes:
-                    raise ValueError(f"{url}: more than max_download_bytes={self.max_bytes:,} bytes; stopped there. "
-                                     "Raise it to read this file")  # fmt: skip
+                    raise ValueError(
+                        f"{url}: more than max_download_bytes={self.max_bytes:,} bytes; stopped there. "
+                        "Raise it to read this file"
+                    )
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{url}: the download took over download_deadline_s={self.deadline_s:g} s "
-                                       f"({size:,} bytes so far); raise it for a slow server")  # fmt: skip
+                    raise TimeoutError(
+                        f"{url}: the download took over download_deadline_s={self.deadline_s:g} s "
+                        f"({size:,} bytes so far); raise it for a slow server"
+                    )
             if expected is not None and size != expected:
                 raise _Transient(f"the download stopped after {size} of {expected} bytes")
         version = validator or f"sha256:{digest.hexdigest()}"
@@ -275,8 +280,9 @@ class Fetcher:
         ) from last
 
 
-_ERRORS: dict[str, type[Exception]] = {e.__name__: e for e in (ConnectionError, TimeoutError, ValueError,
-                                                              FileNotFoundError, PermissionError, OSError)}  # fmt: skip
+_ERRORS: dict[str, type[Exception]] = {
+    e.__name__: e for e in (ConnectionError, TimeoutError, ValueError, FileNotFoundError, PermissionError, OSError)
+}
 """The errors a fetch reports, by name: what :meth:`Fetcher._once` keeps and raises again."""
 
 
