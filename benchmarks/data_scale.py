@@ -22,16 +22,25 @@ Figures (final JSON line; one process run, one configuration after the other, ne
                             partitions rebuilt and documents re-cleaned / re-tokenized in the second run.
   identical_across_workers  the token_shards manifests' shard sha256 lists (per split, in order) of the 1-worker
                             and the --workers runs at the largest scale are equal. Must be true.
+  tokenize_vs_bare_hf       in this process, the books cut into 20,000-character documents, in ~2 MB parts: MB/s of
+                            ``tokenize_partition`` (Parquet in, Arrow shards out) / MB/s of a bare ``encode_batch_fast``
+                            call on the same texts, the median over parts of paired runs. Goal >= 0.9.
+                            ``encode_vs_bare_hf``: the same for its encode path ``encode_documents`` alone; ``_cpu``: by
+                            CPU seconds; ``tokenize_mb_per_s``: the three.
+  long_word_seconds         seconds of ``tokenize_partition`` on one 10 MB document without whitespace (the books'
+                            letters: one pre-token) and on 10 MB of the 20,000-character documents.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/data_scale.py [--scales 1,4,16] [--workers 2]
-        [--fraction 1.0 | --max-mb MB] [--out DIR | --keep]
+        [--fraction 1.0 | --max-mb MB] [--out DIR | --keep] [--skip-incremental | --tokenize-only]
 """
 
 import argparse
+import functools
 import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +55,7 @@ BOOKS = ROOT.parent / "shared" / "data" / "corpus" / "gutenberg"  # ../shared be
 STAGES = ("raw_corpus", "clean_corpus", "splits", "tokenizer", "tokenized", "token_shards")
 PARTITIONED = ("raw_corpus", "clean_corpus", "tokenized")
 INCREMENTAL_FILES = 100
-GOALS = {"parallel_speedup": 1.7, "rss_growth": 1.2, "incremental_fraction": 0.1}
+GOALS = {"parallel_speedup": 1.7, "rss_growth": 1.2, "incremental_fraction": 0.1, "tokenize_vs_bare_hf": 0.9}
 
 # Runs one command, then reaps every orphaned descendant (the multiprocessing forkserver outlives the CLI and is
 # re-parented here, a child subreaper), so RUSAGE_CHILDREN's maxrss covers them all; a fresh one per measurement,
@@ -180,8 +189,9 @@ def lmpipe(home: Path, profile: Path, select: str, workers: int, log: Path) -> d
     out = json.loads(done.stdout.strip().splitlines()[-1])
     if out["rc"] != 0:
         tail = log.read_text(errors="replace").splitlines()[-40:]
-        raise RuntimeError(f"lmpipe run --select {select!r} exited {out['rc']} (home {home}); log {log}:\n"
-                           + "\n".join(tail))  # fmt: skip
+        raise RuntimeError(
+            f"lmpipe run --select {select!r} exited {out['rc']} (home {home}); log {log}:\n" + "\n".join(tail)
+        )
     return {"process_s": wall, **{k: out[k] for k in ("maxrss_kb", "main_kb", "workers_kb")}, **run_events(home)}
 
 
@@ -244,8 +254,10 @@ def stage_rss(work: Path, corpus: Path, name: str, workers: int) -> dict[str, di
         run = lmpipe(home, profile, stage, workers, work / "logs" / f"{name}-{stage}.log")
         peaks[stage] = {k: run[f"{k}_kb"] for k in ("maxrss", "main", "workers")}
         mib = {k: round(v / 1024) for k, v in peaks[stage].items()}
-        say(f"  {name}: {stage} peak RSS {mib['maxrss']} MiB (CLI {mib['main']}, workers {mib['workers']}) "
-            f"in {run['process_s']:.1f}s")  # fmt: skip
+        say(
+            f"  {name}: {stage} peak RSS {mib['maxrss']} MiB (CLI {mib['main']}, workers {mib['workers']}) "
+            f"in {run['process_s']:.1f}s"
+        )
     return peaks
 
 
@@ -328,6 +340,81 @@ def incremental(work: Path, texts: dict[str, str], workers: int) -> dict[str, An
     }
 
 
+def _timed(fn: Any) -> tuple[float, float]:
+    """Wall and CPU seconds of ``fn()`` (CPU: of this process, every thread)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _doc_shards(base: Path, name: str, rows: list[str]) -> tuple[list[Path], dict[str, str]]:
+    """Cleaned-document shards of ``rows`` (spec ``name``) and the train split of each."""
+    from lmcore.io import ParquetShardWriter
+
+    with ParquetShardWriter(base / name) as w:
+        for i, text in enumerate(rows):
+            w.write({"doc_id": f"{name}-{i}", "source": name, "spec": name, "text": text})
+    return [base / name / s["path"] for s in w.shards], {f"{name}-{i}": "train" for i in range(len(rows))}
+
+
+def tokenize_speed(work: Path, texts: dict[str, str], rounds: int = 2) -> dict[str, Any]:
+    """In this process, the books cut into 20,000-character documents, in parts of 100 documents (~2 MB): per part,
+    ``tokenize_partition`` (the tokenized stage's work: Parquet in, shards out), its encode path ``encode_documents``
+    and a bare ``encode_batch_fast`` call on the part's texts, each with the tokenizer loaded afresh as a partition
+    does, one right after the other in a rotating order, ``rounds`` times. A ratio is the median over the parts of
+    bare seconds / seconds: paired runs seconds apart, so the load of other processes on a shared machine mostly
+    cancels (``_cpu``: the same by CPU seconds). Then one 10 MB document without whitespace (the books' letters
+    only: a single pre-token) beside 10 MB of those documents, each through ``tokenize_partition``."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from lmcore.data.shards import encode_documents, tokenize_partition
+    from lmcore.data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+
+    base = work / "tokenize"
+    docs = [t[i : i + 20_000] for t in texts.values() for i in range(0, len(t), 20_000)]
+    mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
+    tok_path = base / "tokenizer.json"
+    train_tokenizer(TokenizerConfig(vocab_size=8192), docs, tok_path)
+    parts = [docs[i : i + 100] for i in range(0, len(docs), 100)]
+    shards = [_doc_shards(base, f"part{j}", part) for j, part in enumerate(parts)]
+
+    def stage(name: str, paths: list[Path], splits_of: dict[str, str]) -> None:
+        shutil.rmtree(base / f"shards-{name}", ignore_errors=True)
+        tokenize_partition(tok_path, paths, splits_of, base / f"shards-{name}")
+
+    kinds = {
+        "bare": lambda j: HFTokenizer.from_file(str(tok_path)).encode_batch_fast(parts[j], add_special_tokens=False),
+        "encode": lambda j: list(encode_documents(load_tokenizer(tok_path), parts[j])),
+        "stage": lambda j: stage("part", *shards[j]),
+    }
+    seconds: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    for r in range(rounds):
+        for j in range(len(parts)):
+            order = list(kinds)[(j + r) % 3 :] + list(kinds)[: (j + r) % 3]
+            for k in order:
+                seconds[k].append(_timed(functools.partial(kinds[k], j)))
+
+    def ratio(k: str, i: int) -> float:
+        return round(statistics.median(b[i] / x[i] for b, x in zip(seconds["bare"], seconds[k], strict=True)), 3)
+
+    say("  tokenize: " + ", ".join(f"{k} {rounds * mb / sum(w for w, _ in v):.2f} MB/s" for k, v in seconds.items()))
+    letters = "".join(c for c in "".join(texts.values()) if c.isalpha())
+    long_doc = (letters * (10_000_000 // len(letters) + 1))[:10_000_000]
+    prose = [docs[i % len(docs)] for i in range(round(len(docs) * 10 / mb))]
+    long_shards, prose_shards = _doc_shards(base, "long", [long_doc]), _doc_shards(base, "prose", prose)
+    long_s = _timed(lambda: stage("long", *long_shards))[0]
+    prose_s = _timed(lambda: stage("prose", *prose_shards))[0]
+    say(f"  tokenize: one 10 MB run of letters {long_s:.1f}s, 10 MB of prose {prose_s:.1f}s")
+    return {
+        "tokenize_mb_per_s": {k: round(rounds * mb / sum(w for w, _ in v), 3) for k, v in seconds.items()},
+        "tokenize_vs_bare_hf": ratio("stage", 0),
+        "encode_vs_bare_hf": ratio("encode", 0),
+        "tokenize_vs_bare_hf_cpu": ratio("stage", 1),
+        "encode_vs_bare_hf_cpu": ratio("encode", 1),
+        "long_word_seconds": {"no_whitespace_10mb": round(long_s, 2), "prose_10mb": round(prose_s, 2)},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", default="1,4,16", help="copies of each book per corpus, comma-separated")
@@ -338,6 +425,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="work directory (kept); default a temporary one")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--tokenize-only", action="store_true", help="only tokenize_vs_bare_hf and long_word_seconds")
     args = ap.parse_args()
     scales = sorted({int(s) for s in args.scales.split(",")})
     if scales[0] < 1 or not 0.0 < args.fraction <= 1.0 or args.workers < 2:
@@ -349,21 +437,30 @@ def main() -> None:
     work = args.out or Path(tempfile.mkdtemp(prefix="lmpipe-data-scale-"))
     say(f"work directory {work}")
     texts = base_texts(fraction)
-    figures: dict[str, Any] = {"benchmark": "data_scale", "scales": scales, "workers": args.workers,
-                               "fraction": round(fraction, 4), "books": len(texts)}  # fmt: skip
+    figures: dict[str, Any] = {
+        "benchmark": "data_scale",
+        "scales": scales,
+        "workers": args.workers,
+        "fraction": round(fraction, 4),
+        "books": len(texts),
+    }
     try:
-        figures |= scaling(work, texts, scales, args.workers)
-        if not args.skip_incremental:
+        figures |= tokenize_speed(work, texts)
+        if not args.tokenize_only:
+            figures |= scaling(work, texts, scales, args.workers)
+        if not (args.skip_incremental or args.tokenize_only):
             figures |= incremental(work, texts, args.workers)
     finally:
         if args.out is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    growth, incr = figures[f"rss_growth_{scales[-1]}x"], figures.get("incremental_fraction")
-    figures["goals_met"] = {  # None: not measured in this run (one scale, --skip-incremental)
-        "parallel_speedup": figures["parallel_speedup"] >= GOALS["parallel_speedup"],
+    growth, incr = figures.get(f"rss_growth_{scales[-1]}x"), figures.get("incremental_fraction")
+    speedup = figures.get("parallel_speedup")
+    figures["goals_met"] = {  # None: not measured in this run (one scale, --skip-incremental, --tokenize-only)
+        "parallel_speedup": speedup >= GOALS["parallel_speedup"] if speedup is not None else None,
         "rss_growth": max(growth.values()) <= GOALS["rss_growth"] if growth else None,
         "incremental_fraction": incr <= GOALS["incremental_fraction"] if incr is not None else None,
-        "identical_across_workers": figures["identical_across_workers"],
+        "identical_across_workers": figures.get("identical_across_workers"),
+        "tokenize_vs_bare_hf": figures["tokenize_vs_bare_hf"] >= GOALS["tokenize_vs_bare_hf"],
     }
     print(json.dumps(figures), flush=True)
 

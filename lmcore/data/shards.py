@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lmcore.data.tokenizer import Tokenizer
+from lmcore.data.tokenizer import MAX_WORD_CHARS, Tokenizer, cut_long_runs
 from lmcore.io import ProgressFn, atomic_path, iter_texts, link_or_copy, read_json, sha256_file, write_json
 
 MANIFEST = "manifest.json"
@@ -97,32 +97,38 @@ def encode_documents(
     *,
     batch_size: int = 512,
     batch_chars: int = 1 << 20,
+    max_word_chars: int = MAX_WORD_CHARS,
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield ``(ids, n_docs)`` per batch: each document's ids followed by ``<|endoftext|>``.
+    """Yield ``(ids, n_docs)`` per batch: each document's ids followed by ``<|endoftext|>`` (uint32), and how many
+    documents end in the batch.
 
-    A batch closes at ``batch_size`` documents or ``batch_chars`` characters, whichever
-    comes first: HF ``Encoding`` objects cost ~100 bytes per token, so the character
-    bound is what keeps memory flat.
+    A document's ids are ``tokenizer.encode(text, add_special_tokens=False).ids``, except inside a run of more than
+    ``max_word_chars`` non-space characters (0: no bound), which is cut into words of that length first
+    (:func:`~lmcore.data.tokenizer.cut_long_runs`), so that one 10 MB document without whitespace takes linear time.
+    A batch closes at ``batch_size`` pieces (documents, or parts of a cut one) or ``batch_chars`` characters,
+    whichever comes first: HF ``Encoding`` objects cost ~100 bytes per token, so the character bound is what keeps
+    memory flat, within one long document too.
     """
     batch: list[str] = []
+    ends: list[bool] = []  # whether batch[i] is the last piece of its document
     chars = 0
     for text in texts:
-        batch.append(text)
-        chars += len(text)
-        if len(batch) >= batch_size or chars >= batch_chars:
-            yield _encode_batch(tokenizer, batch, tokenizer.eot_id), len(batch)
-            batch, chars = [], 0
+        pieces = cut_long_runs(text, max_word_chars)
+        for i, piece in enumerate(pieces, 1):
+            batch.append(piece)
+            ends.append(i == len(pieces))
+            chars += len(piece)
+            if len(batch) >= batch_size or chars >= batch_chars:
+                yield _encode_batch(tokenizer, batch, ends)
+                batch, ends, chars = [], [], 0
     if batch:
-        yield _encode_batch(tokenizer, batch, tokenizer.eot_id), len(batch)
+        yield _encode_batch(tokenizer, batch, ends)
 
 
-def _encode_batch(tokenizer: Tokenizer, texts: list[str], eot_id: int) -> np.ndarray:
-    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-    parts: list[int] = []
-    for enc in encodings:
-        parts.extend(enc.ids)
-        parts.append(eot_id)
-    return np.asarray(parts, dtype=np.uint32)
+def _encode_batch(tokenizer: Tokenizer, pieces: list[str], ends: list[bool]) -> tuple[np.ndarray, int]:
+    ids, sizes = tokenizer.encode_ids(pieces)
+    doc_ends = np.cumsum(sizes)[np.asarray(ends, dtype=bool)]
+    return np.insert(ids, doc_ends, tokenizer.eot_id), int(doc_ends.size)
 
 
 @dataclass(frozen=True)
@@ -252,8 +258,14 @@ def tokenize_partition(
                     done += 1
             if progress:
                 progress("tokenize documents", done, len(splits_of))
-    return write_manifest(out.out_dir, out.finish(), dtype=out.dtype.name, vocab_size=tokenizer.get_vocab_size(),
-                          eot_id=tokenizer.eot_id, **manifest_extra)  # fmt: skip
+    return write_manifest(
+        out.out_dir,
+        out.finish(),
+        dtype=out.dtype.name,
+        vocab_size=tokenizer.get_vocab_size(),
+        eot_id=tokenizer.eot_id,
+        **manifest_extra,
+    )
 
 
 class _SplitWriters:
@@ -280,8 +292,9 @@ class _SplitWriters:
             return
         if key not in self.writers:
             split, spec = key
-            self.writers[key] = TokenShardWriter(self.out_dir / split, self.dtype, shard_tokens=self.shard_tokens,
-                                                 prefix=f"shard-{_group_name(spec)}").__enter__()  # fmt: skip
+            self.writers[key] = TokenShardWriter(
+                self.out_dir / split, self.dtype, shard_tokens=self.shard_tokens, prefix=f"shard-{_group_name(spec)}"
+            ).__enter__()
         for ids, _ in encode_documents(self.tokenizer, texts, batch_size=self.batch_size):
             self.writers[key].add(ids)
 
@@ -309,8 +322,10 @@ def assemble_shards(parts: dict[str, Path], out_dir: str | Path, **manifest_extr
     manifests = {p: load_manifest(parts[p]) for p in sorted(parts)}
     kinds = {(m["dtype"], m["vocab_size"], m["eot_id"]) for m in manifests.values()}
     if len(kinds) > 1:
-        raise ValueError(f"the partitions were tokenized with different tokenizers ({sorted(kinds)}); "
-                         "re-materialize every partition of the tokenized asset")  # fmt: skip
+        raise ValueError(
+            f"the partitions were tokenized with different tokenizers ({sorted(kinds)}); "
+            "re-materialize every partition of the tokenized asset"
+        )
     splits: dict[str, dict[str, Any]] = {}
     sources: dict[str, dict[str, int]] = {}
     for split in ("train", "val", "test"):
@@ -325,11 +340,14 @@ def assemble_shards(parts: dict[str, Path], out_dir: str | Path, **manifest_extr
                 shards.append({**shard, "path": name, "partition": p})
                 per = sources.setdefault(shard["spec"], {"train": 0, "val": 0, "test": 0})
                 per[split] += shard["tokens"]
-        splits[split] = {"documents": docs, "tokens": sum(s["tokens"] for s in shards), "bytes": nbytes,
-                         "shards": shards}  # fmt: skip
+        splits[split] = {
+            "documents": docs,
+            "tokens": sum(s["tokens"] for s in shards),
+            "bytes": nbytes,
+            "shards": shards,
+        }
     dtype, vocab, eot = next(iter(kinds)) if kinds else ("uint16", 0, 0)
-    return write_manifest(out_dir, splits, dtype=dtype, vocab_size=vocab, eot_id=eot, sources=sources,
-                          **manifest_extra)  # fmt: skip
+    return write_manifest(out_dir, splits, dtype=dtype, vocab_size=vocab, eot_id=eot, sources=sources, **manifest_extra)
 
 
 def split_groups(root: str | Path, split: str) -> list[str]:
