@@ -23,6 +23,7 @@ from lmcore.data.splits import split_index, split_rows, split_texts
 from lmcore.data.tokenizer import Tokenizer, load_tokenizer
 from lmcore.finetune.sft_data import SFTExample, read_sft_dataset
 from lmcore.io import read_json, write_json
+from lmcore.model.base_model import base_checkpoint
 from lmcore.model.checkpoint import META_FILE, MODEL_FILE, load_trained_model
 from lmcore.model.gpt import GPT, ModelConfig
 from lmcore.publish import verify_dir, verify_file
@@ -119,6 +120,27 @@ class TokenizerFile(Artifact):
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.file)
+
+
+class BaseModel(Artifact):
+    """base_model: the published model a run starts from (its adopted tokenizer and a step-0 checkpoint), or none."""
+
+    @property
+    def lineage(self) -> dict[str, Any] | None:
+        """Source, resolved revision, source weights' digest, tokens added, chat template; None: no base model."""
+        return self.manifest["base_model"]
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+    @property
+    def checkpoint(self) -> Path:
+        return base_checkpoint(self.path)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(read_json(self.checkpoint / META_FILE)["config"]["model"])
 
 
 class TokenShards(Artifact):

@@ -1,12 +1,14 @@
-"""``tokenizer``: byte-level BPE trained on a deterministic sample of the train split (or kept, see the policy)."""
+"""``tokenizer``: byte-level BPE trained on a deterministic sample of the train split (or kept, see the policy), or
+the base model's own tokenizer when ``base_model`` names one."""
 
 import dataclasses
 import itertools
+import shutil
 from pathlib import Path
 
 import dagster as dg
 
-from assets.artifacts import TOKENIZER_FILE, Splits, TokenizerFile, open_ref
+from assets.artifacts import TOKENIZER_FILE, BaseModel, Splits, TokenizerFile, open_ref
 from assets.config import config_from
 from assets.resources import ArtifactStore
 from assets.stage import result
@@ -47,18 +49,37 @@ def _kept(store: ArtifactStore, cfg: TokenizerConfig) -> TokenizerFile | None:
     return previous if same else None
 
 
+def _adopted(store: ArtifactStore, base: BaseModel, cfg: TokenizerConfig, sample: list[str]) -> TokenizerFile:
+    """The base model's tokenizer (the special tokens it lacked added), published as this asset's file."""
+
+    def build(out):
+        shutil.copyfile(base.tokenizer_file, out / TOKENIZER_FILE)
+        stats = tokenizer_stats(load_tokenizer(out / TOKENIZER_FILE), out / TOKENIZER_FILE, sample)
+        lineage = {k: base.lineage[k] for k in ("source", "revision", "weights_sha256", "added_tokens")}
+        manifest = {"file": TOKENIZER_FILE, "config": cfg.__dict__, "adopted_from": lineage, **stats}
+        manifest["chat_template"] = base.lineage["chat_template"]
+        write_json(out / "manifest.json", manifest)
+
+    return TokenizerFile.publish(store, "tokenizer", build)
+
+
 def _train_on(cfg: TokenizerConfig, root: Path, manifest: dict, ids: set[str], out: Path) -> None:
     train_tokenizer(cfg, split_texts(root, manifest, "train", ids=ids), out)
 
 
 @dg.asset(group_name="data", kinds={"huggingface"}, code_version=code_version_of(__name__))
 def tokenizer(
-    context: dg.AssetExecutionContext, config: TokenizerAssetConfig, splits: Splits, store: ArtifactStore
+    context: dg.AssetExecutionContext,
+    config: TokenizerAssetConfig,
+    splits: Splits,
+    base_model: BaseModel,
+    store: ArtifactStore,
 ) -> TokenizerFile:
     """HF tokenizer.json; the same sample and config give a byte-identical file. With ``when_corpus_grows: keep``
-    a tokenizer trained before with the same settings is kept, so unchanged partitions keep their shards."""
+    a tokenizer trained before with the same settings is kept, so unchanged partitions keep their shards. With a
+    base model, its own tokenizer is adopted instead (vocab_size and the training settings are then unused)."""
     cfg, sample = config.to_lmcore(), _val_sample(splits)
-    tok = _kept(store, cfg)
+    tok = _adopted(store, base_model, cfg, sample) if base_model.lineage else _kept(store, cfg)
     if tok is None:
         chosen = tokenizer_sample(splits.path, cfg.sample_bytes)
 
@@ -90,14 +111,17 @@ def tokenizer(
         "trained_on_documents": manifest.get("sample", {}).get("documents"),
         "kept": manifest.get("sample", {}).get("splits_version") != splits.data_version,
     }
-    if manifest["vocab_size"] < cfg.vocab_size:  # BPE ran out of pairs seen min_frequency times
+    if adopted := manifest.get("adopted_from"):
+        metadata["adopted_from"] = adopted["source"]
+        metadata["added_tokens"] = ", ".join(adopted["added_tokens"]) or "none"
+    elif manifest["vocab_size"] < cfg.vocab_size:  # BPE ran out of pairs seen min_frequency times
         metadata["warning"] = (
             f"the vocabulary reached {manifest['vocab_size']} of vocab_size={cfg.vocab_size} tokens: the train split "
             f"has too few distinct pairs occurring min_frequency={cfg.min_frequency} times; add text, or set "
             f"tokenizer.vocab_size to about {manifest['vocab_size']}"
         )
         context.log.warning(metadata["warning"])
-    return result(context, tok, metadata, config=config, inputs={"splits": splits})
+    return result(context, tok, metadata, config=config, inputs={"splits": splits, "base_model": base_model})
 
 
 @dg.asset_check(

@@ -10,7 +10,7 @@ import dataclasses
 
 import dagster as dg
 
-from assets.artifacts import Checkpoint, TokenizerFile, TokenShards
+from assets.artifacts import BaseModel, Checkpoint, TokenizerFile, TokenShards
 from assets.config import LaunchSettings, ModelOverrides, TrainSettings, WarmStartSettings
 from assets.launch import TrainingLauncher, outlets, run_training
 from assets.plots import bar_chart
@@ -59,23 +59,29 @@ def pretrained_model(
     config: PretrainConfig,
     token_shards: TokenShards,
     tokenizer: TokenizerFile,
+    base_model: BaseModel,
     store: ArtifactStore,
     launcher: TrainingLauncher,
     tracker: TrackerResource,
 ) -> Checkpoint:
-    """A decoder-only transformer trained on the train shards; resumes from its last checkpoint."""
-    model_cfg, train_cfg = config.to_model_config(token_shards.vocab_size), config.train.to_lmcore()
-    extras = extra_token_ids(train_cfg, token_shards.vocab_size, model_cfg.context_length)  # <|mask|> or sentinels
-    model_cfg = dataclasses.replace(model_cfg, vocab_size=token_shards.vocab_size + len(extras))
+    """A decoder-only transformer trained on the train shards (from new weights, the base model's or the previous
+    model's); resumes from its last checkpoint."""
+    train_cfg = config.train.to_lmcore()
+    model_cfg, extras = _model_config(config, train_cfg, token_shards, base_model)
     runs_dir = store.run_dir("pretrained_model")
     meta_extra = {
         "tokenizer_path": str(tokenizer.file),
         "tokenizer_sha256": tokenizer.sha256,
         "extra_tokens": extras,
-        "data_versions": {"token_shards": token_shards.data_version, "tokenizer": tokenizer.data_version},
+        "base_model": _lineage(base_model),
+        "data_versions": {
+            "token_shards": token_shards.data_version,
+            "tokenizer": tokenizer.data_version,
+            "base_model": base_model.data_version,
+        },
     }
     context.log.info(f"runs in {runs_dir}; {model_cfg}")
-    init, started_from = _warm_start(context, config.warm_start.to_lmcore(), store)
+    init, started_from = _warm_start(context, config.warm_start.to_lmcore(), store, base_model)
     spec = PretrainSpec(
         model=model_cfg,
         train=train_cfg,
@@ -111,21 +117,71 @@ def pretrained_model(
         metadata["realized_mixture_tokens"] = dg.MetadataValue.json(mixture)
         metadata["realized_mixture"] = bar_chart("Training tokens drawn per group (rank 0)", mixture)
     return result(
-        context, checkpoint, metadata, config=config, inputs={"token_shards": token_shards, "tokenizer": tokenizer}
+        context,
+        checkpoint,
+        metadata,
+        config=config,
+        inputs={"token_shards": token_shards, "tokenizer": tokenizer, "base_model": base_model},
     )
 
 
-def _warm_start(
-    context: dg.AssetExecutionContext, cfg: WarmStartConfig, store: ArtifactStore
-) -> tuple[WarmStart | None, str]:
-    """The previous model to continue from (None: from scratch) and what the lineage says about the start."""
-    if cfg.init == "scratch":
+def _model_config(
+    config: PretrainConfig, train_cfg: TrainConfig, token_shards: TokenShards, base_model: BaseModel
+) -> tuple[ModelConfig, list[int]]:
+    """The model to train (the preset's, or the base model's shape) and the extra token ids its objective adds."""
+    if base_model.lineage is None:
+        model_cfg = config.to_model_config(token_shards.vocab_size)
+        extras = extra_token_ids(train_cfg, token_shards.vocab_size, model_cfg.context_length)  # <|mask|>, sentinels
+        return dataclasses.replace(model_cfg, vocab_size=token_shards.vocab_size + len(extras)), extras
+    source = base_model.lineage["source"]
+    if overrides := config.model.overrides():
+        raise ValueError(
+            f"pretrained_model.model sets {sorted(overrides)}, but the model's shape comes from the base model "
+            f"{source}; remove pretrained_model.model (or base_model.source to train a preset)"
+        )
+    model_cfg = base_model.model_config
+    if extra_token_ids(train_cfg, token_shards.vocab_size, model_cfg.context_length):
+        raise ValueError(
+            f"pretrained_model.train.objective={train_cfg.objective!r} adds tokens, which a base model ({source}) "
+            "was not trained with; continue its pretraining with objective: causal"
+        )
+    if token_shards.vocab_size > model_cfg.vocab_size:
+        raise ValueError(
+            f"the token shards use {token_shards.vocab_size} ids but the base model {source} has {model_cfg.vocab_size}"
+            "; materialize tokenizer and token_shards again, so that they adopt its tokenizer"
+        )
+    return model_cfg, []
+
+
+def _lineage(base_model: BaseModel) -> dict | None:
+    """What a checkpoint records of the base model it started from (None: none)."""
+    lineage = base_model.lineage
+    return None if lineage is None else {k: lineage[k] for k in ("source", "revision", "weights_sha256")}
+
+
+def _fresh_start(base_model: BaseModel) -> tuple[WarmStart | None, str]:
+    """The base model's step-0 checkpoint (all shards new) and its lineage line, or new weights."""
+    base = _lineage(base_model)
+    if base is None:
         return None, "scratch"
+    revision = f"revision {base['revision']}, " if base["revision"] else ""
+    init = WarmStart(checkpoint=base_model.checkpoint, replay_fraction=0.0, trained_shards=())
+    return init, f"{base['source']} ({revision}weights sha256 {base['weights_sha256'][:16]})"
+
+
+def _warm_start(
+    context: dg.AssetExecutionContext, cfg: WarmStartConfig, store: ArtifactStore, base_model: BaseModel
+) -> tuple[WarmStart | None, str]:
+    """The weights to start from (None: new ones) and what the lineage says about the start: the previous model
+    with ``init: previous``, else the base model's when there is one, else new ones."""
+    fresh = _fresh_start(base_model)
+    if cfg.init == "scratch":
+        return fresh
     try:
         previous = Checkpoint.open(store, store.read_ref("pretrained_model"))
     except FileNotFoundError:
-        context.log.warning("warm_start.init is previous but there is no previous pretrained_model; from scratch")
-        return None, "scratch (no previous model)"
+        context.log.warning(f"warm_start.init is previous but there is no previous pretrained_model; from {fresh[1]}")
+        return fresh if fresh[0] is not None else (None, "scratch (no previous model)")
     trained = previous.manifest.get("data", {}).get("train_shards")
     if trained is None:
         context.log.warning(

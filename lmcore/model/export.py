@@ -73,7 +73,9 @@ def _special_ids(tokenizer_path: Path, end_token: str) -> dict[str, int | None]:
     }
 
 
-def _tokenizer_configs(context_length: int, end_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _tokenizer_configs(
+    context_length: int, end_token: str, chat_template: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     special = {
         "bos_token": EOT,
         "eos_token": end_token,
@@ -84,17 +86,20 @@ def _tokenizer_configs(context_length: int, end_token: str) -> tuple[dict[str, A
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
-        "chat_template": CHATML_TEMPLATE,
+        "chat_template": chat_template or CHATML_TEMPLATE,
         **special,
     }
     return tokenizer_config, special
 
 
-def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path, *, end_token: str = EOT) -> Path:
+def export_hf(
+    model: GPT, tokenizer_path: Path, out_dir: Path, *, end_token: str = EOT, chat_template: str | None = None
+) -> Path:
     """Write a directory that ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load; return it.
 
     ``end_token`` (``<|endoftext|>`` or ``<|im_end|>``) is the ``eos_token_id`` of the config and
-    of ``generation_config.json``, so ``generate`` stops where lmcore's generation stops.
+    of ``generation_config.json``, so ``generate`` stops where lmcore's generation stops. ``chat_template``: the
+    tokenizer's (a base model's own, kept); None: ChatML, which lmcore's SFT trains.
     """
     tokenizer_path, out_dir = Path(tokenizer_path), Path(out_dir)
     if problems := unexportable(model.config):
@@ -121,7 +126,7 @@ def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path, *, end_token: str
     tensors = to_hf_tensors(model.state_dict(), c)
     # own, contiguous CPU copies: safetensors refuses views that share storage
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    tokenizer_config, special = _tokenizer_configs(c.context_length, end_token)
+    tokenizer_config, special = _tokenizer_configs(c.context_length, end_token, chat_template)
     with atomic_dir(out_dir) as staging:
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         shutil.copyfile(tokenizer_path, staging / "tokenizer.json")

@@ -45,7 +45,8 @@ class TrainConfig:
     """Optimizer, schedule, batch and bookkeeping settings of one pretraining run."""
 
     max_steps: int = 300
-    """Optimizer steps in the whole run; a resumed run continues to the same number."""
+    """Optimizer steps in the whole run; a resumed run continues to the same number. 0: no training, the starting
+    weights (a base model's, or the previous model's) are evaluated and become the run's checkpoint."""
     batch_size: int = 8
     """Sequences (rows of context_length tokens, or examples) per micro-batch per process."""
     grad_accum_steps: int = 1
@@ -113,10 +114,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "keep_checkpoints", "log_every"):
+        for name in ("batch_size", "grad_accum_steps", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_every", "eval_batches", "checkpoint_every"):
+        nonnegative = ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "eval_every", "eval_batches")
+        for name in (*nonnegative, "checkpoint_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps > self.max_steps:
@@ -206,7 +208,8 @@ class WarmStartConfig:
     """Where pretraining starts when the corpus has grown: from new weights, or from the previous model."""
 
     init: str = "scratch"
-    """``scratch``: new weights; ``previous``: the last pretrained model's weights (same shape and tokenizer),
+    """``scratch``: new weights (or, when ``base_model.source`` names one, the base model's); ``previous``: the last
+    pretrained model's weights (same shape and tokenizer),
     trained on the new tokens plus ``replay_fraction`` of old ones, with the schedule restarted from step 0 (its
     warmup re-warms the learning rate) and a fresh optimizer."""
     replay_fraction: float = 0.25

@@ -191,6 +191,8 @@ class _Run:
         pending: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
         interval = {"tokens": 0, "seconds": 0.0}
         mark = time.perf_counter()
+        if self.cfg.max_steps == 0 and self.resumed_from is None:
+            self.start_unchanged()
         while self.step < self.cfg.max_steps:
             batch = (self.train_loader.epoch, self.train_loader.position)
             loss = self.train_step()
@@ -221,6 +223,16 @@ class _Run:
             mark = time.perf_counter()
         final = self.checkpoints.final(self.step)
         return self.meter.summary(final, self.resumed_from, _mixture(self.train_loader), self.job.data)
+
+    def start_unchanged(self) -> None:
+        """``max_steps: 0``: the starting weights, evaluated, become the checkpoint of step 0."""
+        record: dict[str, Any] = {"step": 0}
+        if self.cfg.eval_batches:
+            record["val_loss"] = self.evaluate()
+            self.meter.validated(0, record["val_loss"])
+        record["checkpoint"] = str(checkpoint_dir(self.run_dir, 0))
+        self.emit(record)
+        self.checkpoints.save(0, self.raw, self.opt, self.sharded, self.train_loader, self.meter.progress)
 
     def due(self, step: int) -> dict[str, bool]:
         cfg, last = self.cfg, step == self.cfg.max_steps

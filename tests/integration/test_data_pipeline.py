@@ -106,7 +106,7 @@ def test_invalid_profile_is_rejected_before_any_run_with_the_field_named(
 
 def test_unknown_profile_and_empty_selection(home, capsys):
     assert main(["run", "--profile", "nope"]) == 2
-    assert "available: book, demo, gpt2_124m" in capsys.readouterr().out
+    assert "available: book, demo, finetune_gpt2, gpt2_124m" in capsys.readouterr().out
     assert main(["run", "--select", "tag:none=none"]) == 2
 
 

@@ -46,7 +46,7 @@ def _leaves(values: dict, prefix: tuple = ()) -> list[tuple[tuple, object]]:
     return out
 
 
-@pytest.mark.parametrize("name", ["demo", "book", "seeds"])
+@pytest.mark.parametrize("name", ["demo", "book", "seeds", "finetune_gpt2"])
 def test_every_asset_defaults_to_its_profile_values_at_any_depth(name):
     profile = load_profile(name)
     defs = build_definitions(profile)
