@@ -3,50 +3,65 @@
 Training assets take ``tracker: TrackerResource`` and pass ``tracker.spec(asset)`` to the lmcore
 training call, which opens the tracker on rank 0 (:mod:`lmcore.train.tracking`). TensorBoard
 (event files under each run's directory) is the default; ``pipelines/definitions.py`` picks
-MLflow or none from the environment. A bad setting fails when the resource is initialized,
+MLflow, Weights & Biases or none from the environment. The resource's fields are those of
+:class:`lmcore.train.tracking.TrackerSpec` (generated here: each setting is declared there once), less
+``tags``, which the resource sets per asset. A bad setting fails when the resource is initialized,
 before any training starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any, Literal
 
 import dagster as dg
+import pydantic
 
-from lmcore.train.tracking import DEFAULT_EXPERIMENT, KINDS, check_spec
+from assets.config import field_docs
+from lmcore.train.tracking import KINDS, SETTINGS, TrackerSpec, check_spec
+
+ASSET_TAG = "lmpipe.asset"
+"""The tag (MLflow) or ``name=value`` tag (W&B) that names the training asset of a run."""
 
 
-class TrackerResource(dg.ConfigurableResource):
-    """Which experiment tracker training assets log to.
+def _fields() -> dict[str, Any]:
+    """TrackerSpec's fields (less tags) with their defaults and docs; ``kind`` a choice of lmcore's KINDS."""
+    hints, docs = typing.get_type_hints(TrackerSpec), field_docs(TrackerSpec)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(TrackerSpec):
+        if f.name == "tags":
+            continue
+        hint = Literal[KINDS] if f.name == "kind" else hints[f.name]  # a dropdown in the UI
+        fields[f.name] = (hint, pydantic.Field(default=f.default, description=docs.get(f.name)))
+    return fields
 
-    With MLflow every training asset logs into the one ``experiment``, and each MLflow run carries
-    the asset's name as the tag ``lmpipe.asset`` (filter or group by it in the MLflow UI). A tag
-    rather than an experiment per asset: the experiment name stays exactly as configured, which
-    servers such as Databricks require to be a workspace path.
+
+_TrackerFields = pydantic.create_model(
+    "_TrackerFields", __base__=dg.ConfigurableResource, __module__=__name__, **_fields()
+)
+
+
+class TrackerResource(_TrackerFields):
+    """Which experiment tracker training assets log to: ``TrackerResource(kind="wandb", project="lmpipe")``. Every
+    field but ``kind`` applies to the kinds :data:`lmcore.train.tracking.SETTINGS` gives it.
+
+    With MLflow or W&B every training asset logs into the one ``experiment`` or ``project``, and each run
+    carries the asset's name as the tag ``lmpipe.asset`` (filter or group by it in the tracker's UI). A tag
+    rather than an experiment per asset: the experiment name stays exactly as configured, which servers
+    such as Databricks require to be a workspace path.
     """
-
-    kind: Literal[KINDS] = "tensorboard"  # the choices are lmcore's (a dropdown in the UI)
-    """tensorboard: event files in each run's ``tensorboard/`` folder (``tensorboard --logdir $LMPIPE_HOME/artifacts``);
-    mlflow: runs in ``experiment`` at ``tracking_uri``; none: metrics.jsonl only."""
-    tracking_uri: str | None = None
-    """MLflow only, required there: ``sqlite:///path/mlflow.db``, ``http(s)://server``, or ``file:///dir``
-    (MLflow 3 takes a file store only with ``MLFLOW_ALLOW_FILE_STORE=true``)."""
-    experiment: str = DEFAULT_EXPERIMENT
-    """MLflow only: the experiment every training asset's runs go into (created if missing)."""
 
     def spec(self, asset: str) -> dict[str, Any] | None:
         """The lmcore tracker spec for ``asset``'s training run; ValueError naming a bad field."""
-        if self.kind == "none":
+        kind: str = self.kind
+        if kind == "none":
             return None
-        if self.kind == "tensorboard":
-            spec: dict[str, Any] = {"kind": "tensorboard"}
-        else:
-            spec = {
-                "kind": "mlflow",
-                "tracking_uri": self.tracking_uri,
-                "experiment": self.experiment,
-                "tags": {"lmpipe.asset": asset},
-            }
+        spec: dict[str, Any] = {"kind": kind}
+        for name in SETTINGS[kind]:
+            value = {ASSET_TAG: asset} if name == "tags" else getattr(self, name)
+            if value is not None:
+                spec[name] = value
         try:
             check_spec(spec)
         except ValueError as e:

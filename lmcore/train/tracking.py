@@ -1,4 +1,4 @@
-"""Experiment tracking: the training loop's metrics records, sent to TensorBoard or MLflow as well.
+"""Experiment tracking: the training loop's metrics records, sent to TensorBoard, MLflow or Weights & Biases as well.
 
 A tracker is described by a plain spec (JSON-able, so it travels to torchrun workers) and opened
 by the loop on rank 0 once per run, when the run's directory and key are known::
@@ -6,13 +6,16 @@ by the loop on rank 0 once per run, when the run's directory and key are known::
     {"kind": "tensorboard"}                                  event files in <run dir>/tensorboard
     {"kind": "tensorboard", "log_dir": "/shared/tb"}         event files in /shared/tb/<run key>
     {"kind": "mlflow", "tracking_uri": "sqlite:///...", "experiment": "lmpipe", "tags": {...}}
+    {"kind": "wandb", "project": "lmpipe", "entity": None, "mode": "offline", "dir": None, "tags": {...}}
     None or {"kind": "none"}                                 metrics.jsonl only
 
-Both trackers name scalars the same way (``train/loss``, ``train/lr``, ``train/grad_norm``,
+Every tracker names scalars the same way (``train/loss``, ``train/lr``, ``train/grad_norm``,
 ``train/tokens``, ``perf/tokens_per_s``, ``perf/mfu``, ``val/loss``) and keep one point per step
 across a crash and resume. On finish, TensorBoard gets the config as hparams (the HPARAMS tab
 compares runs) and the summary's figures as a text table; MLflow gets them as ``final/*``
-metrics. metrics.jsonl stays the record of a run; a tracker is a view of it. This module knows nothing of Dagster.
+metrics; W&B gets the config as the run config and the figures as the run summary
+(:mod:`lmcore.train.tracking_wandb`). metrics.jsonl stays the record of a run; a tracker is a view
+of it. This module knows nothing of Dagster.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, Protocol
 
 from lmcore.train.summary import TrainSummary
 
-KINDS = ("tensorboard", "mlflow", "none")
+KINDS = ("tensorboard", "mlflow", "wandb", "none")
 DEFAULT_EXPERIMENT = "lmpipe"
 RUN_KEY_TAG = "lmpipe.run_key"
 """The MLflow tag that finds a run's MLflow run again when it resumes."""
@@ -46,7 +49,15 @@ FINAL_FIELDS = ("train_loss", "val_loss", "tokens_seen", "tokens_per_s", "mfu", 
 """The summary's figures a tracker records on finish."""
 PARAM_CHARS = 500
 """Longest MLflow param value written (older MLflow servers reject more); longer ones are cut."""
-_SETTINGS = {"tensorboard": {"log_dir"}, "mlflow": {"tracking_uri", "experiment", "tags"}, "none": set()}
+SETTINGS = {
+    "tensorboard": ("log_dir",),
+    "mlflow": ("tracking_uri", "experiment", "tags"),
+    "wandb": ("project", "entity", "mode", "dir", "tags"),
+    "none": (),
+}
+"""The :class:`TrackerSpec` fields each kind takes besides ``kind``."""
+WANDB_MODES = ("online", "offline")
+"""The W&B modes a spec may name (None leaves it to ``$WANDB_MODE``; ``disabled`` is kind ``none``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +99,16 @@ class TrackerSpec:
     experiment: str = DEFAULT_EXPERIMENT
     """MLflow: the experiment the run goes into (created if missing)."""
     tags: dict[str, str] = field(default_factory=dict)
-    """MLflow: tags set on the run (e.g. the asset that trains it)."""
+    """MLflow: tags set on the run (e.g. the asset that trains it); W&B: the run's tags, as ``name=value``."""
+    project: str | None = None
+    """W&B: the project the run goes into; None: ``$WANDB_PROJECT``, else ``lmpipe``."""
+    entity: str | None = None
+    """W&B: the user or team that owns the project; None: ``$WANDB_ENTITY``, else the API key's default entity."""
+    mode: str | None = None
+    """W&B: ``online`` (streamed to the server; needs ``wandb login`` or ``$WANDB_API_KEY``) or ``offline`` (files
+    only, uploaded later with ``wandb sync``); None: ``$WANDB_MODE``, else online."""
+    dir: str | None = None
+    """W&B: the directory its files go under (``<dir>/wandb/``); None: ``$WANDB_DIR``, else the run's directory."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -102,6 +122,11 @@ class TrackerSpec:
             problems.append(f"experiment={self.experiment!r} must be a non-empty string")
         if not isinstance(self.tags, dict) or not all(isinstance(v, str) for v in self.tags.values()):
             problems.append(f"tags={self.tags!r} must map names to strings")
+        if self.mode is not None and self.mode not in WANDB_MODES:
+            problems.append(f"mode={self.mode!r} is not a W&B mode; valid: {', '.join(WANDB_MODES)} (or None)")
+        for name in ("project", "entity", "dir"):
+            if (value := getattr(self, name)) is not None and not (isinstance(value, str) and value):
+                problems.append(f"{name}={value!r} must be a non-empty string or None")
         if problems:
             raise ValueError("tracker spec: " + "; ".join(problems))
 
@@ -113,11 +138,11 @@ class TrackerSpec:
         if not isinstance(spec, dict):
             raise ValueError(f"tracker spec must be a dict with a 'kind' ({', '.join(KINDS)}) or None, not {spec!r}")
         kind = spec.get("kind")
-        if kind not in _SETTINGS:
+        if kind not in SETTINGS:
             raise ValueError(f"tracker spec: kind={kind!r} is not a tracker; valid: {', '.join(KINDS)}")
-        unknown = sorted(set(spec) - {"kind"} - _SETTINGS[kind])
+        unknown = sorted(set(spec) - {"kind"} - set(SETTINGS[kind]))
         if unknown:
-            valid = ", ".join(["kind", *sorted(_SETTINGS[kind])])
+            valid = ", ".join(["kind", *sorted(SETTINGS[kind])])
             raise ValueError(f"tracker spec: {unknown} are not {kind} settings; valid: {valid}")
         parsed = cls(**spec)
         return None if parsed.kind == "none" else parsed
@@ -139,6 +164,10 @@ def open_tracker(spec: dict[str, Any] | None, run: RunInfo) -> Tracker | None:
     if parsed.kind == "tensorboard":
         log_dir = run.run_dir / "tensorboard" if parsed.log_dir is None else Path(parsed.log_dir) / run.run_key
         return TensorBoardTracker(log_dir, run)
+    if parsed.kind == "wandb":
+        from lmcore.train.tracking_wandb import WandbTracker  # imports this module
+
+        return WandbTracker(parsed, run)
     return MlflowTracker(parsed, run)
 
 
@@ -154,7 +183,8 @@ def final_figures(summary: TrainSummary) -> dict[str, float]:
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys; lists as JSON text; None dropped (neither tracker takes it)."""
+    """Nested dicts as dotted keys; lists as JSON text; None dropped (TensorBoard's hparams and MLflow's params
+    take none)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
@@ -302,7 +332,11 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=chunk)
 
 
-_PACKAGE = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "lmpipe[mlflow]")}
+_PACKAGE = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "lmpipe[mlflow]"),
+    "wandb": ("wandb", "lmpipe[wandb]"),
+}
 """Per kind: (the module its tracker imports, what to pip install for it)."""
 
 

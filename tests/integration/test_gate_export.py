@@ -251,6 +251,12 @@ def test_a_passing_gate_exports_an_sft_model_that_answers_like_lmcore(promoted):
     sft_dir = Path(meta["sft_dir"].value)
     assert json.loads((sft_dir / "generation_config.json").read_text())["eos_token_id"] == 3  # <|im_end|>
     assert json.loads((Path(meta["pretrained_dir"].value) / "generation_config.json").read_text())["eos_token_id"] == 0
+    from huggingface_hub import ModelCard
+
+    for folder, rated in ((Path(meta["pretrained_dir"].value), "perplexity (test)"), (sft_dir, "ROUGE-L F")):
+        card = ModelCard.load(folder / "README.md")  # each export's model card, as the Hub reads it
+        assert card.data.license == "other" and rated in {r.metric_name for r in card.data.eval_results}
+        assert "## Contamination" in card.text and "none: trained from scratch" in card.text
 
     sft_path = instance.get_latest_materialization_event(dg.AssetKey("sft_model")).asset_materialization
     model, ckpt_meta = load_trained_model(sft_path.metadata["artifact_path"].value)

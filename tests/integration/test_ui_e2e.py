@@ -27,7 +27,7 @@ from tests.integration.ui_helpers import CHROMIUM, CHROMIUM_ARGS, PROJECT_ROOT, 
 
 pytestmark = pytest.mark.e2e
 
-DATA_ASSETS = ["raw_corpus", "clean_corpus", "splits", "tokenizer", "tokenized", "token_shards"]
+DATA_ASSETS = ["base_model", "raw_corpus", "clean_corpus", "splits", "tokenizer", "tokenized", "token_shards"]
 PARTITIONED = {"raw_corpus", "clean_corpus", "tokenized"}
 BACKFILL_RUNS = [{"raw_corpus", "clean_corpus"}, {"splits", "tokenizer"}, {"tokenized"}, {"token_shards"}]
 """The backfill's runs in order. The daemon launches assets once their parents are done: the partitioned stages

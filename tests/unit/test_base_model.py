@@ -115,3 +115,23 @@ def test_grow_vocab_keeps_every_old_row_and_refuses_to_shrink():
     assert grow_vocab(model, 50) is model
     with pytest.raises(ValueError, match="cannot shrink"):
         grow_vocab(model, 40)
+
+
+def test_a_base_models_own_chat_template_is_kept_in_the_export(tmp_path):
+    from lmcore.model.export import EOT, export_hf
+
+    src = save_qwen2(tmp_path / "qwen2")
+    lineage = prepare_base(BaseModelConfig(source=f"hf:{src}"), tmp_path, tmp_path / "out")
+    model, _ = load_trained_model(base_checkpoint(tmp_path / "out"))
+    folder = export_hf(
+        model,
+        tmp_path / "out" / "tokenizer.json",
+        tmp_path / "hf",
+        end_token=EOT,
+        chat_template=lineage["chat_template"],
+    )
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    assert hf_tok.chat_template == lineage["chat_template"]
+    text = hf_tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert _logits_diff(folder, model, 416) < 1e-5, "exported (as Llama with q/k/v biases), it computes the same"

@@ -1,5 +1,6 @@
 """Experiment trackers: TensorBoard event files and a real local MLflow store read back, each step once
-across a crash and resume, bad specs, and the Dagster resource failing before training."""
+across a crash and resume, bad specs, and the Dagster resource failing before training (W&B:
+test_tracking_wandb.py)."""
 
 from __future__ import annotations
 
@@ -178,13 +179,16 @@ def test_mlflow_run_metrics_params_status_and_resume(tmp_path, mlflow_uri, monke
 @pytest.mark.parametrize(
     "spec, words",
     [
-        ({"kind": "wandb"}, ["kind='wandb'", "tensorboard, mlflow, none"]),
-        ({"log_dir": "/tmp"}, ["kind=None", "tensorboard, mlflow, none"]),
+        ({"kind": "comet"}, ["kind='comet'", "tensorboard, mlflow, wandb, none"]),
+        ({"log_dir": "/tmp"}, ["kind=None", "tensorboard, mlflow, wandb, none"]),
         ("tensorboard", ["must be a dict", "'kind'"]),
         ({"kind": "mlflow", "experiment": "x"}, ["tracking_uri is required", "sqlite:///"]),
         ({"kind": "tensorboard", "tracking_uri": "x", "tag": 1}, ["['tag', 'tracking_uri']", "valid: kind, log_dir"]),
         ({"kind": "mlflow", "tracking_uri": "sqlite:///x.db", "experiment": ""}, ["experiment=''"]),
         ({"kind": "none", "log_dir": "x"}, ["['log_dir'] are not none settings", "valid: kind"]),
+        ({"kind": "wandb", "mode": "sometimes"}, ["mode='sometimes' is not a W&B mode", "online, offline"]),
+        ({"kind": "wandb", "project": ""}, ["project='' must be a non-empty string or None"]),
+        ({"kind": "wandb", "experiment": "x"}, ["['experiment'] are not wandb settings", "dir, entity, mode, project"]),
     ],
 )
 def test_bad_specs_name_the_field_and_the_choices(tmp_path, spec, words):
@@ -200,6 +204,12 @@ def test_no_tracker_and_missing_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if mlflow were not installed
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'lmpipe\[mlflow\]'"):
         open_tracker({"kind": "mlflow", "tracking_uri": "sqlite:///x.db"}, run)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(
+        ModuleNotFoundError, match=r"the wandb tracker needs the 'wandb' package: pip install 'lmpipe\[wandb\]'"
+    ):
+        open_tracker({"kind": "wandb", "mode": "offline"}, run)
+    assert not any(tmp_path.iterdir())
 
 
 def test_resource_spec_and_failing_before_training(tmp_path):
@@ -212,8 +222,17 @@ def test_resource_spec_and_failing_before_training(tmp_path):
         "experiment": "e",
         "tags": {"lmpipe.asset": "sft_model"},
     }
-    with pytest.raises(Exception, match="kind"):  # pydantic names the field and the allowed values
-        TrackerResource(kind="wandb")
+    assert TrackerResource(kind="wandb", project="p", mode="offline", log_dir="/tb").spec("pretrained_model") == {
+        "kind": "wandb",
+        "project": "p",
+        "mode": "offline",
+        "tags": {"lmpipe.asset": "pretrained_model"},
+    }, "only the settings of the chosen kind, None left to the tracker's own default"
+    with pytest.raises(Exception, match="'tensorboard', 'mlflow', 'wandb' or 'none'"):  # pydantic names the choices
+        TrackerResource(kind="comet")
+    assert "uploaded later with ``wandb sync``" in TrackerResource.model_fields["mode"].description, (
+        "lmcore's doc of the field"
+    )
 
     trained = []
 
@@ -224,4 +243,7 @@ def test_resource_spec_and_failing_before_training(tmp_path):
     with pytest.raises(dg.DagsterResourceFunctionError) as e:
         dg.materialize([model], resources={"tracker": TrackerResource(kind="mlflow")}, raise_on_error=True)
     assert "tracking_uri is required" in str(e.value.__cause__) and "resource 'tracker'" in str(e.value.__cause__)
+    with pytest.raises(dg.DagsterResourceFunctionError) as e:
+        dg.materialize([model], resources={"tracker": TrackerResource(kind="wandb", mode="sometimes")})
+    assert "mode='sometimes' is not a W&B mode" in str(e.value.__cause__)
     assert trained == []
