@@ -3,8 +3,9 @@
 lmpipe run [--profile NAME | --config FILE] [--select SELECTION] [--stale] [--set ASSET.FIELD=VALUE ...]
 lmpipe reproduce RUN_ID
 lmpipe ui [--port PORT] [--profile NAME | --config FILE]
-lmpipe generate --prompt TEXT [--max-new-tokens N] [--temperature T] [--no-repeat-ngram-size N] ...
-lmpipe export OUT_DIR
+lmpipe generate --prompt TEXT [--model pretrained|sft|DIR] [--max-new-tokens N] [--temperature T] ...
+lmpipe chat [--model sft|pretrained|DIR] [--system TEXT] [--max-new-tokens N] [--temperature T] ...
+lmpipe export OUT_DIR [--model pretrained|sft|DIR]
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmcore.cpu import pin_cpu_dispatch
 from pipelines.home import PROJECT_ROOT, HomeError, home_error, prepare_home, remove_stale_staging_dirs
-
-if TYPE_CHECKING:
-    from assets.artifacts import Checkpoint, TokenizerFile
 
 INTERRUPTED = 130
 """The exit code of a run that Ctrl-C or SIGTERM stopped (the shell's 128 + SIGINT); it is marked canceled."""
@@ -49,26 +47,45 @@ def _parser() -> argparse.ArgumentParser:
     ui_src = ui.add_mutually_exclusive_group()
     ui_src.add_argument("--profile", default=None, help="packaged profile the code location runs (default: demo)")
     ui_src.add_argument("--config", default=None, help="YAML file in the profile format, instead of --profile")
-    gen = sub.add_parser("generate", help="continue a prompt with the latest pretrained_model")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=100)
-    _generation_flags(gen)
-    exp = sub.add_parser("export", help="write the latest pretrained_model in Hugging Face format")
-    exp.add_argument("out_dir")
+    _model_commands(sub)
     return p
 
 
-def _generation_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``GenerationConfig`` field (``--top-k``, ``--no-repeat-ngram-size``, ...), with its default and
-    docstring: the same decoding as the evaluation's unless a flag says otherwise; ``none`` for an optional one."""
+def _model_commands(sub: Any) -> None:
+    """``generate``, ``chat`` and ``export`` (run by ``pipelines.use_model``)."""
+    from lmcore.finetune.converse import ChatConfig
+    from lmcore.model.generate import GenerationConfig
+    from pipelines.use_model import MODEL_HELP
+
+    gen = sub.add_parser("generate", help="continue a prompt with a trained model (default: pretrained)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--model", default="pretrained", help=MODEL_HELP)
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    _config_flags(gen, GenerationConfig)
+    chat = sub.add_parser(
+        "chat",
+        help="a ChatML conversation with a trained model (default: sft), one user turn per line of stdin;\n"
+        "an empty line, /exit or end of input ends it",
+    )
+    chat.add_argument("--model", default="sft", help=MODEL_HELP)
+    _config_flags(chat, ChatConfig)
+    _config_flags(chat, GenerationConfig)
+    exp = sub.add_parser("export", help="write a trained model (default: pretrained) in Hugging Face format")
+    exp.add_argument("out_dir")
+    exp.add_argument("--model", default="pretrained", help=MODEL_HELP)
+
+
+def _config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the config dataclass ``cls`` (``--top-k``, ``--no-repeat-ngram-size``, ...), with
+    its default and docstring (for ``GenerationConfig``: the same decoding as the evaluation's unless a flag says
+    otherwise); ``none`` for an optional one."""
     import dataclasses
     import typing
 
     from assets.config import field_docs
-    from lmcore.model.generate import GenerationConfig
 
-    hints = typing.get_type_hints(GenerationConfig)
-    for f in dataclasses.fields(GenerationConfig):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
 
         def parse(text: str, kind: type = kind) -> object:
@@ -78,7 +95,7 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
             f"--{f.name.replace('_', '-')}",
             type=parse,
             default=f.default,
-            help=f"{field_docs(GenerationConfig).get(f.name, '')} (default: {f.default})",
+            help=f"{field_docs(cls).get(f.name, '')} (default: {f.default})",
         )
 
 
@@ -94,59 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile or args.config:  # the code location's profile: every launch path in the UI runs it
             os.environ["LMPIPE_PROFILE"] = args.profile or os.path.abspath(args.config)
         return _ui(args.port)
-    if args.command in ("generate", "export"):
-        return _use_model(args)
+    if args.command in ("generate", "chat", "export"):
+        from pipelines.use_model import COMMANDS
+
+        return COMMANDS[args.command](args)
     if args.command == "reproduce":
         return _reproduce(args)
     return _run(args, home)
-
-
-def _trained_model() -> tuple[Checkpoint, TokenizerFile]:
-    """The latest ``pretrained_model`` and the tokenizer it was trained with, as handles opened through the artifact
-    store as the assets open them: fetched when the store is remote, every digest verified."""
-    import dagster as dg
-
-    from assets.artifacts import Checkpoint, TokenizerFile
-    from pipelines.definitions import artifact_store
-
-    with dg.build_resources({"store": artifact_store()}) as resources:
-        store = resources.store
-        checkpoint = Checkpoint.open(store, store.read_ref("pretrained_model"))
-        tokenizer = TokenizerFile.open(store, store.read_ref("tokenizer"))
-    if tokenizer.sha256 != (trained := checkpoint.manifest["tokenizer_sha256"]):
-        raise ValueError(
-            f"the latest tokenizer ({tokenizer.location}, sha256 {tokenizer.sha256[:12]}) is not the one the latest "
-            f"pretrained_model was trained with (sha256 {trained[:12]}); materialize pretrained_model again"
-        )
-    return checkpoint, tokenizer
-
-
-def _use_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    try:
-        checkpoint, tokenizer = _trained_model()
-        model = checkpoint.load()
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc} (with `lmpipe run`)", file=sys.stderr)
-        return 2
-    if args.command == "export":
-        from lmcore.model.export import export_hf
-
-        print(export_hf(model, tokenizer.file, Path(args.out_dir)))
-        return 0
-    import dataclasses
-
-    from lmcore.model.generate import GenerationConfig, generate_text
-
-    try:
-        decoding = GenerationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig)})
-    except ValueError as e:
-        print(f"lmpipe generate: {e}", file=sys.stderr)
-        return 2
-    text = generate_text(model, tokenizer.tokenizer, args.prompt, decoding, max_new_tokens=args.max_new_tokens)
-    print(args.prompt + text)
-    return 0
 
 
 def ui_command(port: int) -> list[str]:

@@ -4,7 +4,9 @@ labeled test set, which the blocking check catches); and bad label/SFT files."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import sys
 
 import dagster as dg
 
@@ -86,7 +88,7 @@ def _check(home, name: str) -> dg.AssetCheckEvaluation:
     return next(e for e in evaluations if e.check_name == name)
 
 
-def test_raw_corpus_to_evaluation_report(home, tmp_path, corpus_dir, capsys):
+def test_raw_corpus_to_evaluation_report(home, tmp_path, corpus_dir, capsys, monkeypatch):
     labels, sft = _tasks(tmp_path)
     copied = _plant(labels, corpus_dir)
     profile = write_profile(
@@ -142,6 +144,12 @@ def test_raw_corpus_to_evaluation_report(home, tmp_path, corpus_dir, capsys):
     assert {"ROUGE-L F", "ROUGE-L F (greedy)", "ROUGE-1 F (greedy)"} <= {r["metric"] for r in report["table"]}
     assert "## Generation" in markdown and "top_k 5" in markdown and "| greedy | base |" in markdown
     assert "base (greedy)" in report["samples"][0] and "answers decoded with temperature=0.0 " in out
+
+    # the latest sft_model, from the store: a chat turn, and its export ends at <|im_end|>
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    assert main(["chat", "--max-new-tokens", "4"]) == 0
+    assert main(["export", str(tmp_path / "sft"), "--model", "sft"]) == 0
+    assert json.loads((tmp_path / "sft" / "generation_config.json").read_text())["eos_token_id"] == 3
 
 
 def test_bad_label_file_names_the_file_and_line(home, tmp_path, corpus_dir, capsys):
