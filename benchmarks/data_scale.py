@@ -27,8 +27,18 @@ Figures (final JSON line; one process run, one configuration after the other, ne
                             call on the same texts, the median over parts of paired runs. Goal >= 0.9.
                             ``encode_vs_bare_hf``: the same for its encode path ``encode_documents`` alone; ``_cpu``: by
                             CPU seconds; ``tokenize_mb_per_s``: the three.
+  fast_encoder_vs_hf        where tiktoken gives HF's ids on every one of those documents: MB/s of
+                            ``tokenize_partition`` with ``encoder: tiktoken`` (its per-partition check included) /
+                            with ``hf``, paired as above; else the reason it was refused. ``fast_encode_vs_hf``: the
+                            same for ``encode_documents`` alone; ``fast_encoder_identical_shards``: manifests equal.
   long_word_seconds         seconds of ``tokenize_partition`` on one 10 MB document without whitespace (the books'
-                            letters: one pre-token) and on 10 MB of the 20,000-character documents.
+                            letters: one pre-token) and on 10 MB of the 20,000-character documents (``_tiktoken``:
+                            with ``encoder: tiktoken``).
+  time_profile              at the smallest scale, one group run with one worker under cProfile: per stage, its
+                            step's seconds, its lmcore work per category (read/decompress/parse, filters, dedup
+                            signatures, encode, write, digests, ...: each function's time charged to the lmcore code
+                            that called it) and ``dagster_fixed_s`` = step seconds - lmcore seconds (printed as a
+                            table too). Seconds under the profiler: Python code slows more than C code.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/data_scale.py [--scales 1,4,16] [--workers 2]
         [--fraction 1.0 | --max-mb MB] [--out DIR | --keep] [--skip-incremental | --tokenize-only]
@@ -54,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOKS = ROOT.parent / "shared" / "data" / "corpus" / "gutenberg"  # ../shared beside the repository
 STAGES = ("raw_corpus", "clean_corpus", "splits", "tokenizer", "tokenized", "token_shards")
 PARTITIONED = ("raw_corpus", "clean_corpus", "tokenized")
+UPSTREAM = {"tokenizer": "base_model"}  # an upstream outside STAGES, where the definitions have it: run alone first
 INCREMENTAL_FILES = 100
 GOALS = {"parallel_speedup": 1.7, "rss_growth": 1.2, "incremental_fraction": 0.1, "tokenize_vs_bare_hf": 0.9}
 
@@ -175,11 +186,15 @@ def write_profile(path: Path, corpus: Path) -> Path:
     return path
 
 
-def lmpipe(home: Path, profile: Path, select: str, workers: int, log: Path) -> dict[str, Any]:
-    """Run ``lmpipe run`` once in a fresh wrapper; its exit status, process wall seconds and descendants' peak RSS."""
+def lmpipe(
+    home: Path, profile: Path, select: str, workers: int, log: Path, prefix: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Run ``lmpipe run`` once in a fresh wrapper (``prefix``: before the script, e.g. ``python -m cProfile``); its
+    exit status, process wall seconds and descendants' peak RSS."""
     exe = Path(sys.executable).with_name("lmpipe")
     env = {**os.environ, "LMPIPE_HOME": str(home), "LMPIPE_DATA_WORKERS": str(workers), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", _WRAPPER, str(log), str(exe), "run", "--config", str(profile), "--select", select]
+    run = [*prefix, str(exe), "run", "--config", str(profile), "--select", select]
+    cmd = [sys.executable, "-c", _WRAPPER, str(log), *run]
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -251,6 +266,7 @@ def stage_rss(work: Path, corpus: Path, name: str, workers: int) -> dict[str, di
     home, profile = work / "homes" / name, write_profile(work / f"{name}.yaml", corpus)
     peaks = {}
     for stage in STAGES:
+        upstream(home, profile, stage, work / "logs" / name)
         run = lmpipe(home, profile, stage, workers, work / "logs" / f"{name}-{stage}.log")
         peaks[stage] = {k: run[f"{k}_kb"] for k in ("maxrss", "main", "workers")}
         mib = {k: round(v / 1024) for k, v in peaks[stage].items()}
@@ -259,6 +275,16 @@ def stage_rss(work: Path, corpus: Path, name: str, workers: int) -> dict[str, di
             f"in {run['process_s']:.1f}s"
         )
     return peaks
+
+
+def upstream(home: Path, profile: Path, stage: str, log: Path) -> None:
+    """Materialize ``stage``'s upstream outside STAGES (``UPSTREAM``), if the definitions have it, so that a
+    ``--select <stage>`` run finds its inputs."""
+    import importlib.util
+
+    name = UPSTREAM.get(stage)
+    if name and importlib.util.find_spec(f"assets.data.{name}") is not None:
+        lmpipe(home, profile, name, 1, log.with_name(f"{log.name}-{name}.log"))
 
 
 def rss_figures(rss: dict[int, dict[str, dict[str, int]]], low: int, top: int) -> dict[str, Any]:
@@ -279,6 +305,151 @@ def rss_figures(rss: dict[int, dict[str, dict[str, int]]], low: int, top: int) -
         "peak_rss_mib": mib(STAGES, "maxrss"),
         "peak_rss_workers_mib": mib(PARTITIONED, "workers"),
     }
+
+
+# ---------------------------------------------------------------- where the time goes
+
+READ, FILTERS, SIGNATURES, ENCODE, WRITE = "read/decompress/parse", "filters", "dedup signatures", "encode", "write"
+SPLIT, TRAIN, DIGESTS, OTHER = "split/dedup judge", "bpe training (child)", "digests", "other lmcore"
+_MODULES = {  # lmcore module -> category of its functions (exceptions by function name in _NAMES)
+    "sources": READ,
+    "corpus": READ,
+    "clean": FILTERS,
+    "filters": FILTERS,
+    "reflow": FILTERS,
+    "dedup": SIGNATURES,
+    "splits": SPLIT,
+    "tokenizer": ENCODE,
+    "fast_encoder": ENCODE,
+    "shards": ENCODE,
+    "publish": WRITE,
+}
+_NAMES = {
+    "_sign": SIGNATURES,
+    "signature_schema": SIGNATURES,
+    "_kept_documents": READ,
+    "run_in_child": TRAIN,
+    "train_tokenizer": TRAIN,
+    "_write_records": WRITE,
+    "write_manifest": WRITE,
+    "assemble_shards": WRITE,
+    "_write_shard": WRITE,
+    "__exit__": WRITE,
+    "verify_dir": DIGESTS,
+    "verify_file": DIGESTS,
+}
+
+
+_ENTRIES = {  # the lmcore call of each stage: shared code above it (build_partitions, publish) hides whose it is
+    ("data/corpus.py", "build_raw_corpus"): "raw_corpus",
+    ("data/clean.py", "clean_corpus"): "clean_corpus",
+    ("data/splits.py", "split_corpus"): "splits",
+    ("workers.py", "run_in_child"): "tokenizer",
+    ("data/shards.py", "tokenize_partition"): "tokenized",
+    ("data/shards.py", "assemble_shards"): "token_shards",
+}
+
+
+def _category(key: tuple[str, int, str]) -> str | None:
+    """The category of an lmcore function (by module, then name); None for code outside lmcore and for imports."""
+    path, _, name = key
+    if "/lmcore/" not in path or name == "<module>":
+        return None
+    rel = path.split("/lmcore/", 1)[1].removesuffix(".py").split("/")
+    if name in _NAMES:
+        return _NAMES[name]
+    if rel[-1] == "io":
+        if "sha256" in name or "digest" in name:
+            return DIGESTS
+        return WRITE if any(w in name for w in ("write", "Writer", "atomic", "flush", "close", "link")) else READ
+    return _MODULES.get(rel[-1]) or _MODULES.get(rel[-2] if len(rel) > 1 else "", OTHER)
+
+
+def attribute(prof: Path, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Seconds per stage and category in a cProfile file of one run: a stage is everything under its asset function
+    or its lmcore call (``_ENTRIES``); an lmcore function's own time goes to its category, other code's to its
+    callers' (stage, category) in proportion to the time spent under each, so a C call, a regex or pyarrow is charged
+    to the lmcore work that called it (the usual gprof assumption for shared functions)."""
+    import pstats
+
+    stats = pstats.Stats(str(prof)).stats
+    memo: dict[Any, dict[tuple[str | None, str], float]] = {}
+
+    def share(key: Any, stack: frozenset) -> dict[tuple[str | None, str], float]:
+        if key in memo:
+            return memo[key]
+        if "/assets/" in key[0] and key[2] in stages:
+            return memo.setdefault(key, {(key[2], "asset, not lmcore"): 1.0})
+        entry = next((st for (f, n), st in _ENTRIES.items() if key[2] == n and key[0].endswith(f"/lmcore/{f}")), None)
+        if entry is not None:
+            return memo.setdefault(key, {(entry, _category(key) or OTHER): 1.0})
+        callers = {c: v[3] for c, v in stats[key][4].items() if c != key and c not in stack and c in stats}
+        total, own = sum(callers.values()), _category(key)
+        out: dict[tuple[str | None, str], float] = {} if total else {(None, "outside"): 1.0}
+        for caller, ct in callers.items():
+            for (stage, label), w in share(caller, stack | {key}).items():
+                label = own if own is not None and stage is not None else label
+                out[stage, label] = out.get((stage, label), 0.0) + w * ct / total
+        return memo.setdefault(key, out) if len(callers) == len(stats[key][4]) - (key in stats[key][4]) else out
+
+    seconds: dict[str, dict[str, float]] = {s: {} for s in stages}
+    for key, (_, _, tt, _, _) in stats.items():
+        for (stage, label), w in share(key, frozenset()).items():
+            if stage is not None:
+                seconds[stage][label] = seconds[stage].get(label, 0.0) + w * tt
+    return seconds
+
+
+def time_profile(work: Path, corpus: Path, name: str) -> dict[str, Any]:
+    """One ``lmpipe run --select group:data`` with one worker process (so everything but BPE training's child runs
+    in the profiled process) under cProfile: per stage, seconds of its lmcore work per category, and the fixed cost
+    of its Dagster step: its STEP_START -> STEP_SUCCESS wall minus that work (input loads, memo checks, metadata,
+    events, the asset's own code). Seconds under the profiler, which slows Python code more than C code."""
+    sys.setrecursionlimit(20_000)
+    prof = work / "profiles" / f"{name}.prof"
+    prof.parent.mkdir(parents=True, exist_ok=True)
+    profile = write_profile(work / f"{name}.yaml", corpus)
+    run = lmpipe(
+        work / "homes" / name,
+        profile,
+        "group:data",
+        1,
+        work / "logs" / f"{name}.log",
+        (sys.executable, "-m", "cProfile", "-o", str(prof)),
+    )
+    stages = {}
+    for stage, cats in attribute(prof, STAGES).items():
+        lmcore = {k: round(v, 2) for k, v in sorted(cats.items()) if k != "asset, not lmcore" and v >= 0.005}
+        step = run["steps"][stage]
+        stages[stage] = {
+            "step_s": round(step, 2),
+            "lmcore_s": lmcore,
+            "dagster_fixed_s": round(step - sum(lmcore.values()), 2),
+            "of_which_asset_code_s": round(cats.get("asset, not lmcore", 0.0), 2),  # the rest: Dagster around it
+        }
+    print_profile(stages)
+    outside = run["process_s"] - sum(run["steps"].values())
+    return {
+        "time_profile": {
+            "corpus": name,
+            "workers": 1,
+            "under": "cProfile",
+            "stages": stages,
+            "run_s": round(run["run_s"], 2),
+            "process_outside_steps_s": round(outside, 2),
+        }
+    }
+
+
+def print_profile(stages: dict[str, dict[str, Any]]) -> None:
+    cats = sorted({c for s in stages.values() for c in s["lmcore_s"]})
+    head = ["stage", "step s", *cats, "dagster fixed"]
+    rows = [
+        [n, s["step_s"], *(s["lmcore_s"].get(c, "") for c in cats), s["dagster_fixed_s"]] for n, s in stages.items()
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    for row in [head, *rows]:
+        say("  " + "  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
 
 
 # ---------------------------------------------------------------- the measurements
@@ -304,6 +475,9 @@ def scaling(work: Path, texts: dict[str, str], scales: list[int], workers: int) 
             one = group_run(work, corpus, f"group{scale:02d}x-w1", 1)
         if scale in (low, top) and low != top:
             rss[scale] = stage_rss(work, corpus, f"rss{scale:02d}x-w{workers}", workers)
+        if scale == low:
+            say(f"  time profile at {scale}x (one worker, under cProfile):")
+            profile = time_profile(work, corpus, f"profile{scale:02d}x")
     fast = runs[top]
     return {
         "corpus_mb": corpus_mb,
@@ -313,6 +487,7 @@ def scaling(work: Path, texts: dict[str, str], scales: list[int], workers: int) 
         "parallel_speedup_process": round(one["process_s"] / fast["process_s"], 3),
         **rss_figures(rss, low, top),
         "identical_across_workers": shard_digests(one) == shard_digests(fast),
+        **profile,
     }
 
 
@@ -357,62 +532,111 @@ def _doc_shards(base: Path, name: str, rows: list[str]) -> tuple[list[Path], dic
     return [base / name / s["path"] for s in w.shards], {f"{name}-{i}": "train" for i in range(len(rows))}
 
 
+def _fast_or_reason(tok_path: Path, docs: list[str]) -> tuple[Any, str | None]:
+    """The tiktoken encoder, when it can be built and gives HF's ids on every one of ``docs`` (cut as the stage cuts
+    them); else None and the reason."""
+    from lmcore.data.fast_encoder import NotExpressible, check_identity, fast_encoder
+    from lmcore.data.tokenizer import MAX_WORD_CHARS, load_tokenizer
+
+    tok = load_tokenizer(tok_path)
+    try:
+        fast = fast_encoder(tok)
+    except NotExpressible as e:
+        return None, str(e)
+    reason = check_identity(tok, fast, [(str(i), d) for i, d in enumerate(docs)], MAX_WORD_CHARS)
+    return (None, reason) if reason else (fast, None)
+
+
+def _paired_seconds(kinds: dict[str, Any], parts: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Each kind's (wall, CPU) seconds per part and round, the kinds one right after the other in a rotating order."""
+    seconds: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    for r in range(rounds):
+        for j in range(parts):
+            turn = (j + r) % len(kinds)
+            for k in list(kinds)[turn:] + list(kinds)[:turn]:
+                seconds[k].append(_timed(functools.partial(kinds[k], j)))
+    return seconds
+
+
 def tokenize_speed(work: Path, texts: dict[str, str], rounds: int = 2) -> dict[str, Any]:
     """In this process, the books cut into 20,000-character documents, in parts of 100 documents (~2 MB): per part,
     ``tokenize_partition`` (the tokenized stage's work: Parquet in, shards out), its encode path ``encode_documents``
     and a bare ``encode_batch_fast`` call on the part's texts, each with the tokenizer loaded afresh as a partition
     does, one right after the other in a rotating order, ``rounds`` times. A ratio is the median over the parts of
     bare seconds / seconds: paired runs seconds apart, so the load of other processes on a shared machine mostly
-    cancels (``_cpu``: the same by CPU seconds). Then one 10 MB document without whitespace (the books' letters
-    only: a single pre-token) beside 10 MB of those documents, each through ``tokenize_partition``."""
+    cancels (``_cpu``: the same by CPU seconds). Where tiktoken gives HF's ids on every document, the same two with
+    ``encoder: tiktoken`` (the stage's own check included) against HF's: ``fast_encoder_vs_hf``. Then one 10 MB
+    document without whitespace (the books' letters only: a single pre-token) beside 10 MB of those documents, each
+    through ``tokenize_partition``."""
     from tokenizers import Tokenizer as HFTokenizer
 
-    from lmcore.data.shards import encode_documents, tokenize_partition
+    from lmcore.data.fast_encoder import fast_encoder
+    from lmcore.data.shards import EncodeConfig, encode_documents, tokenize_partition
     from lmcore.data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
-    base = work / "tokenize"
+    base, tok_path = work / "tokenize", work / "tokenize" / "tokenizer.json"
     docs = [t[i : i + 20_000] for t in texts.values() for i in range(0, len(t), 20_000)]
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
-    tok_path = base / "tokenizer.json"
     train_tokenizer(TokenizerConfig(vocab_size=8192), docs, tok_path)
     parts = [docs[i : i + 100] for i in range(0, len(docs), 100)]
     shards = [_doc_shards(base, f"part{j}", part) for j, part in enumerate(parts)]
+    fast, refused = _fast_or_reason(tok_path, docs)
 
-    def stage(name: str, paths: list[Path], splits_of: dict[str, str]) -> None:
+    def stage(name: str, paths: list[Path], splits_of: dict[str, str], encoder: str = "hf") -> bytes:
         shutil.rmtree(base / f"shards-{name}", ignore_errors=True)
-        tokenize_partition(tok_path, paths, splits_of, base / f"shards-{name}")
+        tokenize_partition(tok_path, paths, splits_of, base / f"shards-{name}", settings=EncodeConfig(encoder=encoder))
+        return (base / f"shards-{name}" / "manifest.json").read_bytes()
 
     kinds = {
         "bare": lambda j: HFTokenizer.from_file(str(tok_path)).encode_batch_fast(parts[j], add_special_tokens=False),
         "encode": lambda j: list(encode_documents(load_tokenizer(tok_path), parts[j])),
         "stage": lambda j: stage("part", *shards[j]),
     }
-    seconds: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
-    for r in range(rounds):
-        for j in range(len(parts)):
-            order = list(kinds)[(j + r) % 3 :] + list(kinds)[: (j + r) % 3]
-            for k in order:
-                seconds[k].append(_timed(functools.partial(kinds[k], j)))
+    if fast is not None:
+        kinds["fast_encode"] = lambda j: list(encode_documents(fast_encoder(load_tokenizer(tok_path)), parts[j]))
+        kinds["fast_stage"] = lambda j: stage("fast", *shards[j], encoder="tiktoken")
+    seconds = _paired_seconds(kinds, len(parts), rounds)
 
-    def ratio(k: str, i: int) -> float:
-        return round(statistics.median(b[i] / x[i] for b, x in zip(seconds["bare"], seconds[k], strict=True)), 3)
+    def ratio(k: str, i: int, over: str = "bare") -> float:
+        pairs = zip(seconds[over], seconds[k], strict=True)
+        return round(statistics.median(b[i] / x[i] for b, x in pairs), 3)
 
     say("  tokenize: " + ", ".join(f"{k} {rounds * mb / sum(w for w, _ in v):.2f} MB/s" for k, v in seconds.items()))
-    letters = "".join(c for c in "".join(texts.values()) if c.isalpha())
-    long_doc = (letters * (10_000_000 // len(letters) + 1))[:10_000_000]
-    prose = [docs[i % len(docs)] for i in range(round(len(docs) * 10 / mb))]
-    long_shards, prose_shards = _doc_shards(base, "long", [long_doc]), _doc_shards(base, "prose", prose)
-    long_s = _timed(lambda: stage("long", *long_shards))[0]
-    prose_s = _timed(lambda: stage("prose", *prose_shards))[0]
-    say(f"  tokenize: one 10 MB run of letters {long_s:.1f}s, 10 MB of prose {prose_s:.1f}s")
-    return {
+    figures = {
         "tokenize_mb_per_s": {k: round(rounds * mb / sum(w for w, _ in v), 3) for k, v in seconds.items()},
         "tokenize_vs_bare_hf": ratio("stage", 0),
         "encode_vs_bare_hf": ratio("encode", 0),
         "tokenize_vs_bare_hf_cpu": ratio("stage", 1),
         "encode_vs_bare_hf_cpu": ratio("encode", 1),
-        "long_word_seconds": {"no_whitespace_10mb": round(long_s, 2), "prose_10mb": round(prose_s, 2)},
+        "fast_encoder_vs_hf": refused or ratio("fast_stage", 0, over="stage"),
     }
+    if fast is not None:
+        figures["fast_encoder_vs_hf_cpu"] = ratio("fast_stage", 1, over="stage")
+        figures["fast_encode_vs_hf"] = ratio("fast_encode", 0, over="encode")
+        figures["fast_encode_vs_hf_cpu"] = ratio("fast_encode", 1, over="encode")
+        figures["fast_encoder_identical_shards"] = all(
+            stage("part", *shards[j]) == stage("fast", *shards[j], encoder="tiktoken") for j in range(len(parts))
+        )
+    return figures | long_words(base, texts, docs, stage, tiktoken=fast is not None)
+
+
+def long_words(base: Path, texts: dict[str, str], docs: list[str], stage: Any, *, tiktoken: bool) -> dict[str, Any]:
+    """Seconds of the stage on one 10 MB document without whitespace and on 10 MB of ``docs`` (and with tiktoken)."""
+    mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
+    letters = "".join(c for c in "".join(texts.values()) if c.isalpha())
+    long_doc = (letters * (10_000_000 // len(letters) + 1))[:10_000_000]
+    prose = [docs[i % len(docs)] for i in range(round(len(docs) * 10 / mb))]
+    cases = {
+        "no_whitespace_10mb": _doc_shards(base, "long", [long_doc]),
+        "prose_10mb": _doc_shards(base, "prose", prose),
+    }
+    out = {}
+    for name, (paths, splits_of) in cases.items():
+        for encoder in ("hf", "tiktoken") if tiktoken else ("hf",):
+            key = name if encoder == "hf" else f"{name}_tiktoken"
+            out[key] = round(_timed(functools.partial(stage, key, paths, splits_of, encoder))[0], 2)
+    say(f"  tokenize: one 10 MB run of letters / 10 MB of prose: {out}")
+    return {"long_word_seconds": out}
 
 
 def main() -> None:

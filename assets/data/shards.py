@@ -5,27 +5,41 @@ import functools
 import dagster as dg
 
 from assets.artifacts import Documents, Splits, TokenizerFile, TokenShards
+from assets.config import config_from
 from assets.data.partitions import BACKFILL, DATA_PARTITIONS, PartitionWork, build_partitions, partition_result
 from assets.plots import bar_chart
 from assets.resources import ArtifactStore
 from assets.stage import result
 from assets.versions import code_version_of
-from lmcore.data.shards import assemble_shards, tokenize_partition, verify_shards
+from lmcore.data.fast_encoder import EncoderChoice
+from lmcore.data.shards import EncodeConfig, assemble_shards, tokenize_partition, verify_shards
 from lmcore.data.splits import SPLITS
+from lmcore.data.tokenizer import MAX_WORD_CHARS
 
 CODE_VERSION = code_version_of(__name__)
+TokenShardsConfig = config_from(EncodeConfig, name="TokenShardsConfig", exclude=("max_word_chars",))
+"""The tokenized stage's settings; ``max_word_chars`` is not one of them: it is the tokenizer's own."""
 
 
-class TokenShardsConfig(dg.Config):
-    shard_tokens: int = 1 << 24
-    """Token ids per shard; also the writer's whole buffer (per split and source), so it bounds memory."""
+def _encode_settings(config: TokenShardsConfig, tokenizer: TokenizerFile) -> EncodeConfig:
+    """The config with the tokenizer's training bound on words (a tokenizer recorded before that setting existed:
+    the default bound), so encoding cuts long runs where training cut them."""
+    return config.to_lmcore(max_word_chars=tokenizer.manifest["config"].get("max_word_chars", MAX_WORD_CHARS))
 
 
 def _per_partition(part: TokenShards) -> dict:
     by_split = part.manifest["splits"]
+    choice = EncoderChoice.load(part.path)
     return {f"{s}_tokens": by_split[s]["tokens"] for s in SPLITS} | {
-        "documents": sum(by_split[s]["documents"] for s in SPLITS)
+        "documents": sum(by_split[s]["documents"] for s in SPLITS),
+        "encoder": choice.used if choice else "hf",
     }
+
+
+def _refusals(handles: dict[str, TokenShards], built: set[str]) -> dict[str, str]:
+    """Why tiktoken was refused, per partition built in this run where it was asked for and HF was used."""
+    choices = {k: EncoderChoice.load(handles[k].path) for k in sorted(built)}
+    return {k: c.reason for k, c in choices.items() if c is not None and c.reason}
 
 
 @dg.asset(
@@ -43,8 +57,10 @@ def tokenized(
     tokenizer: TokenizerFile,
     store: ArtifactStore,
 ) -> dg.MaterializeResult:
-    """Each partition's kept documents tokenized per split and source; a partition whose documents, splits and
-    tokenizer are unchanged keeps its shards."""
+    """Each partition's kept documents tokenized per split and source; a partition whose documents, splits,
+    tokenizer and shard-shaping settings are unchanged keeps its shards. With ``encoder: tiktoken``, a partition
+    whose check fails is tokenized by HF (the same shards) and the reason is a warning."""
+    settings = _encode_settings(config, tokenizer)
     index = splits.index()  # read once; each partition takes its kept rows
     splits_of: dict[str, dict[str, str]] = {key: {} for key in clean_corpus}
     columns = (index.column(c).to_pylist() for c in ("partition", "doc_id", "split"))
@@ -54,7 +70,7 @@ def tokenized(
     work = {}
     for key, docs in clean_corpus.items():
         inputs = {
-            "config": config.model_dump(),
+            "encode": settings.memo(),
             "clean_corpus": docs.data_version,
             "tokenizer": tokenizer.sha256,
             "index": splits.manifest["partitions"][key]["index_sha256"],
@@ -64,15 +80,20 @@ def tokenized(
             tokenizer.file,
             docs.shard_paths,
             splits_of[key],
-            shard_tokens=config.shard_tokens,
+            settings=settings,
             tokenizer_sha256=tokenizer.sha256,
         )
         work[key] = PartitionWork(build=build, inputs=inputs)
     handles, built = build_partitions(context, store, "tokenized", TokenShards, work, CODE_VERSION)
     retokenized = sum(_per_partition(h)["documents"] for k, h in handles.items() if k in built)
-    return partition_result(
-        context, handles, built, _per_partition, {"documents_tokenized_in_run": retokenized}, config
-    )
+    figures = {"documents_tokenized_in_run": retokenized}
+    if refused := _refusals(handles, built):
+        figures["encoder_refused"] = dg.MetadataValue.json(refused)
+        context.log.warning(
+            f"tokenized: tiktoken refused in {len(refused)} partition(s), HF used instead (same shards): "
+            + "; ".join(f"{k}: {why}" for k, why in list(refused.items())[:3])
+        )
+    return partition_result(context, handles, built, _per_partition, figures, config)
 
 
 @dg.asset(group_name="data", kinds={"arrow"}, code_version=CODE_VERSION)

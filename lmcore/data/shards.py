@@ -6,15 +6,16 @@ Layout under a shard root::
     train/shard-00000.arrow       one record batch, column ``tokens`` (uint16 or uint32)
     val/...  test/...
 
-Documents are concatenated with ``<|endoftext|>`` after each one. A shard holds at most
-``shard_tokens`` ids and is the only buffer the writer keeps, so memory does not grow
-with the corpus. Readers memory-map the files and verify digests against the manifest.
-This module knows nothing of models or training loops.
+Documents are concatenated with ``<|endoftext|>`` after each one. A shard holds at most ``shard_tokens`` ids and is
+the only buffer the writer keeps, so memory does not grow with the corpus. Readers memory-map the files and verify
+digests against the manifest. This module knows nothing of models or training loops.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,45 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from lmcore.data.fast_encoder import ENCODERS, IdEncoder, choose_encoder
 from lmcore.data.tokenizer import MAX_WORD_CHARS, Tokenizer, cut_long_runs
 from lmcore.io import ProgressFn, atomic_path, iter_texts, link_or_copy, read_json, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+
+
+@dataclass(kw_only=True, frozen=True)
+class EncodeConfig:
+    """How the tokenized stage encodes documents into shards; only :meth:`memo`'s fields change the shards' bytes."""
+
+    shard_tokens: int = 1 << 24
+    """Token ids per shard; also the writer's whole buffer (per split and source), so it bounds memory."""
+    batch_size: int = 512
+    """Documents (or pieces of a cut one) per encode call."""
+    max_word_chars: int = MAX_WORD_CHARS
+    """Cut runs of more than this many non-space characters before encoding (0: never); the tokenized asset sets the
+    tokenizer's own ``TokenizerConfig.max_word_chars``, so encoding sees the words training saw."""
+    encoder: str = "hf"
+    """``hf``, or ``tiktoken`` (``pip install 'lmpipe[fast]'``): built from the same vocabulary and merges and used in
+    a partition only if its ids equal HF's on the partition's first ``check_chars`` characters; otherwise HF, with
+    the reason in ``encoder.json`` and the asset's metadata. The shards are identical either way."""
+    check_chars: int = 1 << 20
+    """With ``encoder: tiktoken``: characters per partition encoded by both encoders to prove their ids equal (each
+    costs an HF and a tiktoken encode)."""
+
+    def __post_init__(self) -> None:
+        for name in ("shard_tokens", "batch_size", "check_chars"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"EncodeConfig.{name}={getattr(self, name)!r}: must be a whole number >= 1")
+        if not isinstance(self.max_word_chars, int) or self.max_word_chars < 0:
+            raise ValueError(f"EncodeConfig.max_word_chars={self.max_word_chars!r}: must be >= 0 (0: no bound)")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"EncodeConfig.encoder={self.encoder!r}: choose one of {', '.join(ENCODERS)}")
+
+    def memo(self) -> dict[str, int]:
+        """The settings the shards' bytes depend on (a partition is tokenized again when one changes)."""
+        return {"shard_tokens": self.shard_tokens, "max_word_chars": self.max_word_chars}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -92,43 +127,39 @@ class TokenShardWriter:
 
 
 def encode_documents(
-    tokenizer: Tokenizer,
-    texts: Iterable[str],
-    *,
-    batch_size: int = 512,
-    batch_chars: int = 1 << 20,
-    max_word_chars: int = MAX_WORD_CHARS,
+    encoder: IdEncoder, texts: Iterable[str], settings: EncodeConfig = EncodeConfig(), *, batch_chars: int = 1 << 20
 ) -> Iterator[tuple[np.ndarray, int]]:
     """Yield ``(ids, n_docs)`` per batch: each document's ids followed by ``<|endoftext|>`` (uint32), and how many
     documents end in the batch.
 
+    ``encoder``: the :class:`~lmcore.data.tokenizer.Tokenizer`, or one proven to give its ids (:mod:`.fast_encoder`).
     A document's ids are ``tokenizer.encode(text, add_special_tokens=False).ids``, except inside a run of more than
-    ``max_word_chars`` non-space characters (0: no bound), which is cut into words of that length first
-    (:func:`~lmcore.data.tokenizer.cut_long_runs`), so that one 10 MB document without whitespace takes linear time.
-    A batch closes at ``batch_size`` pieces (documents, or parts of a cut one) or ``batch_chars`` characters,
-    whichever comes first: HF ``Encoding`` objects cost ~100 bytes per token, so the character bound is what keeps
-    memory flat, within one long document too.
+    ``settings.max_word_chars`` non-space characters (0: no bound), cut into words of that length first as tokenizer
+    training cuts them (:func:`~lmcore.data.tokenizer.cut_long_runs`), so that one 10 MB document without whitespace
+    takes linear time. A batch closes at ``settings.batch_size`` pieces (documents, or parts of a cut one) or
+    ``batch_chars`` characters, whichever comes first: HF ``Encoding`` objects cost ~100 bytes per token, so the
+    character bound is what keeps memory flat, within one long document too.
     """
     batch: list[str] = []
     ends: list[bool] = []  # whether batch[i] is the last piece of its document
     chars = 0
     for text in texts:
-        pieces = cut_long_runs(text, max_word_chars)
+        pieces = cut_long_runs(text, settings.max_word_chars)
         for i, piece in enumerate(pieces, 1):
             batch.append(piece)
             ends.append(i == len(pieces))
             chars += len(piece)
-            if len(batch) >= batch_size or chars >= batch_chars:
-                yield _encode_batch(tokenizer, batch, ends)
+            if len(batch) >= settings.batch_size or chars >= batch_chars:
+                yield _encode_batch(encoder, batch, ends)
                 batch, ends, chars = [], [], 0
     if batch:
-        yield _encode_batch(tokenizer, batch, ends)
+        yield _encode_batch(encoder, batch, ends)
 
 
-def _encode_batch(tokenizer: Tokenizer, pieces: list[str], ends: list[bool]) -> tuple[np.ndarray, int]:
-    ids, sizes = tokenizer.encode_ids(pieces)
+def _encode_batch(encoder: IdEncoder, pieces: list[str], ends: list[bool]) -> tuple[np.ndarray, int]:
+    ids, sizes = encoder.encode_ids(pieces)
     doc_ends = np.cumsum(sizes)[np.asarray(ends, dtype=bool)]
-    return np.insert(ids, doc_ends, tokenizer.eot_id), int(doc_ends.size)
+    return np.insert(ids, doc_ends, encoder.eot_id), int(doc_ends.size)
 
 
 @dataclass(frozen=True)
@@ -195,11 +226,8 @@ def tokenize_splits(
     progress: ProgressFn | None = None,
     **manifest_extra: Any,
 ) -> dict[str, Any]:
-    """Stream every split's documents through ``tokenizer`` into shards; manifest written last.
-
-    Memory is one shard buffer (``shard_tokens`` ids) plus one encode batch, whatever the
-    corpus size.
-    """
+    """Stream every split's documents through ``tokenizer`` into shards; manifest written last. Memory is one shard
+    buffer (``shard_tokens`` ids) plus one encode batch, whatever the corpus size."""
     vocab_size = tokenizer.get_vocab_size()
     dtype = token_dtype(vocab_size)
     splits: dict[str, dict[str, Any]] = {}
@@ -207,7 +235,7 @@ def tokenize_splits(
     for split, paths in split_files.items():
         docs = 0
         with TokenShardWriter(Path(out_dir) / split, dtype, shard_tokens=shard_tokens) as writer:
-            for ids, n in encode_documents(tokenizer, iter_texts(paths), batch_size=batch_size):
+            for ids, n in encode_documents(tokenizer, iter_texts(paths), EncodeConfig(batch_size=batch_size)):
                 writer.add(ids)
                 docs += n
                 done += n
@@ -224,14 +252,24 @@ def _group_name(spec: str) -> str:
     return hashlib.sha256(spec.encode("utf-8")).hexdigest()[:8]
 
 
+def _kept_documents(doc_paths: list[Path], splits_of: dict[str, str]) -> Iterator[tuple[str, str, str, str]]:
+    """``(doc_id, split, spec, text)`` of each document of ``doc_paths`` that ``splits_of`` keeps, in order."""
+    import pyarrow.parquet as pq
+
+    for path in doc_paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["doc_id", "spec", "text"]):
+            for doc, spec, text in zip(*(batch.column(c).to_pylist() for c in ("doc_id", "spec", "text")), strict=True):
+                if (split := splits_of.get(doc)) is not None:
+                    yield doc, split, spec, text
+
+
 def tokenize_partition(
     tokenizer: Tokenizer | str | Path,
     doc_paths: list[Path],
     splits_of: dict[str, str],
     out_dir: str | Path,
     *,
-    shard_tokens: int = 1 << 24,
-    batch_size: int = 512,
+    settings: EncodeConfig = EncodeConfig(),
     progress: ProgressFn | None = None,
     **manifest_extra: Any,
 ) -> dict[str, Any]:
@@ -240,39 +278,43 @@ def tokenize_partition(
 
     ``tokenizer`` may be the path of a ``tokenizer.json``. ``splits_of`` maps each ``doc_id`` to keep to its
     split; other documents (duplicates) are passed over. Each shard entry carries its ``spec``; per split the
-    manifest also counts ``bytes`` (UTF-8 of the kept texts).
+    manifest also counts ``bytes`` (UTF-8 of the kept texts). With ``encoder: tiktoken`` the first ``check_chars`` of
+    documents decide the encoder (:func:`.fast_encoder.choose_encoder`); the choice is saved beside the manifest.
     """
-    import pyarrow.parquet as pq
-
     from lmcore.data.tokenizer import load_tokenizer
 
+    if clash := sorted(set(manifest_extra) & {f.name for f in dataclasses.fields(EncodeConfig)}):
+        raise TypeError(f"tokenize_partition: pass {clash} in settings=EncodeConfig(...), not as keywords")
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = load_tokenizer(tokenizer)
-    out = _SplitWriters(tokenizer, Path(out_dir), shard_tokens, batch_size)
-    done = 0
-    for path in doc_paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["doc_id", "spec", "text"]):
-            for doc, spec, text in zip(*(batch.column(c).to_pylist() for c in ("doc_id", "spec", "text")), strict=True):
-                if (split := splits_of.get(doc)) is not None:
-                    out.add(split, spec, text)
-                    done += 1
-            if progress:
-                progress("tokenize documents", done, len(splits_of))
-    return write_manifest(
-        out.out_dir,
-        out.finish(),
-        dtype=out.dtype.name,
-        vocab_size=tokenizer.get_vocab_size(),
-        eot_id=tokenizer.eot_id,
-        **manifest_extra,
-    )
+    docs = _kept_documents(doc_paths, splits_of)
+    head = _head(docs, settings.check_chars) if settings.encoder != "hf" else []
+    sample = [(doc, text) for doc, _, _, text in head]
+    encoder, choice = choose_encoder(tokenizer, settings.encoder, sample, settings.max_word_chars, settings.check_chars)
+    out = _SplitWriters(tokenizer, encoder, Path(out_dir), settings)
+    for done, (_, split, spec, text) in enumerate(itertools.chain(head, docs), 1):
+        out.add(split, spec, text)
+        if progress and done % 256 == 0:
+            progress("tokenize documents", done, len(splits_of))
+    splits = out.finish()
+    choice.save(out.out_dir)  # beside the manifest, not in it: the data version does not depend on the encoder
+    ids = {"dtype": out.dtype.name, "vocab_size": tokenizer.get_vocab_size(), "eot_id": tokenizer.eot_id}
+    return write_manifest(out.out_dir, splits, **ids, **manifest_extra)
+
+
+def _head(docs: Iterator[tuple[str, str, str, str]], chars: int) -> list[tuple[str, str, str, str]]:
+    head, total = [], 0  # the first documents up to ``chars`` characters (the last one whole)
+    while total < chars and (row := next(docs, None)) is not None:
+        head.append(row)
+        total += len(row[3])
+    return head
 
 
 class _SplitWriters:
     """One run of token shards per ``(split, source spec)``; documents are encoded ``batch_size`` at a time."""
 
-    def __init__(self, tokenizer: Tokenizer, out_dir: Path, shard_tokens: int, batch_size: int) -> None:
-        self.tokenizer, self.out_dir, self.shard_tokens, self.batch_size = tokenizer, out_dir, shard_tokens, batch_size
+    def __init__(self, tokenizer: Tokenizer, encoder: IdEncoder, out_dir: Path, settings: EncodeConfig) -> None:
+        self.encoder, self.out_dir, self.settings = encoder, out_dir, settings
         self.dtype = token_dtype(tokenizer.get_vocab_size())
         self.writers: dict[tuple[str, str], TokenShardWriter] = {}
         self.pending: dict[tuple[str, str], list[str]] = {}
@@ -283,7 +325,7 @@ class _SplitWriters:
         self.stats[split]["bytes"] += len(text.encode("utf-8"))
         key = (split, spec)
         self.pending.setdefault(key, []).append(text)
-        if len(self.pending[key]) >= self.batch_size:
+        if len(self.pending[key]) >= self.settings.batch_size:
             self._flush(key)
 
     def _flush(self, key: tuple[str, str]) -> None:
@@ -293,9 +335,12 @@ class _SplitWriters:
         if key not in self.writers:
             split, spec = key
             self.writers[key] = TokenShardWriter(
-                self.out_dir / split, self.dtype, shard_tokens=self.shard_tokens, prefix=f"shard-{_group_name(spec)}"
+                self.out_dir / split,
+                self.dtype,
+                shard_tokens=self.settings.shard_tokens,
+                prefix=f"shard-{_group_name(spec)}",
             ).__enter__()
-        for ids, _ in encode_documents(self.tokenizer, texts, batch_size=self.batch_size):
+        for ids, _ in encode_documents(self.encoder, texts, self.settings):
             self.writers[key].add(ids)
 
     def finish(self) -> dict[str, dict[str, Any]]:

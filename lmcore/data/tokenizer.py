@@ -36,8 +36,9 @@ MAX_VOCAB = 1 << 20
 the trainer's u32 ids (at 2**32 it aborts the process in a Rust allocation), and long before that the
 embedding table (vocab_size x n_embd) outweighs any model this pipeline trains."""
 MAX_WORD_CHARS = 1000
-"""The default bound on a run of non-space characters, in training (``TokenizerConfig.max_word_chars``) and in
-encoding (``lmcore.data.shards.encode_documents``): see :func:`cut_long_runs`."""
+"""The default bound on a run of non-space characters, in training (``TokenizerConfig.max_word_chars``); encoding
+(``lmcore.data.shards.EncodeConfig.max_word_chars``) uses the value the tokenizer was trained with, which the
+tokenized asset reads from its manifest: see :func:`cut_long_runs`."""
 WORD_CACHE = 1 << 18
 """Entries of the BPE word cache (HF's default is 10,000). HF keeps the first words it meets and never evicts: on the
 Gutenberg books with the Python docs (92k distinct pre-tokens) 85% of pre-tokens hit with 10,000 and 97.5% with this.

@@ -3,7 +3,14 @@ runs without whitespace cut into bounded words (``cut_long_runs``), and shards i
 
 import numpy as np
 
-from lmcore.data.shards import TokenShardWriter, encode_documents, open_split, token_dtype, tokenize_partition
+from lmcore.data.shards import (
+    EncodeConfig,
+    TokenShardWriter,
+    encode_documents,
+    open_split,
+    token_dtype,
+    tokenize_partition,
+)
 from lmcore.data.tokenizer import EOT, IM_START, Tokenizer, cut_long_runs
 from lmcore.io import ParquetShardWriter
 
@@ -28,8 +35,8 @@ def _reference(tok: Tokenizer, texts: list[str]) -> np.ndarray:
     return np.asarray(parts, dtype=np.uint32)
 
 
-def _stream(tok: Tokenizer, texts: list[str], **kw) -> tuple[np.ndarray, int]:
-    batches = list(encode_documents(tok, texts, **kw))
+def _stream(tok: Tokenizer, texts: list[str], batch_chars: int = 1 << 20, **kw) -> tuple[np.ndarray, int]:
+    batches = list(encode_documents(tok, texts, EncodeConfig(**kw), batch_chars=batch_chars))
     return np.concatenate([ids for ids, _ in batches]), sum(n for _, n in batches)
 
 
@@ -91,8 +98,7 @@ def test_partition_shards_are_byte_identical_to_the_previous_path(tmp_path, tok,
         paths,
         dict.fromkeys(map(str, range(len(texts))), "train"),
         tmp_path / "new",
-        shard_tokens=700,
-        batch_size=5,
+        settings=EncodeConfig(shard_tokens=700, batch_size=5),
     )
     with TokenShardWriter(tmp_path / "old", token_dtype(tok.vocab_size), shard_tokens=700, prefix="x") as old:
         old.add(_reference(tok, texts))
@@ -107,3 +113,37 @@ def test_wrapping_a_tokenizer_leaves_its_file_unchanged(small_tokenizer):
     before = hf.to_str()
     Tokenizer(hf)  # resizes the BPE word cache of this very tokenizer
     assert hf.to_str() == before == small_tokenizer[0].to_str()
+
+
+def test_the_tokenized_stage_cuts_runs_where_the_tokenizer_training_cut_them(tmp_path, tok):
+    """A 3,000-character run: with max_word_chars 1000 and 2500 each gives the ids of the pieces training's cut makes
+    (``cut_long_runs``, as ``train_tokenizer`` applies it), and the asset takes the bound from the tokenizer."""
+    from assets.artifacts import TokenizerFile
+    from assets.data.shards import TokenShardsConfig, _encode_settings
+    from lmcore.data.tokenizer import _pieces
+
+    text = "head " + "the" * 1000 + " tail"  # cut inside "the" at 1000 and 2000, or at 2500: other words
+    with ParquetShardWriter(tmp_path / "docs") as w:
+        w.write({"doc_id": "0", "source": "t", "spec": "s", "text": text})
+    got = {}
+    for bound in (1000, 2500):
+        out = tmp_path / f"bound{bound}"
+        tokenize_partition(
+            tok,
+            [tmp_path / "docs" / w.shards[0]["path"]],
+            {"0": "train"},
+            out,
+            settings=EncodeConfig(max_word_chars=bound),
+        )
+        got[bound] = np.concatenate(open_split(out, "train").arrays)
+        pieces = list(_pieces([text], 0, bound))  # what tokenizer training with this max_word_chars sees
+        assert [len(p) for p in pieces] == ([1005, 1000, 1005] if bound == 1000 else [2505, 505])
+        want = [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids] + [tok.eot_id]
+        assert got[bound].tolist() == want
+    assert not np.array_equal(got[1000], got[2500])
+    # the asset: max_word_chars is the tokenizer manifest's, not a setting of its own, and part of the memo
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "manifest.json").write_text('{"config": {"max_word_chars": 2500}}')
+    settings = _encode_settings(TokenShardsConfig(encoder="tiktoken"), TokenizerFile("loc", "v", tmp_path / "tok"))
+    assert settings == EncodeConfig(max_word_chars=2500, encoder="tiktoken")
+    assert "max_word_chars" not in TokenShardsConfig.model_fields and settings.memo()["max_word_chars"] == 2500

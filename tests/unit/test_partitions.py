@@ -27,6 +27,7 @@ from lmcore.data.clean import CleanConfig, clean_corpus
 from lmcore.data.corpus import CorpusConfig, build_raw_corpus, check_sources, partition_units
 from lmcore.data.partitions import PARTITION_COUNT, PARTITIONS, partition_of
 from lmcore.data.shards import (
+    EncodeConfig,
     assemble_shards,
     open_split,
     split_groups,
@@ -306,7 +307,8 @@ def test_assembled_partitions_equal_tokenizing_the_kept_documents_at_once(corpus
         index = split_index(root, p).to_pylist()
         splits_of = {r["doc_id"]: r["split"] for r in index if r["split"] is not None}
         doc_paths = [root / DOCS_DIR / s["path"] for s in manifest["partitions"][p]["shards"]]
-        part = tokenize_partition(tok, doc_paths, splits_of, tmp_path / "tok" / p, shard_tokens=64, batch_size=2)
+        settings = EncodeConfig(shard_tokens=64, batch_size=2)
+        part = tokenize_partition(tok, doc_paths, splits_of, tmp_path / "tok" / p, settings=settings)
         assert sum(part["splits"][s]["documents"] for s in SPLITS) == len(splits_of)  # duplicates passed over
         parts[p] = tmp_path / "tok" / p
     out = tmp_path / "assembled"

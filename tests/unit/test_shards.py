@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lmcore.data.shards import (
+    EncodeConfig,
     TokenShardWriter,
     assemble_shards,
     load_manifest,
@@ -105,7 +106,9 @@ def test_tokenize_partition_groups_by_split_and_spec_and_skips_unlisted_document
     assert len(paths) > 1 and len(texts) >= 20
     splits_of = {str(i): ("val" if i % 3 == 0 else "train") for i in range(len(texts)) if i % 5 != 4}
     out = tmp_path / "part"
-    manifest = tokenize_partition(tok, paths, splits_of, out, shard_tokens=200, batch_size=2, note="kept")
+    manifest = tokenize_partition(
+        tok, paths, splits_of, out, settings=EncodeConfig(shard_tokens=200, batch_size=2), note="kept"
+    )
     assert manifest["note"] == "kept" and manifest["vocab_size"] == 300 and manifest["dtype"] == "uint16"
     assert verify_shards(out) == []
     for split in ("train", "val"):
@@ -132,7 +135,7 @@ def test_assemble_shards_links_partitions_in_order_and_counts_tokens_per_source(
     for key, first, chunk, spec in (("01", half, texts[half:], "spec-b"), ("00", 0, texts[:half], "spec-a")):
         paths = _docs(tmp_path, chunk, [spec] * len(chunk), name=f"docs-{key}", first=first)
         splits_of = {str(first + i): ("test" if i % 4 == 0 else "train") for i in range(len(chunk))}
-        tokenize_partition(tok, paths, splits_of, tmp_path / f"tok-{key}", shard_tokens=300)
+        tokenize_partition(tok, paths, splits_of, tmp_path / f"tok-{key}", settings=EncodeConfig(shard_tokens=300))
         parts[key] = tmp_path / f"tok-{key}"  # "01" first: the assembled order must not follow the dict
     per = {k: load_manifest(parts[k])["splits"] for k in ("00", "01")}
     out = tmp_path / "assembled"
