@@ -45,12 +45,10 @@ Figures (final JSON line; one process run, one configuration after the other, ne
 """
 
 import argparse
-import functools
 import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from stage_profile import attribute
+from tokenize_speed import tokenize_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOKS = ROOT.parent / "shared" / "data" / "corpus" / "gutenberg"  # ../shared beside the repository
@@ -309,96 +309,6 @@ def rss_figures(rss: dict[int, dict[str, dict[str, int]]], low: int, top: int) -
 
 # ---------------------------------------------------------------- where the time goes
 
-READ, FILTERS, SIGNATURES, ENCODE, WRITE = "read/decompress/parse", "filters", "dedup signatures", "encode", "write"
-SPLIT, TRAIN, DIGESTS, OTHER = "split/dedup judge", "bpe training (child)", "digests", "other lmcore"
-_MODULES = {  # lmcore module -> category of its functions (exceptions by function name in _NAMES)
-    "sources": READ,
-    "corpus": READ,
-    "clean": FILTERS,
-    "filters": FILTERS,
-    "reflow": FILTERS,
-    "dedup": SIGNATURES,
-    "splits": SPLIT,
-    "tokenizer": ENCODE,
-    "fast_encoder": ENCODE,
-    "shards": ENCODE,
-    "publish": WRITE,
-}
-_NAMES = {
-    "_sign": SIGNATURES,
-    "signature_schema": SIGNATURES,
-    "_kept_documents": READ,
-    "run_in_child": TRAIN,
-    "train_tokenizer": TRAIN,
-    "_write_records": WRITE,
-    "write_manifest": WRITE,
-    "assemble_shards": WRITE,
-    "_write_shard": WRITE,
-    "__exit__": WRITE,
-    "verify_dir": DIGESTS,
-    "verify_file": DIGESTS,
-}
-
-
-_ENTRIES = {  # the lmcore call of each stage: shared code above it (build_partitions, publish) hides whose it is
-    ("data/corpus.py", "build_raw_corpus"): "raw_corpus",
-    ("data/clean.py", "clean_corpus"): "clean_corpus",
-    ("data/splits.py", "split_corpus"): "splits",
-    ("workers.py", "run_in_child"): "tokenizer",
-    ("data/shards.py", "tokenize_partition"): "tokenized",
-    ("data/shards.py", "assemble_shards"): "token_shards",
-}
-
-
-def _category(key: tuple[str, int, str]) -> str | None:
-    """The category of an lmcore function (by module, then name); None for code outside lmcore and for imports."""
-    path, _, name = key
-    if "/lmcore/" not in path or name == "<module>":
-        return None
-    rel = path.split("/lmcore/", 1)[1].removesuffix(".py").split("/")
-    if name in _NAMES:
-        return _NAMES[name]
-    if rel[-1] == "io":
-        if "sha256" in name or "digest" in name:
-            return DIGESTS
-        return WRITE if any(w in name for w in ("write", "Writer", "atomic", "flush", "close", "link")) else READ
-    return _MODULES.get(rel[-1]) or _MODULES.get(rel[-2] if len(rel) > 1 else "", OTHER)
-
-
-def attribute(prof: Path, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """Seconds per stage and category in a cProfile file of one run: a stage is everything under its asset function
-    or its lmcore call (``_ENTRIES``); an lmcore function's own time goes to its category, other code's to its
-    callers' (stage, category) in proportion to the time spent under each, so a C call, a regex or pyarrow is charged
-    to the lmcore work that called it (the usual gprof assumption for shared functions)."""
-    import pstats
-
-    stats = pstats.Stats(str(prof)).stats
-    memo: dict[Any, dict[tuple[str | None, str], float]] = {}
-
-    def share(key: Any, stack: frozenset) -> dict[tuple[str | None, str], float]:
-        if key in memo:
-            return memo[key]
-        if "/assets/" in key[0] and key[2] in stages:
-            return memo.setdefault(key, {(key[2], "asset, not lmcore"): 1.0})
-        entry = next((st for (f, n), st in _ENTRIES.items() if key[2] == n and key[0].endswith(f"/lmcore/{f}")), None)
-        if entry is not None:
-            return memo.setdefault(key, {(entry, _category(key) or OTHER): 1.0})
-        callers = {c: v[3] for c, v in stats[key][4].items() if c != key and c not in stack and c in stats}
-        total, own = sum(callers.values()), _category(key)
-        out: dict[tuple[str | None, str], float] = {} if total else {(None, "outside"): 1.0}
-        for caller, ct in callers.items():
-            for (stage, label), w in share(caller, stack | {key}).items():
-                label = own if own is not None and stage is not None else label
-                out[stage, label] = out.get((stage, label), 0.0) + w * ct / total
-        return memo.setdefault(key, out) if len(callers) == len(stats[key][4]) - (key in stats[key][4]) else out
-
-    seconds: dict[str, dict[str, float]] = {s: {} for s in stages}
-    for key, (_, _, tt, _, _) in stats.items():
-        for (stage, label), w in share(key, frozenset()).items():
-            if stage is not None:
-                seconds[stage][label] = seconds[stage].get(label, 0.0) + w * tt
-    return seconds
-
 
 def time_profile(work: Path, corpus: Path, name: str) -> dict[str, Any]:
     """One ``lmpipe run --select group:data`` with one worker process (so everything but BPE training's child runs
@@ -513,130 +423,6 @@ def incremental(work: Path, texts: dict[str, str], workers: int) -> dict[str, An
             "tokenizer_kept": meta["tokenizer"].get("kept"),
         },
     }
-
-
-def _timed(fn: Any) -> tuple[float, float]:
-    """Wall and CPU seconds of ``fn()`` (CPU: of this process, every thread)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
-def _doc_shards(base: Path, name: str, rows: list[str]) -> tuple[list[Path], dict[str, str]]:
-    """Cleaned-document shards of ``rows`` (spec ``name``) and the train split of each."""
-    from lmcore.io import ParquetShardWriter
-
-    with ParquetShardWriter(base / name) as w:
-        for i, text in enumerate(rows):
-            w.write({"doc_id": f"{name}-{i}", "source": name, "spec": name, "text": text})
-    return [base / name / s["path"] for s in w.shards], {f"{name}-{i}": "train" for i in range(len(rows))}
-
-
-def _fast_or_reason(tok_path: Path, docs: list[str]) -> tuple[Any, str | None]:
-    """The tiktoken encoder, when it can be built and gives HF's ids on every one of ``docs`` (cut as the stage cuts
-    them); else None and the reason."""
-    from lmcore.data.fast_encoder import NotExpressible, check_identity, fast_encoder
-    from lmcore.data.tokenizer import MAX_WORD_CHARS, load_tokenizer
-
-    tok = load_tokenizer(tok_path)
-    try:
-        fast = fast_encoder(tok)
-    except NotExpressible as e:
-        return None, str(e)
-    reason = check_identity(tok, fast, [(str(i), d) for i, d in enumerate(docs)], MAX_WORD_CHARS)
-    return (None, reason) if reason else (fast, None)
-
-
-def _paired_seconds(kinds: dict[str, Any], parts: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """Each kind's (wall, CPU) seconds per part and round, the kinds one right after the other in a rotating order."""
-    seconds: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
-    for r in range(rounds):
-        for j in range(parts):
-            turn = (j + r) % len(kinds)
-            for k in list(kinds)[turn:] + list(kinds)[:turn]:
-                seconds[k].append(_timed(functools.partial(kinds[k], j)))
-    return seconds
-
-
-def tokenize_speed(work: Path, texts: dict[str, str], rounds: int = 2) -> dict[str, Any]:
-    """In this process, the books cut into 20,000-character documents, in parts of 100 documents (~2 MB): per part,
-    ``tokenize_partition`` (the tokenized stage's work: Parquet in, shards out), its encode path ``encode_documents``
-    and a bare ``encode_batch_fast`` call on the part's texts, each with the tokenizer loaded afresh as a partition
-    does, one right after the other in a rotating order, ``rounds`` times. A ratio is the median over the parts of
-    bare seconds / seconds: paired runs seconds apart, so the load of other processes on a shared machine mostly
-    cancels (``_cpu``: the same by CPU seconds). Where tiktoken gives HF's ids on every document, the same two with
-    ``encoder: tiktoken`` (the stage's own check included) against HF's: ``fast_encoder_vs_hf``. Then one 10 MB
-    document without whitespace (the books' letters only: a single pre-token) beside 10 MB of those documents, each
-    through ``tokenize_partition``."""
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from lmcore.data.fast_encoder import fast_encoder
-    from lmcore.data.shards import EncodeConfig, encode_documents, tokenize_partition
-    from lmcore.data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
-
-    base, tok_path = work / "tokenize", work / "tokenize" / "tokenizer.json"
-    docs = [t[i : i + 20_000] for t in texts.values() for i in range(0, len(t), 20_000)]
-    mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
-    train_tokenizer(TokenizerConfig(vocab_size=8192), docs, tok_path)
-    parts = [docs[i : i + 100] for i in range(0, len(docs), 100)]
-    shards = [_doc_shards(base, f"part{j}", part) for j, part in enumerate(parts)]
-    fast, refused = _fast_or_reason(tok_path, docs)
-
-    def stage(name: str, paths: list[Path], splits_of: dict[str, str], encoder: str = "hf") -> bytes:
-        shutil.rmtree(base / f"shards-{name}", ignore_errors=True)
-        tokenize_partition(tok_path, paths, splits_of, base / f"shards-{name}", settings=EncodeConfig(encoder=encoder))
-        return (base / f"shards-{name}" / "manifest.json").read_bytes()
-
-    kinds = {
-        "bare": lambda j: HFTokenizer.from_file(str(tok_path)).encode_batch_fast(parts[j], add_special_tokens=False),
-        "encode": lambda j: list(encode_documents(load_tokenizer(tok_path), parts[j])),
-        "stage": lambda j: stage("part", *shards[j]),
-    }
-    if fast is not None:
-        kinds["fast_encode"] = lambda j: list(encode_documents(fast_encoder(load_tokenizer(tok_path)), parts[j]))
-        kinds["fast_stage"] = lambda j: stage("fast", *shards[j], encoder="tiktoken")
-    seconds = _paired_seconds(kinds, len(parts), rounds)
-
-    def ratio(k: str, i: int, over: str = "bare") -> float:
-        pairs = zip(seconds[over], seconds[k], strict=True)
-        return round(statistics.median(b[i] / x[i] for b, x in pairs), 3)
-
-    say("  tokenize: " + ", ".join(f"{k} {rounds * mb / sum(w for w, _ in v):.2f} MB/s" for k, v in seconds.items()))
-    figures = {
-        "tokenize_mb_per_s": {k: round(rounds * mb / sum(w for w, _ in v), 3) for k, v in seconds.items()},
-        "tokenize_vs_bare_hf": ratio("stage", 0),
-        "encode_vs_bare_hf": ratio("encode", 0),
-        "tokenize_vs_bare_hf_cpu": ratio("stage", 1),
-        "encode_vs_bare_hf_cpu": ratio("encode", 1),
-        "fast_encoder_vs_hf": refused or ratio("fast_stage", 0, over="stage"),
-    }
-    if fast is not None:
-        figures["fast_encoder_vs_hf_cpu"] = ratio("fast_stage", 1, over="stage")
-        figures["fast_encode_vs_hf"] = ratio("fast_encode", 0, over="encode")
-        figures["fast_encode_vs_hf_cpu"] = ratio("fast_encode", 1, over="encode")
-        figures["fast_encoder_identical_shards"] = all(
-            stage("part", *shards[j]) == stage("fast", *shards[j], encoder="tiktoken") for j in range(len(parts))
-        )
-    return figures | long_words(base, texts, docs, stage, tiktoken=fast is not None)
-
-
-def long_words(base: Path, texts: dict[str, str], docs: list[str], stage: Any, *, tiktoken: bool) -> dict[str, Any]:
-    """Seconds of the stage on one 10 MB document without whitespace and on 10 MB of ``docs`` (and with tiktoken)."""
-    mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
-    letters = "".join(c for c in "".join(texts.values()) if c.isalpha())
-    long_doc = (letters * (10_000_000 // len(letters) + 1))[:10_000_000]
-    prose = [docs[i % len(docs)] for i in range(round(len(docs) * 10 / mb))]
-    cases = {
-        "no_whitespace_10mb": _doc_shards(base, "long", [long_doc]),
-        "prose_10mb": _doc_shards(base, "prose", prose),
-    }
-    out = {}
-    for name, (paths, splits_of) in cases.items():
-        for encoder in ("hf", "tiktoken") if tiktoken else ("hf",):
-            key = name if encoder == "hf" else f"{name}_tiktoken"
-            out[key] = round(_timed(functools.partial(stage, key, paths, splits_of, encoder))[0], 2)
-    say(f"  tokenize: one 10 MB run of letters / 10 MB of prose: {out}")
-    return {"long_word_seconds": out}
 
 
 def main() -> None:
