@@ -39,7 +39,7 @@ from lmcore.io import exclusive_lock
 from lmcore.model.checkpoint import checkpoint_dir, latest_valid_checkpoint
 from lmcore.model.gpt import ModelConfig
 from lmcore.train import distributed as D
-from lmcore.train import tracking
+from lmcore.train import trackers, tracking
 from lmcore.train.checkpointer import Checkpointer
 from lmcore.train.config import TrainConfig, lr_at
 from lmcore.train.job import NO_OUTLETS, Batch, Callback, Job, Outlets, WarmStart, shard_job
@@ -176,7 +176,7 @@ class _Run:
             self.meter.progress = resumed.progress
         if self.env.is_main and tracker is not None:
             info = dict(run_dir=self.run_dir, run_key=self.run_key, config=self.config)
-            self.tracker = tracking.open_tracker(tracker, tracking.RunInfo(**info, resumed_from=self.resumed_from))
+            self.tracker = trackers.open_tracker(tracker, tracking.RunInfo(**info, resumed_from=self.resumed_from))
         try:
             summary = self.train_to_end()
         except BaseException:

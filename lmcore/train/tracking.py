@@ -14,7 +14,8 @@ Every tracker names scalars the same way (``train/loss``, ``train/lr``, ``train/
 across a crash and resume. On finish, TensorBoard gets the config as hparams (the HPARAMS tab
 compares runs) and the summary's figures as a text table; MLflow gets them as ``final/*``
 metrics; W&B gets the config as the run config and the figures as the run summary
-(:mod:`lmcore.train.tracking_wandb`). metrics.jsonl stays the record of a run; a tracker is a view
+(:mod:`lmcore.train.tracking_wandb`); :func:`lmcore.train.trackers.open_tracker` opens the one a spec names.
+metrics.jsonl stays the record of a run; a tracker is a view
 of it. This module knows nothing of Dagster.
 """
 
@@ -154,21 +155,6 @@ def check_spec(spec: dict[str, Any] | None) -> TrackerSpec | None:
     if parsed is not None:
         _require(*_PACKAGE[parsed.kind])
     return parsed
-
-
-def open_tracker(spec: dict[str, Any] | None, run: RunInfo) -> Tracker | None:
-    """The tracker ``spec`` describes, opened for ``run``; None for no spec or kind 'none'."""
-    parsed = check_spec(spec)
-    if parsed is None:
-        return None
-    if parsed.kind == "tensorboard":
-        log_dir = run.run_dir / "tensorboard" if parsed.log_dir is None else Path(parsed.log_dir) / run.run_key
-        return TensorBoardTracker(log_dir, run)
-    if parsed.kind == "wandb":
-        from lmcore.train.tracking_wandb import WandbTracker  # imports this module
-
-        return WandbTracker(parsed, run)
-    return MlflowTracker(parsed, run)
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:

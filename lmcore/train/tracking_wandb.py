@@ -1,6 +1,6 @@
 """The Weights & Biases tracker: one W&B run per lmcore run, continued when the run resumes.
 
-:func:`lmcore.train.tracking.open_tracker` opens it for ``{"kind": "wandb", ...}``. The W&B run's id
+:func:`lmcore.train.trackers.open_tracker` opens it for ``{"kind": "wandb", ...}``. The W&B run's id
 is the run key with a random suffix (``<run key>-<8 hex digits>``: two homes that train the same
 config into one project get two runs), kept in ``<run dir>/wandb-run.json`` with the last step it
 logged. A resumed run continues that W&B run (``resume="allow"``); a fresh one (nothing to resume)

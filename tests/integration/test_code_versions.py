@@ -30,10 +30,6 @@ LAZY_EDGES: dict[tuple[str, str], str] = {
         "load_trained_model builds a GPT from the config saved in a checkpoint; the rest of the module saves and "
         "loads any nn.Module, so it imports the model only in the one function that constructs one"
     ),
-    ("lmcore.train.tracking", "lmcore.train.tracking_wandb"): (
-        "open_tracker builds the W&B tracker only when a spec asks for it; tracking_wandb imports tracking (its "
-        "spec and scalar names), so tracking cannot import it at the top"
-    ),
 }
 
 # Evict every project module (pipelines too, which must not be imported by assets), import one module, and report

@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from assets.tracking import TrackerResource
 from lmcore.train.summary import TrainSummary
-from lmcore.train.tracking import RunInfo, open_tracker
+from lmcore.train.trackers import open_tracker
+from lmcore.train.tracking import RunInfo
 
 CONFIG = {
     "model": {"n_layer": 2, "n_embd": 32},
