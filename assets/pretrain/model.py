@@ -100,22 +100,7 @@ def pretrained_model(
         on_wait=lambda d: context.log.warning(f"another run is training in {d}; waiting for it to finish"),
     )
     checkpoint = Checkpoint.of_run(summary)
-    metadata = {
-        **training_metadata(summary, "Loss"),
-        "tokens_seen": summary.tokens_seen,
-        "mfu": round(summary.mfu, 4) if summary.mfu is not None else None,
-        "device": summary.device,
-        "world_size": summary.world_size,
-        "run_dir": dg.MetadataValue.path(str(summary.run_dir)),
-        "init": config.warm_start.init,
-        "started_from": started_from,
-    }
-    if init is not None:
-        metadata["replay_fraction"] = init.replay_fraction
-    if summary.realized_mixture:
-        mixture = summary.realized_mixture
-        metadata["realized_mixture_tokens"] = dg.MetadataValue.json(mixture)
-        metadata["realized_mixture"] = bar_chart("Training tokens drawn per group (rank 0)", mixture)
+    metadata = _metadata(summary, config.warm_start.init, init, started_from)
     return result(
         context,
         checkpoint,
@@ -123,6 +108,27 @@ def pretrained_model(
         config=config,
         inputs={"token_shards": token_shards, "tokenizer": tokenizer, "base_model": base_model},
     )
+
+
+def _metadata(summary: TrainSummary, init_setting: str, init: WarmStart | None, started_from: str) -> dict:
+    """The asset's metadata: the run's figures and curves, where it started, the realized data mixture."""
+    metadata = {
+        **training_metadata(summary, "Loss"),
+        "tokens_seen": summary.tokens_seen,
+        "mfu": round(summary.mfu, 4) if summary.mfu is not None else None,
+        "device": summary.device,
+        "world_size": summary.world_size,
+        "run_dir": dg.MetadataValue.path(str(summary.run_dir)),
+        "init": init_setting,
+        "started_from": started_from,
+    }
+    if init is not None and init_setting == "previous":
+        metadata["replay_fraction"] = init.replay_fraction
+    if summary.realized_mixture:
+        mixture = summary.realized_mixture
+        metadata["realized_mixture_tokens"] = dg.MetadataValue.json(mixture)
+        metadata["realized_mixture"] = bar_chart("Training tokens drawn per group (rank 0)", mixture)
+    return metadata
 
 
 def _model_config(
