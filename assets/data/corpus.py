@@ -38,8 +38,8 @@ def _per_partition(docs: Documents) -> dict:
 def raw_corpus(
     context: dg.AssetExecutionContext, config: RawCorpusConfig, store: ArtifactStore
 ) -> dg.MaterializeResult:
-    """The source files (units) of each hash bucket read into zstd Parquet shards (doc_id, source, spec, text);
-    an unchanged bucket (same files, same versions, same config) is not read again."""
+    """The units of each hash bucket (source files, parts of large local files) read into zstd Parquet shards
+    (doc_id, source, spec, text); an unchanged bucket (same units, same versions, same config) is not read again."""
     cfg, cache, run = config.to_lmcore(), store.cache_dir(), context.run_id  # each URL is fetched once in a run
     work = {
         key: PartitionWork(

@@ -1,9 +1,11 @@
 """The data stages' partitions: hash buckets of the corpus (``lmcore.data.partitions``), run in worker processes.
 
-Why hash buckets of source files, not dynamic partitions per file: the number of partitions
+Why hash buckets of units, not dynamic partitions per file: the number of partitions
 stays fixed (16) however many files a corpus has, so the UI, the run's step count and each
 stage's number of small files stay bounded, and no sensor has to register partitions before
-a run; a unit never changes bucket, so a new file still touches one partition only.
+a run; a unit never changes bucket, so a new file still touches only its own units' partitions. A unit is a
+file, or a part of about ``raw_corpus.unit_bytes`` of a large local JSON Lines or Parquet file, so one
+large file is spread over several partitions, hence workers.
 
 A run over several partitions (``dagster/asset_partition_range_start/end``: the whole range by
 default, see ``pipelines.runner``) executes each stage's partitions in parallel worker

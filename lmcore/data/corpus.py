@@ -5,10 +5,11 @@ cache), so missing files and unreachable URLs are reported together before any r
 It then streams records into ``part-NNNNN.parquet`` shards (``DOCUMENT_SCHEMA``: doc_id,
 source, spec, text) and writes ``manifest.json`` last, only if every source read cleanly. On
 failure the shards it wrote are removed and no manifest exists, so nothing in ``out_dir``
-looks complete. With ``partition``, only the units (files; a non-file source is one unit) of
-that hash bucket are read (lmcore.data.partitions). ``doc_id`` is the first 16 hex digits of
-sha256 of the record's stable key
-(see lmcore.data.sources). What each bad input does: lmcore.data.sources.policy and .formats.
+looks complete. With ``partition``, only the units of that hash bucket are read
+(lmcore.data.partitions): files, parts of large local files (``unit_bytes``), a non-file source
+as a whole. ``doc_id`` is the first 16 hex digits of sha256 of the record's stable key (see
+lmcore.data.sources), the same whatever the unit size. What each bad input does:
+lmcore.data.sources.policy and .formats.
 This module knows nothing of Dagster, cleaning or tokenization.
 """
 
@@ -68,6 +69,13 @@ class CorpusConfig:
     """The longest one remote file's download may take, in seconds, however the bytes trickle in."""
     shard_bytes: int = 64 << 20
     """Rotate to a new Parquet shard after about this many bytes of text."""
+    unit_bytes: int = 16 << 20
+    """A local JSON Lines or Parquet file larger than this is cut into units (partitions' inputs) of about this
+    many bytes, at line starts or row groups, so one large file is read, cleaned and tokenized on several cores
+    (lmcore.data.sources.ranges); a local ``hf:`` dataset read without streaming into as many row ranges.
+    Smaller files, plain-text files (one document each), CSV, compressed and remote files, Hub and streamed
+    datasets are one unit each. The documents (doc_id and text) are the same for every value. 16 MiB: a 100 MB file
+    is 7 units, a 1 GB file 64 spread over every partition."""
     links_out: str = "refuse"
     """A symlink in a source folder (or matched by a glob) whose target lies outside it: ``refuse`` (an error
     naming the link and its target) or ``follow`` (read the target). Links that stay inside are read; symlinked
@@ -90,7 +98,7 @@ class CorpusConfig:
             raise ValueError(f"on_bad_record must be one of {_BAD_RECORD_CHOICES}, got {self.on_bad_record!r}")
         if self.links_out not in _LINKS_OUT_CHOICES:
             raise ValueError(f"links_out must be one of {_LINKS_OUT_CHOICES}, got {self.links_out!r}")
-        for name in ("max_document_bytes", "shard_bytes", "max_download_bytes"):
+        for name in ("max_document_bytes", "shard_bytes", "max_download_bytes", "unit_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer number of bytes, got {value!r}")
@@ -159,7 +167,9 @@ def source_version(spec: str, config: CorpusConfig, cache_dir: Path | None = Non
     """The content version of one source, cheaply: no remote body is read when a validator exists."""
     with fetcher_for(config, cache_dir, scope) as fetcher:
         ctx = ReadContext(links_out=config.links_out)
-        (source,) = open_sources([spec], ctx, fetcher, hf_split=config.hf_split, download=False)
+        (source,) = open_sources(
+            [spec], ctx, fetcher, hf_split=config.hf_split, download=False, unit_bytes=config.unit_bytes
+        )
         return source.version()
 
 
@@ -194,10 +204,11 @@ def partition_sources(
             cache_dir=Path(cache_dir) if cache_dir else None,
             download=download,
             hf_streaming=config.hf_streaming,
+            unit_bytes=config.unit_bytes,
         )
     if partition is None:
         return sources
-    narrowed = (s.only({k for k in s.claims if partition_of(k) == partition}) for s in sources)
+    narrowed = (s.only({k for k in s.unit_keys() if partition_of(k) == partition}) for s in sources)
     return [s for s in narrowed if s is not None]
 
 

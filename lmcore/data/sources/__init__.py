@@ -21,7 +21,9 @@ Every record carries a *key* that is hashed into its ``doc_id``. It does not dep
 where the data lives on this machine: ``{label}\\0{relative path}[!member]\\0{index}`` where
 the label is the root's base name (local) or host and path (URL), so naming a directory
 or one of its files gives the same ids, and files added to a directory leave the ids of
-the others alone. Builtin keys are ``python-docs\\0{topic|module}\\0{name}``, Hugging Face
+the others alone. A large local file read in parts (lmcore.data.sources.ranges), or a local
+dataset read in shards (lmcore.data.sources.hf), gives its records the same keys as when it is
+read whole. Builtin keys are ``python-docs\\0{topic|module}\\0{name}``, Hugging Face
 keys ``hf:{label}\\0{split}\\0{row}`` (the same when streamed, ``hf_streaming``). Two sources that
 would claim the same label and path are an error; ``LABEL=SPEC`` separates them. A source's
 *version* is ``sha256:`` of a file's bytes, for many files the sha256 over sorted ``(relative

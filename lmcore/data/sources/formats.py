@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lmcore.data.sources.policy import ReadContext
+from lmcore.data.sources.ranges import Part, window
 from lmcore.data.sources.zstd import ZstdReader
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,9 @@ def is_supported(name: str) -> bool:
     return lower.endswith(TEXT_SUFFIXES + ARCHIVE_SUFFIXES + tuple(RECORD_SUFFIXES))
 
 
-def read_file(path: Path, name: str, where: str, ctx: ReadContext) -> Iterator[Item]:
-    """Records of one local file; ``name`` decides the format, ``where`` names it in errors.
+def read_file(path: Path, name: str, where: str, ctx: ReadContext, part: Part | None = None) -> Iterator[Item]:
+    """Records of one local file, or of one ``part`` of it (:mod:`lmcore.data.sources.ranges`: the records keep
+    their indices in the whole file); ``name`` decides the format, ``where`` names it in errors.
 
     A compressed stream or archive that ends early or fails its checks is one error naming the
     file as a truncated/corrupt archive; what its damaged bytes looked like (invalid UTF-8, broken
@@ -83,7 +85,7 @@ def read_file(path: Path, name: str, where: str, ctx: ReadContext) -> Iterator[I
     before = len(ctx.problems.messages)
     try:
         with open(path, "rb") as f:
-            yield from read_stream(f, name, where, ctx)
+            yield from read_stream(f, name, where, ctx) if part is None else _read_part(f, name, where, ctx, part)
     except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, tarfile.TarError, zstandard.ZstdError) as e:
         if e is ctx.problems.raised:
             raise
@@ -140,6 +142,17 @@ def read_stream(stream: BinaryIO, name: str, where: str, ctx: ReadContext) -> It
     else:
         ctx.skipped["unsupported_format"] += 1
         log.info("%s: unsupported file type, skipped (supported: %s)", where, SUPPORTED)
+
+
+def _read_part(f: BinaryIO, name: str, where: str, ctx: ReadContext, part: Part) -> Iterator[Item]:
+    """The records of one part of an uncompressed JSON Lines or Parquet file."""
+    if part.groups is not None:
+        items = _read_parquet(f, where, ctx, part)
+    else:
+        items = _read_jsonl(window(f, part), where, ctx, part.first)
+    for index, text in items:
+        if (kept := ctx.finish(text)) is not None:
+            yield "", index, kept
 
 
 # --- archives -------------------------------------------------------------------------------
@@ -218,10 +231,11 @@ def _read_text(stream: BinaryIO, where: str, ctx: ReadContext) -> Iterator[tuple
         yield 0, text.removeprefix("\ufeff")
 
 
-def _lines(stream: BinaryIO, where: str, ctx: ReadContext) -> Iterator[tuple[int, str]]:
-    """Decoded lines with their 1-based numbers; a line over the bound is drained and skipped."""
+def _lines(stream: BinaryIO, where: str, ctx: ReadContext, first: int = 0) -> Iterator[tuple[int, str]]:
+    """Decoded lines with their 1-based numbers (``first``: the lines before the stream's start in the file);
+    a line over the bound is drained and skipped."""
     limit = 2 * ctx.max_document_bytes + 4096  # a JSON line escapes its text, so allow for growth
-    line_no = 0
+    line_no = first
     while line := stream.readline(limit + 1):
         line_no += 1
         if len(line) > limit and not line.endswith(b"\n"):
@@ -258,8 +272,8 @@ def _text_of(obj: object, where: str, ctx: ReadContext) -> str | None:
     return value
 
 
-def _read_jsonl(stream: BinaryIO, where: str, ctx: ReadContext) -> Iterator[tuple[int, str]]:
-    for line_no, line in _lines(stream, where, ctx):
+def _read_jsonl(stream: BinaryIO, where: str, ctx: ReadContext, first: int = 0) -> Iterator[tuple[int, str]]:
+    for line_no, line in _lines(stream, where, ctx, first):
         if not line.strip():
             continue
         try:
@@ -321,7 +335,9 @@ def _read_csv(stream: BinaryIO, where: str, ctx: ReadContext) -> Iterator[tuple[
         csv.field_size_limit(old_limit)
 
 
-def _read_parquet(stream: BinaryIO, where: str, ctx: ReadContext) -> Iterator[tuple[int, str]]:
+def _read_parquet(
+    stream: BinaryIO, where: str, ctx: ReadContext, part: Part | None = None
+) -> Iterator[tuple[int, str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -340,8 +356,8 @@ def _read_parquet(stream: BinaryIO, where: str, ctx: ReadContext) -> Iterator[tu
     if not (is_binary or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         ctx.problems.add(f"{where}: column {ctx.text_field!r} has type {kind}; it must hold strings")
         return
-    index = 0
-    for batch in pf.iter_batches(columns=[ctx.text_field], batch_size=256):
+    index, groups = (0, None) if part is None or part.groups is None else (part.first, range(*part.groups))
+    for batch in pf.iter_batches(columns=[ctx.text_field], batch_size=256, row_groups=groups):
         for value in batch.column(0).to_pylist():
             text = ctx.decode(value, f"{where}: row {index}") if is_binary and value is not None else value
             if value is None:

@@ -27,10 +27,14 @@ def open_sources(
     cache_dir: Path | None = None,
     download: bool = True,
     hf_streaming: bool = False,
+    unit_bytes: int | None = None,
 ) -> list[Source]:
     """Resolve every spec: list files and fetch remote ones (``download=False``: only their
     versions). Problems of all specs are collected and raised together. ``hf_streaming`` reads
-    Hugging Face datasets batch by batch instead of converting them to Arrow in the cache first."""
+    Hugging Face datasets batch by batch instead of converting them to Arrow in the cache first.
+    ``unit_bytes``: local files larger than this are cut into parts (lmcore.data.sources.ranges), local Hugging
+    Face datasets into shards (lmcore.data.sources.hf); remote files, whose bytes are not at hand when only
+    versions are asked for, stay whole."""
     sources = []
     for raw in specs:
         spec = parse_spec(raw)
@@ -41,11 +45,15 @@ def open_sources(
             label = spec.label or (local.resolve().name if local else spec.target)
             if spec.hf_config and not spec.label:
                 label += f":{spec.hf_config}"
-            sources.append(HFSource(spec, label, hf_split, cache_dir, hf_streaming))
+            hf = HFSource(spec, label, hf_split, cache_dir, hf_streaming)
+            hf.unit_bytes = unit_bytes
+            sources.append(hf)
         else:
             resolve = _resolve_local if spec.kind == "local" else _resolve_remote
             try:
-                sources.append(resolve(spec, ctx, fetcher, download))
+                source = resolve(spec, ctx, fetcher, download)
+                source.unit_bytes = unit_bytes if spec.kind == "local" else None
+                sources.append(source)
             except (ConnectionError, FileNotFoundError, ValueError) as e:  # collected, raised below
                 if e is ctx.problems.raised:
                     raise
@@ -63,7 +71,7 @@ def open_sources(
     return sources
 
 
-def _resolve_local(spec: Spec, ctx: ReadContext, fetcher: Fetcher, download: bool) -> Source:
+def _resolve_local(spec: Spec, ctx: ReadContext, fetcher: Fetcher, download: bool) -> FileSource:
     target = os.path.expanduser(spec.target)
     named = False
     if GLOB_CHARS.search(target):
@@ -121,7 +129,7 @@ def _regular(path: Path, root: Path, spec: Spec, ctx: ReadContext) -> bool:
     return False
 
 
-def _resolve_remote(spec: Spec, ctx: ReadContext, fetcher: Fetcher, download: bool) -> Source:
+def _resolve_remote(spec: Spec, ctx: ReadContext, fetcher: Fetcher, download: bool) -> FileSource:
     url = spec.target
     parts = urlsplit(url)
     listing = fetcher.list_files(url)
