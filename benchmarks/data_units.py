@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from data_scale import run_events, shard_digests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,31 +72,6 @@ def write_corpus(path: Path, mb: float) -> int:
     return path.stat().st_size
 
 
-def run_events(home: Path) -> dict[str, Any]:
-    """The newest run in ``home``'s instance: step seconds, run seconds and the token_shards artifact path."""
-    import dagster as dg
-
-    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        run = instance.get_runs(limit=1)[0]
-        if run.status != dg.DagsterRunStatus.SUCCESS:
-            raise RuntimeError(f"run {run.run_id} in {home} ended {run.status.value}")
-        starts, steps, bounds, shards = {}, {}, [], None
-        for entry in instance.all_logs(run.run_id):
-            event = entry.dagster_event
-            if event is None:
-                continue
-            kind = event.event_type_value
-            if kind in ("PIPELINE_START", "PIPELINE_SUCCESS", "RUN_START", "RUN_SUCCESS"):
-                bounds.append(entry.timestamp)
-            elif kind == "STEP_START":
-                starts[entry.step_key] = entry.timestamp
-            elif kind == "STEP_SUCCESS":
-                steps[entry.step_key] = entry.timestamp - starts[entry.step_key]
-            elif kind == "ASSET_MATERIALIZATION" and event.asset_key.to_user_string() == "token_shards":
-                shards = event.event_specific_data.materialization.metadata["artifact_path"].value
-    return {"steps": steps, "run_s": max(bounds) - min(bounds), "shards": shards}
-
-
 def group_run(work: Path, corpus: Path, unit_bytes: int, workers: int) -> dict[str, Any]:
     """One ``lmpipe run --select group:data`` in a fresh home with ``workers`` worker processes."""
     home = work / f"home-{workers}"
@@ -117,11 +93,6 @@ def group_run(work: Path, corpus: Path, unit_bytes: int, workers: int) -> dict[s
     steps = ", ".join(f"{s} {t:.1f}s" for s, t in run["steps"].items())
     say(f"  {workers} worker(s): run {run['run_s']:.1f}s (process {run['process_s']:.1f}s): {steps}")
     return run
-
-
-def shard_digests(run: dict[str, Any]) -> dict[str, list[str]]:
-    manifest = json.loads((Path(run["shards"]) / "manifest.json").read_text())
-    return {split: [s["sha256"] for s in info["shards"]] for split, info in manifest["splits"].items()}
 
 
 def unit_spread(corpus: Path, unit_bytes: int) -> tuple[int, int]:
