@@ -274,13 +274,15 @@ def _dig(value: Any, path: tuple[str, ...] | None) -> float:
 def _lineage(lineage: Lineage) -> list[str]:
     base = lineage.base_model
     if base:
-        revision = base.get("revision") or "a local directory"
-        started = f"`{base['source']}` at {revision}, weights sha256 `{base.get('weights_sha256')}`"
+        revision = f"at revision {base['revision']}" if base.get("revision") else "(a local directory)"
+        started = f"`{base['source']}` {revision}, weights sha256 `{base.get('weights_sha256')}`"
     else:
         started = "none: trained from scratch"
+    same = lineage.shards_manifest_sha256 == lineage.corpus_version
     rows = [
         ("corpus (token shards version)", lineage.corpus_version),
-        ("token shards manifest sha256", lineage.shards_manifest_sha256),
+        # the same digest when the token shards' data version is their manifest's (it is, as published)
+        ("token shards manifest sha256", None if same else lineage.shards_manifest_sha256),
         ("tokenizer.json sha256", lineage.tokenizer_sha256),
         ("base model", started),
         ("fine-tuned from (pretrained weights sha256)", lineage.fine_tuned_from),

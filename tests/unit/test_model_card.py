@@ -152,7 +152,7 @@ def test_pretrained_card_loads_with_metadata_figures_contamination_lineage_and_c
     assert leak["contaminated"] == 3, "precondition: three test documents are in the training data"
     assert f"| test_split | pretraining_train | 30 | 3 | {leak['fraction']:.4f} | perplexity " in text
     assert "`" + "d" * 64 + "`" in text and "`" + "a" * 64 + "`" in text, "corpus version and tokenizer digest"
-    assert f"`hf:openai-community/gpt2` at {BASE['revision']}, weights sha256 `{'c' * 64}`" in text
+    assert f"`hf:openai-community/gpt2` at revision {BASE['revision']}, weights sha256 `{'c' * 64}`" in text
     config_json = text.split("```json\n", 1)[1].split("```", 1)[0]
     assert json.loads(config_json) == json.loads(json.dumps(pretrained["config"])), "the whole training config"
 
@@ -174,7 +174,7 @@ def test_sft_card_and_cards_without_a_hub_base_model(tmp_path, monkeypatch, eval
     local = pretrained | {"base_model": {**BASE, "source": "hf:/models/gpt2", "revision": None}}
     card = card_at(tmp_path, inputs("pretrained", evaluation, Lineage.of(local), local["config"]))
     assert card.data.base_model is None, "a local directory is no hub id"
-    assert "`hf:/models/gpt2` at a local directory" in card.text
+    assert "`hf:/models/gpt2` (a local directory)" in card.text
 
 
 def test_bad_card_settings_and_inputs_name_the_field(evaluation, metas):
