@@ -107,7 +107,8 @@ def test_data_partitions_on_celery_workers_give_the_in_process_shards(
                 timeout_s=400,
             )
             assert all(run.is_success for run in front), f"worker logs in {logs}"
-            assert main(["run", "--config", str(profile), "--select", "key:splits or key:tokenizer"]) == 0
+            select = "key:splits or key:base_model or key:tokenizer"  # the tokenizer reads base_model (none here)
+            assert main(["run", "--config", str(profile), "--select", select]) == 0
             back = execute_partitions(
                 instance,
                 celery_config,

@@ -30,7 +30,7 @@ from pipelines.profile import load_profile
 from pipelines.runner import observe_corpus
 from tests.integration.conftest import write_profile
 
-DATA = {"raw_corpus", "clean_corpus", "splits", "tokenizer", "tokenized", "token_shards"}
+DATA = {"base_model", "raw_corpus", "clean_corpus", "splits", "tokenizer", "tokenized", "token_shards"}
 
 
 def _defaults(defs: dg.Definitions, name: str) -> dict:
