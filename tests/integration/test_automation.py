@@ -111,14 +111,15 @@ def test_the_schedule_requests_the_whole_pipeline_after_its_cron_tick(home, tmp_
     )
     # the roots first (a partitioned stage with its partitioned parent in one run); each later asset once its
     # parents have run since the tick, on the ticks after
-    assert _requested(after) == {"raw_corpus": 16, "clean_corpus": 16}
+    assert _requested(after) == {"base_model": 1, "raw_corpus": 16, "clean_corpus": 16}
     again = dg.evaluate_automation_conditions(
         defs, instance, evaluation_time=before + dt.timedelta(minutes=3), cursor=after.cursor
     )
     assert _requested(again) == {}  # requested once per tick
-    for key in ("raw_corpus", "clean_corpus"):  # as if that run had materialized them
+    for key in ("raw_corpus", "clean_corpus"):  # as if those runs had materialized them
         for partition in ALL_PARTITIONS_KEYS:
             instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=partition))
+    instance.report_runless_asset_event(dg.AssetMaterialization("base_model"))
     later = dg.evaluate_automation_conditions(
         defs, instance, evaluation_time=before + dt.timedelta(minutes=4), cursor=again.cursor
     )

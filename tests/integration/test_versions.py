@@ -58,7 +58,8 @@ def test_reproduce_reruns_a_past_run_and_gets_identical_data_versions(home, tmp_
     capsys.readouterr()
     assert main(["reproduce", run_id[:8]]) == 0
     out = capsys.readouterr().out
-    assert "identical data versions: clean_corpus, raw_corpus, splits, token_shards, tokenized, tokenizer" in out
+    same = "base_model, clean_corpus, raw_corpus, splits, token_shards, tokenized, tokenizer"
+    assert f"identical data versions: {same}" in out
     newest = instance.get_runs(limit=1)[0]
     assert newest.tags["lmpipe/reproduces"] == run_id
     assert main(["reproduce", "no-such-run"]) == 2

@@ -268,7 +268,7 @@ def test_lr_schedule_warms_up_then_decays_to_min() -> None:
 
 @pytest.mark.parametrize(
     "field, value",
-    [("max_steps", 0), ("warmup_steps", 1000), ("dtype", "fp8"), ("device", "tpu"), ("min_lr_ratio", 2.0)],
+    [("max_steps", -1), ("warmup_steps", 1000), ("dtype", "fp8"), ("device", "tpu"), ("min_lr_ratio", 2.0)],
 )
 def test_bad_train_config_names_the_field(field: str, value) -> None:
     with pytest.raises(ValueError, match=field):
