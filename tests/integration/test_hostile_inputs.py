@@ -75,11 +75,20 @@ def _kill_9_at_a_checkpoint(home: Path, profile: str, asset: str, last: int) -> 
     proc = _cli(home, "--config", profile, "--select", asset)
     deadline = time.monotonic() + 300
     runs = home / "artifacts" / asset / "runs"
-    while not [p for p in runs.rglob("step-*/meta.json") if 8 <= int(p.parent.name[5:]) < last]:
+    while not _checkpoints_between(runs, 8, last):
         assert proc.poll() is None and time.monotonic() < deadline, f"{asset} ended before its second checkpoint"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def _checkpoints_between(runs: Path, first: int, last: int) -> list[Path]:
+    """The checkpoints of steps ``first`` .. ``last - 1`` under ``runs``; none while a directory it was listing is
+    renamed away (a checkpoint's staging directory becoming its published one)."""
+    try:
+        return [p for p in runs.rglob("step-*/meta.json") if first <= int(p.parent.name[5:]) < last]
+    except FileNotFoundError:
+        return []
 
 
 def _no_slot_held(home: Path) -> None:
