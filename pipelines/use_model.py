@@ -165,18 +165,10 @@ def _from_hf(path: Path) -> UsableModel:
     """A Hugging Face model directory; a tokenizer without lmcore's special tokens (a published base model's) gets
     them added, and the embeddings grow to match, as the ``base_model`` asset does."""
     from lmcore.data.tokenizer import Tokenizer
-    from lmcore.model.base_model import adopt_tokenizer, chat_template, grow_vocab
-    from lmcore.model.hf_import import load_hf
+    from lmcore.model.base_model import chat_template, load_published
 
-    hf_tokenizer, added = adopt_tokenizer(path)
-    tokenizer = Tokenizer(hf_tokenizer)
-    model = load_hf(path)
-    if tokenizer.vocab_size > model.config.vocab_size + len(added):
-        raise ValueError(
-            f"{path / 'tokenizer.json'} has {tokenizer.vocab_size - len(added)} tokens but {path / 'config.json'} a "
-            f"vocabulary of {model.config.vocab_size}: they do not belong together"
-        )
-    model = grow_vocab(model, max(model.config.vocab_size, tokenizer.vocab_size)).eval()
+    model, hf_tokenizer, added = load_published(path)
+    tokenizer, model = Tokenizer(hf_tokenizer), model.eval()
     if added:
         print(f"lmpipe: {path} lacks {added}: added to its tokenizer, as the base_model asset does", file=sys.stderr)
     ends = {json.loads((path / name).read_text()).get("eos_token_id") for name in _CONFIGS if (path / name).is_file()}

@@ -152,6 +152,20 @@ def grow_vocab(model: GPT, vocab_size: int) -> GPT:
     return grown
 
 
+def load_published(directory: Path) -> tuple[GPT, HFTokenizer, list[str]]:
+    """A transformers checkpoint directory's model and adopted tokenizer (:func:`adopt_tokenizer`), the embeddings
+    grown to the tokenizer, and the tokens added; ValueError when the tokenizer is not the model's."""
+    tok, added = adopt_tokenizer(directory)
+    model = load_hf(directory)
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if size > model.config.vocab_size + len(added):
+        raise ValueError(
+            f"{directory / TOKENIZER_FILE} has {size - len(added)} tokens but {directory / 'config.json'} a "
+            f"vocabulary of {model.config.vocab_size}: they do not belong together"
+        )
+    return grow_vocab(model, max(model.config.vocab_size, size)), tok, added
+
+
 def base_checkpoint(out: Path) -> Path:
     """The step-0 checkpoint :func:`prepare_base` writes under ``out``."""
     return checkpoint_dir(out / CHECKPOINT_DIR, 0)
@@ -161,9 +175,7 @@ def prepare_base(cfg: BaseModelConfig, root: Path, out: Path) -> dict[str, Any]:
     """Write ``out/tokenizer.json`` and the step-0 checkpoint under ``out/checkpoint`` for ``cfg``; its lineage."""
     directory, revision = resolve_source(cfg, root)
     hf_config = read_hf_config(directory)
-    tok, added = adopt_tokenizer(directory)
-    model = load_hf(directory)
-    model = grow_vocab(model, max(model.config.vocab_size, tok.get_vocab_size(with_added_tokens=True)))
+    model, tok, added = load_published(directory)
     with atomic_path(out / TOKENIZER_FILE) as tmp:
         tok.save(str(tmp), pretty=False)
     lineage = {
